@@ -1,0 +1,335 @@
+"""The Dask session: one object through which every action on the cluster goes.
+
+Front-ends (magics, widget, CLI) call a ``Session``; a recorder observes it
+through ``session.observers``: each is called as ``observer(event, payload)`` for
+
+- ``"cluster"``: ``{"mode": "start"|"connect", "n_workers", "threads_per_worker", "memory_limit", "address"}``
+- ``"remote_eval"``: ``{"source", "push": {name: value}, "entry"}``
+- ``"rules"``: ``{"ns", "source", "rules"}``
+- ``"dispatch"``: ``{"targets": [NodeRef], "plan": JobPlan, "futures": {id: Future}}``, after the values arrived
+- ``"stop"``: ``{}``
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid
+
+import cloudpickle
+
+from ..errors import JuliusError, NoClusterError, NodeError, RemoteError
+from ..rules.graph import expand, plan_jobs
+from ..rules.node import NodeRef
+from ..rules.registry import RULES, top_level_names
+from .worker import HISTORY_KEY, JuliusWorkerPlugin, apply_history, exec_remote, run_key_job
+
+__all__ = ["Session", "get_session", "set_session"]
+
+log = logging.getLogger(__name__)
+
+
+def _as_list(refs):
+    if type(refs) is NodeRef:
+        return [refs], True
+    refs = list(refs)
+    bad = [r for r in refs if type(r) is not NodeRef]
+    if bad:
+        raise TypeError(f"expected node references, got {bad[0]!r:.60}")
+    return refs, False
+
+
+class Session:
+    """A Dask client plus the history of remote code and rules sent to its workers.
+
+    Attributes
+    ----------
+    client : distributed.Client or None
+    cluster : LocalCluster or None (only when this session started it)
+    seed : int
+        The session seed; each node's seed is derived from it and the node id.
+    futures : dict of node id -> Future
+        Values of key jobs and targets computed so far (``getdata``).
+    worker_of : dict of node id -> worker address that computed it (for ``%graph``).
+    failed : set of node ids whose atom raised in the last compute.
+    """
+
+    def __init__(self, rulebook=RULES, seed=0):
+        self.rules = rulebook
+        self.seed = seed
+        self.client = None
+        self.cluster = None
+        self.history = []
+        self.observers = []
+        self.scheduler_plugins = []      # factories: () -> SchedulerPlugin, installed at start/connect
+        self.futures = {}
+        self.worker_of = {}
+        self.failed = set()
+        self.last_plan = None
+        self.id = uuid.uuid4().hex[:12]
+        self._generation = 0
+
+    # --- observers ---------------------------------------------------------------
+    def emit(self, event, **payload):
+        for observer in list(self.observers):
+            observer(event, payload)
+
+    # --- cluster -------------------------------------------------------------------
+    @property
+    def active(self):
+        return self.client is not None
+
+    def require_client(self):
+        if self.client is None:
+            raise NoClusterError()
+        return self.client
+
+    def start(self, n_workers=4, threads_per_worker=1, memory_limit="auto", **cluster_kwargs):
+        """Start a fresh LocalCluster (worker processes) and connect to it."""
+        from distributed import Client, LocalCluster
+
+        if self.client is not None:
+            raise JuliusError("a cluster is already active: run `%cluster stop` first")
+        if n_workers < 1 or threads_per_worker < 1:
+            raise ValueError("workers and threads must be at least 1")
+        plugins = [make() for make in self.scheduler_plugins]
+        cluster_kwargs.setdefault("dashboard_address", ":0")
+        cluster = LocalCluster(
+            n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit,
+            processes=True, silence_logs=logging.ERROR, scheduler_kwargs={"plugins": plugins},
+            **cluster_kwargs,
+        )
+        try:
+            self._attach(Client(cluster, set_as_default=True), cluster)
+        except BaseException:
+            cluster.close()
+            raise
+        self.emit("cluster", mode="start", n_workers=n_workers, threads_per_worker=threads_per_worker,
+                  memory_limit=memory_limit, address=self.client.scheduler.address)
+        return self
+
+    def connect(self, address):
+        """Use an existing Dask cluster (never closed by ``stop``)."""
+        from distributed import Client
+
+        if self.client is not None:
+            raise JuliusError("a cluster is already active: run `%cluster stop` first")
+        client = Client(address, set_as_default=True, timeout="10s")
+        for make in self.scheduler_plugins:
+            client.register_plugin(make())
+        self._attach(client, None)
+        info = client.scheduler_info()
+        self.emit("cluster", mode="connect", n_workers=len(info["workers"]), threads_per_worker=None,
+                  memory_limit=None, address=address)
+        return self
+
+    def _attach(self, client, cluster):
+        """Adopt ``client`` and bring its workers up to date with this session's history."""
+        self.client, self.cluster = client, cluster
+        self.futures, self.worker_of, self.failed = {}, {}, set()
+        client.register_plugin(JuliusWorkerPlugin(), name=JuliusWorkerPlugin.name)
+        if self.history:  # rules defined before the cluster existed, or sent to an earlier cluster
+            self._send(self.history)
+
+    def stop(self):
+        """Close the client; shut the cluster down only if this session started it."""
+        if self.client is None:
+            return False
+        self.emit("stop")
+        client, cluster = self.client, self.cluster
+        self.client = self.cluster = None
+        self.futures, self.worker_of = {}, {}
+        with contextlib.suppress(Exception):
+            client.close()
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.close()
+        return True
+
+    def status(self):
+        """Workers with their state, threads and memory; the dashboard link."""
+        client = self.require_client()
+        info = client.scheduler_info(n_workers=-1)
+        workers = []
+        for address, w in sorted(info["workers"].items()):
+            metrics = w.get("metrics", {})
+            workers.append({
+                "address": address, "name": str(w.get("name", "")), "status": w.get("status", "running"),
+                "nthreads": w.get("nthreads"), "memory": metrics.get("memory", 0),
+                "memory_limit": w.get("memory_limit", 0),
+            })
+        return {"scheduler": info.get("address"), "dashboard": client.dashboard_link,
+                "owned": self.cluster is not None, "workers": workers}
+
+    def n_workers(self):
+        return len(self.require_client().scheduler_info(n_workers=-1)["workers"]) if self.client else 0
+
+    # --- remote code and rules --------------------------------------------------------
+    def _broadcast(self, entry):
+        """Append ``entry`` to the history and apply it on every worker now.
+
+        Returns ``({worker: printed output}, {worker: traceback})``.
+        """
+        entry["session"] = self.id
+        entry["seq"] = len(self.history) + 1
+        self.history.append(entry)
+        self._invalidate()
+        return self._send([entry]) if self.client is not None else ({}, {})
+
+    def _send(self, entries):
+        # Into the scheduler's metadata first: a worker that joins meanwhile reads it in its
+        # plugin's setup; each worker applies an entry once, however it got it.
+        for entry in entries:
+            self.client.set_metadata(list(HISTORY_KEY) + [f"{self.id}-{entry['seq']:08d}"], entry)
+        results = self.client.run(apply_history, entries)
+        failures = {w: r["error"] for w, r in results.items() if r["error"]}
+        return {w: r["output"] for w, r in results.items()}, failures
+
+    def _invalidate(self):
+        """New code or rules: values computed before may be stale."""
+        self.futures, self.worker_of = {}, {}
+        self._generation += 1
+
+    def remote_eval(self, source, push=None, local_namespace=None):
+        """Run ``source`` in every worker's remote namespace (after binding ``push``).
+
+        Returns ``{worker: printed output}``; raises ``RemoteError`` naming each failing worker.
+        With ``local_namespace``, the code also runs there (the kernel's user namespace).
+        """
+        push = dict(push or {})
+        self.require_client()
+        compile(source, "<remote_eval>", "exec")   # syntax errors are the kernel's to report
+        entry = {"kind": "remote_eval", "source": source,
+                 "pushed": cloudpickle.dumps(push) if push else b"", "push": sorted(push)}
+        outputs, failures = self._broadcast(entry)
+        if local_namespace is not None:
+            exec_remote(source, push, local_namespace)
+        else:
+            bound, _ = top_level_names(source)
+            self.rules.note_remote_names(bound | set(push))
+        self.emit("remote_eval", source=source, push=push, entry=entry)
+        if failures:
+            raise _remote_error("remote_eval", failures)
+        return outputs
+
+    def add_rules(self, ns, source):
+        """Define the top-level functions of ``source`` as rules of ``ns``, here and on every worker."""
+        names = self.rules.define(ns, source)
+        _, failures = self._broadcast({"kind": "rules", "ns": ns, "source": source})
+        if failures:
+            raise _remote_error(f"addrules {ns}", failures)
+        self.emit("rules", ns=ns, source=source, rules=names)
+        return names
+
+    # --- graphs ---------------------------------------------------------------------------
+    def jobdeps(self, refs, key_rules=None):
+        """Expand ``refs`` and cut the graph into key jobs, without running anything.
+
+        Nodes computed by earlier ``compute`` calls of this session are not expanded again.
+        """
+        refs, _ = _as_list(refs)
+        nodes, order = expand(refs, self.rules.rule, stop=self.futures)
+        n = self.n_workers() if self.client is not None else 1
+        return plan_jobs(nodes, order, refs, key_rules or (), n_workers=max(n, 1))
+
+    def compute(self, refs, key_rules=None):
+        """Run the graph of ``refs`` on the cluster: one Dask task per key job. Returns the values."""
+        client = self.require_client()
+        refs, single = _as_list(refs)
+        plan = self.jobdeps(refs, key_rules)
+        self.last_plan = plan
+        self.failed = set()
+        submitted = {}
+        for job in plan.jobs:
+            node = plan.nodes[job].ref
+            deps = plan.job_deps[job]
+            submitted[job] = client.submit(
+                run_key_job, node, self.seed, tuple(deps), *[submitted[d] if d in submitted else self.futures[d] for d in deps],
+                key=f"julius-{node.ns}.{node.name}-{job}-{self._generation}", pure=False,
+            )
+        wanted = [submitted[r.id] if r.id in submitted else self.futures[r.id] for r in refs]
+        _wait_with_progress(list(submitted.values()), "compute")
+        try:
+            values = client.gather(wanted)
+        except NodeError as e:
+            self.failed.add(e.node_id)
+            for job, future in submitted.items():
+                if future.status != "finished":
+                    future.release()
+                else:
+                    self.futures[job] = future
+            raise NodeError(_node_error_text(e), e.node_id, e.label, e.worker, e.remote_traceback) from None
+        self.futures.update(submitted)
+        self._note_workers(submitted)
+        self.emit("dispatch", targets=refs, plan=plan, futures={r.id: f for r, f in zip(refs, wanted)},
+                  values=values, key_rules=sorted(key_rules or ()))
+        return values[0] if single else values
+
+    def _note_workers(self, futures):
+        who = self.client.who_has(list(futures.values()))
+        by_key = {f.key: nid for nid, f in futures.items()}
+        for key, workers in who.items():
+            if workers and key in by_key:
+                self.worker_of[by_key[key]] = workers[0]
+
+    def getdata(self, node):
+        """The value of a node computed earlier in this session (a target or key job)."""
+        if type(node) is not NodeRef:
+            raise TypeError(f"getdata needs a node reference, got {node!r:.60}")
+        future = self.futures.get(node.id)
+        if future is None:
+            raise KeyError(
+                f"{node!r} has not been computed in this session (only targets and key jobs are kept): "
+                f"run compute({node.display()!s}) first"
+            )
+        return future.result()
+
+
+def _remote_error(what, failures):
+    parts = [f"{what} failed on {len(failures)} worker(s):"]
+    for worker, tb in sorted(failures.items()):
+        parts.append(f"[{worker}]\n{_tail(tb)}")
+    return RemoteError("\n".join(parts), failures)
+
+
+def _tail(text, limit=25):
+    lines = text.rstrip().splitlines()
+    if len(lines) > limit:
+        lines = lines[:2] + [f"  ... ({len(lines) - limit} lines hidden)"] + lines[-(limit - 2):]
+    return "\n".join("    " + line for line in lines)
+
+
+def _node_error_text(e):
+    return f"{e}\n  on worker {e.worker}\n  remote traceback:\n{_tail(e.remote_traceback)}"
+
+
+def _wait_with_progress(futures, what):
+    """Wait for ``futures``, with a progress bar (notebook or terminal) once it takes over a second."""
+    from distributed import as_completed, wait
+    from tqdm.auto import tqdm
+
+    if len(futures) < 2 or os.environ.get("JULIUS_NO_PROGRESS"):
+        wait(futures)
+        return
+    with tqdm(total=len(futures), desc=f"julius {what}", unit="job", delay=1.0, leave=False) as bar:
+        for _ in as_completed(futures):
+            bar.update(1)
+
+
+_SESSION = None
+
+
+def get_session():
+    """The process-wide default session."""
+    global _SESSION
+    if _SESSION is None:
+        _SESSION = Session()
+    return _SESSION
+
+
+def set_session(session):
+    """Make ``session`` the default (a replay does this with its fresh cluster)."""
+    global _SESSION
+    _SESSION = session
+    return session

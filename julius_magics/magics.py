@@ -1,0 +1,205 @@
+"""The IPython magics: a thin skin over ``Session`` (and, for recordings, the recording API).
+
+Each magic parses its options and hands the work to one method; user mistakes
+raise ``UsageError``, julius errors print their message without a Python traceback.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import MagicArgumentParser
+
+from .cluster.session import get_session
+from .rules.node import NodeRef
+
+__all__ = ["JuliusMagics", "load_ipython_extension", "unload_ipython_extension"]
+
+
+def _parser(prog, description):
+    return MagicArgumentParser(prog=prog, description=description, add_help=False)
+
+
+def _parse(parser, line):
+    try:
+        return parser.parse_args(shlex.split(line))
+    except ValueError as e:  # unbalanced quotes
+        raise UsageError(f"{parser.prog}: {e}") from None
+
+
+def _names(text):
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
+CLUSTER = _parser("%cluster", "Start, connect to, inspect or stop the Dask cluster.")
+CLUSTER.add_argument("action", choices=["start", "connect", "status", "stop"])
+CLUSTER.add_argument("address", nargs="?", help="scheduler address for `connect`")
+CLUSTER.add_argument("-n", "--workers", type=int, default=4, help="number of workers (start)")
+CLUSTER.add_argument("--threads", type=int, default=1, help="threads per worker (start)")
+CLUSTER.add_argument("--memory-limit", default="auto", help="memory limit per worker, e.g. '2GB' (start)")
+
+REMOTE_EVAL = _parser("%%remote_eval", "Run the cell on every worker, in the remote namespace.")
+REMOTE_EVAL.add_argument("--push", default="", help="kernel variables to send first: NAME[,NAME...]")
+REMOTE_EVAL.add_argument("--local", action="store_true", help="also run the cell in the kernel")
+
+ADDRULES = _parser("%%addrules", "Define the cell's top-level functions as rules of a namespace.")
+ADDRULES.add_argument("ns", help="the namespace, e.g. ml")
+
+COMPUTE = _parser("%compute", "Compute a node reference (or a list of them) held by a variable.")
+COMPUTE.add_argument("var", help="name of a variable holding a NodeRef or a list of NodeRefs")
+COMPUTE.add_argument("--key-rules", default="", help="rules whose nodes become key jobs: NAME[,NAME...]")
+
+GRAPH = _parser("%graph", "Render the graph of a node reference as SVG.")
+GRAPH.add_argument("var", help="name of a variable holding a NodeRef or a list of NodeRefs")
+GRAPH.add_argument("--out", default=None, help="also write the SVG to this file")
+GRAPH.add_argument("--max-nodes", type=int, default=200, help="collapse the graph beyond this many nodes")
+
+
+@magics_class
+class JuliusMagics(Magics):
+    """``%cluster``, ``%%remote_eval``, ``%%addrules``, ``%compute``, ``%graph`` and the recording magics."""
+
+    @property
+    def session(self):
+        return get_session()
+
+    # --- cluster ------------------------------------------------------------------
+    @line_magic
+    def cluster(self, line):
+        """%cluster start [-n N] [--threads T] [--memory-limit M] | connect ADDRESS | status | stop"""
+        args = _parse(CLUSTER, line)
+        session = self.session
+        if args.action == "start":
+            session.start(n_workers=args.workers, threads_per_worker=args.threads, memory_limit=args.memory_limit)
+            print(format_status(session.status()))
+        elif args.action == "connect":
+            if not args.address:
+                raise UsageError("%cluster connect needs an address, e.g. %cluster connect tcp://10.0.0.5:8786")
+            session.connect(args.address)
+            print(format_status(session.status()))
+        elif args.action == "status":
+            print(format_status(session.status()))
+        else:
+            owned = session.cluster is not None
+            if not session.stop():
+                print("No active cluster.")
+            else:
+                print("Cluster stopped." if owned else "Disconnected (the cluster was not started here: left running).")
+
+    @cell_magic
+    def remote_eval(self, line, cell):
+        """%%remote_eval [--push NAME[,NAME...]] [--local]: run the cell on every worker."""
+        args = _parse(REMOTE_EVAL, line)
+        user_ns = self.shell.user_ns
+        missing = [n for n in _names(args.push) if n not in user_ns]
+        if missing:
+            raise UsageError(f"--push: no variable named {', '.join(missing)} in the kernel")
+        push = {n: user_ns[n] for n in _names(args.push)}
+        outputs = self.session.remote_eval(cell, push=push, local_namespace=user_ns if args.local else None)
+        for worker, text in sorted(outputs.items()):
+            if text:
+                print(f"[{worker}]\n{text.rstrip()}")
+
+    @cell_magic
+    def addrules(self, line, cell):
+        """%%addrules NS: the cell's top-level functions become rules of namespace NS."""
+        args = _parse(ADDRULES, line)
+        self.session.add_rules(args.ns, cell)
+
+    # --- graphs --------------------------------------------------------------------------
+    def _refs(self, var):
+        try:
+            value = self.shell.user_ns[var]
+        except KeyError:
+            raise UsageError(f"no variable named {var!r}") from None
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not items or not all(type(v) is NodeRef for v in items):
+            raise UsageError(f"{var!r} must hold a node reference or a list of them, not {type(value).__name__}")
+        return value
+
+    @line_magic
+    def compute(self, line):
+        """%compute VAR [--key-rules NAME[,...]]: compute the node(s) in VAR and return the value(s)."""
+        args = _parse(COMPUTE, line)
+        return self.session.compute(self._refs(args.var), key_rules=_names(args.key_rules) or None)
+
+    @line_magic
+    def graph(self, line):
+        """%graph VAR [--out FILE.svg] [--max-nodes N]: the expanded graph as SVG."""
+        from IPython.display import SVG, display
+
+        from .cluster.render import render_svg
+
+        args = _parse(GRAPH, line)
+        svg = render_svg(self.session, self._refs(args.var), max_nodes=args.max_nodes)
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as f:
+                f.write(svg)
+            print(f"wrote {args.out}")
+        display(SVG(svg))
+
+    # --- recordings ------------------------------------------------------------------------
+    @line_cell_magic
+    def record(self, line, cell=None):
+        """%record start NAME [...] | %record stop | %%record NAME [...] (one recorded cell)."""
+        from .recording.magics import record_magic
+
+        return record_magic(self.shell, line, cell)
+
+    @line_magic
+    def recordings(self, line):
+        """%recordings [--store URL]: the store's recordings."""
+        from .recording.magics import recordings_magic
+
+        return recordings_magic(line)
+
+    @line_magic
+    def replay(self, line):
+        """%replay NAME [-n WORKERS] [--store URL] [--address ADDR] [--strict-env] [--trust]"""
+        from .recording.magics import replay_magic
+
+        return replay_magic(line)
+
+
+def format_status(status):
+    """A text table of the cluster's workers."""
+    rows = [("worker", "status", "threads", "memory", "limit")]
+    for w in status["workers"]:
+        rows.append((w["address"], str(w["status"]), str(w["nthreads"]), _size(w["memory"]), _size(w["memory_limit"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    kind = "started here" if status["owned"] else "connected"
+    head = f"Dask cluster {status['scheduler']} ({kind}), {len(status['workers'])} workers, dashboard {status['dashboard']}"
+    return "\n".join([head] + lines)
+
+
+def _size(n):
+    n = float(n or 0)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+
+
+_loaded = {}
+
+
+def load_ipython_extension(ipython):
+    """``%load_ext julius_magics``: register the magics (idempotent)."""
+    if ipython in _loaded:
+        return
+    magics = JuliusMagics(ipython)
+    ipython.register_magics(magics)
+    _loaded[ipython] = magics
+
+
+def unload_ipython_extension(ipython):
+    """``%unload_ext julius_magics``: remove the magics; the session (and its cluster) stays."""
+    magics = _loaded.pop(ipython, None)
+    if magics is None:
+        return
+    for kind, names in magics.magics.items():
+        for name in names:
+            ipython.magics_manager.magics[kind].pop(name, None)
