@@ -12,6 +12,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
 
+from . import recording
 from .cluster.session import get_session
 from .rules.node import NodeRef
 
@@ -55,6 +56,29 @@ GRAPH = _parser("%graph", "Render the graph of a node reference as SVG.")
 GRAPH.add_argument("var", help="name of a variable holding a NodeRef or a list of NodeRefs")
 GRAPH.add_argument("--out", default=None, help="also write the SVG to this file")
 GRAPH.add_argument("--max-nodes", type=int, default=200, help="collapse the graph beyond this many nodes")
+
+
+RECORD = _parser("%record", "Record the session: %record start NAME [...], then %record stop.")
+RECORD.add_argument("action", choices=["start", "stop"])
+RECORD.add_argument("name", nargs="?")
+RECORD_CELL = _parser("%%record", "Record one cell.")
+RECORD_CELL.add_argument("name")
+for _p in (RECORD, RECORD_CELL):
+    _p.add_argument("--store", default=None, help="store URL (default: $JULIUS_STORE or ~/.julius/recordings)")
+    _p.add_argument("--data", choices=["embed", "hash"], default="embed",
+                    help="embed input files (default) or keep only their hashes")
+    _p.add_argument("--note", default=None, help="a note kept with the recording")
+
+RECORDINGS = _parser("%recordings", "List the recordings of a store.")
+RECORDINGS.add_argument("--store", default=None)
+
+REPLAY = _parser("%replay", "Replay a recording in a fresh cluster and verify it.")
+REPLAY.add_argument("name")
+REPLAY.add_argument("-n", "--workers", type=int, default=None, help="workers (default: as recorded)")
+REPLAY.add_argument("--store", default=None)
+REPLAY.add_argument("--address", default=None, help="replay on this existing cluster")
+REPLAY.add_argument("--strict-env", action="store_true", help="refuse when the environment differs")
+REPLAY.add_argument("--trust", action="store_true", help="accept a recording signed with another key")
 
 
 @magics_class
@@ -143,24 +167,63 @@ class JuliusMagics(Magics):
     # --- recordings ------------------------------------------------------------------------
     @line_cell_magic
     def record(self, line, cell=None):
-        """%record start NAME [...] | %record stop | %%record NAME [...] (one recorded cell)."""
-        from .recording.magics import record_magic
+        """%record start NAME [--store URL] [--data embed|hash] [--note TEXT] | %record stop
+        | %%record NAME [...]: record one cell."""
+        if cell is not None:
+            args = _parse(RECORD_CELL, line)
+            recorder = recording.start(self.session, args.name, store=args.store, data=args.data, note=args.note)
+            try:
+                result = self.shell.run_cell(cell)
+                recorder.add_cell(cell)
+            finally:
+                info = recording.stop()
+            print(_stopped_text(info, recorder.store))
+            return None if result.success else result.raise_error()
+        args = _parse(RECORD, line)
+        if args.action == "stop":
+            if args.name:
+                raise UsageError("%record stop takes no name")
+            recorder = recording.active_recorder()
+            if self._hooked:
+                self.shell.events.unregister("post_run_cell", self._record_cell)
+                self._hooked = False
+            info = recording.stop()
+            print(_stopped_text(info, recorder.store))
+            return None
+        if not args.name:
+            raise UsageError("%record start needs a name, e.g. %record start fraud-v1")
+        recording.start(self.session, args.name, store=args.store, data=args.data, note=args.note)
+        self.shell.events.register("post_run_cell", self._record_cell)
+        self._hooked = True
+        print(f"Recording {args.name!r}: every cell until `%record stop` is journaled.")
 
-        return record_magic(self.shell, line, cell)
+    _hooked = False
+
+    def _record_cell(self, result):
+        recorder = recording.active_recorder()
+        source = result.info.raw_cell if result.info else ""
+        if recorder is not None and not source.lstrip().startswith(("%record", "%%record")):
+            recorder.add_cell(source)
 
     @line_magic
     def recordings(self, line):
-        """%recordings [--store URL]: the store's recordings."""
-        from .recording.magics import recordings_magic
-
-        return recordings_magic(line)
+        """%recordings [--store URL]: the store's recordings as a table."""
+        args = _parse(RECORDINGS, line)
+        return recording.recordings_table(args.store)
 
     @line_magic
     def replay(self, line):
         """%replay NAME [-n WORKERS] [--store URL] [--address ADDR] [--strict-env] [--trust]"""
-        from .recording.magics import replay_magic
+        args = _parse(REPLAY, line)
+        if self.session.active:
+            print("Stopping the active cluster: the replay runs in a fresh one.")
+            self.session.stop()
+        return recording.replay_with_progress(args.name, store=args.store, n_workers=args.workers,
+                                              address=args.address, strict_env=args.strict_env, trust=args.trust)
 
-        return replay_magic(line)
+
+def _stopped_text(info, store):
+    return f"Recording {info.name!r} {info.status}: {info.steps} steps, {_size(info.size)}, stored in {store.url}"
 
 
 def format_status(status):

@@ -6,7 +6,8 @@ through ``session.observers``: each is called as ``observer(event, payload)`` fo
 - ``"cluster"``: ``{"mode": "start"|"connect", "n_workers", "threads_per_worker", "memory_limit", "address"}``
 - ``"remote_eval"``: ``{"source", "push": {name: value}, "entry"}``
 - ``"rules"``: ``{"ns", "source", "rules"}``
-- ``"dispatch"``: ``{"targets": [NodeRef], "plan": JobPlan, "futures": {id: Future}}``, after the values arrived
+- ``"dispatch"``: ``{"targets": [NodeRef], "plan": JobPlan, "key_rules", "jobs": {id: Future}}`` (key
+  jobs and targets), after the values arrived
 - ``"stop"``: ``{}``
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 import uuid
 
 import cloudpickle
@@ -23,6 +25,7 @@ from ..errors import JuliusError, NoClusterError, NodeError, RemoteError
 from ..rules.graph import expand, plan_jobs
 from ..rules.node import NodeRef
 from ..rules.registry import RULES, top_level_names
+from .capture import capture_plugins, install_capture
 from .worker import HISTORY_KEY, JuliusWorkerPlugin, apply_history, exec_remote, run_key_job
 
 __all__ = ["Session", "get_session", "set_session"]
@@ -62,7 +65,7 @@ class Session:
         self.cluster = None
         self.history = []
         self.observers = []
-        self.scheduler_plugins = []      # factories: () -> SchedulerPlugin, installed at start/connect
+        self.spec = None                 # how the cluster was made: mode, n_workers, threads, memory, address
         self.futures = {}
         self.worker_of = {}
         self.failed = set()
@@ -93,11 +96,11 @@ class Session:
             raise JuliusError("a cluster is already active: run `%cluster stop` first")
         if n_workers < 1 or threads_per_worker < 1:
             raise ValueError("workers and threads must be at least 1")
-        plugins = [make() for make in self.scheduler_plugins]
         cluster_kwargs.setdefault("dashboard_address", ":0")
         cluster = LocalCluster(
             n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit,
-            processes=True, silence_logs=logging.ERROR, scheduler_kwargs={"plugins": plugins},
+            processes=True, silence_logs=logging.ERROR,
+            scheduler_kwargs={"plugins": capture_plugins()},   # dormant until a recording starts
             **cluster_kwargs,
         )
         try:
@@ -105,8 +108,9 @@ class Session:
         except BaseException:
             cluster.close()
             raise
-        self.emit("cluster", mode="start", n_workers=n_workers, threads_per_worker=threads_per_worker,
-                  memory_limit=memory_limit, address=self.client.scheduler.address)
+        self.spec = {"mode": "start", "n_workers": n_workers, "threads_per_worker": threads_per_worker,
+                     "memory_limit": memory_limit, "address": self.client.scheduler.address}
+        self.emit("cluster", **self.spec)
         return self
 
     def connect(self, address):
@@ -116,12 +120,13 @@ class Session:
         if self.client is not None:
             raise JuliusError("a cluster is already active: run `%cluster stop` first")
         client = Client(address, set_as_default=True, timeout="10s")
-        for make in self.scheduler_plugins:
-            client.register_plugin(make())
+        install_capture(client)
         self._attach(client, None)
-        info = client.scheduler_info()
-        self.emit("cluster", mode="connect", n_workers=len(info["workers"]), threads_per_worker=None,
-                  memory_limit=None, address=address)
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        self.spec = {"mode": "connect", "n_workers": len(workers),
+                     "threads_per_worker": max((w["nthreads"] for w in workers), default=1),
+                     "memory_limit": "auto", "address": address}
+        self.emit("cluster", **self.spec)
         return self
 
     def _attach(self, client, cluster):
@@ -213,6 +218,12 @@ class Session:
             raise _remote_error("remote_eval", failures)
         return outputs
 
+    def set_input_map(self, mapping):
+        """Make nodes read ``mapping[path]`` instead of ``path`` (replay serves embedded copies so)."""
+        _, failures = self._broadcast({"kind": "input_map", "map": dict(mapping)})
+        if failures:
+            raise _remote_error("input map", failures)
+
     def add_rules(self, ns, source):
         """Define the top-level functions of ``source`` as rules of ``ns``, here and on every worker."""
         names = self.rules.define(ns, source)
@@ -237,6 +248,7 @@ class Session:
         """Run the graph of ``refs`` on the cluster: one Dask task per key job. Returns the values."""
         client = self.require_client()
         refs, single = _as_list(refs)
+        started = time.monotonic()
         plan = self.jobdeps(refs, key_rules)
         self.last_plan = plan
         self.failed = set()
@@ -262,8 +274,9 @@ class Session:
             raise NodeError(_node_error_text(e), e.node_id, e.label, e.worker, e.remote_traceback) from None
         self.futures.update(submitted)
         self._note_workers(submitted)
-        self.emit("dispatch", targets=refs, plan=plan, futures={r.id: f for r, f in zip(refs, wanted)},
-                  values=values, key_rules=sorted(key_rules or ()))
+        self.emit("dispatch", targets=refs, plan=plan, key_rules=sorted(key_rules or ()),
+                  seconds=time.monotonic() - started,
+                  jobs={**submitted, **{r.id: f for r, f in zip(refs, wanted)}})
         return values[0] if single else values
 
     def _note_workers(self, futures):

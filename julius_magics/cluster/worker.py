@@ -17,6 +17,8 @@ import cloudpickle
 from distributed import WorkerPlugin, get_worker
 
 from ..errors import NodeError
+from ..fingerprint import describe, fingerprint
+from ..rules.atoms import INPUT_HOOKS, INPUTS_READ
 from ..rules.evaluate import evaluate
 from ..rules.node import REMOTE_NAMESPACE
 from ..rules.registry import RULES, top_level_names
@@ -43,9 +45,9 @@ def apply_entry(entry):
         exec_remote(entry["source"], pushed, REMOTE_NAMESPACE)
     elif entry["kind"] == "rules":
         RULES.define(entry["ns"], entry["source"], filename=f"<addrules {entry['ns']}>")
-    elif entry["kind"] == "reset":
-        REMOTE_NAMESPACE.clear()
-        RULES.clear()
+    elif entry["kind"] == "input_map":
+        mapping = dict(entry["map"])
+        INPUT_HOOKS["resolve"] = lambda path: mapping.get(path, path)
     else:
         raise ValueError(f"unknown history entry kind {entry['kind']!r}")
 
@@ -98,6 +100,18 @@ def run_key_job(ref, seed, dep_ids, *dep_values):
     except NodeError as e:
         e.worker = get_worker().address
         raise
+
+
+def fingerprint_value(value):
+    """``(fingerprint, short description)`` of a value, computed where it lives."""
+    return fingerprint(value), describe(value)
+
+
+def drain_inputs():
+    """The input files nodes in this process read since the last call."""
+    paths = sorted(INPUTS_READ)
+    INPUTS_READ.clear()
+    return paths
 
 
 def worker_versions():

@@ -19,7 +19,7 @@ import os
 from .node import NodeRef, Not, RemoteName, refs_in
 
 __all__ = ["Atom", "Application", "ApplyFn", "Train", "Predict", "Score", "Alias",
-           "ReadCsv", "ReadCsvBlock", "input_path", "INPUT_HOOKS"]
+           "ReadCsv", "ReadCsvBlock", "input_path", "INPUT_HOOKS", "INPUTS_READ"]
 
 
 class Application:
@@ -147,20 +147,19 @@ def Alias(target):
 
 
 # --- input files --------------------------------------------------------------------
-#: Hooks that the recorder installs where nodes run: ``resolve(path) -> path`` maps a
-#: recorded input to the file to read (e.g. an embedded copy on replay) and
-#: ``observe(path)`` notes that a node read it.
-INPUT_HOOKS = {"resolve": None, "observe": None}
+#: ``resolve(abspath) -> path`` maps a recorded input to the file to read (a replay
+#: serves embedded copies so); installed where nodes run.
+INPUT_HOOKS = {"resolve": None}
+#: Absolute paths of the inputs nodes read in this process (drained by the recorder).
+INPUTS_READ = set()
 
 
 def input_path(path):
     """The file a node should read for input ``path``; every input read goes through here."""
-    path = os.fspath(path)
-    resolve, observe = INPUT_HOOKS["resolve"], INPUT_HOOKS["observe"]
-    actual = resolve(path) if resolve else path
-    if observe:
-        observe(path, actual)
-    return actual
+    path = os.path.abspath(os.fspath(path))
+    INPUTS_READ.add(path)
+    resolve = INPUT_HOOKS["resolve"]
+    return resolve(path) if resolve else path
 
 
 class ReadCsv(Atom):

@@ -70,6 +70,12 @@ class RemoteName:
     def __call__(self, *args, **kwargs):
         return self.resolve()(*args, **kwargs)
 
+    def __getattr__(self, attr):
+        # `pd.concat` inside a rule, where `pd` came from %%remote_eval: look it up where it runs
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return getattr(self.resolve(), attr)
+
     def __repr__(self):
         return f"remote.{self.name}"
 

@@ -1,0 +1,54 @@
+"""Recording, storing, replaying and verifying sessions: the one Python API every front-end uses."""
+
+from __future__ import annotations
+
+from ..errors import RecordingError
+from .recorder import Recorder, active_recorder
+from .replay import ReplayReport, replay
+from .store import RecordingInfo, Store
+
+__all__ = ["Recorder", "ReplayReport", "RecordingInfo", "Store", "active_recorder", "replay", "start", "stop",
+           "recordings_table", "replay_with_progress"]
+
+
+def start(session, name, store=None, data="embed", note=None):
+    """Start recording ``session`` into a new recording ``name``; returns the ``Recorder``."""
+    return Recorder(session, name, store=store, data=data, note=note)
+
+
+def stop():
+    """Finish the active recording; returns its ``RecordingInfo``."""
+    recorder = active_recorder()
+    if recorder is None:
+        raise RecordingError("not recording: start with `%record start NAME`")
+    return recorder.stop()
+
+
+def recordings_table(store=None):
+    """The store's recordings as a pandas DataFrame (name, created, steps, size, workers, status, note)."""
+    import pandas as pd
+
+    store = store if isinstance(store, Store) else Store(store)
+    columns = ["name", "created", "steps", "size", "workers", "status", "note"]
+    rows = [{c: info.as_dict().get(c) for c in columns} for info in store.list()]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def replay_with_progress(name, **options):
+    """``replay`` with a progress bar (a widget in notebooks, text in terminals)."""
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def progress(done, total, message):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=f"replay {name}", unit="step")
+        bar.n = done
+        bar.set_postfix_str(message, refresh=True)
+
+    try:
+        return replay(name, progress=progress, **options)
+    finally:
+        if bar is not None:
+            bar.close()

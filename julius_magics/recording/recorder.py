@@ -1,0 +1,209 @@
+"""The kernel-side recorder: turns a session's actions into journal steps.
+
+The recorder observes a ``Session`` (``session.observers``) and the cells the
+front-end hands it; the scheduler plugin (``cluster.capture``) supplies what
+reached the cluster from plain Dask code.  Before each kernel-side step, the
+plugin's events are drained so the journal keeps the order things happened in.
+
+Step kinds (JSON data; binary parts in brackets):
+
+- ``cluster``: ``mode, n_workers, threads_per_worker, memory_limit, address, seed``
+- ``environment``: ``kernel`` and ``workers`` as blob hashes of JSON environments
+- ``remote_eval``: ``source, push`` [``pushed``: cloudpickle of the pushed values]
+- ``rules``: ``ns, source, rules``
+- ``cell``: ``source``
+- ``dispatch``: ``targets, key_rules, seed, jobs, results`` [``targets``: cloudpickle of the NodeRefs]
+- ``graph`` / ``run`` / ``worker_plugin``: plain Dask work captured by the scheduler plugin [its pickles]
+- ``data``: ``files``: input files read by nodes: path, size, sha256, embedded
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import platform
+
+import cloudpickle
+
+from ..cluster import capture
+from ..cluster.worker import drain_inputs, fingerprint_value
+from ..errors import RecordingError
+from .environment import capture_environment, cluster_environments
+from .store import Store
+
+__all__ = ["Recorder", "file_digest", "active_recorder"]
+
+_ACTIVE = {"recorder": None}
+
+
+def active_recorder():
+    """The recorder currently recording in this kernel, or None."""
+    return _ACTIVE["recorder"]
+
+
+def file_digest(path):
+    """``(size, sha256 hex)`` of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return os.path.getsize(path), h.hexdigest()
+
+
+def _json_env(env):
+    return json.dumps(env, sort_keys=True, default=str).encode()
+
+
+class Recorder:
+    """Records a session into a new recording of ``store``.
+
+    Parameters
+    ----------
+    session : Session
+    name : str
+    store : Store or str or None
+    data : {"embed", "hash"}
+        Embed the input files' bytes (content-addressed), or only their hashes.
+    note : str, optional
+    """
+
+    def __init__(self, session, name, store=None, data="embed", note=None):
+        if data not in ("embed", "hash"):
+            raise ValueError(f"--data must be 'embed' or 'hash', not {data!r}")
+        if active_recorder() is not None:
+            raise RecordingError(f"already recording {active_recorder().name!r}: run `%record stop` first")
+        self.session = session
+        self.store = store if isinstance(store, Store) else Store(store)
+        self.name = name
+        self.data_mode = data
+        self.files = {}          # path -> (size, sha) recorded so far
+        self.steps = 0
+        self.writer = self.store.create(name, meta={
+            "note": note or "", "data_mode": data, "user": getpass.getuser(), "host": platform.node(),
+            "julius_version": _version(),
+        })
+        session.observers.append(self.on_event)
+        _ACTIVE["recorder"] = self
+        if session.active:
+            self._record_cluster(session.spec)
+
+    # --- steps -------------------------------------------------------------------
+    def _step(self, kind, data, parts=None):
+        self.steps = self.writer.add_step(kind, data, parts)
+        return self.steps
+
+    def _drain(self):
+        """Journal what the scheduler plugin saw since the last step."""
+        if not self.session.active:
+            return
+        for event in capture.drain_capture(self.session.client):
+            kind = event["kind"]
+            payload_name = {"graph": "specs", "run": "function", "worker_plugin": "plugin"}[kind]
+            payload = event.pop(payload_name)
+            self._step(kind, _jsonable(event), {payload_name: payload})
+        self._record_inputs()
+
+    def on_event(self, event, payload):
+        """Session observer: one step per action."""
+        self._drain()
+        if event == "cluster":
+            self._record_cluster(payload)
+        elif event == "remote_eval":
+            parts = {"pushed": cloudpickle.dumps(payload["push"])} if payload["push"] else None
+            self._step("remote_eval", {"source": payload["source"], "push": sorted(payload["push"])}, parts)
+        elif event == "rules":
+            self._step("rules", {"ns": payload["ns"], "source": payload["source"], "rules": payload["rules"]})
+        elif event == "dispatch":
+            self._record_dispatch(payload)
+            self._record_inputs()
+        elif event == "stop":
+            capture.stop_capture(self.session.client)
+
+    def add_cell(self, source):
+        """A recorded cell's source (the front-end calls this after the cell ran)."""
+        self._drain()
+        if source.strip():
+            self._step("cell", {"source": source})
+
+    def _record_cluster(self, spec):
+        client = self.session.client
+        capture.start_capture(client)
+        self._step("cluster", {**spec, "seed": self.session.seed})
+        kernel = self.writer.add_blob(_json_env(capture_environment()))
+        workers = {w: self.writer.add_blob(_json_env(env)) for w, env in cluster_environments(client).items()}
+        self._step("environment", {"kernel": kernel, "workers": workers})
+        self.writer.update_meta(workers=spec.get("n_workers"))
+
+    def _record_dispatch(self, payload):
+        plan, jobs = payload["plan"], payload["jobs"]
+        results = fingerprint_futures(self.session.client, jobs)
+        for nid, result in results.items():
+            result["label"] = plan.nodes[nid].ref.display() if nid in plan.nodes else None
+            result["target"] = nid in {r.id for r in payload["targets"]}
+        self._step("dispatch", {
+            "targets": [{"id": r.id, "key": r.key, "label": r.label} for r in payload["targets"]],
+            "key_rules": payload["key_rules"], "seed": self.session.seed,
+            "nodes": len(plan.nodes), "jobs": len(plan.jobs), "results": results, "seconds": payload["seconds"],
+        }, {"targets": cloudpickle.dumps(list(payload["targets"])),
+            "jobs": cloudpickle.dumps([plan.nodes[j].ref for j in plan.jobs if j in plan.nodes])})
+
+    def _record_inputs(self):
+        """Hash (and embed) the input files nodes read since the last look."""
+        if not self.session.active:
+            return
+        seen = set()
+        for paths in self.session.client.run(drain_inputs).values():
+            seen.update(paths)
+        new = []
+        for path in sorted(seen):
+            if path in self.files or not os.path.isfile(path):
+                continue
+            size, sha = file_digest(path)
+            embedded = False
+            if self.data_mode == "embed":
+                self.writer.add_blob(path)
+                embedded = True
+            self.files[path] = (size, sha)
+            new.append({"path": path, "size": size, "sha256": sha, "embedded": embedded})
+        if new:
+            self._step("data", {"files": new})
+
+    # --- end -------------------------------------------------------------------------
+    def stop(self):
+        """Finish the recording; returns its ``RecordingInfo``."""
+        try:
+            self._drain()
+            if self.session.active:
+                capture.stop_capture(self.session.client)
+        finally:
+            if self.on_event in self.session.observers:
+                self.session.observers.remove(self.on_event)
+            _ACTIVE["recorder"] = None
+        self.writer.update_meta(files=len(self.files))
+        return self.writer.close()
+
+    def abort(self):
+        """Stop observing; the recording stays ``incomplete`` with every step written so far."""
+        if self.on_event in self.session.observers:
+            self.session.observers.remove(self.on_event)
+        _ACTIVE["recorder"] = None
+
+
+def fingerprint_futures(client, futures):
+    """``{node id: {"fp", "describe"}}``, computed where the values are (they never travel)."""
+    fps = {nid: client.submit(fingerprint_value, fut, key=f"julius-fp-{fut.key}", pure=False)
+           for nid, fut in futures.items()}
+    values = client.gather(list(fps.values()))
+    return {nid: {"fp": fp, "describe": desc} for nid, (fp, desc) in zip(fps, values)}
+
+
+def _jsonable(event):
+    return json.loads(json.dumps(event, default=str))
+
+
+def _version():
+    from .. import __version__
+
+    return __version__

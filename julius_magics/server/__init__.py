@@ -1,0 +1,45 @@
+"""Jupyter server extension: the ``/julius/api/`` REST API behind the "Recordings" sidebar.
+
+Importing this module is cheap (no tornado, no jupyter_server): the package's
+``__init__`` re-exports the two discovery hooks below, and jupyter_server
+imports the handlers only when it loads the extension.
+
+The store is ``c.JuliusRecordings.store`` from the server's config, else
+``$JULIUS_STORE``, else ``~/.julius/recordings``.
+"""
+
+from __future__ import annotations
+
+from traitlets import Unicode
+from traitlets.config import Configurable
+
+
+class JuliusRecordings(Configurable):
+    """Server config of the extension: ``c.JuliusRecordings.store = "s3://bucket/prefix"``."""
+
+    store = Unicode(None, allow_none=True, config=True,
+                    help="fsspec URL or folder of the recording store "
+                         "(default: $JULIUS_STORE, else ~/.julius/recordings).")
+
+
+def _jupyter_server_extension_points() -> list[dict]:
+    """Tell jupyter_server which module to load (``julius_magics.server``)."""
+    return [{"module": "julius_magics.server"}]
+
+
+def _jupyter_labextension_paths() -> list[dict]:
+    """Where the prebuilt JupyterLab extension is, relative to the ``julius_magics`` package."""
+    return [{"src": "labextension", "dest": "julius-magics"}]
+
+
+def _load_jupyter_server_extension(server_app) -> None:
+    """Create the manager from the server's config and register the handlers."""
+    from julius_magics.server.manager import RecordingsManager
+    from julius_magics.server.routes import setup_route_handlers
+
+    config = JuliusRecordings(parent=server_app)
+    manager = RecordingsManager(config.store)
+    setup_route_handlers(server_app.web_app, manager)
+    server_app.log.info("julius_magics: /julius/api/ registered (store: %s)",
+                        config.store or "$JULIUS_STORE or ~/.julius/recordings")
+

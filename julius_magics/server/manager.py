@@ -1,0 +1,275 @@
+"""The state behind the REST API: one recording store and the replay jobs.
+
+``RecordingsManager`` is plain Python (no HTTP) so it is tested directly; the
+handlers in :mod:`julius_magics.server.routes` only parse requests and call it.
+
+Replays run in a subprocess (``julius replay NAME --json``) read line by line
+by an asyncio task, so a replay can never block the server's event loop. Store
+calls (listing, describing, diffing, deleting) may touch a remote filesystem,
+so they run in a worker thread.
+
+A job is one structure, listed field by field in :meth:`ReplayJob.as_dict`::
+
+    id        str   hex id, the key in the URL ``/julius/api/replays/ID``
+    name      str   the recording replayed
+    workers   int | None   worker count asked for (None: as recorded)
+    state     str   "running" | "verified" | "failed" | "error"
+    done      int   steps replayed so far
+    total     int   steps in the journal (0 until the first progress event)
+    message   str   the last progress or error message
+    report    dict | None  ``ReplayReport.as_dict()`` once the replay ended
+    started   float        time.time() at start
+    finished  float | None time.time() at the end
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from functools import partial
+
+# The store's own rule, checked before any store call, so no name with a path
+# in it reaches a file system, whatever the store backend does.
+from julius_magics.recording.store import Store, validate_name
+
+RUNNING, VERIFIED, FAILED, ERROR = "running", "verified", "failed", "error"
+
+# Runs the ``julius`` console script's entry point with the current Python, so
+# the server needs no ``julius`` on PATH and uses the same environment.
+_CLI = "import sys; sys.argv[0] = 'julius'; from julius_magics.cli import main; sys.exit(main())"
+
+# Lines of the child's stderr kept to explain a crash.
+_STDERR_TAIL = 20
+
+class JobNotFoundError(KeyError):
+    """No replay job of that id (the server restarted, or a wrong id)."""
+
+    def __str__(self):
+        return f"No replay job {self.args[0]!r} on this server."
+
+
+@dataclass
+class ReplayJob:
+    """One replay running (or ended) in a subprocess; see the module docstring."""
+
+    id: str
+    name: str
+    workers: int | None = None
+    state: str = RUNNING
+    done: int = 0
+    total: int = 0
+    message: str = "starting"
+    report: dict | None = None
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+
+    def as_dict(self) -> dict:
+        """The JSON view returned by ``GET /julius/api/replays/ID``."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "workers": self.workers,
+            "state": self.state,
+            "done": self.done,
+            "total": self.total,
+            "message": self.message,
+            "report": self.report,
+            "started": self.started,
+            "finished": self.finished,
+        }
+
+    def apply(self, event: dict) -> None:
+        """Update the job from one JSON event line of ``julius replay --json``."""
+        kind = event.get("event")
+        if kind == "progress":
+            self.done = int(event.get("done", self.done))
+            self.total = int(event.get("total", self.total))
+            self.message = str(event.get("message", ""))
+        elif kind == "report":
+            self.report = event.get("report") or {}
+            self.state = VERIFIED if self.report.get("verified") else FAILED
+            steps = self.report.get("steps")
+            if isinstance(steps, int):
+                self.done = self.total = max(steps, self.total)
+            self.message = "verified" if self.state == VERIFIED else "not verified"
+        elif kind == "error":
+            self.state = ERROR
+            self.message = str(event.get("message", "replay failed"))
+
+
+class RecordingsManager:
+    """The store of recordings and the replay jobs the server runs on it.
+
+    Parameters
+    ----------
+    store_url : str, optional
+        fsspec URL or folder of the store; None means ``$JULIUS_STORE`` or
+        ``~/.julius/recordings`` (the ``Store`` default).
+    replay_command : list of str, optional
+        Command prefix that runs the ``julius`` CLI; the default runs
+        ``julius_magics.cli.main`` with this Python.
+    env : dict, optional
+        Extra environment variables for the replay subprocess.
+
+    Examples
+    --------
+    >>> manager = RecordingsManager("memory://julius-doc")
+    >>> asyncio.run(manager.list())
+    []
+    """
+
+    def __init__(self, store_url: str | None = None, replay_command: list[str] | None = None,
+                 env: dict | None = None):
+        self.store_url = store_url or None
+        self.replay_command = list(replay_command or [sys.executable, "-c", _CLI])
+        self.env = dict(env or {})
+        self.jobs: dict[str, ReplayJob] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._store = None
+
+    # --- store ---------------------------------------------------------------
+    @property
+    def store(self):
+        """The ``Store``, opened on first use (so a bad URL fails a request, not the server)."""
+        if self._store is None:
+            self._store = Store(self.store_url)
+        return self._store
+
+    async def _in_thread(self, func, *args):
+        return await asyncio.get_running_loop().run_in_executor(None, partial(func, *args))
+
+    async def list(self) -> list[dict]:
+        """Every recording's summary (``RecordingInfo.as_dict()``), newest first."""
+        infos = await self._in_thread(lambda: [info.as_dict() for info in self.store.list()])
+        return sorted(infos, key=lambda info: str(info.get("created") or ""), reverse=True)
+
+    async def get(self, name: str) -> dict:
+        """One recording: its summary under ``"info"`` and ``describe()`` under ``"details"``.
+
+        Raises ``RecordingNotFoundError`` when missing, ``ValueError`` for a bad name.
+        """
+        validate_name(name)
+
+        def read():
+            info = self.store.info(name).as_dict()  # first: a missing recording is a 404
+            from julius_magics.recording.inspect import describe
+
+            return {"info": info, "details": describe(name, self.store)}
+
+        return await self._in_thread(read)
+
+    async def delete(self, name: str) -> None:
+        """Delete a recording (``RecordingNotFoundError`` when missing)."""
+        validate_name(name)
+        await self._in_thread(self.store.delete, name)
+
+    async def diff(self, a: str, b: str) -> dict:
+        """What differs between recordings ``a`` and ``b`` (``inspect.diff``)."""
+        validate_name(a), validate_name(b)
+        from julius_magics.recording.inspect import diff
+
+        return await self._in_thread(diff, a, b, self.store)
+
+    # --- replays -------------------------------------------------------------
+    def replay_argv(self, name: str, workers: int | None = None, trust: bool = False) -> list[str]:
+        """The command line of a replay subprocess."""
+        argv = [*self.replay_command, "replay", name, "--json"]
+        if self.store_url:
+            argv += ["--store", self.store_url]
+        if workers is not None:
+            argv += ["-n", str(workers)]
+        if trust:
+            argv.append("--trust")
+        return argv
+
+    async def start_replay(self, name: str, workers: int | None = None, trust: bool = False) -> ReplayJob:
+        """Start ``julius replay NAME --json`` in a subprocess and return its job at once.
+
+        The name is checked against the store first, so a missing recording is
+        a ``RecordingNotFoundError`` (HTTP 404) rather than a failed job.
+        """
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+            raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        validate_name(name)
+        await self._in_thread(self.store.info, name)
+        job = ReplayJob(id=uuid.uuid4().hex, name=name, workers=workers)
+        self.jobs[job.id] = job
+        task = asyncio.create_task(self._run(job, self.replay_argv(name, workers, trust)))
+        self._tasks[job.id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
+        return job
+
+    def job(self, job_id: str) -> ReplayJob:
+        """The job of that id (``JobNotFoundError`` when unknown)."""
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise JobNotFoundError(job_id) from None
+
+    async def wait(self, job_id: str) -> ReplayJob:
+        """Wait until a job has ended and return it."""
+        task = self._tasks.get(job_id)
+        if task is not None:
+            await asyncio.shield(task)
+        return self.job(job_id)
+
+    async def _run(self, job: ReplayJob, argv: list[str]) -> None:
+        env = {**os.environ, **self.env}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+                limit=2**24)  # a report line with many mismatches can be long
+        except OSError as error:
+            self._end(job, ERROR, f"cannot start the replay process: {error}")
+            return
+        stderr_tail: list[str] = []
+        stderr_task = asyncio.create_task(self._read_stderr(proc, stderr_tail))
+        try:
+            async for raw in proc.stdout:
+                line = raw.decode("utf-8", "replace").strip()
+                if not line.startswith("{"):
+                    continue  # the CLI or a library printed plain text
+                try:
+                    job.apply(json.loads(line))
+                except (ValueError, TypeError):
+                    continue
+            returncode = await proc.wait()
+            await stderr_task
+        except asyncio.CancelledError:
+            # The server is stopping: leave no orphan replay (and its cluster) behind.
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        finally:
+            # asyncio never closes a finished child's transport itself; left open it
+            # warns "Event loop is closed" when garbage-collected after the loop ends.
+            proc._transport.close()
+        if job.state == RUNNING:  # no report and no error event: the process died
+            detail = "\n".join(stderr_tail) or "no output"
+            self._end(job, ERROR, f"replay process exited with code {returncode}: {detail}")
+        else:
+            job.finished = time.time()
+
+    @staticmethod
+    async def _read_stderr(proc, tail: list[str]) -> None:
+        async for raw in proc.stderr:
+            tail.append(raw.decode("utf-8", "replace").rstrip())
+            del tail[:-_STDERR_TAIL]
+
+    @staticmethod
+    def _end(job: ReplayJob, state: str, message: str) -> None:
+        job.state, job.message, job.finished = state, message, time.time()
+
+    async def close(self) -> None:
+        """Stop running replays (the server is shutting down)."""
+        for task in list(self._tasks.values()):
+            task.cancel()
+        for job in self.jobs.values():
+            if job.state == RUNNING:
+                self._end(job, ERROR, "the server stopped during the replay")
