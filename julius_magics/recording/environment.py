@@ -163,6 +163,16 @@ def _changes(old: dict, new: dict) -> dict:
     }
 
 
+#: Dask config keys that a running process changes by itself (a Client sets ``scheduler``;
+#: each LocalCluster appends to the HTTP routes): not part of the environment's identity.
+VOLATILE_DASK_CONFIG = ("scheduler", "shuffle", "distributed.scheduler.http.routes")
+
+
+def _stable_config(env):
+    flat = _flatten(env.get("dask_config") or {})
+    return {k: v for k, v in flat.items() if not k.startswith(VOLATILE_DASK_CONFIG)}
+
+
 def env_diff(recorded: dict, current: dict) -> dict:
     """Compare two environments.
 
@@ -197,7 +207,7 @@ def env_diff(recorded: dict, current: dict) -> dict:
         "os": fields("os", ["system", "release", "machine"]),
         "machine": {**fields("cpu"), **fields("memory"), **{f"python.{k}": v for k, v in fields("python", ["executable"]).items()}},
         "packages": _changes(recorded.get("packages") or {}, current.get("packages") or {}),
-        "dask_config": _changes(_flatten(recorded.get("dask_config") or {}), _flatten(current.get("dask_config") or {})),
+        "dask_config": _changes(_stable_config(recorded), _stable_config(current)),
     }
     diff["same"] = not (diff["python"] or diff["os"] or any(diff["packages"].values()) or any(diff["dask_config"].values()))
     return diff

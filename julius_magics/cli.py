@@ -1,0 +1,160 @@
+"""``julius``: recordings from the command line (a thin skin over ``julius_magics.recording``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import JuliusError
+
+__all__ = ["main"]
+
+
+def _store(args):
+    from .recording.store import Store
+
+    return Store(args.store)
+
+
+def cmd_list(args):
+    from .recording import recordings_table
+
+    table = recordings_table(_store(args))
+    if args.json:
+        print(table.to_json(orient="records"))
+    elif table.empty:
+        print(f"no recordings in {_store(args).url}")
+    else:
+        print(table.to_string(index=False))
+    return 0
+
+
+def cmd_show(args):
+    from .recording.inspect import describe, format_describe
+
+    details = describe(args.name, _store(args))
+    print(json.dumps(details, indent=1, default=str) if args.json else format_describe(details))
+    return 0
+
+
+def cmd_replay(args):
+    from .recording import replay_with_progress
+    from .recording.replay import replay
+
+    options = dict(store=_store(args), n_workers=args.workers, address=args.address,
+                   strict_env=args.strict_env, trust=args.trust)
+    if args.json:   # one JSON object a line, for the server extension
+        def progress(done, total, message):
+            _emit({"event": "progress", "done": done, "total": total, "message": message})
+
+        try:
+            report = replay(args.name, progress=progress, **options)
+        except JuliusError as e:
+            _emit({"event": "error", "message": str(e)})
+            return 1
+        _emit({"event": "report", "report": report.as_dict()})
+    else:
+        report = replay_with_progress(args.name, **options)
+        print(report.summary())
+    from . import get_session
+
+    get_session().stop()
+    return 0 if report.verified else 1
+
+
+def _emit(obj):
+    print(json.dumps(obj, default=str), flush=True)
+
+
+def cmd_diff(args):
+    from .recording.inspect import diff, format_diff
+
+    d = diff(args.a, args.b, _store(args))
+    print(json.dumps(d, indent=1, default=str) if args.json else format_diff(d))
+    return 0
+
+
+def cmd_export(args):
+    _store(args).export(args.name, args.file)
+    print(f"exported {args.name} to {args.file}")
+    return 0
+
+
+def cmd_import(args):
+    name = _store(args).import_(args.file, trust=args.trust)
+    print(f"imported {name} into {_store(args).url}")
+    return 0
+
+
+def cmd_env(args):
+    from .recording.inspect import environment_pins
+
+    sys.stdout.write(environment_pins(args.name, _store(args)))
+    return 0
+
+
+def cmd_demo(args):
+    from .demo import run_demo
+
+    return run_demo(workers=args.workers, replay_workers=args.replay_workers, store=args.store,
+                    data_dir=args.data_dir, train_mb=args.train_mb, test_mb=args.test_mb)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="julius", description="Reproducible Dask experiments: recordings.")
+    parser.add_argument("--store", default=None, help="store URL (default: $JULIUS_STORE or ~/.julius/recordings)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help_text):
+        p = sub.add_parser(name, help=help_text)
+        p.set_defaults(fn=fn)
+        p.add_argument("--store", default=argparse.SUPPRESS, help="store URL")
+        return p
+
+    p = add("list", cmd_list, "list the recordings")
+    p.add_argument("--json", action="store_true")
+    p = add("show", cmd_show, "steps, environment, data and results of a recording")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+    p = add("replay", cmd_replay, "replay a recording in a fresh cluster; exit 0 only when verified")
+    p.add_argument("name")
+    p.add_argument("-n", "--workers", type=int, default=None)
+    p.add_argument("--address", default=None)
+    p.add_argument("--strict-env", action="store_true")
+    p.add_argument("--trust", action="store_true")
+    p.add_argument("--json", action="store_true", help="progress and report as JSON lines")
+    p = add("diff", cmd_diff, "what differs between two recordings")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--json", action="store_true")
+    p = add("export", cmd_export, "a recording and its data as one .jrec file")
+    p.add_argument("name")
+    p.add_argument("file")
+    p = add("import", cmd_import, "import a .jrec file")
+    p.add_argument("file")
+    p.add_argument("--trust", action="store_true")
+    p = add("env", cmd_env, "the recorded environment as requirements.txt pins")
+    p.add_argument("name")
+    p = add("demo", cmd_demo, "record the tutorial pipeline, replay it in a fresh cluster, verify")
+    p.add_argument("-n", "--workers", type=int, default=4)
+    p.add_argument("--replay-workers", type=int, default=2)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--train-mb", type=float, default=30)
+    p.add_argument("--test-mb", type=float, default=10)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (JuliusError, FileNotFoundError, ValueError) as e:   # the message is the whole story
+        print(f"julius {args.command}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
