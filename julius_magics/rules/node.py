@@ -49,8 +49,11 @@ class Not:
 class RemoteName:
     """A name defined by ``%%remote_eval``, resolved in the remote namespace where it is used.
 
-    Its identity is its name, so node ids that use it are stable; calling it (or
-    passing it to an atom) looks up the current definition.
+    Its identity is its (dotted) name, so node ids that use it are stable; calling it
+    (or passing it to an atom) looks up the current definition.
+
+    >>> remote.pd.concat
+    remote.pd.concat
     """
 
     __slots__ = ("name",)
@@ -59,22 +62,27 @@ class RemoteName:
         self.name = name
 
     def resolve(self):
+        head, *attrs = self.name.split(".")
         try:
-            return REMOTE_NAMESPACE[self.name]
+            value = REMOTE_NAMESPACE[head]
         except KeyError:
             raise NameError(
                 f"remote.{self.name} is not defined in this process's remote namespace "
                 f"(define it with %%remote_eval; in the kernel, use %%remote_eval --local)"
             ) from None
+        for attr in attrs:
+            value = getattr(value, attr)
+        return value
 
     def __call__(self, *args, **kwargs):
         return self.resolve()(*args, **kwargs)
 
     def __getattr__(self, attr):
-        # `pd.concat` inside a rule, where `pd` came from %%remote_eval: look it up where it runs
+        # `pd.concat` in a rule, where `pd` came from %%remote_eval: looked up only when used,
+        # so the rule body also runs in the kernel, which may not have `pd`
         if attr.startswith("__"):
             raise AttributeError(attr)
-        return getattr(self.resolve(), attr)
+        return RemoteName(f"{self.name}.{attr}")
 
     def __repr__(self):
         return f"remote.{self.name}"
