@@ -6,6 +6,7 @@
 """
 
 from .rules import DDataFrame, NodeRef, Not, ref, remote, rng, stable_hash
+from .server import _jupyter_labextension_paths, _jupyter_server_extension_points  # noqa: F401  (Jupyter's hooks)
 
 __version__ = "0.1.0"
 

@@ -22,6 +22,7 @@ The pipeline, after the Julius persist tutorial:
 """
 
 from .datasets import TARGET
+from .rules import DDataFrame, ref, remote
 
 __all__ = [
     "REMOTE_SOURCE",
@@ -152,8 +153,6 @@ def pipeline_refs(train_path, test_path, model=MODEL, options=None, target=TARGE
         chunk), ``scored`` (the map-reduce result: DataFrame[proba, y]) and
         ``score`` (the ROC AUC), all node references.
     """
-    from . import DDataFrame, ref, remote  # the core, imported late: layer 4 uses this module
-
     options = dict(OPTIONS if options is None else options)
     train_chunks = DDataFrame(train_path, blocksize=train_blocksize).chunks
     test_chunks = DDataFrame(test_path, blocksize=test_blocksize).chunks

@@ -22,6 +22,7 @@ import uuid
 import cloudpickle
 
 from ..errors import JuliusError, NoClusterError, NodeError, RemoteError
+from ..rules.evaluate import compile_steps
 from ..rules.graph import expand, plan_jobs
 from ..rules.node import NodeRef
 from ..rules.registry import RULES, top_level_names
@@ -253,11 +254,14 @@ class Session:
         self.last_plan = plan
         self.failed = set()
         submitted = {}
+        members = {job: [] for job in plan.jobs}
+        for nid in plan.order:
+            members[plan.owner[nid]].append(nid)
         for job in plan.jobs:
             node = plan.nodes[job].ref
             deps = plan.job_deps[job]
             submitted[job] = client.submit(
-                run_key_job, node, self.seed, tuple(deps), *[submitted[d] if d in submitted else self.futures[d] for d in deps],
+                run_key_job, compile_steps(plan.nodes, members[job]), self.seed, tuple(deps), *[submitted[d] if d in submitted else self.futures[d] for d in deps],
                 key=f"julius-{node.ns}.{node.name}-{job}-{self._generation}", pure=False,
             )
         wanted = [submitted[r.id] if r.id in submitted else self.futures[r.id] for r in refs]

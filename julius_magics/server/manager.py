@@ -46,6 +46,7 @@ _CLI = "import sys; sys.argv[0] = 'julius'; from julius_magics.cli import main; 
 # Lines of the child's stderr kept to explain a crash.
 _STDERR_TAIL = 20
 
+
 class JobNotFoundError(KeyError):
     """No replay job of that id (the server restarted, or a wrong id)."""
 
@@ -268,8 +269,10 @@ class RecordingsManager:
 
     async def close(self) -> None:
         """Stop running replays (the server is shutting down)."""
-        for task in list(self._tasks.values()):
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # each kills its child
         for job in self.jobs.values():
             if job.state == RUNNING:
                 self._end(job, ERROR, "the server stopped during the replay")
