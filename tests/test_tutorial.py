@@ -68,7 +68,7 @@ def test_notebook_runs_and_finds_the_fraud(tmp_path, monkeypatch):
     NotebookClient(nb, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
 
-    [auc_cell] = [c for c in nb.cells if c.cell_type == "code" and 'print(f"AUC:' in c.source]
+    auc_cell, recorded_cell = [c for c in nb.cells if c.cell_type == "code" and 'print(f"AUC:' in c.source]
     text = "".join(o.get("text", "") for o in auc_cell.outputs)
     auc = float(re.search(r"AUC: ([0-9.]+)", text).group(1))
     assert 0.75 < auc < 1.0
@@ -77,6 +77,15 @@ def test_notebook_runs_and_finds_the_fraud(tmp_path, monkeypatch):
     assert svg.lstrip().startswith(("<?xml", "<svg")) and "</svg>" in svg
     [stats_cell] = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith("sample = getdata")]
     assert re.search(r"\d+ rows, [0-9.]+% fraud", "".join(o.get("text", "") for o in stats_cell.outputs))
+
+    # parts 2 and 3: recorded on 4 workers, replayed on 2, verified, the same AUC
+    def printed(marker):
+        [cell] = [c for c in nb.cells if c.cell_type == "code" and marker in c.source]
+        return "".join(o.get("text", "") for o in cell.outputs)
+
+    assert f"AUC: {auc:.4f}" in printed("recorded_auc = compute")
+    assert re.search(r"verified: True \| steps: \d+ \| results compared: \d+", printed('print("verified:"'))
+    assert "identical: True" in printed("replayed_auc = getdata")
 
 
 @pytest.fixture(scope="module")

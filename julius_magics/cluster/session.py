@@ -18,6 +18,7 @@ import logging
 import os
 import time
 import uuid
+import warnings
 
 import cloudpickle
 
@@ -231,7 +232,7 @@ class Session:
         _, failures = self._broadcast({"kind": "rules", "ns": ns, "source": source})
         if failures:
             raise _remote_error(f"addrules {ns}", failures)
-        self.emit("rules", ns=ns, source=source, rules=names)
+        self.emit("rules", ns=ns, source=source, rules=names, entry=self.history[-1])
         return names
 
     # --- graphs ---------------------------------------------------------------------------
@@ -260,10 +261,13 @@ class Session:
         for job in plan.jobs:
             node = plan.nodes[job].ref
             deps = plan.job_deps[job]
-            submitted[job] = client.submit(
-                run_key_job, compile_steps(plan.nodes, members[job]), self.seed, tuple(deps), *[submitted[d] if d in submitted else self.futures[d] for d in deps],
-                key=f"julius-{node.ns}.{node.name}-{job}-{self._generation}", pure=False,
-            )
+            with warnings.catch_warnings():  # a big key job carries its sub-graph, by design
+                warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
+                submitted[job] = client.submit(
+                    run_key_job, compile_steps(plan.nodes, members[job]), self.seed, tuple(deps),
+                    *[submitted[d] if d in submitted else self.futures[d] for d in deps],
+                    key=f"julius-{node.ns}.{node.name}-{job}-{self._generation}", pure=False,
+                )
         wanted = [submitted[r.id] if r.id in submitted else self.futures[r.id] for r in refs]
         _wait_with_progress(list(submitted.values()), "compute")
         try:

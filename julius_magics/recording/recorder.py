@@ -11,6 +11,7 @@ Step kinds (JSON data; binary parts in brackets):
 - ``environment``: ``kernel`` and ``workers`` as blob hashes of JSON environments
 - ``remote_eval``: ``source, push`` [``pushed``: cloudpickle of the pushed values]
 - ``rules``: ``ns, source, rules``
+  (a recording started mid-session begins with the code and rules sent before it)
 - ``cell``: ``source``
 - ``dispatch``: ``targets, key_rules, seed, jobs, results`` [``targets``: cloudpickle of the NodeRefs]
 - ``graph`` / ``run`` / ``worker_plugin``: plain Dask work captured by the scheduler plugin [its pickles]
@@ -30,6 +31,7 @@ import cloudpickle
 from ..cluster import capture
 from ..cluster.worker import drain_inputs, fingerprint_value
 from ..errors import RecordingError
+from ..rules.registry import top_level_names
 from .environment import capture_environment, cluster_environments
 from .store import Store
 
@@ -88,6 +90,8 @@ class Recorder:
         _ACTIVE["recorder"] = self
         if session.active:
             self._record_cluster(session.spec)
+        for entry in session.history:   # code and rules sent before the recording started
+            self._record_entry(entry)
 
     # --- steps -------------------------------------------------------------------
     def _step(self, kind, data, parts=None):
@@ -110,16 +114,22 @@ class Recorder:
         self._drain()
         if event == "cluster":
             self._record_cluster(payload)
-        elif event == "remote_eval":
-            parts = {"pushed": cloudpickle.dumps(payload["push"])} if payload["push"] else None
-            self._step("remote_eval", {"source": payload["source"], "push": sorted(payload["push"])}, parts)
-        elif event == "rules":
-            self._step("rules", {"ns": payload["ns"], "source": payload["source"], "rules": payload["rules"]})
+        elif event in ("remote_eval", "rules"):
+            self._record_entry(payload["entry"])
         elif event == "dispatch":
             self._record_dispatch(payload)
             self._record_inputs()
         elif event == "stop":
             capture.stop_capture(self.session.client)
+
+    def _record_entry(self, entry):
+        """A remote_eval or rules entry of the session's history, as a step."""
+        if entry["kind"] == "remote_eval":
+            parts = {"pushed": entry["pushed"]} if entry["pushed"] else None
+            self._step("remote_eval", {"source": entry["source"], "push": entry["push"]}, parts)
+        elif entry["kind"] == "rules":
+            self._step("rules", {"ns": entry["ns"], "source": entry["source"],
+                                 "rules": top_level_names(entry["source"])[1]})
 
     def add_cell(self, source):
         """A recorded cell's source (the front-end calls this after the cell ran)."""
