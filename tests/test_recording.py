@@ -308,3 +308,19 @@ def test_a_worker_killed_during_a_recorded_compute(store):
     report = recording.replay("workerkill", store=store)
     _stop()
     assert report.verified
+
+
+def test_a_recording_started_mid_session_carries_the_earlier_code_and_rules(store):
+    session = set_session(Session())
+    session.start(n_workers=1)
+    session.remote_eval("base = 10", push={"offset": 5})
+    session.add_rules("mid", "def value():\n    return ApplyFn(lambda: base + offset)()")
+    recording.start(session, "midsession", store=store)
+    assert session.compute(jm.ref.mid.value()) == 15
+    recording.stop()
+    session.stop()
+    kinds = [s.kind for s in store.open("midsession").steps]
+    assert kinds[:4] == ["cluster", "environment", "remote_eval", "rules"]
+    report = recording.replay("midsession", store=store)
+    _stop()
+    assert report.verified and report.results == 1

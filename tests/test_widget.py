@@ -85,7 +85,9 @@ def test_details_show_steps_environment_and_results(recorded):
     assert browser.selected == "w1"          # the first recording is selected at once
     details = browser.select("w2")
     assert browser.selected == "w2" and browser.picker.value == "w2"
-    assert [s["kind"] for s in details["steps"]] == ["cluster", "environment", "remote_eval", "rules", "dispatch"]
+    # w2 was started mid-session: its journal begins with the code and rules sent before it
+    assert [s["kind"] for s in details["steps"]] == ["cluster", "environment", "remote_eval", "rules",
+                                                     "remote_eval", "rules", "dispatch"]
     assert [r["describe"] for r in details["results"]] == ["list of 6"]
     assert "list of 6" in browser.details.value
     assert [r["describe"] for r in browser.select("w1")["results"]] == ["list of 5"]

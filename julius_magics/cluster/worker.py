@@ -20,7 +20,7 @@ from ..errors import NodeError
 from ..fingerprint import describe, fingerprint
 from ..rules.atoms import INPUT_HOOKS, INPUTS_READ
 from ..rules.evaluate import run_steps
-from ..rules.node import REMOTE_NAMESPACE
+from ..rules.node import REMOTE_NAMESPACE, REMOTE_STATE
 from ..rules.registry import RULES, top_level_names
 
 HISTORY_KEY = ("julius", "history")
@@ -33,6 +33,7 @@ def exec_remote(source, pushed, namespace, filename="<remote_eval>"):
     namespace.setdefault("__builtins__", __builtins__)
     namespace.setdefault("__name__", "julius_remote")
     namespace.update(pushed)
+    REMOTE_STATE["generation"] += 1
     exec(compile(source, filename, "exec"), namespace)
     bound, _ = top_level_names(source)
     RULES.note_remote_names(bound | set(pushed))

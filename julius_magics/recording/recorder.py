@@ -27,6 +27,7 @@ import os
 import platform
 
 import cloudpickle
+from tqdm.auto import tqdm
 
 from ..cluster import capture
 from ..cluster.worker import drain_inputs, fingerprint_value
@@ -166,17 +167,18 @@ class Recorder:
         seen = set()
         for paths in self.session.client.run(drain_inputs).values():
             seen.update(paths)
+        paths = [p for p in sorted(seen) if p not in self.files and os.path.isfile(p)]
         new = []
-        for path in sorted(seen):
-            if path in self.files or not os.path.isfile(path):
-                continue
-            size, sha = file_digest(path)
-            embedded = False
-            if self.data_mode == "embed":
-                self.writer.add_blob(path)
-                embedded = True
-            self.files[path] = (size, sha)
-            new.append({"path": path, "size": size, "sha256": sha, "embedded": embedded})
+        with tqdm(total=sum(os.path.getsize(p) for p in paths), desc="julius data snapshot", unit="B",
+                  unit_scale=True, delay=1.0, leave=False, disable=not paths) as bar:
+            for path in paths:
+                if self.data_mode == "embed":   # the store hashes what it stores: read the file once
+                    size, sha = os.path.getsize(path), self.writer.add_blob(path)
+                else:
+                    size, sha = file_digest(path)
+                self.files[path] = (size, sha)
+                new.append({"path": path, "size": size, "sha256": sha, "embedded": self.data_mode == "embed"})
+                bar.update(size)
         if new:
             self._step("data", {"files": new})
 

@@ -23,7 +23,8 @@ import numpy as np
 
 from ..errors import NodeError
 from .graph import expand, paused_gc
-from .node import NodeRef
+from .atoms import ApplyFn
+from .node import NodeRef, bind_remote_globals
 
 __all__ = ["evaluate", "compile_steps", "run_steps", "node_seed", "rng", "Slot"]
 
@@ -146,6 +147,9 @@ def run_steps(steps, known=None, seed=0, on_node=None):
     with paused_gc():
         for count, (nid, atom, inputs, deps, key, label) in enumerate(steps, 1):
             args = [values[v.id] if type(v) is Slot else substitute(v, values) for v in inputs]
+            bind_remote_globals(type(atom).run)
+            if type(atom) is ApplyFn:
+                bind_remote_globals(atom.params[0])
             _enter_node(node_seed(seed, nid))
             try:
                 values[nid] = atom.run(*args)

@@ -19,13 +19,17 @@ import importlib
 import math
 import struct
 
-__all__ = ["NodeRef", "refs_in", "Not", "RemoteName", "canonical", "stable_hash", "remote", "REMOTE_NAMESPACE"]
+__all__ = ["NodeRef", "refs_in", "bind_remote_globals", "REMOTE_STATE", "Not", "RemoteName", "canonical", "stable_hash", "remote", "REMOTE_NAMESPACE"]
 
 ID_LENGTH = 20  # hex digits of the node id (80 bits): collisions are not a practical concern
 
 #: The "remote namespace" of this process: what ``%%remote_eval`` defined here.
 #: On a worker it holds the remote code; ``RemoteName`` resolves in it.
 REMOTE_NAMESPACE: dict = {}
+#: Bumped whenever the remote namespace changes, so rule globals are bound again (``bind_remote_globals``).
+REMOTE_STATE = {"generation": 0}
+_BOUND = "__julius_bound__"      # in a globals dict: the generation it was bound at
+_PLACEHOLDERS = "__julius_remote__"  # in a globals dict: {name: RemoteName} it held before binding
 
 
 class Not:
@@ -95,6 +99,25 @@ class RemoteName:
 
     def __reduce__(self):
         return (RemoteName, (self.name,))
+
+
+def bind_remote_globals(fn):
+    """Where code runs, replace the ``RemoteName`` placeholders in ``fn``'s globals by their values.
+
+    Rule cells see remote names as placeholders (the kernel may not have them); a lambda
+    shipped to a worker that uses ``base + offset`` needs the values themselves.  Binding
+    is redone when the remote namespace changes; names it does not define stay placeholders.
+    """
+    g = getattr(fn, "__globals__", None)
+    if g is None or g.get(_BOUND) == REMOTE_STATE["generation"]:
+        return
+    placeholders = g.get(_PLACEHOLDERS)
+    if placeholders is None:
+        placeholders = g[_PLACEHOLDERS] = {k: v for k, v in g.items() if type(v) is RemoteName}
+    for key, placeholder in placeholders.items():
+        head = placeholder.name.split(".")[0]
+        g[key] = placeholder.resolve() if head in REMOTE_NAMESPACE else placeholder
+    g[_BOUND] = REMOTE_STATE["generation"]
 
 
 class _RemoteAccessor:
