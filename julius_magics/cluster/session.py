@@ -23,7 +23,7 @@ import warnings
 import cloudpickle
 
 from ..errors import JuliusError, NoClusterError, NodeError, RemoteError
-from ..rules.evaluate import compile_steps
+from ..rules.evaluate import compile_job
 from ..rules.graph import expand, plan_jobs
 from ..rules.node import NodeRef
 from ..rules.registry import RULES, top_level_names
@@ -264,7 +264,7 @@ class Session:
             with warnings.catch_warnings():  # a big key job carries its sub-graph, by design
                 warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
                 submitted[job] = client.submit(
-                    run_key_job, compile_steps(plan.nodes, members[job]), self.seed, tuple(deps),
+                    run_key_job, compile_job(plan.nodes, members[job], deps), self.seed,
                     *[submitted[d] if d in submitted else self.futures[d] for d in deps],
                     key=f"julius-{node.ns}.{node.name}-{job}-{self._generation}", pure=False,
                 )

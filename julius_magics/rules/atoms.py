@@ -43,10 +43,19 @@ class Application:
 
 
 class Atom:
-    """Base class: ``Atom(*params)(*inputs)`` is an Application; ``run(*values)`` computes."""
+    """Base class: ``Atom(*params)(*inputs)`` is an Application; ``run(*values)`` computes.
+
+    An atom is rebuilt from its params (``type(atom)(*atom.params)``) when it travels to a
+    worker; a subclass whose ``__init__`` takes other arguments overrides ``__reduce__``.
+    """
+
+    __slots__ = ("params",)
 
     def __init__(self, *params):
         self.params = params
+
+    def __reduce__(self):
+        return (type(self), self.params)
 
     def __call__(self, *inputs):
         return Application(self, inputs)
@@ -76,8 +85,12 @@ class ApplyFn(Atom):
         super().__init__(fn, *params)
 
     def run(self, *inputs):
-        fn, *params = (_resolve(p) for p in self.params)
-        return fn(*params, *inputs)
+        fn, *params = self.params
+        if type(fn) is RemoteName:
+            fn = fn.resolve()
+        if params:
+            return fn(*[_resolve(p) for p in params], *inputs)
+        return fn(*inputs)
 
 
 def import_object(path):

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import pickle
 import random
+import _random
 import threading
 import traceback
 
+import cloudpickle
 import numpy as np
 
 from ..errors import NodeError
@@ -26,22 +29,36 @@ from .graph import expand, paused_gc
 from .atoms import ApplyFn
 from .node import NodeRef, bind_remote_globals
 
-__all__ = ["evaluate", "compile_steps", "run_steps", "node_seed", "rng", "Slot"]
+__all__ = ["evaluate", "Job", "compile_job", "run_job", "node_seed", "rng", "Slot"]
 
 _node = threading.local()
 
 
-def node_seed(session_seed, node_id):
-    """The seed of a node: a stable hash of the session seed and the node id (never ``hash()``)."""
-    digest = hashlib.blake2b(f"{session_seed}:{node_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
+def session_key(session_seed):
+    """A 64-bit mask derived from the session seed (a stable hash, never ``hash()``)."""
+    return int.from_bytes(hashlib.blake2b(str(session_seed).encode(), digest_size=8).digest(), "big")
+
+
+def node_seed(session_seed, node_id, _key=None):
+    """The seed of a node: its id (already a content hash) mixed with the session key.
+
+    >>> node_seed(0, "1a2b3c4d5e6f70819203") == node_seed(0, "1a2b3c4d5e6f70819203")
+    True
+    """
+    key = session_key(session_seed) if _key is None else _key
+    return int(node_id[:16], 16) ^ key
+
+
+_random_seed = _random.Random.seed    # what random.seed(int) runs, without its Python wrapper
+_numpy_seed = np.random.seed
 
 
 def _enter_node(seed):
     """Seed Python's ``random`` and NumPy's global generator for the node about to run."""
-    low = seed & 0xFFFFFFFF        # a 32-bit seed: Python's random.seed is twice as fast as with 64
-    random.seed(low)
-    np.random.seed(low)
+    low = seed & 0xFFFFFFFF        # a 32-bit seed: seeding is twice as fast as with 64 bits
+    _random_seed(random._inst, low)
+    random._inst.gauss_next = None
+    _numpy_seed(low)
     _node.seed = seed
     _node.rng = None
 
@@ -55,29 +72,29 @@ def rng():
 
 
 class Slot:
-    """Stands for a dependency's value in a compiled step's inputs."""
+    """Stands for a dependency's value inside a nested input (a list of node references)."""
 
-    __slots__ = ("id",)
+    __slots__ = ("index",)
 
-    def __init__(self, nid):
-        self.id = nid
+    def __init__(self, index):
+        self.index = index
 
     def __reduce__(self):
-        return (Slot, (self.id,))
+        return (Slot, (self.index,))
 
     def __repr__(self):
-        return f"Slot({self.id})"
+        return f"Slot({self.index})"
 
 
-def _slotted(value):
-    """An input with its node references replaced by slots (nothing else of the graph travels)."""
+def _slotted(value, index):
+    """An input with its node references replaced by slots."""
     t = type(value)
     if t is NodeRef:
-        return Slot(value.id)
+        return Slot(index[value.id])
     if t is list or t is tuple:
-        return t(_slotted(v) for v in value)
+        return t(_slotted(v, index) for v in value)
     if t is dict:
-        return {k: _slotted(v) for k, v in value.items()}
+        return {k: _slotted(v, index) for k, v in value.items()}
     return value
 
 
@@ -85,7 +102,7 @@ def substitute(value, values):
     """Replace slots in an input (also inside lists, tuples, dicts) by their values."""
     t = type(value)
     if t is Slot:
-        return values[value.id]
+        return values[value.index]
     if t is list or t is tuple:
         return t(substitute(v, values) for v in value)
     if t is dict:
@@ -93,81 +110,115 @@ def substitute(value, values):
     return value
 
 
-class Steps:
-    """Compiled steps ``(id, atom, inputs, dep ids, rule key, label)``, in dependency order.
+class Job:
+    """A sub-graph compiled for evaluation in one task: flat lists, positions instead of ids.
 
-    Not a list: Dask passes it to the task as one opaque argument instead of walking
-    every tuple in it looking for futures.
+    ``ids[:nknown]`` are the dependencies computed elsewhere (their values are passed in,
+    in that order); ``ids[nknown + i]`` is step ``i``, computed by ``atoms[i]`` from
+    ``inputs[i]``: a tuple of positions when every input is a node reference (the common
+    case), else ``(None, inputs with Slots)``.  Plain lists of strings, ints and atoms
+    pickle several times faster than node objects, and Dask passes a ``Job`` to its task
+    as one opaque argument instead of walking it for futures.
     """
 
-    __slots__ = ("items",)
+    __slots__ = ("ids", "nknown", "atoms", "inputs", "keys", "labels")
 
-    def __init__(self, items=None):
-        self.items = items if items is not None else []
+    def __init__(self, ids, nknown, atoms, inputs, keys, labels):
+        self.ids, self.nknown, self.atoms, self.inputs, self.keys, self.labels = ids, nknown, atoms, inputs, keys, labels
 
     def __reduce__(self):
-        return (Steps, (self.items,))
+        # pickled as one bytes object, (un)pickled with full collections paused: unpickling
+        # 100k small objects otherwise spends most of its time in the garbage collector
+        with paused_gc():
+            state = cloudpickle.dumps((self.ids, self.nknown, self.atoms, self.inputs, self.keys, self.labels))
+        return (_load_job, (state,))
 
     def __len__(self):
-        return len(self.items)
+        return len(self.atoms)
 
 
-def compile_steps(nodes, order):
-    """The nodes in ``order`` as ``Steps``.
-
-    A key job's task carries its steps, so the worker evaluates them without
-    expanding the graph again; plain tuples pickle fast.
-    """
-    steps = []
-    for nid in order:
-        node = nodes[nid]
-        inputs = node.app.inputs
-        if all(type(v) is NodeRef for v in inputs):
-            inputs = tuple(Slot(v.id) for v in inputs)
-        else:
-            inputs = tuple(_slotted(v) for v in inputs)
-        steps.append((nid, node.app.atom, inputs, tuple(d.id for d in node.deps), node.ref.key, node.ref.label))
-    return Steps(steps)
-
-
-def run_steps(steps, known=None, seed=0, on_node=None):
-    """Run compiled steps in order; return the value of the last one.
-
-    ``known`` gives the values of dependencies outside the steps.  Values are dropped
-    as soon as no remaining step needs them, so a long chain keeps only its frontier
-    in memory.  A failing atom raises ``NodeError`` naming the node, with its traceback.
-    """
-    steps = steps.items if isinstance(steps, Steps) else steps
-    values = dict(known or {})
-    pending = {}
-    for step in steps:
-        for dep in step[3]:
-            pending[dep] = pending.get(dep, 0) + 1
-    keep = steps[-1][0]
+def _load_job(state):
     with paused_gc():
-        for count, (nid, atom, inputs, deps, key, label) in enumerate(steps, 1):
-            args = [values[v.id] if type(v) is Slot else substitute(v, values) for v in inputs]
-            bind_remote_globals(type(atom).run)
-            if type(atom) is ApplyFn:
-                bind_remote_globals(atom.params[0])
-            _enter_node(node_seed(seed, nid))
+        return Job(*pickle.loads(state))
+
+
+def compile_job(nodes, order, known_ids=()):
+    """Compile the nodes in ``order`` (dependencies first), given the ids computed elsewhere."""
+    ids = list(known_ids)
+    index = {nid: i for i, nid in enumerate(ids)}
+    atoms, inputs, keys, labels = [], [], [], []
+    with paused_gc():
+        for nid in order:
+            node = nodes[nid]
+            app = node.app
             try:
-                values[nid] = atom.run(*args)
+                inputs.append(tuple([index[v.id] for v in app.inputs]))
+            except (AttributeError, KeyError):   # a constant or a nested list among the inputs
+                inputs.append((None, tuple(_slotted(v, index) for v in app.inputs)))
+            index[nid] = len(ids)
+            ids.append(nid)
+            atoms.append(app.atom)
+            keys.append(node.ref.key)
+            labels.append(node.ref.label)
+    return Job(ids, len(known_ids), atoms, inputs, keys, labels)
+
+
+def run_job(job, known_values=(), seed=0, on_node=None):
+    """Run a compiled job; return the value of its last step.
+
+    Values are dropped as soon as no later step needs them, so a long chain keeps
+    only its frontier in memory.  A failing atom raises ``NodeError`` naming the
+    node, with its traceback.
+    """
+    k = job.nknown
+    values = list(known_values) + [None] * len(job.atoms)
+    pending = [0] * len(values)
+    for spec in job.inputs:
+        for j in (spec if spec[:1] != (None,) else _slots_in(spec[1])):
+            pending[j] += 1
+    last = len(values) - 1
+    key = session_key(seed)
+    bound = set()   # functions whose globals were bound to the remote namespace in this job
+    with paused_gc():
+        for i, (atom, spec) in enumerate(zip(job.atoms, job.inputs)):
+            nested = spec[:1] == (None,)
+            args = substitute(spec[1], values) if nested else [values[j] for j in spec]
+            fn = atom.params[0] if type(atom) is ApplyFn else type(atom).run
+            if id(fn) not in bound:
+                bound.add(id(fn))
+                bind_remote_globals(fn)
+                bind_remote_globals(type(atom).run)
+            nid = job.ids[k + i]
+            _enter_node(int(nid[:16], 16) ^ key)
+            try:
+                values[k + i] = atom.run(*args)
             except Exception as e:
-                name = f"{label} ({key})" if label else key
+                key, label = job.keys[i], job.labels[i]
                 raise NodeError(
-                    f"node {name}, id {nid}, failed: {type(e).__name__}: {e}",
+                    f"node {f'{label} ({key})' if label else key}, id {nid}, failed: {type(e).__name__}: {e}",
                     node_id=nid, label=label or key, remote_traceback=traceback.format_exc(),
                 ) from None
             if on_node is not None:
                 on_node(nid)
-            for dep in deps:
-                left = pending[dep] = pending[dep] - 1
-                if left == 0 and dep != keep:
-                    values.pop(dep, None)
-            if count % 10_000 == 0:
+            for j in (spec if not nested else _slots_in(spec[1])):
+                pending[j] -= 1
+                if pending[j] == 0 and j != last:
+                    values[j] = None
+            if i % 10_000 == 9_999:
                 gc.collect(0)   # short-lived cycles made by atoms, while full collections are paused
-    return values[keep]
+    return values[last]
+
+
+def _slots_in(value):
+    """Positions of the slots in a nested input."""
+    t = type(value)
+    if t is Slot:
+        return [value.index]
+    if t is list or t is tuple:
+        return [j for v in value for j in _slots_in(v)]
+    if t is dict:
+        return [j for v in value.values() for j in _slots_in(v)]
+    return []
 
 
 def evaluate(target, rule_of, known=None, seed=0, on_node=None):
@@ -176,4 +227,5 @@ def evaluate(target, rule_of, known=None, seed=0, on_node=None):
     if target.id in known:
         return known[target.id]
     nodes, order = expand([target], rule_of, stop=known)
-    return run_steps(compile_steps(nodes, order), known, seed, on_node)
+    outside = list(dict.fromkeys(d.id for nid in order for d in nodes[nid].deps if d.id not in nodes))
+    return run_job(compile_job(nodes, order, outside), [known[d] for d in outside], seed, on_node)
