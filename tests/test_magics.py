@@ -66,3 +66,14 @@ def test_node_errors_are_clear_in_the_shell(shell):
     with pytest.raises(NodeError, match="ZeroDivisionError"):
         run(shell, "compute(ref.calc.bad(label='division'))")
     assert run(shell, "compute(ref.calc.num(3))") == 3
+
+
+def test_load_ext_is_idempotent_and_unload_removes_the_magics(shell):
+    run(shell, "%load_ext julius_magics")
+    run(shell, "%load_ext julius_magics")
+    assert "cluster" in shell.magics_manager.magics["line"]
+    run(shell, "%unload_ext julius_magics")
+    assert "cluster" not in shell.magics_manager.magics["line"]
+    assert "remote_eval" not in shell.magics_manager.magics["cell"]
+    run(shell, "%load_ext julius_magics")
+    assert "record" in shell.magics_manager.magics["line"] and "record" in shell.magics_manager.magics["cell"]

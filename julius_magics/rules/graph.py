@@ -178,13 +178,15 @@ class JobPlan:
         return f"<JobPlan {len(self.nodes)} nodes, {len(self.jobs)} key jobs>"
 
 
-def _assign_owners(nodes, order, keys):
+def _assign_owners(nodes, order, keys, limit=None):
     """Give every node a key job; a node needed by two key jobs becomes a key job itself.
 
     Visiting dependents before dependencies (reverse topological order) settles each
-    node's owner before its own dependencies are reached.  Mutates ``keys``.
+    node's owner before its own dependencies are reached.  Mutates ``keys``.  With
+    ``limit``, gives up (returns None) once more than ``limit`` nodes were promoted.
     """
     owner = {}
+    budget = len(keys) + limit if limit is not None else None
     for nid in reversed(order):
         if nid in keys:
             owner[nid] = nid
@@ -199,6 +201,8 @@ def _assign_owners(nodes, order, keys):
             elif prev != mine:
                 keys.add(did)
                 owner[did] = did
+                if budget is not None and len(keys) > budget:
+                    return None
     return owner
 
 
@@ -252,8 +256,8 @@ def plan_jobs(nodes, order, targets, key_rules=(), n_workers=1):
         job = candidates[0]
         branches = _split_candidates(nodes, owner, job)
         trial = keys | set(branches)
-        trial_owner = _assign_owners(nodes, order, trial)
-        if branches and len(trial) - len(keys) <= 2 * len(branches):
+        trial_owner = _assign_owners(nodes, order, trial, limit=len(branches)) if branches else None
+        if trial_owner is not None:
             keys, owner = trial, trial_owner
         else:
             unsplittable.add(job)
