@@ -48,6 +48,13 @@ class NoClusterError(JuliusError):
         super().__init__(message)
 
 
+class NotComputedError(JuliusError, KeyError):
+    """``getdata`` of a node this session has not computed (or not kept)."""
+
+    def __str__(self):   # KeyError would show the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
 class RemoteError(JuliusError):
     """Code failed on one or more workers; ``failures`` maps worker -> remote traceback."""
 

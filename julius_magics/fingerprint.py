@@ -421,3 +421,8 @@ def describe(value, width: int = 40) -> str:
 
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def fingerprint_and_describe(value) -> tuple[str, str]:
+    """``(fingerprint(value), describe(value))``: what a worker sends back instead of the value."""
+    return fingerprint(value), describe(value)

@@ -6,6 +6,7 @@ raise ``UsageError``, julius errors print their message without a Python traceba
 
 from __future__ import annotations
 
+import functools
 import shlex
 
 from IPython.core.error import UsageError
@@ -17,6 +18,19 @@ from .cluster.session import get_session
 from .rules.node import NodeRef
 
 __all__ = ["JuliusMagics", "load_ipython_extension", "unload_ipython_extension"]
+
+
+def _usage_errors(magic):
+    """A bad value in a magic's options (a recording name, a worker count) is a usage error."""
+
+    @functools.wraps(magic)
+    def wrapper(*args, **kwargs):
+        try:
+            return magic(*args, **kwargs)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+
+    return wrapper
 
 
 def _parser(prog, description):
@@ -91,6 +105,7 @@ class JuliusMagics(Magics):
 
     # --- cluster ------------------------------------------------------------------
     @line_magic
+    @_usage_errors
     def cluster(self, line):
         """%cluster start [-n N] [--threads T] [--memory-limit M] | connect ADDRESS | status | stop"""
         args = _parse(CLUSTER, line)
@@ -127,6 +142,7 @@ class JuliusMagics(Magics):
                 print(f"[{worker}]\n{text.rstrip()}")
 
     @cell_magic
+    @_usage_errors
     def addrules(self, line, cell):
         """%%addrules NS: the cell's top-level functions become rules of namespace NS."""
         args = _parse(ADDRULES, line)
@@ -166,6 +182,7 @@ class JuliusMagics(Magics):
 
     # --- recordings ------------------------------------------------------------------------
     @line_cell_magic
+    @_usage_errors
     def record(self, line, cell=None):
         """%record start NAME [--store URL] [--data embed|hash] [--note TEXT] | %record stop
         | %%record NAME [...]: record one cell."""
@@ -212,12 +229,10 @@ class JuliusMagics(Magics):
         return recording.recordings_table(args.store)
 
     @line_magic
+    @_usage_errors
     def replay(self, line):
         """%replay NAME [-n WORKERS] [--store URL] [--address ADDR] [--strict-env] [--trust]"""
         args = _parse(REPLAY, line)
-        if self.session.active:
-            print("Stopping the active cluster: the replay runs in a fresh one.")
-            self.session.stop()
         return recording.replay_with_progress(args.name, store=args.store, n_workers=args.workers,
                                               address=args.address, strict_env=args.strict_env, trust=args.trust)
 
@@ -263,6 +278,9 @@ def unload_ipython_extension(ipython):
     magics = _loaded.pop(ipython, None)
     if magics is None:
         return
+    if magics._hooked:
+        ipython.events.unregister("post_run_cell", magics._record_cell)
+        magics._hooked = False
     for kind, names in magics.magics.items():
         for name in names:
             ipython.magics_manager.magics[kind].pop(name, None)

@@ -66,7 +66,7 @@ import cloudpickle
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
 from julius_magics.errors import JuliusError
-from julius_magics.fingerprint import describe, fingerprint
+from julius_magics.fingerprint import describe, fingerprint, fingerprint_and_describe
 
 __all__ = [
     "PLUGIN_NAME",
@@ -406,10 +406,6 @@ def _stats(dask_scheduler=None) -> dict:
 
 
 # --- replay ----------------------------------------------------------------------
-def _fingerprint_and_describe(value) -> tuple[str, str]:
-    return fingerprint(value), describe(value)
-
-
 def replay_graph(client, event: dict, *, with_descriptions: bool = False) -> dict:
     """Recompute a captured graph on ``client``'s cluster and fingerprint its wanted keys there.
 
@@ -440,7 +436,7 @@ def replay_graph(client, event: dict, *, with_descriptions: bool = False) -> dic
     run_id = uuid.uuid4().hex  # fresh keys: a replayed graph may be replayed again on the same cluster
     for i, key in enumerate(captured["keys"]):
         fp_key = f"{INTERNAL_PREFIX}replay-fingerprint-{run_id}-{i}"
-        graph[fp_key] = Task(fp_key, _fingerprint_and_describe, TaskRef(key))
+        graph[fp_key] = Task(fp_key, fingerprint_and_describe, TaskRef(key))
         targets[fp_key] = key_text(key)
     results = client.get(graph, list(targets))
     return {text: (result if with_descriptions else result[0]) for text, result in zip(targets.values(), results)}

@@ -5,9 +5,9 @@ through ``session.observers``: each is called as ``observer(event, payload)`` fo
 
 - ``"cluster"``: ``{"mode": "start"|"connect", "n_workers", "threads_per_worker", "memory_limit", "address"}``
 - ``"remote_eval"``: ``{"source", "push": {name: value}, "entry"}``
-- ``"rules"``: ``{"ns", "source", "rules"}``
-- ``"dispatch"``: ``{"targets": [NodeRef], "plan": JobPlan, "key_rules", "jobs": {id: Future}}`` (key
-  jobs and targets), after the values arrived
+- ``"rules"``: ``{"ns", "source", "rules", "entry"}``
+- ``"dispatch"``: ``{"targets": [NodeRef], "plan": JobPlan, "key_rules", "seconds", "jobs": {id: Future}}``
+  (key jobs and targets), after the values arrived
 - ``"stop"``: ``{}``
 """
 
@@ -22,10 +22,10 @@ import warnings
 
 import cloudpickle
 
-from ..errors import JuliusError, NoClusterError, NodeError, RemoteError
+from ..errors import JuliusError, NoClusterError, NodeError, NotComputedError, RemoteError
 from ..rules.evaluate import compile_job
 from ..rules.graph import expand, plan_jobs
-from ..rules.node import NodeRef
+from ..rules.node import REMOTE_NAMESPACE, NodeRef
 from ..rules.registry import RULES, top_level_names
 from .capture import capture_plugins, install_capture
 from .worker import HISTORY_KEY, JuliusWorkerPlugin, apply_history, exec_remote, run_key_job
@@ -121,9 +121,17 @@ class Session:
 
         if self.client is not None:
             raise JuliusError("a cluster is already active: run `%cluster stop` first")
-        client = Client(address, set_as_default=True, timeout="10s")
-        install_capture(client)
-        self._attach(client, None)
+        try:
+            client = Client(address, set_as_default=True, timeout="10s")
+        except (OSError, TimeoutError) as e:
+            raise JuliusError(f"cannot connect to the Dask scheduler at {address}: {e}") from None
+        try:
+            install_capture(client)
+            self._attach(client, None)
+        except BaseException:
+            self.client = None
+            client.close()
+            raise
         workers = client.scheduler_info(n_workers=-1)["workers"].values()
         self.spec = {"mode": "connect", "n_workers": len(workers),
                      "threads_per_worker": max((w["nthreads"] for w in workers), default=1),
@@ -143,15 +151,17 @@ class Session:
         """Close the client; shut the cluster down only if this session started it."""
         if self.client is None:
             return False
-        self.emit("stop")
-        client, cluster = self.client, self.cluster
-        self.client = self.cluster = None
-        self.futures, self.worker_of = {}, {}
-        with contextlib.suppress(Exception):
-            client.close()
-        if cluster is not None:
+        try:
+            self.emit("stop")
+        finally:   # an observer that fails must not keep the cluster alive
+            client, cluster = self.client, self.cluster
+            self.client = self.cluster = None
+            self.futures, self.worker_of = {}, {}
             with contextlib.suppress(Exception):
-                cluster.close()
+                client.close()
+            if cluster is not None:
+                with contextlib.suppress(Exception):
+                    cluster.close()
         return True
 
     def status(self):
@@ -212,6 +222,8 @@ class Session:
         outputs, failures = self._broadcast(entry)
         if local_namespace is not None:
             exec_remote(source, push, local_namespace)
+            bound, _ = top_level_names(source)
+            REMOTE_NAMESPACE.update({k: local_namespace[k] for k in bound | set(push) if k in local_namespace})
         else:
             bound, _ = top_level_names(source)
             self.rules.note_remote_names(bound | set(push))
@@ -300,7 +312,7 @@ class Session:
             raise TypeError(f"getdata needs a node reference, got {node!r:.60}")
         future = self.futures.get(node.id)
         if future is None:
-            raise KeyError(
+            raise NotComputedError(
                 f"{node!r} has not been computed in this session (only targets and key jobs are kept): "
                 f"run compute({node.display()!s}) first"
             )

@@ -17,7 +17,6 @@ import cloudpickle
 from distributed import WorkerPlugin, get_worker
 
 from ..errors import NodeError
-from ..fingerprint import describe, fingerprint
 from ..rules.atoms import INPUT_HOOKS, INPUTS_READ
 from ..rules.evaluate import run_job
 from ..rules.node import REMOTE_NAMESPACE, REMOTE_STATE
@@ -101,11 +100,6 @@ def run_key_job(job, seed, *dep_values):
     except NodeError as e:
         e.worker = get_worker().address
         raise
-
-
-def fingerprint_value(value):
-    """``(fingerprint, short description)`` of a value, computed where it lives."""
-    return fingerprint(value), describe(value)
 
 
 def drain_inputs():

@@ -134,8 +134,14 @@ def capture_environment() -> dict:
         "dask_config": _redact_config(dask.config.config),
         "env_vars": _env_vars(),
     }
-    secrets = [v for k, v in os.environ.items() if _secret_name(k) and len(v) >= 4]
-    return _scrub(env, secrets)
+    # Values of secret-named variables are scrubbed wherever they appear; short or word-like
+    # values (XDG_SESSION_TYPE=wayland) would redact innocent text, and package names and
+    # versions never hold secrets.
+    secrets = [v for k, v in os.environ.items() if _secret_name(k) and len(v) >= 12]
+    packages = env.pop("packages")
+    env = _scrub(env, secrets)
+    env["packages"] = packages
+    return env
 
 
 def cluster_environments(client) -> dict[str, dict]:

@@ -12,7 +12,7 @@ import json
 from .environment import env_diff, format_env_diff, requirements
 from .store import Store
 
-__all__ = ["describe", "diff", "format_describe", "format_diff", "environment_pins"]
+__all__ = ["describe", "diff", "recorded_environment", "format_describe", "format_diff", "environment_pins"]
 
 
 def _open(name, store):
@@ -44,7 +44,8 @@ def _summary(step):
     return kind
 
 
-def _environment(recording):
+def recorded_environment(recording):
+    """``(kernel environment, {worker: environment})`` of a recording, or ``(None, {})``."""
     for step in recording.steps:
         if step.kind == "environment":
             kernel = json.loads(recording.blob(step.data["kernel"]))
@@ -74,7 +75,7 @@ def _files(recording):
 def describe(name, store=None):
     """Details of a recording as plain JSON: info, steps, environment summary, data files, results."""
     recording = _open(name, store)
-    kernel, workers = _environment(recording)
+    kernel, workers = recorded_environment(recording)
     env = None
     if kernel is not None:
         env = {"python": kernel.get("python", {}).get("version"), "os": kernel.get("os", {}).get("system"),
@@ -155,7 +156,7 @@ def diff(name_a, name_b, store=None):
     fa, fb = _files(a), _files(b)
     data = {p: [fa.get(p, {}).get("sha256"), fb.get(p, {}).get("sha256")]
             for p in sorted(fa.keys() | fb.keys()) if fa.get(p, {}).get("sha256") != fb.get(p, {}).get("sha256")}
-    (ka, _), (kb, _) = _environment(a), _environment(b)
+    (ka, _), (kb, _) = recorded_environment(a), recorded_environment(b)
     environment = env_diff(ka, kb) if ka is not None and kb is not None else {"same": ka == kb}
     xa, xb = _results(a), _results(b)
     results = {k: {"label": (xa.get(k) or xb.get(k))["label"],
@@ -187,7 +188,7 @@ def format_diff(d):
 
 def environment_pins(name, store=None):
     """The recorded kernel environment as ``requirements.txt`` text."""
-    kernel, _ = _environment(_open(name, store))
+    kernel, _ = recorded_environment(_open(name, store))
     if kernel is None:
         raise ValueError(f"recording {name!r} holds no environment")
     return requirements(kernel) + "\n"

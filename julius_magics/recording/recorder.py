@@ -20,6 +20,7 @@ Step kinds (JSON data; binary parts in brackets):
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import json
@@ -30,7 +31,8 @@ import cloudpickle
 from tqdm.auto import tqdm
 
 from ..cluster import capture
-from ..cluster.worker import drain_inputs, fingerprint_value
+from ..cluster.worker import drain_inputs
+from ..fingerprint import fingerprint_and_describe
 from ..errors import RecordingError
 from ..rules.registry import top_level_names
 from .environment import capture_environment, cluster_environments
@@ -89,10 +91,14 @@ class Recorder:
         })
         session.observers.append(self.on_event)
         _ACTIVE["recorder"] = self
-        if session.active:
-            self._record_cluster(session.spec)
-        for entry in session.history:   # code and rules sent before the recording started
-            self._record_entry(entry)
+        try:
+            if session.active:
+                self._record_cluster(session.spec)
+            for entry in session.history:   # code and rules sent before the recording started
+                self._record_entry(entry)
+        except BaseException:
+            self.abort()   # stays "incomplete" in the store, with what was written
+            raise
 
     # --- steps -------------------------------------------------------------------
     def _step(self, kind, data, parts=None):
@@ -201,11 +207,14 @@ class Recorder:
         if self.on_event in self.session.observers:
             self.session.observers.remove(self.on_event)
         _ACTIVE["recorder"] = None
+        if self.session.active:
+            with contextlib.suppress(Exception):
+                capture.stop_capture(self.session.client)
 
 
 def fingerprint_futures(client, futures):
     """``{node id: {"fp", "describe"}}``, computed where the values are (they never travel)."""
-    fps = {nid: client.submit(fingerprint_value, fut, key=f"julius-fp-{fut.key}", pure=False)
+    fps = {nid: client.submit(fingerprint_and_describe, fut, key=f"julius-fp-{fut.key}", pure=False)
            for nid, fut in futures.items()}
     values = client.gather(list(fps.values()))
     return {nid: {"fp": fp, "describe": desc} for nid, (fp, desc) in zip(fps, values)}

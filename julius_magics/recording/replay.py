@@ -8,16 +8,17 @@ result with the replayed one.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import cloudpickle
 
 from ..cluster import capture
-from ..cluster.session import Session, set_session
+from ..cluster.session import Session, get_session, set_session
+from ..rules.registry import RuleBook
 from ..errors import DataChangedError, EnvironmentMismatchError, JuliusError
-from .environment import capture_environment, env_diff, format_env_diff
+from .environment import capture_environment, cluster_environments, env_diff, format_env_diff
+from .inspect import recorded_environment
 from .recorder import file_digest, fingerprint_futures
 from .store import Store
 
@@ -55,6 +56,7 @@ class ReplayReport:
         self.mismatches = []
         self.env_diff = {}
         self.data = []
+        self.complete = True
         self.timings = {"cluster": 0.0, "replay": 0.0, "compute": 0.0, "recorded_compute": 0.0}
 
     @property
@@ -62,7 +64,7 @@ class ReplayReport:
         return self.results > 0 and not self.mismatches and self.steps == self.total_steps
 
     def as_dict(self):
-        return {"name": self.name, "steps": self.steps, "total_steps": self.total_steps,
+        return {"name": self.name, "steps": self.steps, "total_steps": self.total_steps, "complete": self.complete,
                 "verified": self.verified, "results": self.results, "mismatches": self.mismatches,
                 "env_diff": self.env_diff, "data": self.data, "timings": self.timings}
 
@@ -72,6 +74,9 @@ class ReplayReport:
                 f"{self.results} results compared -> "
                 + ("VERIFIED: every result fingerprint matched" if self.verified else "NOT VERIFIED"))
         lines = [head]
+        if not self.complete:
+            lines.append("  the recording is incomplete (its kernel stopped while recording): "
+                         "verified up to its last step only")
         if self.results == 0:
             lines.append("  the recording holds no results to compare")
         for m in self.mismatches:
@@ -135,15 +140,6 @@ def prepare_inputs(recording, report):
     return mapping
 
 
-def _recorded_environment(recording):
-    for step in recording.steps:
-        if step.kind == "environment":
-            kernel = json.loads(recording.blob(step.data["kernel"]))
-            workers = [json.loads(recording.blob(sha)) for sha in step.data["workers"].values()]
-            return kernel, workers
-    return None, []
-
-
 def _cause(env, nondeterministic):
     if nondeterministic:
         return "non-deterministic operation: computing the node twice in the replay gave different values"
@@ -188,9 +184,10 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
     say(0, len(steps), "checking data and environment")
 
     mapping = prepare_inputs(recording, report)
-    recorded_kernel, recorded_workers = _recorded_environment(recording)
+    recorded_kernel, recorded_workers = recorded_environment(recording)
     spec = next((s.data for s in steps if s.kind == "cluster"), {})
-    session = Session(seed=spec.get("seed", 0))
+    # its own rule book: the replay must stand on the recording alone, not on the kernel's rules
+    session = Session(rulebook=RuleBook(), seed=spec.get("seed", 0))
     t0 = time.monotonic()
     if address:
         session.connect(address)
@@ -200,6 +197,11 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
     report.timings["cluster"] = time.monotonic() - t0
     if recorded_kernel is not None:   # compared with a client active, as when it was recorded
         report.env_diff = env_diff(recorded_kernel, capture_environment())
+        workers_now = list(cluster_environments(session.client).values())
+        if report.env_diff.get("same", True) and recorded_workers and workers_now:
+            worker_diff = env_diff(next(iter(recorded_workers.values())), workers_now[0])
+            if not worker_diff.get("same", True):
+                report.env_diff = worker_diff
         if strict_env and not report.env_diff.get("same", True):
             session.stop()
             raise EnvironmentMismatchError(
@@ -214,9 +216,13 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
     except BaseException:
         session.stop()
         raise
-    set_session(session)
+    previous = get_session()
+    set_session(session)   # the kernel's session is now the replay's: getdata gives replayed values
+    if previous is not session:
+        previous.stop()
     report.timings["replay"] = time.monotonic() - started
-    if report.verified:
+    report.complete = recording.info.status != "incomplete"
+    if report.verified and report.complete:
         store.mark_verified(name, {"verified": True, "results": report.results, "steps": report.steps})
     return report
 
@@ -273,6 +279,7 @@ def _replay_step(session, recording, step, report):
 def _recompute(session, ref):
     """The fingerprint of ``ref`` computed once more (to spot non-determinism)."""
     session.futures.pop(ref.id, None)
+    session._generation += 1   # a fresh Dask key: never the cached value
     session.compute(ref)
     return fingerprint_futures(session.client, {ref.id: session.futures[ref.id]})[ref.id]["fp"]
 

@@ -111,9 +111,8 @@ def bind_remote_globals(fn):
     g = getattr(fn, "__globals__", None)
     if g is None or g.get(_BOUND) == REMOTE_STATE["generation"]:
         return
-    placeholders = g.get(_PLACEHOLDERS)
-    if placeholders is None:
-        placeholders = g[_PLACEHOLDERS] = {k: v for k, v in g.items() if type(v) is RemoteName}
+    placeholders = g.setdefault(_PLACEHOLDERS, {})
+    placeholders.update((k, v) for k, v in g.items() if type(v) is RemoteName)   # also names noted since
     for key, placeholder in placeholders.items():
         head = placeholder.name.split(".")[0]
         g[key] = placeholder.resolve() if head in REMOTE_NAMESPACE else placeholder
@@ -186,8 +185,11 @@ def _encode(value, path, out):
         _encode(value.names, path, out)
     elif t is RemoteName:
         out.append("R" + value.name + ";")
-    elif isinstance(value, (int, float, str)):  # numpy scalars, enums, str subclasses
+    elif isinstance(value, (int, float, str)):  # enums, str subclasses, numpy.float64
         _encode(t.__mro__[[c in (int, float, str) for c in t.__mro__].index(True)](value), path, out)
+    elif type(getattr(value, "item", None)).__name__ == "builtin_function_or_method" and \
+            getattr(value, "shape", None) == ():   # numpy.int64, numpy.bool_: encoded as the Python number
+        _encode(value.item(), path, out)
     elif callable(value):
         out.append("c" + _importable_name(value, path) + ";")
     else:
@@ -203,8 +205,12 @@ def _importable_name(obj, path):
     module = getattr(obj, "__module__", None)
     qualname = getattr(obj, "__qualname__", None)
     if module and qualname and "<" not in qualname and module != "__main__":
-        target = importlib.import_module(module) if module not in _MODULE_CACHE else _MODULE_CACHE[module]
-        _MODULE_CACHE[module] = target
+        try:
+            target = _MODULE_CACHE.get(module) or importlib.import_module(module)
+        except ImportError:   # e.g. defined in a rule cell: not importable anywhere
+            target = None
+        else:
+            _MODULE_CACHE[module] = target
         for part in qualname.split("."):
             target = getattr(target, part, None)
         if target is obj:

@@ -120,26 +120,26 @@ class RuleBook:
         if not ns.isidentifier():
             raise ValueError(f"namespace {ns!r} is not a Python identifier")
         bound, functions = top_level_names(source)
-        g = self.globals.get(ns)
-        if g is None:
-            g = {"__builtins__": builtins, "__name__": f"julius_rules_{ns}"}
-            g.update(PRELUDE)
-            g.update({name: RemoteName(name) for name in self.remote_names})
-            self.globals[ns] = g
-            self.rules.setdefault(ns, {})
-            self.sources[ns] = []
-            self.cell_names[ns] = set()
         code = compile(source, filename or f"<addrules {ns}>", "exec")
-        exec(code, g)
+        g = dict(self.globals.get(ns) or self._new_globals(ns))
+        exec(code, g)   # into a copy: a cell that raises half-way changes nothing
+        rules = dict(self.rules.get(ns, {}))
         for name in functions:
             fn = g[name]
-            if isinstance(fn, RuleCaller):  # redefined to an existing rule name: keep the old body
+            if isinstance(fn, RuleCaller):  # the cell rebound the name to a rule: nothing to define
                 continue
-            self.rules[ns][name] = fn
+            rules[name] = fn
             g[name] = RuleCaller(ns, name)
-        self.cell_names[ns] |= bound
-        self.sources[ns].append(source)
+        self.globals[ns], self.rules[ns] = g, rules
+        self.cell_names[ns] = self.cell_names.get(ns, set()) | bound
+        self.sources.setdefault(ns, []).append(source)
         return functions
+
+    def _new_globals(self, ns):
+        g = {"__builtins__": builtins, "__name__": f"julius_rules_{ns}"}
+        g.update(PRELUDE)
+        g.update({name: RemoteName(name) for name in self.remote_names})
+        return g
 
     def note_remote_names(self, names):
         """Make names defined by ``%%remote_eval`` visible in every rule namespace."""
