@@ -228,9 +228,10 @@ def plan_jobs(nodes, order, targets, key_rules=(), n_workers=1):
 
     Key jobs are the targets, the nodes of ``key_rules`` (rule names or ``ns.name``),
     every node that two key jobs need (so it is computed once), and, while there are
-    fewer key jobs than ``2 * n_workers``, the branches of the biggest job.  A split is
-    kept only when it promotes few other nodes (those the branches share): in a chain,
-    where every node is shared, the promotions would cascade down to single-node jobs.
+    fewer key jobs than ``4 * n_workers``, the branches of the biggest job.  A split is
+    kept only when it promotes few other nodes (at most two per branch: those the branches
+    share); in a chain, where every node is shared, promotions would cascade down to
+    single-node jobs, so a chain is never split.
 
     >>> from julius_magics.rules.registry import RuleBook
     >>> book = RuleBook()
@@ -246,7 +247,7 @@ def plan_jobs(nodes, order, targets, key_rules=(), n_workers=1):
     keys |= {nid for nid, n in nodes.items() if n.ref.name in key_rules or n.ref.key in key_rules}
     owner = _assign_owners(nodes, order, keys)
     unsplittable = set()
-    while len(keys) < 2 * n_workers:
+    while len(keys) < 4 * n_workers:
         sizes = {}
         for o in owner.values():
             sizes[o] = sizes.get(o, 0) + 1
@@ -256,7 +257,7 @@ def plan_jobs(nodes, order, targets, key_rules=(), n_workers=1):
         job = candidates[0]
         branches = _split_candidates(nodes, owner, job)
         trial = keys | set(branches)
-        trial_owner = _assign_owners(nodes, order, trial, limit=len(branches)) if branches else None
+        trial_owner = _assign_owners(nodes, order, trial, limit=2 * len(branches)) if branches else None
         if trial_owner is not None:
             keys, owner = trial, trial_owner
         else:
