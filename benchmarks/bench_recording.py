@@ -78,9 +78,12 @@ def main():
     print(f"recording size {rec.info.size:,} B; without input data {size_without_data:,} B (target <= 100 KB); "
           f"blobs {blobs:,} B of which input data {data_blobs:,} B")
     if second is not None:
-        new_data = sum(size for sha, size in second.blobs.items() if sha not in rec.blobs)
-        print(f"re-recording the same data added {new_data:,} B of new blobs (target <= 1 KB); "
-              f"store holds {before} blobs")
+        first_data = {f["sha256"] for s in rec.steps if s.kind == "data" for f in s.data["files"]}
+        second_data = {f["sha256"]: f["size"] for s in second.steps if s.kind == "data" for f in s.data["files"]}
+        new_data = sum(size for sha, size in second_data.items() if sha not in first_data)
+        new_other = sum(size for sha, size in second.blobs.items() if sha not in rec.blobs and sha not in second_data)
+        print(f"re-recording the same data added {new_data:,} B of data blobs (target <= 1 KB) and "
+              f"{new_other:,} B of other new blobs (environments); the store holds {before} blobs")
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def capture_environment() -> dict:
         "cpu": {"count": os.cpu_count(), "model": _cpu_model()},
         "memory": {"total": _total_memory()},
         "packages": _packages(),
-        "dask_config": _redact_config(dask.config.config),
+        "dask_config": _without_volatile(_redact_config(dask.config.config)),
         "env_vars": _env_vars(),
     }
     # Values of secret-named variables are scrubbed wherever they appear; short or word-like
@@ -172,6 +172,18 @@ def _changes(old: dict, new: dict) -> dict:
 #: Dask config keys that a running process changes by itself (a Client sets ``scheduler``;
 #: each LocalCluster appends to the HTTP routes): not part of the environment's identity.
 VOLATILE_DASK_CONFIG = ("scheduler", "shuffle", "distributed.scheduler.http.routes")
+
+
+def _without_volatile(config):
+    """The config without the keys a running process changes by itself (identical runs, identical blobs)."""
+    for dotted in VOLATILE_DASK_CONFIG:
+        *parents, last = dotted.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return config
 
 
 def _stable_config(env):

@@ -39,7 +39,14 @@ def _load_jupyter_server_extension(server_app) -> None:
 
     config = JuliusRecordings(parent=server_app)
     manager = RecordingsManager(config.store)
+    server_app.web_app.settings["julius_manager"] = manager
     setup_route_handlers(server_app.web_app, manager)
     server_app.log.info("julius_magics: /julius/api/ registered (store: %s)",
                         config.store or "$JULIUS_STORE or ~/.julius/recordings")
 
+
+async def _unload_jupyter_server_extension(server_app) -> None:
+    """The server is stopping: kill running replays (and their clusters)."""
+    manager = server_app.web_app.settings.get("julius_manager")
+    if manager is not None:
+        await manager.close()

@@ -247,6 +247,12 @@ class RecordingsManager:
                 proc.kill()
                 await proc.wait()
             raise
+        except Exception as error:   # e.g. an over-long line: end the job, never leave it "running"
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            self._end(job, ERROR, f"reading the replay's progress failed: {type(error).__name__}: {error}")
+            return
         finally:
             # asyncio never closes a finished child's transport itself; left open it
             # warns "Event loop is closed" when garbage-collected after the loop ends.
