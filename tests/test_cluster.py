@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from julius_magics import ref, remote
+from julius_magics import ref
 from julius_magics.cluster.session import Session
 from julius_magics.cluster.worker import worker_versions
 from julius_magics.errors import NoClusterError, NodeError, RemoteError

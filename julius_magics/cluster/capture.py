@@ -58,7 +58,6 @@ import concurrent.futures
 import logging
 import pickle
 import pickletools
-import threading
 import time
 import uuid
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from .node import NodeRef, Not, RemoteName, refs_in
+from .node import NodeRef, RemoteName, refs_in
 
 __all__ = ["Atom", "Application", "ApplyFn", "Train", "Predict", "Score", "Alias",
            "ReadCsv", "ReadCsvBlock", "input_path", "INPUT_HOOKS", "INPUTS_READ"]
@@ -229,9 +229,3 @@ def parse_size(size):
             except ValueError:
                 break
     raise ValueError(f"cannot read size {size!r}: use bytes or a string like '5 MB'")
-
-
-def drop_columns(df, names):
-    """DataFrame without the columns in ``Not(...)`` or a list."""
-    names = names.names if isinstance(names, Not) else tuple(names)
-    return df.drop(columns=list(names))

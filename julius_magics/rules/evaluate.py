@@ -177,7 +177,7 @@ def run_job(job, known_values=(), seed=0, on_node=None):
         for j in (spec if spec[:1] != (None,) else _slots_in(spec[1])):
             pending[j] += 1
     last = len(values) - 1
-    key = session_key(seed)
+    mask = session_key(seed)
     bound = set()   # functions whose globals were bound to the remote namespace in this job
     with paused_gc():
         for i, (atom, spec) in enumerate(zip(job.atoms, job.inputs)):
@@ -189,7 +189,7 @@ def run_job(job, known_values=(), seed=0, on_node=None):
                 bind_remote_globals(fn)
                 bind_remote_globals(type(atom).run)
             nid = job.ids[k + i]
-            _enter_node(int(nid[:16], 16) ^ key)
+            _enter_node(int(nid[:16], 16) ^ mask)
             try:
                 values[k + i] = atom.run(*args)
             except Exception as e:

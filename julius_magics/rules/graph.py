@@ -171,9 +171,6 @@ class JobPlan:
         """The key jobs as node references."""
         return [self.nodes[j].ref for j in self.jobs]
 
-    def job_size(self, job):
-        return sum(1 for o in self.owner.values() if o == job)
-
     def __repr__(self):
         return f"<JobPlan {len(self.nodes)} nodes, {len(self.jobs)} key jobs>"
 
