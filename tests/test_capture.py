@@ -194,3 +194,11 @@ def test_big_graph_capture_keeps_event_loop_free(captured):
     assert hook < 0.25, f"update_graph hook blocked the event loop {hook:.3f} s"
     assert max(pings) < 1.0, pings
     print(f"20k tasks: hook {hook * 1e3:.1f} ms, pickling off-loop {serialize * 1e3:.1f} ms, pings {max(pings) * 1e3:.1f} ms")
+
+
+def test_other_clients_of_the_cluster_are_not_journaled(captured):
+    with Client(captured.scheduler.address, set_as_default=False) as colleague:
+        assert colleague.submit(sum, [1, 2, 3], pure=False).result() == 6
+    assert captured.submit(sum, [4, 5], pure=False).result() == 9
+    events = graphs(drain_capture(captured))
+    assert len(events) == 1 and events[0]["client"] == captured.id

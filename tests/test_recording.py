@@ -323,3 +323,22 @@ def test_a_recording_started_mid_session_carries_the_earlier_code_and_rules(stor
     report = recording.replay("midsession", store=store)
     _stop()
     assert report.verified and report.results == 1
+
+
+def test_a_cell_that_failed_on_the_workers_while_recording_replays_as_it_happened(store):
+    from julius_magics.errors import RemoteError
+
+    session = set_session(Session())
+    recording.start(session, "failedcell", store=store)
+    session.start(n_workers=1)
+    with pytest.raises(RemoteError):
+        session.remote_eval("ok = 1\nraise RuntimeError('typo')")
+    session.remote_eval("ok = 2")
+    assert session.compute(jm.ref.mr.reducer(-3, abs)) == 3
+    recording.stop()
+    session.stop()
+    steps = store.open("failedcell").steps
+    assert [s.data.get("failed") for s in steps if s.kind == "remote_eval"] == [True, False]
+    report = recording.replay("failedcell", store=store)
+    _stop()
+    assert report.verified

@@ -146,6 +146,7 @@ class CapturePlugin(SchedulerPlugin):
 
     def __init__(self, capturing: bool = False):
         self.capturing = capturing
+        self.client_id = None   # only this client's graphs are journaled (None: every client's)
         self._reset()
 
     def _reset(self):
@@ -168,6 +169,7 @@ class CapturePlugin(SchedulerPlugin):
 
     def __setstate__(self, state):
         self.capturing = state["capturing"]
+        self.client_id = None
         self._reset()
 
     # --- lifecycle -------------------------------------------------------------
@@ -200,7 +202,7 @@ class CapturePlugin(SchedulerPlugin):
 
     # --- graphs ------------------------------------------------------------------
     def update_graph(self, scheduler, *, client, keys, tasks, annotations=None, priority=None, stimulus_id=None, **kwargs):
-        if not self.capturing or client.startswith("Client-worker-"):
+        if not self.capturing or client.startswith("Client-worker-") or client != (self.client_id or client):
             return
         started = time.perf_counter()
         state = scheduler.tasks
@@ -363,9 +365,12 @@ def install_capture(client) -> None:
 
 
 def start_capture(client) -> None:
-    """Turn capture on (installing the plugins if needed)."""
+    """Turn capture on for the graphs of ``client`` (installing the plugins if needed).
+
+    Other clients of the same cluster (a colleague on a shared deployment) are not journaled.
+    """
     install_capture(client)
-    client.run_on_scheduler(_set_capturing, True)
+    client.run_on_scheduler(_set_capturing, True, client.id)
 
 
 def stop_capture(client) -> None:
@@ -398,8 +403,10 @@ def _has_plugin(dask_scheduler) -> bool:
     return PLUGIN_NAME in dask_scheduler.plugins
 
 
-def _set_capturing(on: bool, dask_scheduler=None) -> None:
-    _plugin(dask_scheduler).capturing = on
+def _set_capturing(on: bool, client_id=None, dask_scheduler=None) -> None:
+    plugin = _plugin(dask_scheduler)
+    plugin.capturing = on
+    plugin.client_id = client_id
 
 
 async def _drain(timeout: float, dask_scheduler=None) -> list[dict]:

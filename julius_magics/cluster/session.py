@@ -235,6 +235,7 @@ class Session:
         else:
             bound, _ = top_level_names(source)
             self.rules.note_remote_names(bound | set(push))
+        entry["failed"] = bool(failures)   # journaled either way: the workers that succeeded ran it
         self.emit("remote_eval", source=source, push=push, entry=entry)
         if failures:
             raise _remote_error("remote_eval", failures)
@@ -250,9 +251,10 @@ class Session:
         """Define the top-level functions of ``source`` as rules of ``ns``, here and on every worker."""
         names = self.rules.define(ns, source)
         _, failures = self._broadcast({"kind": "rules", "ns": ns, "source": source})
+        self.history[-1]["failed"] = bool(failures)
+        self.emit("rules", ns=ns, source=source, rules=names, entry=self.history[-1])
         if failures:
             raise _remote_error(f"addrules {ns}", failures)
-        self.emit("rules", ns=ns, source=source, rules=names, entry=self.history[-1])
         return names
 
     # --- graphs ---------------------------------------------------------------------------

@@ -133,9 +133,10 @@ class Recorder:
         """A remote_eval or rules entry of the session's history, as a step."""
         if entry["kind"] == "remote_eval":
             parts = {"pushed": entry["pushed"]} if entry["pushed"] else None
-            self._step("remote_eval", {"source": entry["source"], "push": entry["push"]}, parts)
+            self._step("remote_eval", {"source": entry["source"], "push": entry["push"],
+                                       "failed": entry.get("failed", False)}, parts)
         elif entry["kind"] == "rules":
-            self._step("rules", {"ns": entry["ns"], "source": entry["source"],
+            self._step("rules", {"ns": entry["ns"], "source": entry["source"], "failed": entry.get("failed", False),
                                  "rules": top_level_names(entry["source"])[1]})
 
     def add_cell(self, source):

@@ -16,7 +16,7 @@ import cloudpickle
 from ..cluster import capture
 from ..cluster.session import Session, get_session, set_session
 from ..rules.registry import RuleBook
-from ..errors import DataChangedError, EnvironmentMismatchError, JuliusError
+from ..errors import DataChangedError, EnvironmentMismatchError, JuliusError, RemoteError
 from .environment import capture_environment, cluster_environments, env_diff, format_env_diff
 from .inspect import recorded_environment
 from .recorder import file_digest, fingerprint_futures
@@ -229,11 +229,16 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
 
 def _replay_step(session, recording, step, report):
     kind, data = step.kind, step.data
-    if kind == "remote_eval":
-        push = cloudpickle.loads(recording.part(step, "pushed")) if "pushed" in step.part_names else {}
-        session.remote_eval(data["source"], push=push)
-    elif kind == "rules":
-        session.add_rules(data["ns"], data["source"])
+    if kind in ("remote_eval", "rules"):
+        try:
+            if kind == "remote_eval":
+                push = cloudpickle.loads(recording.part(step, "pushed")) if "pushed" in step.part_names else {}
+                session.remote_eval(data["source"], push=push)
+            else:
+                session.add_rules(data["ns"], data["source"])
+        except RemoteError:
+            if not data.get("failed"):   # it failed when recorded too: replayed as it happened
+                raise
     elif kind == "dispatch":
         targets = cloudpickle.loads(recording.part(step, "targets"))
         jobs = cloudpickle.loads(recording.part(step, "jobs"))

@@ -57,9 +57,13 @@ def mapreduce(batches, mapper, shuffler, reducer, aggfn=None):
     ``mapper``, ``shuffler`` and ``reducer`` are partial node references whose first
     argument is filled in here (``ref.prepend``).
     """
-    if type(shuffler) is not NodeRef or not shuffler.args or not isinstance(shuffler.args[-1], int):
-        raise TypeError("mapreduce: shuffler must be ref.mr.shuffler(keyfunc, n) with an int n")
-    nbuckets = shuffler.args[-1]
+    for name, value in (("mapper", mapper), ("shuffler", shuffler), ("reducer", reducer)):
+        if type(value) is not NodeRef:
+            raise TypeError(f"mapreduce: {name} must be a partial node reference such as ref.ns.rule(...), "
+                            f"got {value!r:.60}")
+    nbuckets = shuffler.args[-1] if shuffler.args else None
+    if type(nbuckets) is not int or nbuckets < 1:
+        raise ValueError(f"mapreduce: shuffler must be ref.mr.shuffler(keyfunc, n) with n >= 1, got {shuffler!r}")
     shuffled = [shuffler.prepend(mapper.prepend(batch)) for batch in batches]
     reduced = [reducer.prepend(NodeRef("mr", "bucket", (j, *shuffled))) for j in range(nbuckets)]
     return ApplyFn(aggregate, aggfn)(*reduced)
