@@ -207,6 +207,17 @@ class StoreContract:
                 colleague.open("sample", trust=True)
             fs.pipe_file(path, original)
 
+    def test_a_colleagues_verification_never_locks_the_owner_out(self, store, monkeypatch, tmp_path):
+        write_sample(store)
+        my_key_file = str(integrity.key_path())
+        use_other_key(monkeypatch, tmp_path)
+        colleague = Store(store.url, **store.storage_options)
+        colleague.mark_verified("sample", {"verified": True})          # signed with the colleague's key
+        monkeypatch.setenv("JULIUS_KEY_FILE", my_key_file)
+        owner = Store(store.url, **store.storage_options)
+        rec = owner.open("sample")                                       # no --trust needed for my own recording
+        assert rec.verification is None and rec.info.signed_by_me
+
     def test_names_are_validated(self, store):
         for bad in ["", "../x", "a/b", ".hidden", "-x", "a b", "x" * 129, "_blobs", "é", None, "a\n"]:
             with pytest.raises(ValueError, match="Invalid recording name"):
