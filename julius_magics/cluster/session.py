@@ -76,6 +76,7 @@ class Session:
         self.failed = set()
         self.last_plan = None
         self.id = uuid.uuid4().hex[:12]
+        self.progress = True             # a bar for long computes (a replay shows its own instead)
         self._generation = 0
 
     # --- observers ---------------------------------------------------------------
@@ -291,7 +292,7 @@ class Session:
                     key=f"julius-{node.ns}.{node.name}-{job}-{self._generation}", pure=False,
                 )
         wanted = [submitted[r.id] if r.id in submitted else self.futures[r.id] for r in refs]
-        _wait_with_progress(list(submitted.values()), "compute")
+        _wait_with_progress(list(submitted.values()), "compute", self.progress)
         try:
             values = client.gather(wanted)
         except NodeError as e:
@@ -347,12 +348,12 @@ def _node_error_text(e):
     return f"{e}\n  on worker {e.worker}\n  remote traceback:\n{_tail(e.remote_traceback)}"
 
 
-def _wait_with_progress(futures, what):
+def _wait_with_progress(futures, what, show=True):
     """Wait for ``futures``, with a progress bar (notebook or terminal) once it takes over a second."""
     from distributed import as_completed, wait
     from tqdm.auto import tqdm
 
-    if len(futures) < 2 or os.environ.get("JULIUS_NO_PROGRESS"):
+    if not show or len(futures) < 2 or os.environ.get("JULIUS_NO_PROGRESS"):
         wait(futures)
         return
     with tqdm(total=len(futures), desc=f"julius {what}", unit="job", delay=1.0, leave=False) as bar:

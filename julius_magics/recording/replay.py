@@ -188,6 +188,7 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
     spec = next((s.data for s in steps if s.kind == "cluster"), {})
     # its own rule book: the replay must stand on the recording alone, not on the kernel's rules
     session = Session(rulebook=RuleBook(), seed=spec.get("seed", 0))
+    session.progress = False   # the replay's own progress covers its computes
     t0 = time.monotonic()
     if address:
         session.connect(address)
@@ -217,6 +218,7 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
         session.stop()
         raise
     previous = get_session()
+    session.progress = True
     set_session(session)   # the kernel's session is now the replay's: getdata gives replayed values
     if previous is not session:
         previous.stop()
