@@ -342,3 +342,24 @@ def test_a_cell_that_failed_on_the_workers_while_recording_replays_as_it_happene
     report = recording.replay("failedcell", store=store)
     _stop()
     assert report.verified
+
+
+def test_worker_plugins_registered_while_recording_are_registered_again_on_replay(store, tmp_path):
+    from distributed.diagnostics.plugin import UploadFile
+
+    module = tmp_path / "julius_uploaded_helper.py"
+    module.write_text("VALUE = 41\n")
+    session = set_session(Session())
+    recording.start(session, "plugin", store=store)
+    session.start(n_workers=1)
+    session.client.register_plugin(UploadFile(str(module)))
+    future = session.client.submit(lambda: __import__("julius_uploaded_helper").VALUE + 1, pure=False)
+    assert future.result() == 42
+    del future
+    recording.stop()
+    session.stop()
+    module.unlink()          # the replay's workers can only get it from the recorded plugin
+    assert "worker_plugin" in [s.kind for s in store.open("plugin").steps]
+    report = recording.replay("plugin", store=store)
+    _stop()
+    assert report.verified and report.results >= 1

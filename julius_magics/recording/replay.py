@@ -277,7 +277,11 @@ def _replay_step(session, recording, step, report):
                 })
     elif kind == "run":
         capture.replay_run(session.client, dict(data, function=recording.part(step, "function")))
-    elif kind in ("cluster", "environment", "cell", "data", "worker_plugin"):
+    elif kind == "worker_plugin":   # e.g. UploadFile: later graphs may need what it installed
+        from distributed.protocol.pickle import loads
+
+        session.client.register_plugin(loads(recording.part(step, "plugin")), name=data["name"])
+    elif kind in ("cluster", "environment", "cell", "data"):
         pass   # set up before the loop, or kept for people to read
     else:
         raise JuliusError(f"recording {recording.name!r}: step {step.seq} has unknown kind {kind!r}")
