@@ -264,7 +264,11 @@ def _replay_step(session, recording, step, report):
                 })
     elif kind == "graph":
         event = dict(data, specs=recording.part(step, "specs"))
-        replayed = capture.replay_graph(session.client, event, with_descriptions=True)
+        failure = None
+        try:
+            replayed = capture.replay_graph(session.client, event, with_descriptions=True)
+        except Exception as e:   # reported per result, like any other difference
+            replayed, failure = {}, f"the graph failed on replay: {type(e).__name__}: {e}"
         for key, fp in data["fingerprints"].items():
             report.results += 1
             got = replayed.get(key)
@@ -273,7 +277,7 @@ def _replay_step(session, recording, step, report):
                     "node": key, "label": f"dask key {key}", "recorded": fp, "replayed": got and got[0],
                     "recorded_value": data.get("descriptions", {}).get(key, "?"),
                     "replayed_value": got[1] if got else "not computed",
-                    "cause": _cause(report.env_diff, _graph_nondeterministic(session, event, key, got)),
+                    "cause": failure or _cause(report.env_diff, _graph_nondeterministic(session, event, key, got)),
                 })
     elif kind == "run":
         capture.replay_run(session.client, dict(data, function=recording.part(step, "function")))
