@@ -110,7 +110,9 @@ class Session:
         with dask.config.set({"distributed.worker.multiprocessing-method": _START_METHOD}):
             cluster = LocalCluster(
                 n_workers=n_workers, threads_per_worker=threads_per_worker, memory_limit=memory_limit,
-                processes=True, silence_logs=logging.ERROR,
+                # failures reach the kernel as NodeError/RemoteError; the workers' own error logs
+                # (and their heartbeat complaints while a cluster shuts down) would only be noise
+                processes=True, silence_logs=logging.CRITICAL,
                 scheduler_kwargs={"plugins": capture_plugins()},   # dormant until a recording starts
                 **cluster_kwargs,
             )

@@ -34,9 +34,10 @@ class Application:
     def deps(self):
         """Node references among the inputs (top level and inside lists/tuples/dicts)."""
         inputs = self.inputs
-        if all(type(v) is NodeRef for v in inputs):
-            return list(inputs)
-        return refs_in(inputs)
+        for value in inputs:
+            if type(value) is not NodeRef:
+                return refs_in(inputs)
+        return list(inputs)
 
     def __repr__(self):
         return f"{self.atom!r}({', '.join(map(repr, self.inputs))})"
