@@ -123,9 +123,8 @@ class Recorder:
             self._record_cluster(payload)
         elif event in ("remote_eval", "rules"):
             self._record_entry(payload["entry"])
-        elif event == "dispatch":
+        elif event == "dispatch":   # the inputs it read were journaled by the drain just above
             self._record_dispatch(payload)
-            self._record_inputs()
         elif event == "stop":
             capture.stop_capture(self.session.client)
 
