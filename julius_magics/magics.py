@@ -14,6 +14,7 @@ from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, 
 from IPython.core.magic_arguments import MagicArgumentParser
 
 from . import recording
+from .recording import format_size
 from .cluster.session import get_session
 from .rules.node import NodeRef
 
@@ -238,27 +239,19 @@ class JuliusMagics(Magics):
 
 
 def _stopped_text(info, store):
-    return f"Recording {info.name!r} {info.status}: {info.steps} steps, {_size(info.size)}, stored in {store.url}"
+    return f"Recording {info.name!r} {info.status}: {info.steps} steps, {format_size(info.size)}, stored in {store.url}"
 
 
 def format_status(status):
     """A text table of the cluster's workers."""
     rows = [("worker", "status", "threads", "memory", "limit")]
     for w in status["workers"]:
-        rows.append((w["address"], str(w["status"]), str(w["nthreads"]), _size(w["memory"]), _size(w["memory_limit"])))
+        rows.append((w["address"], str(w["status"]), str(w["nthreads"]), format_size(w["memory"]), format_size(w["memory_limit"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     kind = "started here" if status["owned"] else "connected"
     head = f"Dask cluster {status['scheduler']} ({kind}), {len(status['workers'])} workers, dashboard {status['dashboard']}"
     return "\n".join([head] + lines)
-
-
-def _size(n):
-    n = float(n or 0)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
 
 
 _loaded = {}

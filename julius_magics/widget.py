@@ -34,6 +34,7 @@ import threading
 import ipywidgets as widgets
 
 from .errors import JuliusError
+from .recording import format_size
 from .recording import inspect as _inspect
 from .recording.replay import replay as _replay
 from .recording.store import Store
@@ -48,13 +49,6 @@ _CELL = "padding:2px 8px;text-align:left;border-bottom:1px solid #ddd"
 def _e(value):
     """Escaped text for HTML widgets (names, notes and summaries are user text)."""
     return html.escape("" if value is None else str(value))
-
-
-def _size(n):
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
 
 
 def _table(headers, rows, highlight=None):
@@ -207,7 +201,7 @@ class RecordingBrowser(widgets.VBox):
         rows = []
         for r in self.recordings:
             colour = _STATUS_COLOURS.get(r["status"], "inherit")
-            rows.append([f"<b>{_e(r['name'])}</b>", _e(r["created"]), _e(r["steps"]), _e(_size(r["size"] or 0)),
+            rows.append([f"<b>{_e(r['name'])}</b>", _e(r["created"]), _e(r["steps"]), _e(format_size(r["size"] or 0)),
                          _e("" if r["workers"] is None else r["workers"]),
                          f"<span style='color:{colour}'>{_e(r['status'])}</span>", _e(r["note"])])
         highlight = names.index(self.selected) if self.selected in names else None
@@ -251,7 +245,7 @@ class RecordingBrowser(widgets.VBox):
     def _details_html(d):
         info = d["info"]
         parts = [f"<b>{_e(info['name'])}</b>: {_e(info['status'])}, {_e(info['steps'])} steps, "
-                 f"{_e(_size(info['size'] or 0))}, {_e(info['workers'])} workers, created {_e(info['created'])}"
+                 f"{_e(format_size(info['size'] or 0))}, {_e(info['workers'])} workers, created {_e(info['created'])}"
                  + (f" — {_e(info['note'])}" if info["note"] else "")]
         parts.append("<h4>Steps</h4>" + _table(("#", "kind", "summary"),
                                                [[_e(s["seq"]), _e(s["kind"]), _e(s["summary"])]
@@ -264,7 +258,7 @@ class RecordingBrowser(widgets.VBox):
         if d["data"]:
             parts.append("<h4>Data files</h4>" + _table(
                 ("path", "size", "sha256", "kept"),
-                [[_e(f["path"]), _e(_size(f["size"])), _e(f["sha256"][:16]),
+                [[_e(f["path"]), _e(format_size(f["size"])), _e(f["sha256"][:16]),
                   "embedded" if f["embedded"] else "hash only"] for f in d["data"]]))
         parts.append(f"<h4>Results ({len(d['results'])})</h4>" + _table(
             ("result", "value", "fingerprint"),

@@ -8,7 +8,16 @@ from .replay import ReplayReport, replay
 from .store import RecordingInfo, Store
 
 __all__ = ["Recorder", "ReplayReport", "RecordingInfo", "Store", "active_recorder", "replay", "start", "stop",
-           "recordings_table", "replay_with_progress"]
+           "recordings_table", "replay_with_progress", "format_size"]
+
+
+def format_size(n):
+    """``25.1 KB``: sizes as the widget, the magics and the CLI show them (decimal units, as Dask)."""
+    n = float(n or 0)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
 
 
 def start(session, name, store=None, data="embed", note=None):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import hashlib
 import json
 import os
 import platform
@@ -36,6 +35,7 @@ from ..fingerprint import fingerprint_and_describe
 from ..errors import RecordingError
 from ..rules.registry import top_level_names
 from .environment import capture_environment, cluster_environments
+from . import integrity
 from .store import Store
 
 __all__ = ["Recorder", "file_digest", "active_recorder"]
@@ -50,11 +50,9 @@ def active_recorder():
 
 def file_digest(path):
     """``(size, sha256 hex)`` of a file, streamed."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return os.path.getsize(path), h.hexdigest()
+        sha, size = integrity.hash_stream(integrity.read_chunks(f))
+    return size, sha
 
 
 def _json_env(env):
@@ -156,9 +154,10 @@ class Recorder:
     def _record_dispatch(self, payload):
         plan, jobs = payload["plan"], payload["jobs"]
         results = fingerprint_futures(self.session.client, jobs)
+        target_ids = {r.id for r in payload["targets"]}
         for nid, result in results.items():
             result["label"] = plan.nodes[nid].ref.display() if nid in plan.nodes else None
-            result["target"] = nid in {r.id for r in payload["targets"]}
+            result["target"] = nid in target_ids
         self._step("dispatch", {
             "targets": [{"id": r.id, "key": r.key, "label": r.label} for r in payload["targets"]],
             "key_rules": payload["key_rules"], "seed": self.session.seed,

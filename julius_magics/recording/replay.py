@@ -269,15 +269,19 @@ def _replay_step(session, recording, step, report):
             replayed = capture.replay_graph(session.client, event, with_descriptions=True)
         except Exception as e:   # reported per result, like any other difference
             replayed, failure = {}, f"the graph failed on replay: {type(e).__name__}: {e}"
+        again = None   # the graph computed once more, only if some result differs
         for key, fp in data["fingerprints"].items():
             report.results += 1
             got = replayed.get(key)
             if got is None or got[0] != fp:
+                if failure is None and got is not None and again is None:
+                    again = capture.replay_graph(session.client, event)
+                nondeterministic = again is not None and again.get(key) != got[0]
                 report.mismatches.append({
                     "node": key, "label": f"dask key {key}", "recorded": fp, "replayed": got and got[0],
                     "recorded_value": data.get("descriptions", {}).get(key, "?"),
                     "replayed_value": got[1] if got else "not computed",
-                    "cause": failure or _cause(report.env_diff, _graph_nondeterministic(session, event, key, got)),
+                    "cause": failure or _cause(report.env_diff, nondeterministic),
                 })
     elif kind == "run":
         capture.replay_run(session.client, dict(data, function=recording.part(step, "function")))
@@ -297,10 +301,3 @@ def _recompute(session, ref):
     session._generation += 1   # a fresh Dask key: never the cached value
     session.compute(ref)
     return fingerprint_futures(session.client, {ref.id: session.futures[ref.id]})[ref.id]["fp"]
-
-
-def _graph_nondeterministic(session, event, key, got):
-    if got is None:
-        return False
-    again = capture.replay_graph(session.client, event)
-    return again.get(key) != got[0]
