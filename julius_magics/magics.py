@@ -15,7 +15,7 @@ from IPython.core.magic_arguments import MagicArgumentParser
 
 from . import recording
 from .recording import format_size
-from .cluster.session import get_session
+from .cluster.session import get_session, prepare_workers
 from .rules.node import NodeRef
 
 __all__ = ["JuliusMagics", "load_ipython_extension", "unload_ipython_extension"]
@@ -264,6 +264,7 @@ def load_ipython_extension(ipython):
     magics = JuliusMagics(ipython)
     ipython.register_magics(magics)
     _loaded[ipython] = magics
+    prepare_workers()   # so that the first `%cluster start` is quick
 
 
 def unload_ipython_extension(ipython):

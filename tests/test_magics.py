@@ -77,3 +77,14 @@ def test_load_ext_is_idempotent_and_unload_removes_the_magics(shell):
     assert "remote_eval" not in shell.magics_manager.magics["cell"]
     run(shell, "%load_ext julius_magics")
     assert "record" in shell.magics_manager.magics["line"] and "record" in shell.magics_manager.magics["cell"]
+
+
+def test_load_ext_starts_the_server_workers_are_forked_from(shell):
+    """`%load_ext` spawned the fork server, which preloads julius's worker code (so workers start fast)."""
+    import os
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    assert server._forkserver_pid is not None
+    os.kill(server._forkserver_pid, 0)      # alive
+    assert "julius_magics.cluster.worker" in server._preload_modules

@@ -14,61 +14,18 @@ synchronously in tests (dask's ``local.py`` model: collaborators are passed in).
 from __future__ import annotations
 
 import gc
-import hashlib
 import pickle
-import random
-import _random
-import threading
 import traceback
 
 import cloudpickle
-import numpy as np
 
 from ..errors import NodeError
 from .graph import expand, paused_gc
-from .atoms import ApplyFn
+from .atoms import ApplyFn, Atom
 from .node import NodeRef, bind_remote_globals
+from . import seeding
 
-__all__ = ["evaluate", "Job", "compile_job", "run_job", "node_seed", "rng", "Slot"]
-
-_node = threading.local()
-
-
-def session_key(session_seed):
-    """A 64-bit mask derived from the session seed (a stable hash, never ``hash()``)."""
-    return int.from_bytes(hashlib.blake2b(str(session_seed).encode(), digest_size=8).digest(), "big")
-
-
-def node_seed(session_seed, node_id, _key=None):
-    """The seed of a node: its id (already a content hash) mixed with the session key.
-
-    >>> node_seed(0, "1a2b3c4d5e6f70819203") == node_seed(0, "1a2b3c4d5e6f70819203")
-    True
-    """
-    key = session_key(session_seed) if _key is None else _key
-    return int(node_id[:16], 16) ^ key
-
-
-_random_seed = _random.Random.seed    # what random.seed(int) runs, without its Python wrapper
-_numpy_seed = np.random.seed
-
-
-def _enter_node(seed):
-    """Seed Python's ``random`` and NumPy's global generator for the node about to run."""
-    low = seed & 0xFFFFFFFF        # a 32-bit seed: seeding is twice as fast as with 64 bits
-    _random_seed(random._inst, low)
-    random._inst.gauss_next = None
-    _numpy_seed(low)
-    _node.seed = seed
-    _node.rng = None
-
-
-def rng():
-    """The running node's own ``numpy.random.Generator`` (seeded from its id)."""
-    gen = getattr(_node, "rng", None)
-    if gen is None:
-        gen = _node.rng = np.random.default_rng(getattr(_node, "seed", 0))
-    return gen
+__all__ = ["evaluate", "Job", "compile_job", "run_job", "Slot"]
 
 
 class Slot:
@@ -117,8 +74,7 @@ class Job:
     in that order); ``ids[nknown + i]`` is step ``i``, computed by ``atoms[i]`` from
     ``inputs[i]``: a tuple of positions when every input is a node reference (the common
     case), else ``(None, inputs with Slots)``.  Plain lists of strings, ints and atoms
-    pickle several times faster than node objects, and Dask passes a ``Job`` to its task
-    as one opaque argument instead of walking it for futures.
+    pickle several times faster than node objects.
     """
 
     __slots__ = ("ids", "nknown", "atoms", "inputs", "keys", "labels")
@@ -126,20 +82,23 @@ class Job:
     def __init__(self, ids, nknown, atoms, inputs, keys, labels):
         self.ids, self.nknown, self.atoms, self.inputs, self.keys, self.labels = ids, nknown, atoms, inputs, keys, labels
 
-    def __reduce__(self):
-        # pickled as one bytes object, (un)pickled with full collections paused: unpickling
-        # 100k small objects otherwise spends most of its time in the garbage collector
+    def to_bytes(self):
+        """The job as one bytes object, which Dask's scheduler passes on as it is.
+
+        Passed as an object, the job would be unpickled and pickled again by the
+        scheduler on its way to the worker.  Full collections are paused: (un)pickling
+        100k small objects otherwise spends most of its time in the garbage collector.
+        """
         with paused_gc():
-            state = cloudpickle.dumps((self.ids, self.nknown, self.atoms, self.inputs, self.keys, self.labels))
-        return (_load_job, (state,))
+            return cloudpickle.dumps((self.ids, self.nknown, self.atoms, self.inputs, self.keys, self.labels))
+
+    @classmethod
+    def from_bytes(cls, data):
+        with paused_gc():
+            return cls(*pickle.loads(data))
 
     def __len__(self):
         return len(self.atoms)
-
-
-def _load_job(state):
-    with paused_gc():
-        return Job(*pickle.loads(state))
 
 
 def compile_job(nodes, order, known_ids=()):
@@ -147,6 +106,9 @@ def compile_job(nodes, order, known_ids=()):
     ids = list(known_ids)
     index = {nid: i for i, nid in enumerate(ids)}
     atoms, inputs, keys, labels = [], [], [], []
+    # equal atoms (same type, the very same params) and rule names become one object,
+    # which pickles once: a rule makes a fresh ApplyFn(fn) for each of its nodes
+    shared = {}
     with paused_gc():
         for nid in order:
             node = nodes[nid]
@@ -157,8 +119,12 @@ def compile_job(nodes, order, known_ids=()):
                 inputs.append((None, tuple(_slotted(v, index) for v in app.inputs)))
             index[nid] = len(ids)
             ids.append(nid)
-            atoms.append(app.atom)
-            keys.append(node.ref.key)
+            atom = app.atom
+            if type(atom).__reduce__ is Atom.__reduce__:    # rebuilt from its params alone
+                atom = shared.setdefault((type(atom), *map(id, atom.params)), atom)
+            atoms.append(atom)
+            key = node.ref.key
+            keys.append(shared.setdefault(key, key))
             labels.append(node.ref.label)
     return Job(ids, len(known_ids), atoms, inputs, keys, labels)
 
@@ -177,9 +143,10 @@ def run_job(job, known_values=(), seed=0, on_node=None):
         for j in (spec if spec[:1] != (None,) else _slots_in(spec[1])):
             pending[j] += 1
     last = len(values) - 1
-    mask = session_key(seed)
+    mask = seeding.session_key(seed)
+    seeding.install()
     bound = set()   # functions whose globals were bound to the remote namespace in this job
-    with paused_gc():
+    with paused_gc(), seeding.nodes_running():
         for i, (atom, spec) in enumerate(zip(job.atoms, job.inputs)):
             nested = spec[:1] == (None,)
             args = substitute(spec[1], values) if nested else [values[j] for j in spec]
@@ -189,7 +156,7 @@ def run_job(job, known_values=(), seed=0, on_node=None):
                 bind_remote_globals(fn)
                 bind_remote_globals(type(atom).run)
             nid = job.ids[k + i]
-            _enter_node(int(nid[:16], 16) ^ mask)
+            seeding.enter_node(int(nid[:16], 16) ^ mask)
             try:
                 values[k + i] = atom.run(*args)
             except Exception as e:

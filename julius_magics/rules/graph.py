@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections import deque
+from collections import Counter, deque
 
 from ..errors import CycleError, RuleError, UnknownRuleError
 from .atoms import Application, Atom, _Identity
@@ -241,13 +241,12 @@ def plan_jobs(nodes, order, targets, key_rules=(), n_workers=1):
     """
     key_rules = set(key_rules or ())
     keys = {t.id for t in targets if t.id in nodes}
-    keys |= {nid for nid, n in nodes.items() if n.ref.name in key_rules or n.ref.key in key_rules}
+    if key_rules:
+        keys |= {nid for nid, n in nodes.items() if n.ref.name in key_rules or n.ref.key in key_rules}
     owner = _assign_owners(nodes, order, keys)
     unsplittable = set()
     while len(keys) < 4 * n_workers:
-        sizes = {}
-        for o in owner.values():
-            sizes[o] = sizes.get(o, 0) + 1
+        sizes = Counter(owner.values())
         candidates = [j for j in sorted(sizes, key=sizes.get, reverse=True) if j not in unsplittable and sizes[j] > 1]
         if not candidates:
             break
