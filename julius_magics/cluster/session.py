@@ -26,7 +26,7 @@ import dask
 
 from ..errors import JuliusError, NoClusterError, NodeError, NotComputedError, RemoteError
 from ..rules.evaluate import compile_job
-from ..rules.graph import expand, plan_jobs
+from ..rules.graph import expand, paused_gc, plan_jobs
 from ..rules.node import REMOTE_NAMESPACE, NodeRef
 from ..rules.registry import RULES, top_level_names
 from .capture import capture_plugins, install_capture
@@ -276,23 +276,13 @@ class Session:
         client = self.require_client()
         refs, single = _as_list(refs)
         started = time.monotonic()
-        plan = self.jobdeps(refs, key_rules)
+        # No garbage collection while the graph is built and sent: collections would scan its
+        # millions of objects between every phase; afterwards they run while the workers compute.
+        with paused_gc():
+            plan = self.jobdeps(refs, key_rules)
+            submitted = self._submit(plan)
         self.last_plan = plan
         self.failed = set()
-        submitted = {}
-        members = {job: [] for job in plan.jobs}
-        for nid in plan.order:
-            members[plan.owner[nid]].append(nid)
-        for job in plan.jobs:
-            node = plan.nodes[job].ref
-            deps = plan.job_deps[job]
-            with warnings.catch_warnings():  # a big key job carries its sub-graph, by design
-                warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
-                submitted[job] = client.submit(
-                    run_key_job, compile_job(plan.nodes, members[job], deps).to_bytes(), self.seed,
-                    *[submitted[d] if d in submitted else self.futures[d] for d in deps],
-                    key=f"julius-{node.ns}.{node.name}-{job}-{self._generation}", pure=False,
-                )
         wanted = [submitted[r.id] if r.id in submitted else self.futures[r.id] for r in refs]
         _wait_with_progress(list(submitted.values()), "compute", self.progress)
         try:
@@ -311,6 +301,24 @@ class Session:
                   seconds=time.monotonic() - started,
                   jobs={**submitted, **{r.id: f for r, f in zip(refs, wanted)}})
         return values[0] if single else values
+
+    def _submit(self, plan):
+        """One Dask task per key job, each carrying its compiled sub-graph; returns ``{job id: future}``."""
+        submitted = {}
+        members = {job: [] for job in plan.jobs}
+        for nid in plan.order:
+            members[plan.owner[nid]].append(nid)
+        for job in plan.jobs:
+            node = plan.nodes[job].ref
+            deps = plan.job_deps[job]
+            with warnings.catch_warnings():  # a big key job carries its sub-graph, by design
+                warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
+                submitted[job] = self.client.submit(
+                    run_key_job, compile_job(plan.nodes, members[job], deps).to_bytes(), self.seed,
+                    *[submitted[d] if d in submitted else self.futures[d] for d in deps],
+                    key=f"julius-{node.ns}.{node.name}-{job}-{self._generation}", pure=False,
+                )
+        return submitted
 
     def _note_workers(self, futures):
         who = self.client.who_has(list(futures.values()))

@@ -13,6 +13,7 @@ run where the node is evaluated (a worker); heavy libraries are imported there.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 
@@ -32,12 +33,12 @@ class Application:
         self.inputs = inputs
 
     def deps(self):
-        """Node references among the inputs (top level and inside lists/tuples/dicts)."""
+        """Node references among the inputs (top level and inside lists/tuples/dicts), as a sequence."""
         inputs = self.inputs
         for value in inputs:
             if type(value) is not NodeRef:
                 return refs_in(inputs)
-        return list(inputs)
+        return inputs   # all of them: the tuple itself, one object less per node of a big graph
 
     def __repr__(self):
         return f"{self.atom!r}({', '.join(map(repr, self.inputs))})"
@@ -64,6 +65,10 @@ class Atom:
     def run(self, *inputs):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def prepare(self):
+        """What computes the value from the inputs where the atom runs (called once per key job)."""
+        return self.run
+
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(map(_short_repr, self.params))})"
 
@@ -86,12 +91,12 @@ class ApplyFn(Atom):
         super().__init__(fn, *params)
 
     def run(self, *inputs):
-        fn, *params = self.params
-        if type(fn) is RemoteName:
-            fn = fn.resolve()
-        if params:
-            return fn(*[_resolve(p) for p in params], *inputs)
-        return fn(*inputs)
+        return self.prepare()(*inputs)
+
+    def prepare(self):
+        # remote names resolved once: in a key job, a rule's many nodes share one atom
+        fn, *params = [_resolve(p) for p in self.params]
+        return functools.partial(fn, *params) if params else fn
 
 
 def import_object(path):

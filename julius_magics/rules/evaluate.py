@@ -143,27 +143,25 @@ def run_job(job, known_values=(), seed=0, on_node=None):
         for j in (spec if spec[:1] != (None,) else _slots_in(spec[1])):
             pending[j] += 1
     last = len(values) - 1
-    mask = seeding.session_key(seed)
+    key = seeding.session_key(seed)
     seeding.install()
-    bound = set()   # functions whose globals were bound to the remote namespace in this job
+    calls = {}   # id(atom) -> what computes it, remote names resolved: once per job (atoms are shared)
     with paused_gc(), seeding.nodes_running():
         for i, (atom, spec) in enumerate(zip(job.atoms, job.inputs)):
+            call = calls.get(id(atom))
+            if call is None:
+                call = calls[id(atom)] = _prepared(atom)
             nested = spec[:1] == (None,)
             args = substitute(spec[1], values) if nested else [values[j] for j in spec]
-            fn = atom.params[0] if type(atom) is ApplyFn else type(atom).run
-            if id(fn) not in bound:
-                bound.add(id(fn))
-                bind_remote_globals(fn)
-                bind_remote_globals(type(atom).run)
             nid = job.ids[k + i]
-            seeding.enter_node(int(nid[:16], 16) ^ mask)
+            seeding.enter_node(nid, key)
             try:
-                values[k + i] = atom.run(*args)
+                values[k + i] = call(*args)
             except Exception as e:
-                key, label = job.keys[i], job.labels[i]
+                rule, label = job.keys[i], job.labels[i]
                 raise NodeError(
-                    f"node {f'{label} ({key})' if label else key}, id {nid}, failed: {type(e).__name__}: {e}",
-                    node_id=nid, label=label or key, remote_traceback=traceback.format_exc(),
+                    f"node {f'{label} ({rule})' if label else rule}, id {nid}, failed: {type(e).__name__}: {e}",
+                    node_id=nid, label=label or rule, remote_traceback=traceback.format_exc(),
                 ) from None
             if on_node is not None:
                 on_node(nid)
@@ -174,6 +172,13 @@ def run_job(job, known_values=(), seed=0, on_node=None):
             if i % 10_000 == 9_999:
                 gc.collect(0)   # short-lived cycles made by atoms, while full collections are paused
     return values[last]
+
+
+def _prepared(atom):
+    """``atom.prepare()``, after binding the remote names its code uses (this process's remote namespace)."""
+    bind_remote_globals(atom.params[0] if type(atom) is ApplyFn else type(atom).run)
+    bind_remote_globals(type(atom).run)
+    return atom.prepare()
 
 
 def _slots_in(value):

@@ -70,8 +70,8 @@ def path_text(stack_refs):
     return " <- ".join(repr(r) for r in reversed(stack_refs))
 
 
-def _apply_rule(ref, rule_of, stack):
-    """Run ``ref``'s rule body and return its Application (``stack`` is the path, for messages)."""
+def _apply_rule(ref, rule_of, path):
+    """Run ``ref``'s rule body and return its Application (``path``: the refs that led here, for messages)."""
     fn = rule_of(ref)
     try:
         result = fn(*ref.args)
@@ -79,7 +79,7 @@ def _apply_rule(ref, rule_of, stack):
         raise
     except Exception as e:
         raise RuleError(
-            f"rule {ref.key} raised {type(e).__name__}: {e}\n  while expanding {path_text([entry[0] for entry in stack])}"
+            f"rule {ref.key} raised {type(e).__name__}: {e}\n  while expanding {path_text(path)}"
         ) from e
     if type(result) is Application:
         return result
@@ -90,7 +90,7 @@ def _apply_rule(ref, rule_of, stack):
     raise RuleError(
         f"rule {ref.key} returned {type(result).__name__} {result!r:.60}; a rule must return an atom "
         f"applied to its dependencies, e.g. ApplyFn(fn)(dep), or a node reference\n"
-        f"  while expanding {path_text([entry[0] for entry in stack])}"
+        f"  while expanding {path_text(path)}"
     )
 
 
@@ -120,32 +120,35 @@ def _expand(targets, rule_of, stop, nodes, order, on_path):
     for target in targets:
         if target.id in nodes or target.id in stop:
             continue
-        stack = [[target, None]]   # [ref, iterator over its deps]; the stack is the current path
-        while stack:
-            entry = stack[-1]
-            ref, deps = entry
+        # depth-first, without recursion: `path` is the current path of refs, `pending[i]`
+        # the iterator over the dependencies of path[i] still to visit (None: not expanded yet)
+        path, pending = [target], [None]
+        while path:
+            ref = path[-1]
+            deps = pending[-1]
             if deps is None:
                 try:
-                    app = _apply_rule(ref, rule_of, stack)
+                    app = _apply_rule(ref, rule_of, path)
                 except UnknownRuleError as e:
-                    raise UnknownRuleError(f"{e}\n  needed by {path_text([entry[0] for entry in stack])}") from None
-                node = Node(ref, app, app.deps())
-                nodes[ref.id] = node
+                    raise UnknownRuleError(f"{e}\n  needed by {path_text(path)}") from None
+                node = nodes[ref.id] = Node(ref, app, app.deps())
                 on_path.add(ref.id)
-                deps = entry[1] = iter(node.deps)
+                deps = pending[-1] = iter(node.deps)
             for dep in deps:
                 did = dep.id
                 if did in nodes:
                     if did in on_path:
-                        cycle = [e[0] for e in stack[[e[0].id for e in stack].index(did):]] + [dep]
+                        cycle = path[[r.id for r in path].index(did):] + [dep]
                         raise CycleError("Cycle detected: " + " -> ".join(repr(r) for r in cycle))
                     continue
                 if did in stop:
                     continue
-                stack.append([dep, None])
+                path.append(dep)
+                pending.append(None)
                 break
             else:
-                stack.pop()
+                path.pop()
+                pending.pop()
                 on_path.discard(ref.id)
                 order.append(ref.id)
 

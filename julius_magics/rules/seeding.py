@@ -12,9 +12,9 @@ sees exactly the state that seeding before the node would have given.  Outside n
 nothing is pending and the generators behave as the originals.
 
 >>> install()
->>> enter_node(node_seed(0, "1a2b3c4d5e6f70819203"))
+>>> enter_node("1a2b3c4d5e6f70819203", session_key(0))
 >>> a = (random.random(), np.random.random())
->>> enter_node(node_seed(0, "1a2b3c4d5e6f70819203"))
+>>> enter_node("1a2b3c4d5e6f70819203", session_key(0))
 >>> a == (random.random(), np.random.random())
 True
 """
@@ -32,8 +32,8 @@ import numpy.random.mtrand as _mtrand
 
 __all__ = ["install", "enter_node", "nodes_running", "node_seed", "session_key", "rng"]
 
-_node = threading.local()          # .seed, .rng: for rng(), which is per node and thread-safe
-_pending_py = None                 # the seed the running node gives `random`, until its first draw
+_node = threading.local()          # .current: the running node; .rng: (node, its Generator), for rng()
+_pending_py = None                 # (node id, session key) of the running node, until `random` draws
 _pending_np = None                 # the same for NumPy's global RandomState
 
 
@@ -42,24 +42,25 @@ def session_key(session_seed):
     return int.from_bytes(hashlib.blake2b(str(session_seed).encode(), digest_size=8).digest(), "big")
 
 
-def node_seed(session_seed, node_id, _key=None):
+def node_seed(session_seed, node_id):
     """The seed of a node: its id (already a content hash) mixed with the session key.
 
     >>> node_seed(0, "1a2b3c4d5e6f70819203") == node_seed(0, "1a2b3c4d5e6f70819203")
     True
     """
-    key = session_key(session_seed) if _key is None else _key
+    return _seed_of((node_id, session_key(session_seed)))
+
+
+def _seed_of(node):
+    node_id, key = node
     return int(node_id[:16], 16) ^ key
 
 
-def enter_node(seed):
-    """The node about to run has this seed: the global generators take it at their next draw."""
+def enter_node(node_id, key):
+    """The node ``node_id`` runs next (``key``: the session key): generators take its seed at their next draw."""
     global _pending_py, _pending_np
-    low = seed & 0xFFFFFFFF        # a 32-bit seed: seeding is twice as fast as with 64 bits
-    _pending_py = _pending_np = low
+    _pending_py = _pending_np = _node.current = (node_id, key)
     random._inst.gauss_next = None  # gauss() reads its cache before it draws
-    _node.seed = seed
-    _node.rng = None
 
 
 @contextlib.contextmanager
@@ -69,15 +70,16 @@ def nodes_running():
     try:
         yield
     finally:
-        _pending_py = _pending_np = None
+        _pending_py = _pending_np = _node.current = None
 
 
 def rng():
     """The running node's own ``numpy.random.Generator`` (seeded from its id)."""
-    gen = getattr(_node, "rng", None)
-    if gen is None:
-        gen = _node.rng = np.random.default_rng(getattr(_node, "seed", 0))
-    return gen
+    current = getattr(_node, "current", None)
+    cached = getattr(_node, "rng", None)
+    if cached is None or cached[0] is not current:
+        cached = _node.rng = (current, np.random.default_rng(_seed_of(current) if current else 0))
+    return cached[1]
 
 
 class _LazyRandom(random.Random):
@@ -85,8 +87,8 @@ class _LazyRandom(random.Random):
 
     def _take_seed(self):
         global _pending_py
-        seed, _pending_py = _pending_py, None
-        _random.Random.seed(self, seed)     # what random.seed(int) runs, without its Python wrapper
+        pending, _pending_py = _pending_py, None
+        _random.Random.seed(self, _seed_of(pending) & 0xFFFFFFFF)   # 32 bits: seeds twice as fast     # what random.seed(int) runs, without its Python wrapper
         self.gauss_next = None
 
     def random(self):
@@ -122,8 +124,8 @@ class _LazyRandom(random.Random):
 
 def _take_np_seed(state):
     global _pending_np
-    seed, _pending_np = _pending_np, None
-    np.random.RandomState.seed(state, seed)
+    pending, _pending_np = _pending_np, None
+    np.random.RandomState.seed(state, _seed_of(pending) & 0xFFFFFFFF)
 
 
 def _drawing(name):
