@@ -7,9 +7,11 @@ same numbers in every run and replay, whatever the number of workers.
 Seeding both generators costs about 9 µs (two Mersenne Twister states of 624 words),
 more than most nodes of a long chain compute, and most nodes never draw.  So
 ``install()`` replaces the two global generators by subclasses that seed themselves
-at their first draw inside a node: ``enter_node`` only notes the seed.  Every draw
+at their first draw inside a node: ``enter_node`` only notes the node.  Every draw
 sees exactly the state that seeding before the node would have given.  Outside nodes
-nothing is pending and the generators behave as the originals.
+nothing is pending and the generators behave as the originals.  (The global generators
+are one per process: with several threads per worker, nodes running at once share them,
+as they would with eager seeding; ``rng()`` is per node and thread.)
 
 >>> install()
 >>> enter_node("1a2b3c4d5e6f70819203", session_key(0))
@@ -88,7 +90,8 @@ class _LazyRandom(random.Random):
     def _take_seed(self):
         global _pending_py
         pending, _pending_py = _pending_py, None
-        _random.Random.seed(self, _seed_of(pending) & 0xFFFFFFFF)   # 32 bits: seeds twice as fast     # what random.seed(int) runs, without its Python wrapper
+        # what random.seed(int) runs; a 32-bit seed, as for NumPy: seeding is twice as fast as with 64 bits
+        _random.Random.seed(self, _seed_of(pending) & 0xFFFFFFFF)
         self.gauss_next = None
 
     def random(self):
@@ -128,38 +131,30 @@ def _take_np_seed(state):
     np.random.RandomState.seed(state, _seed_of(pending) & 0xFFFFFFFF)
 
 
-def _drawing(name):
-    """A RandomState method that takes the pending seed first."""
+def _lazy_method(name):
+    """The RandomState method ``name``, aware of the pending seed."""
     base = getattr(np.random.RandomState, name)
+    if name in ("seed", "set_state"):      # replaces the state: nothing is pending after it
 
-    def method(self, *args, **kwargs):
-        if _pending_np is not None:
-            _take_np_seed(self)
-        return base(self, *args, **kwargs)
+        def method(self, *args, **kwargs):
+            global _pending_np
+            _pending_np = None
+            return base(self, *args, **kwargs)
+
+    else:                                  # draws or reads the state: takes the pending seed first
+
+        def method(self, *args, **kwargs):
+            if _pending_np is not None:
+                _take_np_seed(self)
+            return base(self, *args, **kwargs)
 
     method.__name__ = method.__qualname__ = name
     method.__doc__ = base.__doc__
     return method
 
 
-def _cleared(name):
-    """A RandomState method that replaces the state (``seed``, ``set_state``): nothing is pending after it."""
-    base = getattr(np.random.RandomState, name)
-
-    def method(self, *args, **kwargs):
-        global _pending_np
-        _pending_np = None
-        return base(self, *args, **kwargs)
-
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = base.__doc__
-    return method
-
-
-_STATE_SETTERS = {"seed", "set_state"}
 _LazyRandomState = type("_LazyRandomState", (np.random.RandomState,), {
-    name: (_cleared if name in _STATE_SETTERS else _drawing)(name)
-    for name in dir(np.random.RandomState) if not name.startswith("_")
+    name: _lazy_method(name) for name in dir(np.random.RandomState) if not name.startswith("_")
 })
 _LazyRandomState.__module__ = __name__
 
