@@ -1,10 +1,11 @@
-demo: setup
-	julius demo
+VENV ?= .venv
 
-test: setup
-	python -m pytest
+demo:
+	bash .ci/setup demo
+	$(VENV)/bin/julius demo
 
-setup:
-	bash .ci/setup
+test:
+	bash .ci/setup test
+	$(VENV)/bin/python -m pytest
 
-.PHONY: demo test setup
+.PHONY: demo test

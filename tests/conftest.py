@@ -43,13 +43,3 @@ def ip():
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "julius_magics")
     yield shell
-
-
-def run(shell, code):
-    """Run a cell; return its result (re-raising the cell's exception)."""
-    result = shell.run_cell(code)
-    if result.error_before_exec:
-        raise result.error_before_exec
-    if result.error_in_exec:
-        raise result.error_in_exec
-    return result.result

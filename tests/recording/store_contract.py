@@ -1,8 +1,8 @@
-"""Shared fixtures and the backend-independent test suite of the recording store.
+"""The backend-independent test suite of the recording store, and helpers for store tests.
 
 ``StoreContract`` is a mixin: each backend's test class provides a ``store``
-fixture (an empty :class:`Store`) and inherits every test. Test modules import
-what they use from here (``tests/`` is on ``sys.path`` under pytest).
+fixture (an empty :class:`Store`) and inherits every test. Its fixtures
+(``isolated_key``, ``use_other_key``) live in ``tests/recording/conftest.py``.
 """
 
 import hashlib
@@ -28,17 +28,6 @@ from julius_magics.recording.store import Store
 
 BLOB = b"a,b\n" + b"1,2\n" * 5000
 SPEC = bytes(range(256)) * 4
-
-
-@pytest.fixture(autouse=True)
-def isolated_key(tmp_path, monkeypatch):
-    """Point HOME and the key file at a temporary folder: tests never touch ~/.julius."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("JULIUS_KEY_FILE", str(home / "my.key"))
-    monkeypatch.delenv("JULIUS_STORE", raising=False)
-    return home / "my.key"
 
 
 def use_other_key(monkeypatch, tmp_path):
@@ -337,7 +326,6 @@ __all__ = [
     "content",
     "flip_byte",
     "free_port",
-    "isolated_key",
     "run_writer_processes",
     "store_files",
     "use_other_key",

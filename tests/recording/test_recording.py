@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 import julius_magics as jm
-from conftest import run
+from tests.support import run
 from julius_magics import getdata, recording
 from julius_magics.cluster.session import Session, set_session
 from julius_magics.datasets import make_fraud_data

@@ -6,16 +6,17 @@ import uuid
 
 import boto3
 import pytest
-from conftest_store import (  # noqa: F401  (isolated_key is an autouse fixture)
+from julius_magics.recording.store import Store
+from tests.recording.store_contract import (
     StoreContract,
     free_port,
-    isolated_key,
     run_writer_processes,
     wait_for_port,
     write_sample,
 )
 
-from julius_magics.recording.store import Store
+pytestmark = pytest.mark.usefixtures("isolated_key")  # never the user's ~/.julius
+
 
 BUCKET = "julius-recordings"
 

@@ -30,7 +30,7 @@ def client():
 def fresh():
     """A second cluster, started without the plugins: replay happens there."""
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster) as c:
+            Client(cluster, set_as_default=False) as c:  # .compute() must keep running on the captured cluster
         yield c
 
 

@@ -13,10 +13,14 @@ import random
 import uuid
 import zipfile
 
-from conftest_store import content, isolated_key, write_sample  # noqa: F401  (autouse fixture)
+import pytest
 
 from julius_magics.errors import JuliusError
 from julius_magics.recording.store import Store
+from tests.recording.store_contract import content, write_sample
+
+pytestmark = pytest.mark.usefixtures("isolated_key")  # never the user's ~/.julius
+
 
 RECORDING_CASES = 1200
 ARCHIVE_CASES = 800

@@ -3,7 +3,7 @@
 import pytest
 from IPython.core.error import UsageError
 
-from conftest import run
+from tests.support import run
 from julius_magics.errors import NodeError
 
 

@@ -9,18 +9,19 @@ import time
 import uuid
 
 import pytest
-from conftest_store import (  # noqa: F401  (isolated_key is an autouse fixture)
+
+from julius_magics.errors import IntegrityError, RecordingNotFoundError, UntrustedRecordingError
+from julius_magics.recording import integrity
+from julius_magics.recording.store import Store
+from tests.recording.store_contract import (
     StoreContract,
     content,
-    isolated_key,
     run_writer_processes,
     use_other_key,
     write_sample,
 )
 
-from julius_magics.errors import IntegrityError, RecordingNotFoundError, UntrustedRecordingError
-from julius_magics.recording import integrity
-from julius_magics.recording.store import Store
+pytestmark = pytest.mark.usefixtures("isolated_key")  # never the user's ~/.julius
 
 
 class TestLocalStore(StoreContract):
