@@ -1,43 +1,128 @@
-"""Keys, hashes and sealed JSON documents: how a recording proves its bytes.
+"""Keys, hashes and sealed JSON documents: how a recording proves its bytes and its author.
 
-Every JSON document of a recording (manifest, journal entry, verified
-sidecar) is *sealed*: its body gets two fields,
+Every JSON document of a recording (manifest, journal entry, closed marker,
+verification sidecar) is *sealed*: its body gets three fields,
 
-``mac``
-    HMAC-SHA256 of the canonical body under the author's key (authenticity);
+``public_key``
+    the signer's Ed25519 public key (32 bytes, base64), whose fingerprint is
+    the body's ``key_id``;
+``signature``
+    Ed25519 signature of the canonical body plus ``public_key`` (base64);
 ``digest``
-    SHA-256 of the canonical body *with* ``mac`` (content, checkable without
-    the key, so ``trust=True`` still detects every changed byte).
+    SHA-256 of the canonical document *with* ``public_key`` and
+    ``signature`` (what the journal chains on).
 
 The file holds exactly ``canonical(document) + b"\\n"``; any other byte
 sequence, even one that parses to the same JSON, is refused.
 
-The key is 32 random bytes, stored as hex in ``$JULIUS_KEY_FILE`` or
-``~/.julius/key`` (created on first use, mode 0600). It never enters a store:
-documents carry only ``key_id``, a short SHA-256 of the key, so an error can
-say whose key signed what.
+Anyone can check a signature; whether its key is *accepted* is the reader's
+choice (``trust``): its own key, the keys it trusts (``recording/keys.py``),
+or, for pickle-free reading only, any key.
+
+The private key is an Ed25519 key in ``$JULIUS_KEY_FILE`` or ``~/.julius/key``
+(created on first use, mode 0600): 64 hex digits (the 32-byte private key,
+the format of julius-recording/1's HMAC keys, so an existing key file becomes
+its owner's Ed25519 key) or a PKCS#8 PEM file. It never enters a store.
+
+Documents of the previous format (``julius-recording/1``) carry an HMAC
+``mac`` instead; they are read only with ``legacy_hmac=True`` and only when
+the reader's key file holds the secret that made them.
 
 Nothing here unpickles anything; it reads JSON and hashes bytes.
 """
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from julius_magics.errors import IntegrityError, RecordingError, UntrustedRecordingError
 
-FORMAT = "julius-recording/1"
+FORMAT = "julius-recording/2"
+LEGACY_FORMAT = "julius-recording/1"   # HMAC-sealed: read only with legacy_hmac=True
+FORMATS = (FORMAT, LEGACY_FORMAT)
 KEY_ENV = "JULIUS_KEY_FILE"
 CHUNK = 1 << 20  # bytes read at a time when hashing or copying large data
+FINGERPRINT_PATTERN = re.compile(r"[0-9a-f]{32}\Z")
+_LEGACY_KEY_ID = re.compile(r"[0-9a-f]{16}\Z")
+SEAL_FIELDS = ("public_key", "signature", "digest")
 
 
+# --- keys --------------------------------------------------------------------
 def key_path():
     """Return the path of the signing key: ``$JULIUS_KEY_FILE`` or ``~/.julius/key``."""
     named = os.environ.get(KEY_ENV)
     return Path(named).expanduser() if named else Path.home() / ".julius" / "key"
+
+
+def public_bytes(public_key):
+    """The 32 raw bytes of an Ed25519 public key."""
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def fingerprint(public_key):
+    """Return a public key's fingerprint: the first 32 hex digits (128 bits) of SHA-256 of its raw bytes.
+
+    ``public_key`` is an ``Ed25519PublicKey`` or its 32 raw bytes.
+    """
+    raw = public_key if isinstance(public_key, bytes) else public_bytes(public_key)
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+class SigningKey:
+    """The user's Ed25519 private key, with its public half and fingerprint.
+
+    Attributes
+    ----------
+    public_key : Ed25519PublicKey
+    public_b64 : str
+        The raw public key in base64, as documents carry it.
+    fingerprint : str
+        32 hex digits naming the key (a document's ``key_id``).
+    legacy_secret : bytes or None
+        The 32 bytes of a hex key file: the HMAC key of julius-recording/1
+        documents written with this key file. ``None`` for PEM key files.
+    path : Path or None
+    """
+
+    def __init__(self, private_key, legacy_secret=None, path=None):
+        self._private = private_key
+        self.public_key = private_key.public_key()
+        self.public_b64 = base64.b64encode(public_bytes(self.public_key)).decode("ascii")
+        self.fingerprint = fingerprint(self.public_key)
+        self.legacy_secret = legacy_secret
+        self.path = path
+
+    @classmethod
+    def from_seed(cls, seed, path=None):
+        """The key whose 32-byte private value is ``seed`` (also its legacy HMAC secret)."""
+        return cls(Ed25519PrivateKey.from_private_bytes(seed), legacy_secret=bytes(seed), path=path)
+
+    @classmethod
+    def generate(cls):
+        """A fresh random key (not written anywhere)."""
+        return cls.from_seed(secrets.token_bytes(32))
+
+    def sign(self, data):
+        """Ed25519 signature of ``data`` (bytes)."""
+        return self._private.sign(data)
+
+    def public_line(self, comment="julius"):
+        """The public key as one OpenSSH line (``ssh-ed25519 AAAA... comment``), for ``FILE.pub``."""
+        line = self.public_key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        return line.decode("ascii") + (f" {comment}" if comment else "")
+
+    def __repr__(self):
+        return f"<SigningKey {self.fingerprint}>"
 
 
 def load_key(path=None):
@@ -50,25 +135,35 @@ def load_key(path=None):
 
     Returns
     -------
-    bytes
-        The 32-byte key.
+    SigningKey
 
     Raises
     ------
     RecordingError
-        The file exists but does not hold 64 hexadecimal characters.
+        The file exists but holds neither 64 hexadecimal characters nor an
+        Ed25519 private key in PEM.
     """
     path = Path(path) if path is not None else key_path()
     if not path.exists():
         _create_key_file(path)
-    text = path.read_text(encoding="ascii", errors="replace").strip()
+    data = path.read_bytes()
+    if data.lstrip().startswith(b"-----BEGIN"):
+        try:
+            private = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError) as error:
+            raise RecordingError(f"Key file {path}: not a readable unencrypted PEM private key ({error}).") from None
+        if not isinstance(private, Ed25519PrivateKey):
+            raise RecordingError(f"Key file {path}: holds a {type(private).__name__}, not an Ed25519 key.")
+        return SigningKey(private, path=path)
     try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        key = b""
-    if len(key) != 32:
-        raise RecordingError(f"Key file {path}: expected 64 hexadecimal characters (a 32-byte key).")
-    return key
+        seed = bytes.fromhex(data.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        seed = b""
+    if len(seed) != 32:
+        raise RecordingError(
+            f"Key file {path}: expected 64 hexadecimal characters (an Ed25519 private key) or a PEM private key."
+        )
+    return SigningKey.from_seed(seed, path=path)
 
 
 def _create_key_file(path):
@@ -89,14 +184,27 @@ def _create_key_file(path):
 
 
 def key_id(key):
-    """Return the public name of ``key``: the first 16 hex digits of its SHA-256.
+    """Return the public name of ``key``: its fingerprint (see :func:`fingerprint`).
+
+    ``key`` is a :class:`SigningKey`, an ``Ed25519PublicKey`` or the 32-byte
+    private value of a hex key file.
 
     >>> key_id(bytes(32))
-    '66687aadf862bd77'
+    '139e3940e64b5491722088d9a0d74162'
     """
-    return hashlib.sha256(key).hexdigest()[:16]
+    if isinstance(key, SigningKey):
+        return key.fingerprint
+    if isinstance(key, Ed25519PublicKey):
+        return fingerprint(key)
+    return SigningKey.from_seed(bytes(key)).fingerprint
 
 
+def legacy_key_id(secret):
+    """The ``key_id`` that julius-recording/1 gave an HMAC secret: 16 hex digits of its SHA-256."""
+    return hashlib.sha256(secret).hexdigest()[:16]
+
+
+# --- canonical JSON and hashes -------------------------------------------------
 def sha256_hex(data):
     """SHA-256 of ``data`` (bytes) as 64 hex digits."""
     return hashlib.sha256(data).hexdigest()
@@ -115,7 +223,7 @@ def canonical(obj):
     """
     try:
         text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RecursionError) as error:
         raise ValueError(f"not plain JSON data: {error}") from None
     # json.dumps silently turns int/float/bool keys into strings: refuse them,
     # or the data read back would differ from the data written.
@@ -133,56 +241,39 @@ def _same_json(a, b):
     return a == b
 
 
-def _mac(key, body):
-    return hmac.new(key, canonical(body), hashlib.sha256).hexdigest()
-
-
+# --- sealing -------------------------------------------------------------------
 def seal(body, key):
-    """Return the file bytes of ``body`` sealed with ``key`` (adds ``mac`` and ``digest``).
+    """Return the file bytes of ``body`` signed with ``key`` (adds ``public_key``, ``signature``, ``digest``).
 
-    ``body`` must carry ``key_id`` so a reader knows which key to check it with.
+    Parameters
+    ----------
+    body : dict
+        Plain JSON; must carry ``key_id`` equal to ``key``'s fingerprint, so a
+        reader can name the signer before checking anything.
+    key : SigningKey
     """
-    mac = _mac(key, body)
-    document = {**body, "mac": mac}
+    if body.get("key_id") != key.fingerprint:
+        raise ValueError(f"sealing needs key_id {key.fingerprint!r} in the body, not {body.get('key_id')!r}")
+    if any(field in body for field in SEAL_FIELDS + ("mac",)):
+        raise ValueError(f"a body to seal may not carry {SEAL_FIELDS + ('mac',)}")
+    document = {**body, "public_key": key.public_b64}
+    document["signature"] = base64.b64encode(key.sign(canonical(document))).decode("ascii")
     document["digest"] = sha256_hex(canonical(document))
     return canonical(document) + b"\n"
 
 
-def unseal(raw, where, key, trust=False):
-    """Check a sealed document and return its body.
+def document_digest(raw):
+    """The ``digest`` field of a sealed document's bytes (what the next journal entry chains on)."""
+    return json.loads(raw)["digest"]
 
-    Parameters
-    ----------
-    raw : bytes
-        The file's bytes.
-    where : str
-        What the file is, for messages (``"recording 'x': journal entry 3"``).
-    key : bytes
-        The reader's key.
-    trust : bool
-        Accept a document signed with another key (its digest is still checked).
 
-    Returns
-    -------
-    body : dict
-        The document without ``mac`` and ``digest``.
-    signed_by_me : bool
-        Whether ``key`` signed it.
-
-    Raises
-    ------
-    IntegrityError
-        Any byte differs from what was sealed.
-    UntrustedRecordingError
-        Signed with another key and ``trust`` is false.
-    """
+def _parse(raw, where):
     try:
         document = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise IntegrityError(f"{where} is not valid JSON (corrupt or truncated).") from None
-    if not isinstance(document, dict) or not all(
-        isinstance(document.get(field), str) for field in ("mac", "digest", "key_id")
-    ):
+    if not isinstance(document, dict) or not isinstance(document.get("key_id"), str) \
+            or not isinstance(document.get("digest"), str):
         raise IntegrityError(f"{where} lacks its signature fields (corrupt or not a recording).")
     try:
         exact = canonical(document) + b"\n" == raw
@@ -193,27 +284,115 @@ def unseal(raw, where, key, trust=False):
     digest = document.pop("digest")
     if sha256_hex(canonical(document)) != digest:
         raise IntegrityError(f"{where} was changed: its SHA-256 does not match.")
-    mac = document.pop("mac")
-    mine = key_id(key)
-    if document["key_id"] != mine:
-        if not trust:
-            raise UntrustedRecordingError(
-                f"{where} is signed with another key ({document['key_id']}; yours is {mine}); "
-                "pass --trust if you trust its author."
-            )
-        return document, False
-    if not hmac.compare_digest(_mac(key, document), mac):
-        raise IntegrityError(f"{where} was changed: its signature does not match your key.")
+    return document
+
+
+def _accepted(fp, trust):
+    if trust is True:
+        return True
+    if not trust:
+        return False
+    return fp in trust
+
+
+def unseal(raw, where, key, trust=False, legacy_hmac=False):
+    """Check a sealed document and return its body.
+
+    Parameters
+    ----------
+    raw : bytes
+        The file's bytes.
+    where : str
+        What the file is, for messages (``"recording 'x': journal entry 3"``).
+    key : SigningKey
+        The reader's key.
+    trust : bool or collection of str
+        Which other signers are accepted: ``False``, only ``key``; a
+        collection of fingerprints (trusted keys, ``--trust-key``), those
+        too; ``True``, any key whose signature verifies. ``True`` is for
+        pickle-free reading that shows who signed, never for replay.
+    legacy_hmac : bool
+        Accept a julius-recording/1 document whose HMAC verifies under the
+        secret of ``key``'s hex key file.
+
+    Returns
+    -------
+    body : dict
+        The document without ``public_key``, ``signature`` and ``digest``
+        (legacy: without ``mac`` and ``digest``).
+    signed_by_me : bool
+        Whether ``key`` signed it.
+
+    Raises
+    ------
+    IntegrityError
+        Any byte differs from what was signed, or the signature is wrong.
+    UntrustedRecordingError
+        Signed with a key that ``trust`` does not accept, or a legacy HMAC
+        document without ``legacy_hmac``.
+    """
+    document = _parse(raw, where)
+    if "mac" in document and "signature" not in document:
+        return _unseal_legacy(document, where, key, legacy_hmac)
+    signer = document["key_id"]
+    try:
+        public_raw = base64.b64decode(document.get("public_key"), validate=True)
+        signature = base64.b64decode(document.get("signature"), validate=True)
+        public_key = Ed25519PublicKey.from_public_bytes(public_raw)
+    except (TypeError, ValueError, binascii.Error):
+        raise IntegrityError(f"{where} lacks a readable public key or signature (corrupt or not a recording).") from None
+    if fingerprint(public_raw) != signer:
+        raise IntegrityError(f"{where} was changed: its key_id is not the fingerprint of its public key.")
+    signed = {k: v for k, v in document.items() if k != "signature"}
+    try:
+        public_key.verify(signature, canonical(signed))
+    except InvalidSignature:
+        raise IntegrityError(f"{where} was changed: its signature does not match its key {signer}.") from None
+    mine = signer == key.fingerprint
+    if not mine and not _accepted(signer, trust):
+        raise UntrustedRecordingError(
+            f"{where} is signed with another key ({signer}; yours is {key.fingerprint}) that you do not trust: "
+            f"add its author's public key with `julius trust add FILE.pub`, or pass --trust-key {signer} "
+            "for this one recording."
+        )
+    body = {k: v for k, v in signed.items() if k != "public_key"}
+    return body, mine
+
+
+def _unseal_legacy(document, where, key, legacy_hmac):
+    """A julius-recording/1 document: HMAC-SHA256 under a secret only its author holds."""
+    signer, mac = document["key_id"], document.pop("mac")
+    if not legacy_hmac:
+        raise UntrustedRecordingError(
+            f"{where} has the old HMAC signature of julius-recording/1, which proves nothing to anyone "
+            "but its author: pass --legacy-hmac to read your own old recordings."
+        )
+    secret = key.legacy_secret
+    if secret is None or legacy_key_id(secret) != signer:
+        raise UntrustedRecordingError(
+            f"{where} has an old HMAC signature by key {signer}, not your key file's "
+            f"({legacy_key_id(secret) if secret else 'a PEM key, which has none'}): it cannot be checked."
+        )
+    if not isinstance(mac, str) or not hmac.compare_digest(
+            hmac.new(secret, canonical(document), hashlib.sha256).hexdigest(), mac):
+        raise IntegrityError(f"{where} was changed: its HMAC does not match your key.")
     return document, True
 
 
-def chain_start(name, created):
+def legacy_seal(body, secret):
+    """Seal ``body`` as julius-recording/1 did (HMAC-SHA256), for tests of legacy reading only."""
+    document = {**body, "mac": hmac.new(secret, canonical(body), hashlib.sha256).hexdigest()}
+    document["digest"] = sha256_hex(canonical(document))
+    return canonical(document) + b"\n"
+
+
+def chain_start(name, created, format=FORMAT):
     """Return the ``prev`` value of a recording's first journal entry.
 
-    Binding the chain to the recording's name and creation time keeps entries
-    from being moved between recordings.
+    Binding the chain to the recording's name, creation time and format keeps
+    entries from being moved between recordings.
     """
-    return sha256_hex(canonical({"format": FORMAT, "name": name, "created": created}))
+    return sha256_hex(canonical({"format": format, "name": name, "created": created}))
 
 
 def hash_stream(chunks):
