@@ -94,6 +94,52 @@ def cmd_env(args):
     return 0
 
 
+def cmd_key(args):
+    from .recording.integrity import key_path, load_key
+
+    import getpass
+    import socket
+
+    key = load_key()
+    print(key.public_line(comment=f"{getpass.getuser()}@{socket.gethostname()}"))
+    if not args.public:   # the line above alone is a FILE.pub for `julius trust add`
+        print(f"fingerprint {key.fingerprint}  (private key {key.path or key_path()})")
+    return 0
+
+
+def cmd_trust_add(args):
+    from .recording.keys import add_trusted_key
+
+    key = add_trusted_key(args.file, name=args.name)
+    print(f"trusted {key.fingerprint} {key.name} ({key.source})")
+    return 0
+
+
+def cmd_trust_list(args):
+    from .recording.integrity import load_key
+    from .recording.keys import load_trusted_keys
+
+    keys = load_trusted_keys()
+    if args.json:
+        print(json.dumps([k.as_dict() for k in keys]))
+        return 0
+    print(f"{load_key().fingerprint}  you")
+    for k in keys:
+        print(f"{k.fingerprint}  {k.name or '-'}  ({k.source})")
+    return 0
+
+
+def worker_count(text):
+    """argparse type of a worker count: a positive integer (``-n 0`` is a usage error, not "as recorded")."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid worker count {text!r}: give a positive integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"invalid worker count {n}: give a positive integer")
+    return n
+
+
 def cmd_demo(args):
     from .demo import run_demo
 
@@ -119,7 +165,7 @@ def build_parser():
     p.add_argument("--json", action="store_true")
     p = add("replay", cmd_replay, "replay a recording in a fresh cluster; exit 0 only when verified")
     p.add_argument("name")
-    p.add_argument("-n", "--workers", type=int, default=None)
+    p.add_argument("-n", "--workers", type=worker_count, default=None)
     p.add_argument("--address", default=None)
     p.add_argument("--strict-env", action="store_true")
     p.add_argument("--trust", action="store_true")
@@ -136,9 +182,20 @@ def build_parser():
     p.add_argument("--trust", action="store_true")
     p = add("env", cmd_env, "the recorded environment as requirements.txt pins")
     p.add_argument("name")
+    p = add("key", cmd_key, "your public key and its fingerprint (the key is created on first use)")
+    p.add_argument("--public", action="store_true", help="only the public key line, e.g. `julius key --public > me.pub`")
+    p = add("trust", None, "the public keys whose recordings you trust")
+    trust = p.add_subparsers(dest="trust_command", required=True)
+    t = trust.add_parser("add", help="trust the public key in FILE.pub (as `julius key --public` writes it)")
+    t.set_defaults(fn=cmd_trust_add)
+    t.add_argument("file")
+    t.add_argument("--name", default=None, help="whose key it is (default: the comment of the key line)")
+    t = trust.add_parser("list", help="your key and the keys you trust")
+    t.set_defaults(fn=cmd_trust_list)
+    t.add_argument("--json", action="store_true")
     p = add("demo", cmd_demo, "record the tutorial pipeline, replay it in a fresh cluster, verify")
-    p.add_argument("-n", "--workers", type=int, default=4)
-    p.add_argument("--replay-workers", type=int, default=2)
+    p.add_argument("-n", "--workers", type=worker_count, default=4)
+    p.add_argument("--replay-workers", type=worker_count, default=2)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--train-mb", type=float, default=30)
     p.add_argument("--test-mb", type=float, default=10)

@@ -15,6 +15,7 @@ from IPython.core.magic_arguments import MagicArgumentParser
 
 from . import recording
 from .recording import format_size
+from .cli import worker_count
 from .cluster.session import get_session, prepare_workers
 from .rules.node import NodeRef
 
@@ -89,7 +90,7 @@ RECORDINGS.add_argument("--store", default=None)
 
 REPLAY = _parser("%replay", "Replay a recording in a fresh cluster and verify it.")
 REPLAY.add_argument("name")
-REPLAY.add_argument("-n", "--workers", type=int, default=None, help="workers (default: as recorded)")
+REPLAY.add_argument("-n", "--workers", type=worker_count, default=None, help="workers (default: as recorded)")
 REPLAY.add_argument("--store", default=None)
 REPLAY.add_argument("--address", default=None, help="replay on this existing cluster")
 REPLAY.add_argument("--strict-env", action="store_true", help="refuse when the environment differs")

@@ -1,0 +1,143 @@
+"""JSON schemas of a recording's documents, checked before any reader uses a field.
+
+A signature proves who wrote a document, not that its writer was julius: a
+stranger's (or a forger's) validly signed manifest can hold anything. Every
+reader therefore validates the unsealed body with :func:`check` first, which
+raises one line naming the file and the field::
+
+    Recording 'x': manifest.json is malformed: at created: None is not of type 'string'.
+
+The schemas follow ``docs/format.md``; ``meta`` and a step's ``data`` are free
+JSON objects except the few ``meta`` fields the readers show.
+"""
+
+from __future__ import annotations
+
+import jsonschema
+
+from julius_magics.errors import IntegrityError, RecordingError
+from julius_magics.recording.integrity import FORMAT, FORMATS, LEGACY_FORMAT
+
+__all__ = ["check", "check_format", "SCHEMAS"]
+
+_SHA = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+_SIZE = {"type": "integer", "minimum": 0}
+_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}
+_TIME = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{5,}(Z|[+-][0-9:]{4,5})$", "maxLength": 40}
+_SHA_MAP = {"type": "object", "propertyNames": {"pattern": "^[0-9a-f]{64}$"}, "additionalProperties": _SIZE}
+_META = {
+    "type": "object",
+    "properties": {
+        "note": {"type": ["string", "null"]},
+        "data_mode": {"type": "string"},
+        "workers": {"type": ["integer", "null"], "minimum": 0},
+    },
+}
+
+
+def _schemas(fmt, key_id):
+    """The documents of format ``fmt`` whose signer is named by a ``key_id`` of pattern ``key_id``."""
+    signer = {"type": "string", "pattern": key_id}
+    manifest = {
+        "type": "object",
+        "required": ["format", "name", "created", "closed", "status", "meta", "key_id", "steps",
+                     "journal", "chain_head", "parts", "blobs", "size"],
+        "properties": {
+            "format": {"const": fmt},
+            "name": _NAME,
+            "created": _TIME,
+            "closed": {"anyOf": [_TIME, {"type": "null"}]},
+            "status": {"enum": ["complete", "incomplete"]},
+            "meta": _META,
+            "key_id": signer,
+            "steps": _SIZE,
+            "journal": {"type": "array", "items": _SHA},
+            "chain_head": {"anyOf": [_SHA, {"type": "null"}]},
+            "parts": _SHA_MAP,
+            "blobs": _SHA_MAP,
+            "size": _SIZE,
+        },
+    }
+    entry = {
+        "type": "object",
+        "required": ["format", "seq", "kind", "time", "data", "parts", "blobs", "prev", "key_id"],
+        "properties": {
+            "format": {"const": fmt},
+            "seq": {"type": "integer", "minimum": 1},
+            "kind": {"type": "string", "minLength": 1, "maxLength": 64},
+            "time": _TIME,
+            "data": {"type": "object"},
+            "parts": {"type": "object", "additionalProperties": _SHA},
+            "blobs": _SHA_MAP,
+            "prev": _SHA,
+            "key_id": signer,
+        },
+    }
+    verified = {
+        "type": "object",
+        "required": ["format", "name", "verified_at", "manifest_sha256", "summary", "key_id"],
+        "properties": {
+            "format": {"const": fmt},
+            "name": _NAME,
+            "verified_at": _TIME,
+            "manifest_sha256": _SHA,
+            "summary": {"type": "object"},
+            "key_id": signer,
+        },
+    }
+    closed = {
+        "type": "object",
+        "required": ["format", "name", "created", "closed", "steps", "chain_head", "key_id"],
+        "properties": {
+            "format": {"const": fmt},
+            "name": _NAME,
+            "created": _TIME,
+            "closed": _TIME,
+            "steps": _SIZE,
+            "chain_head": {"anyOf": [_SHA, {"type": "null"}]},
+            "key_id": signer,
+        },
+    }
+    return {"manifest": manifest, "entry": entry, "verified": verified, "closed": closed}
+
+
+SCHEMAS = {FORMAT: _schemas(FORMAT, "^[0-9a-f]{32}$"), LEGACY_FORMAT: _schemas(LEGACY_FORMAT, "^[0-9a-f]{16}$")}
+_VALIDATORS = {
+    (fmt, kind): jsonschema.Draft202012Validator(schema)
+    for fmt, kinds in SCHEMAS.items() for kind, schema in kinds.items()
+}
+for _v in _VALIDATORS.values():
+    jsonschema.Draft202012Validator.check_schema(_v.schema)
+
+
+def check_format(document, where):
+    """Return the document's ``format`` if this version reads it, else raise ``RecordingError``."""
+    fmt = document.get("format") if isinstance(document, dict) else None
+    if fmt not in FORMATS:
+        shown = repr(fmt)[:60]
+        raise RecordingError(f"{where} has format {shown}; this julius_magics reads {FORMAT!r} "
+                             f"(and {LEGACY_FORMAT!r} with --legacy-hmac).")
+    return fmt
+
+
+def check(document, kind, where):
+    """Validate an unsealed document of ``kind`` (``manifest``, ``entry``, ``verified``, ``closed``).
+
+    Returns ``document``.
+
+    Raises
+    ------
+    RecordingError
+        Its ``format`` is not one this version reads.
+    IntegrityError
+        It does not have the shape of its kind: one line naming ``where`` and the field.
+    """
+    fmt = check_format(document, where)
+    error = jsonschema.exceptions.best_match(_VALIDATORS[(fmt, kind)].iter_errors(document))
+    if error is not None:
+        place = "/".join(str(p) for p in error.absolute_path) or "top level"
+        message = " ".join(error.message.split())
+        if len(message) > 120:
+            message = message[:117] + "..."
+        raise IntegrityError(f"{where} is malformed: at {place}: {message}.")
+    return document
