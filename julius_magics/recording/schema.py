@@ -18,7 +18,7 @@ import jsonschema
 from julius_magics.errors import IntegrityError, RecordingError
 from julius_magics.recording.integrity import FORMAT, FORMATS, LEGACY_FORMAT
 
-__all__ = ["check", "check_format", "SCHEMAS"]
+__all__ = ["check", "check_format", "SCHEMAS", "STEP_SCHEMAS"]
 
 _SHA = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _SIZE = {"type": "integer", "minimum": 0}
@@ -101,6 +101,35 @@ def _schemas(fmt, key_id):
     return {"manifest": manifest, "entry": entry, "verified": verified, "closed": closed}
 
 
+def _object(required=(), **properties):
+    return {"type": "object", "required": list(required), "properties": properties}
+
+
+_STR, _INT, _NULL_STR, _NULL_INT = ({"type": "string"}, {"type": "integer"}, {"type": ["string", "null"]},
+                                   {"type": ["integer", "null"]})
+_STRINGS = {"type": "array", "items": _STR}
+# The data of the step kinds the recorder writes, as far as readers (summary, diff, replay) use it;
+# any other field, and any other kind, is free JSON.
+STEP_SCHEMAS = {
+    "cluster": _object(n_workers=_NULL_INT, threads_per_worker=_NULL_INT, seed=_NULL_INT, mode=_NULL_STR),
+    "environment": _object(["kernel", "workers"], kernel=_SHA,
+                           workers={"type": "object", "additionalProperties": _SHA}),
+    "remote_eval": _object(["source"], source=_STR, push={"type": ["array", "null"], "items": _STR},
+                           failed={"type": "boolean"}),
+    "cell": _object(["source"], source=_STR),
+    "rules": _object(["ns", "source"], ns=_STR, source=_STR, rules=_STRINGS, failed={"type": "boolean"}),
+    "dispatch": _object(
+        ["targets", "key_rules", "results"],
+        targets={"type": "array", "items": _object(["id", "key"], id=_STR, key=_STR, label=_NULL_STR)},
+        results={"type": "object", "additionalProperties": _object(["fp"], fp=_STR, label=_NULL_STR)},
+        nodes=_INT, jobs=_INT, seconds={"type": "number"}),
+    "graph": _object(["fingerprints"], fingerprints={"type": "object", "additionalProperties": _STR},
+                     descriptions={"type": "object"}, keys={"type": "array"}, ntasks=_NULL_INT),
+    "data": _object(["files"], files={"type": "array", "items": _object(
+        ["path", "size", "sha256"], path=_STR, size=_SIZE, sha256=_SHA, embedded={"type": "boolean"})}),
+}
+_STEP_VALIDATORS = {kind: jsonschema.Draft202012Validator(schema) for kind, schema in STEP_SCHEMAS.items()}
+
 SCHEMAS = {FORMAT: _schemas(FORMAT, "^[0-9a-f]{32}$"), LEGACY_FORMAT: _schemas(LEGACY_FORMAT, "^[0-9a-f]{16}$")}
 _VALIDATORS = {
     (fmt, kind): jsonschema.Draft202012Validator(schema)
@@ -133,11 +162,17 @@ def check(document, kind, where):
         It does not have the shape of its kind: one line naming ``where`` and the field.
     """
     fmt = check_format(document, where)
-    error = jsonschema.exceptions.best_match(_VALIDATORS[(fmt, kind)].iter_errors(document))
+    _raise_first(_VALIDATORS[(fmt, kind)], document, where, ())
+    if kind == "entry" and document["kind"] in _STEP_VALIDATORS:
+        _raise_first(_STEP_VALIDATORS[document["kind"]], document["data"], where, ("data",))
+    return document
+
+
+def _raise_first(validator, document, where, prefix):
+    error = jsonschema.exceptions.best_match(validator.iter_errors(document))
     if error is not None:
-        place = "/".join(str(p) for p in error.absolute_path) or "top level"
+        place = "/".join(str(p) for p in (*prefix, *error.absolute_path)) or "top level"
         message = " ".join(error.message.split())
         if len(message) > 120:
             message = message[:117] + "..."
         raise IntegrityError(f"{where} is malformed: at {place}: {message}.")
-    return document
