@@ -1,7 +1,13 @@
 """The Dask session: one object through which every action on the cluster goes.
 
-Front-ends (magics, widget, CLI) call a ``Session``; a recorder observes it
-through ``session.observers``: each is called as ``observer(event, payload)`` for
+Front-ends (magics, widget, CLI) and the recording layer call a ``Session``; none of
+them touches its Dask client. Besides computing, it fingerprints results where they
+are (:meth:`Session.fingerprint`), recomputes one node (:meth:`Session.recompute`),
+runs functions on the workers, and drives the capture of plain Dask work
+(:meth:`Session.start_capture`, :meth:`Session.drain_capture`, :meth:`Session.replay_graph`).
+
+A recorder observes it through ``session.observers``: each is called as
+``observer(event, payload)`` for
 
 - ``"cluster"``: ``{"mode": "start"|"connect", "n_workers", "threads_per_worker", "memory_limit", "address"}``
 - ``"remote_eval"``: ``{"source", "push": {name: value}, "entry"}``
@@ -63,6 +69,10 @@ class Session:
         Values of key jobs and targets computed so far (``getdata``).
     worker_of : dict of node id -> worker address that computed it (for ``%graph``).
     failed : set of node ids whose atom raised in the last compute.
+    progress : bool
+        Show a bar for long computes (a replay's session shows the replay's own instead).
+
+    A session is a context manager: leaving the ``with`` block stops it.
     """
 
     def __init__(self, rulebook=RULES, seed=0, progress=True):

@@ -26,8 +26,8 @@ from ..rules.registry import RuleBook
 from . import steps as step_kinds
 from .environment import capture_environment, env_diff, format_env_diff
 from .journal import file_digest
+from .steps import recorded_environment
 from .store import Store
-from .summary import recorded_environment
 
 __all__ = ["replay", "ReplayReport", "Progress", "ProgressBar", "prepare_inputs"]
 

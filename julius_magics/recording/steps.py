@@ -15,12 +15,13 @@ and ``compute(refs, key_rules)`` (timed).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import JuliusError, RemoteError
 
-__all__ = ["StepKind", "KINDS", "kind_of", "summary", "results", "format_table"]
+__all__ = ["StepKind", "KINDS", "kind_of", "summary", "results", "recorded_environment", "format_table"]
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,16 @@ def results(step):
     """``{node id or key: {"label", "fp", "describe"}}`` recorded in ``step`` (``{}`` for most kinds)."""
     kind = KINDS.get(step.kind)
     return kind.results(step.data) if kind is not None and kind.results is not None else {}
+
+
+def recorded_environment(recording):
+    """``(kernel environment, {worker: environment})`` of a recording's ``environment`` step, or ``(None, {})``."""
+    for step in recording.steps:
+        if step.kind == "environment":
+            kernel = json.loads(recording.blob(step.data["kernel"]))
+            workers = {w: json.loads(recording.blob(sha)) for w, sha in step.data["workers"].items()}
+            return kernel, workers
+    return None, {}
 
 
 def format_table():

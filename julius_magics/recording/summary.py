@@ -7,10 +7,10 @@ recording whose bytes verify, whoever signed it.
 from __future__ import annotations
 
 import difflib
-import json
 
 from . import steps
 from .environment import env_diff, format_env_diff, requirements
+from .steps import recorded_environment
 from .store import Store
 
 __all__ = ["details", "diff", "recorded_environment", "format_details", "format_diff", "environment_pins"]
@@ -18,16 +18,6 @@ __all__ = ["details", "diff", "recorded_environment", "format_details", "format_
 
 def _open(name, store):
     return Store.coerce(store).open(name, trust=True)   # read-only and pickle-free: hashes still verified
-
-
-def recorded_environment(recording):
-    """``(kernel environment, {worker: environment})`` of a recording, or ``(None, {})``."""
-    for step in recording.steps:
-        if step.kind == "environment":
-            kernel = json.loads(recording.blob(step.data["kernel"]))
-            workers = {w: json.loads(recording.blob(sha)) for w, sha in step.data["workers"].items()}
-            return kernel, workers
-    return None, {}
 
 
 def _results(recording):

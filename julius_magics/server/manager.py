@@ -35,9 +35,9 @@ from functools import partial
 
 # The store's own rule, checked before any store call, so no name with a path
 # in it reaches a file system, whatever the store backend does.
-from julius_magics.recording.replay import Progress
-from julius_magics.recording.replay_job import Error, Report, read_event
-from julius_magics.recording.store import Store, validate_name
+from ..recording.replay import Progress
+from ..recording.replay_job import Error, Report, read_event
+from ..recording.store import Store, validate_name
 
 RUNNING, VERIFIED, FAILED, ERROR = "running", "verified", "failed", "error"
 
@@ -156,7 +156,7 @@ class RecordingsManager:
 
         def read():
             info = self.store.info(name).as_dict()  # first: a missing recording is a 404
-            from julius_magics.recording.summary import details
+            from ..recording.summary import details
 
             return {"info": info, "details": details(name, self.store)}
 
@@ -170,7 +170,7 @@ class RecordingsManager:
     async def diff(self, a: str, b: str) -> dict:
         """What differs between recordings ``a`` and ``b`` (``summary.diff``)."""
         validate_name(a), validate_name(b)
-        from julius_magics.recording.summary import diff
+        from ..recording.summary import diff
 
         return await self._in_thread(diff, a, b, self.store)
 
