@@ -234,9 +234,9 @@ class JuliusMagics(Magics):
     def replay(self, line):
         """%replay NAME [-n WORKERS] [--store URL] [--address ADDR] [--strict-env] [--trust]"""
         args = _parse(REPLAY, line)
-        report = recording.replay_with_progress(args.name, store=args.store, n_workers=args.workers,
-                                                address=args.address, strict_env=args.strict_env,
-                                                trust=args.trust, keep=True)
+        with recording.ProgressBar(args.name) as bar:
+            report = recording.replay(args.name, store=args.store, n_workers=args.workers, address=args.address,
+                                      strict_env=args.strict_env, trust=args.trust, progress=bar, keep=True)
         # the kernel's session is now the replay's: getdata gives replayed values
         previous, replayed = get_session(), report.session
         replayed.progress = True

@@ -7,7 +7,7 @@ Layout of a store (see ``docs/format.md``)::
     <store>/<name>/manifest.json             sealed manifest (written at create, rewritten at close)
     <store>/<name>/journal/000001.json       one sealed JSON entry per step, chained
     <store>/<name>/parts/<sha256>            binary parts of steps (opaque bytes)
-    <store>/<name>/verified.json             sealed sidecar written by ``Store.mark_verified``
+    <store>/<name>/verified.json             sealed sidecar written by :func:`write_verified`
 
 The journal knows nothing of Dask or pickles: steps are JSON dicts, parts and blobs are bytes.
 """
@@ -22,12 +22,12 @@ import re
 import threading
 from dataclasses import asdict, dataclass
 
-from ..errors import IntegrityError, JuliusError, RecordingError, RecordingExistsError
+from ..errors import IntegrityError, JuliusError, RecordingError, RecordingExistsError, RecordingNotFoundError
 from . import integrity
 from .integrity import FORMAT, canonical, sha256_hex
 
 __all__ = ["RecordingInfo", "Step", "RecordingWriter", "Recording", "validate_name", "read_info", "claim",
-           "put_blob", "file_digest", "new_manifest", "entry_file", "checked"]
+           "put_blob", "file_digest", "new_manifest", "entry_file", "checked", "write_verified"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 ENTRY_PATTERN = re.compile(r"journal/[0-9]{6,}\.json\Z")
@@ -160,6 +160,24 @@ def claim(files, name, manifest_bytes, where):
     # leftovers of a delete that crashed half-way would mix into this recording
     for leftover in ("journal", "parts", VERIFIED):
         files.rm(files.path(name, leftover))
+
+
+def write_verified(files, name, summary, key, where):
+    """Write the sealed ``verified.json`` of recording ``name``: a replay matched it (``summary``: JSON)."""
+    validate_name(name)
+    try:
+        manifest = files.read(files.path(name, MANIFEST))
+    except FileNotFoundError:
+        raise RecordingNotFoundError(f"No recording '{name}' in {where}.") from None
+    body = {
+        "format": FORMAT,
+        "name": name,
+        "verified_at": now(),
+        "manifest_sha256": sha256_hex(manifest),
+        "summary": summary,
+        "key_id": integrity.key_id(key),
+    }
+    files.write(files.path(name, VERIFIED), integrity.seal(body, key))
 
 
 def put_blob(files, data):
@@ -324,7 +342,9 @@ class RecordingWriter:
 
     def _write_manifest(self):
         files = self.store.files
-        files.write(files.path(self.name, MANIFEST), integrity.seal(self._manifest, self.store.key))
+        raw = integrity.seal(self._manifest, self.store.key)
+        files.write(files.path(self.name, MANIFEST), raw)
+        return raw
 
     def close(self, status="complete"):
         """Seal the manifest (hashes of every entry, part and blob) and return the :class:`RecordingInfo`."""
@@ -333,9 +353,11 @@ class RecordingWriter:
         with self._lock:
             self._check_open()
             self._manifest.update(status=status, closed=now(), chain_head=self._prev)
-            self._write_manifest()
+            raw = self._write_manifest()
             self.closed = True
-        return self.store.info(self.name)
+        if status == "incomplete":
+            self.store.files.refresh()   # its size and steps are counted from a listing
+        return read_info(self.store.files, self.name, raw, False, self.store.key)
 
 
 class Recording:
@@ -382,6 +404,10 @@ class Recording:
     def file_names(self):
         """Relative paths of the recording's own verified files (manifest, entries, parts, verified.json)."""
         return sorted(self._files)
+
+    def mark_verified(self, summary):
+        """Record in the store that a replay matched this recording (``summary``: JSON)."""
+        write_verified(self.store.files, self.name, summary, self.store.key, self.store.url)
 
     def entry(self, seq):
         """The body of journal entry ``seq``, re-verified against the bytes read at open."""

@@ -324,7 +324,7 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
     report.timings["replay"] = time.monotonic() - started
     report.complete = recording.info.status != "incomplete"
     if report.verified and report.complete:
-        store.mark_verified(name, {"verified": True, "results": report.results, "steps": report.steps})
+        recording.mark_verified({"verified": True, "results": report.results, "steps": report.steps})
     return report
 
 

@@ -15,9 +15,8 @@ import os
 from ..errors import RecordingNotFoundError
 from . import archive, integrity
 from .files import open_files
-from .integrity import FORMAT, sha256_hex
 from .journal import (MANIFEST, NAME_PATTERN, VERIFIED, Recording, RecordingInfo, RecordingWriter, Step, claim,
-                      new_manifest, now, read_info, validate_name)
+                      new_manifest, read_info, validate_name, write_verified)
 from .verify import StoreSource, verify
 
 __all__ = ["Store", "Recording", "RecordingInfo", "RecordingWriter", "Step", "validate_name", "STORE_ENV",
@@ -170,20 +169,7 @@ class Store:
 
     def mark_verified(self, name, summary):
         """Record that a replay of ``name`` matched it; ``summary`` is JSON (e.g. the report)."""
-        validate_name(name)
-        try:
-            manifest = self.files.read(self.files.path(name, MANIFEST))
-        except FileNotFoundError:
-            raise RecordingNotFoundError(f"No recording '{name}' in {self.url}.") from None
-        body = {
-            "format": FORMAT,
-            "name": name,
-            "verified_at": now(),
-            "manifest_sha256": sha256_hex(manifest),
-            "summary": summary,
-            "key_id": integrity.key_id(self.key),
-        }
-        self.files.write(self.files.path(name, VERIFIED), integrity.seal(body, self.key))
+        write_verified(self.files, name, summary, self.key, self.url)
 
     def export(self, name, path):
         """Write recording ``name`` and its blobs to the single-file archive ``path`` (see :mod:`.archive`)."""
