@@ -41,6 +41,10 @@ def test_cli_show_diff_env_export_import_and_replay_in_a_new_process(tutorial, c
     assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr
     clock = julius("replay", "clock", check=False)
     assert clock.returncode == 1 and "NOT VERIFIED" in clock.stdout
+    as_json = julius("replay", "clock", "--json", check=False)
+    events = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert as_json.returncode == 1 and [e["event"] for e in events][-1] == "report"
+    assert {e["event"] for e in events[:-1]} == {"progress"} and events[-1]["report"]["verified"] is False
 
 
 def _julius(store, *args):
