@@ -45,7 +45,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from julius_magics.errors import IntegrityError, RecordingError, UntrustedRecordingError
+from ..errors import IntegrityError, RecordingError, UntrustedRecordingError
 
 FORMAT = "julius-recording/2"
 LEGACY_FORMAT = "julius-recording/1"   # HMAC-sealed: read only with legacy_hmac=True

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import jsonschema
 
-from julius_magics.errors import IntegrityError, RecordingError
-from julius_magics.recording.integrity import FORMAT, FORMATS, LEGACY_FORMAT
+from ..errors import IntegrityError, RecordingError
+from .integrity import FORMAT, FORMATS, LEGACY_FORMAT
 
 __all__ = ["check", "check_format", "SCHEMAS", "STEP_SCHEMAS"]
 
