@@ -28,7 +28,7 @@ from . import integrity
 from .integrity import FORMAT, canonical, sha256_hex
 
 __all__ = ["RecordingInfo", "Step", "RecordingWriter", "Recording", "validate_name", "read_info", "claim",
-           "put_blob", "new_manifest", "entry_file", "checked"]
+           "put_blob", "file_digest", "new_manifest", "entry_file", "checked"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 ENTRY_PATTERN = re.compile(r"journal/[0-9]{6,}\.json\Z")
@@ -197,6 +197,13 @@ def put_blob(files, data):
         with open(path, "rb") as f:
             files.write_chunks(target, checked(integrity.read_chunks(f), sha, f"file {path}"))
     return sha, size
+
+
+def file_digest(path):
+    """``(size, sha256 hex)`` of a local file, streamed (as :func:`put_blob` hashes it)."""
+    with open(path, "rb") as f:
+        sha, size = integrity.hash_stream(integrity.read_chunks(f))
+    return size, sha
 
 
 def checked(chunks, sha, where):
