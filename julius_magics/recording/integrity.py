@@ -350,13 +350,16 @@ def unseal(raw, where, key, trust=False, legacy_hmac=False):
         raise IntegrityError(f"{where} was changed: its signature does not match its key {signer}.") from None
     mine = signer == key.fingerprint
     if not mine and not _accepted(signer, trust):
-        raise UntrustedRecordingError(
-            f"{where} is signed with another key ({signer}; yours is {key.fingerprint}) that you do not trust: "
-            f"add its author's public key with `julius trust add FILE.pub`, or pass --trust-key {signer} "
-            "for this one recording."
-        )
+        raise UntrustedRecordingError(untrusted_message(where, signer, key.fingerprint))
     body = {k: v for k, v in signed.items() if k != "public_key"}
     return body, mine
+
+
+def untrusted_message(where, signer, mine):
+    """The one line refusing a document of ``where`` signed by key ``signer`` (the reader's is ``mine``)."""
+    return (f"{where} is signed with another key ({signer}; yours is {mine}) that you do not trust: "
+            f"add its author's public key with `julius trust add FILE.pub`, or pass --trust-key {signer} "
+            "for this one recording.")
 
 
 def _unseal_legacy(document, where, key, legacy_hmac):
