@@ -140,8 +140,8 @@ def verify(source, name, key, trust, legacy_hmac=False, trusted=None):
         trusted = trusted_fingerprints()
     try:
         complete = manifest["status"] != "incomplete"
-        count = _check_listing(tree, manifest, complete, where)
         _check_closed(source, tree, manifest, key, legacy_hmac, where)
+        count = _check_listing(tree, manifest, complete, where)
         steps, files, blobs = _check_journal(source, name, manifest, count, complete, key, legacy_hmac, where)
         if complete:
             blobs = _check_manifest_lists(tree, manifest, files, blobs, where)

@@ -159,14 +159,19 @@ def test_rollback_of_a_closed_recording_is_refused(isolated_key):
     early = store.files.read(store.files.path("sample", "manifest.json"))
     sample["writer"].close()
     store.files.write(store.files.path("sample", "manifest.json"), early)
+    last = store.files.read(store.files.path("sample", "journal", "000004.json"))
     store.files.rm(store.files.path("sample", "journal", "000004.json"))
     with pytest.raises(IntegrityError, match="^Recording 'sample' was closed with 4 steps, but its manifest is an "
                                              "earlier, incomplete one"):
         store.open("sample")
-    code = cli.main(["--store", store.url, "show", "sample"])
-    assert code == cli.EXIT_ERROR
-    # deleting the marker too leaves a recording that can never verify: incomplete
+    assert cli.main(["--store", store.url, "show", "sample"]) == cli.EXIT_REFUSED
+    assert cli.main(["--store", store.url, "replay", "sample"]) == cli.EXIT_REFUSED
+    # deleting the marker too: the incomplete manifest still signs the 4 steps it had
     store.files.rm(store.files.path("sample", "closed.json"))
+    with pytest.raises(IntegrityError, match="journal entry 4 is missing \\(the manifest has 4\\)"):
+        store.open("sample")
+    # with every step back, it is an incomplete recording: it can never replay as verified
+    store.files.write(store.files.path("sample", "journal", "000004.json"), last)
     assert store.open("sample").info.status == "incomplete"
 
 
@@ -175,7 +180,7 @@ def test_verification_sidecars_are_signed_and_a_bad_one_never_blocks(isolated_ke
     store = Store(isolated_key.parent / "store")
     write_sample(store)
     store.mark_verified("sample", {"verified": True})
-    assert store.info("sample").status == "verified" and store.open("sample").verification == {"verified": True}
+    assert store.info("sample").status == "verified" and store.open("sample").verification["summary"] == {"verified": True}
     stranger = integrity.SigningKey.generate()
     path = store.files.path("sample", "verified.json")
     good = json.loads(store.files.read(path))
