@@ -13,6 +13,7 @@ import textwrap
 
 import pytest
 
+import julius_magics
 from julius_magics import cli
 from julius_magics.errors import IntegrityError
 from julius_magics.recording import integrity
@@ -20,18 +21,22 @@ from julius_magics.recording.store import Store
 from tests.recording.store_contract import write_sample
 
 pytestmark = pytest.mark.usefixtures("isolated_key")  # never the user's ~/.julius
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(julius_magics.__file__)))   # scripts import this julius
 
 RECORD = textwrap.dedent("""
     import sys
     from julius_magics import recording, ref
     from julius_magics.cluster.session import Session, set_session
-    session = set_session(Session())
-    recording.start(session, sys.argv[2], store=sys.argv[1])
-    session.start(n_workers=1)
-    session.remote_eval("def square(x):\\n    return x * x")
-    session.add_rules("t", "def sq(i):\\n    return ApplyFn(square, i)()")
-    session.compute(ref.t.sq(7, label="seven squared"))
-    {tail}
+    def main():   # workers start from a fresh interpreter that imports this file: only run as a script
+        session = set_session(Session())
+        recording.start(session, sys.argv[2], store=sys.argv[1])
+        session.start(n_workers=1)
+        session.remote_eval("def square(x):\\n    return x * x")
+        session.add_rules("t", "def sq(i):\\n    return ApplyFn(square, i)()")
+        session.compute(ref.t.sq(7, label="seven squared"))
+        {tail}
+    if __name__ == "__main__":
+        main()
 """)
 
 # re-sign a recording with this user's key: a third party who can write the store
@@ -61,7 +66,8 @@ class User:
         self.store = store
         home.mkdir(parents=True, exist_ok=True)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("JULIUS_")}
-        self.env.update(HOME=str(home), JULIUS_STORE=str(store), JULIUS_NO_PROGRESS="1")
+        self.env.update(HOME=str(home), JULIUS_STORE=str(store), JULIUS_NO_PROGRESS="1",
+                        PYTHONPATH=os.pathsep.join([CHECKOUT, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
 
     def julius(self, *args, timeout=300):
         return subprocess.run([sys.executable, "-m", "julius_magics.cli", *args], capture_output=True, text=True,
