@@ -264,3 +264,38 @@ def test_replay_magic_refuses_a_zero_worker_count(ip):
     for bad in ("0", "-1"):
         with pytest.raises(UsageError, match=f"invalid worker count {bad}: give a positive integer"):
             ip.run_line_magic("replay", f"x -n {bad}")
+
+
+UNSEEDED = textwrap.dedent("""
+    import builtins, random, dask
+    def draw(i):
+        # unseeded on the workers: differs on replay; and, like code indexing by a random draw,
+        # a second run in the same worker raises (the replay's re-check must survive it)
+        count = getattr(builtins, "_julius_draws", 0)
+        builtins._julius_draws = count + 1
+        if count >= 1:
+            return [1, 2, 3][random.randint(10, 20)]
+        return random.randint(0, 10**12) + i
+    drawn = dask.delayed(draw)(0).compute()
+    steady = dask.delayed(sum)([1, 2, 3]).compute()
+""")
+
+
+def test_a_graph_whose_recheck_raises_still_reports_every_difference(ip, isolated_key):
+    """Finding 7: genuine randomness differs on replay; the non-determinism re-check raising never kills the replay."""
+    from tests.support import run
+    from julius_magics import recording
+
+    store = Store(isolated_key.parent / "store")
+    run(ip, "%cluster start -n 1")
+    try:
+        run(ip, f"%record start unseeded --store {store.url}")
+        run(ip, UNSEEDED)
+        run(ip, "%record stop")
+    finally:
+        run(ip, "%cluster stop")
+    report = recording.replay("unseeded", store=store, n_workers=1)
+    assert report.complete and report.results >= 2 and not report.verified
+    [mismatch] = report.mismatches
+    assert mismatch["label"].startswith("dask key draw-") and mismatch["cause"].startswith("non-deterministic operation")
+    assert "NOT VERIFIED" in report.summary() and "differs: dask key draw-" in report.summary()
