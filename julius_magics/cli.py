@@ -71,7 +71,7 @@ def cmd_diff(args):
 
 
 def cmd_export(args):
-    _store(args).export(args.name, args.file)
+    _store(args).export(args.name, args.file, legacy_hmac=args.legacy_hmac)
     print(f"exported {args.name} to {args.file}")
     return 0
 
@@ -199,6 +199,7 @@ def build_parser():
     p = add("export", cmd_export, "a recording and its data as one .jrec file")
     p.add_argument("name")
     p.add_argument("file")
+    legacy(p)
     p = add("import", cmd_import, "import a .jrec file")
     p.add_argument("file")
     trusting(p)

@@ -74,12 +74,12 @@ class ZipSource(Source):
             return integrity.hash_stream(integrity.read_chunks(f))
 
 
-def export(store, name, path):
+def export(store, name, path, legacy_hmac=False):
     """Write recording ``name`` of ``store`` and its blobs to the archive ``path`` (``.jrec``, a zip).
 
     The recording is verified first (whoever signed it: importing checks trust).
     """
-    recording = store.open(name, any_signer=True)
+    recording = store.open(name, any_signer=True, legacy_hmac=legacy_hmac)
     files = store.files
     path = os.fspath(path)
     tmp = f"{path}.{os.getpid()}.tmp"

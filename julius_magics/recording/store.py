@@ -219,9 +219,9 @@ class Store:
         }
         self.files.write(self.files.path(name, VERIFIED), integrity.seal(body, self.key))
 
-    def export(self, name, path):
+    def export(self, name, path, legacy_hmac=False):
         """Write recording ``name`` and its blobs to the single-file archive ``path`` (see :mod:`.archive`)."""
-        archive.export(self, name, path)
+        archive.export(self, name, path, legacy_hmac=legacy_hmac)
 
     def import_(self, path, trust_key=None, as_name=None, force=False, legacy_hmac=False):
         """Import an archive written by :meth:`export`; return the recording's name (see :func:`archive.import_`)."""

@@ -299,3 +299,16 @@ def test_a_graph_whose_recheck_raises_still_reports_every_difference(ip, isolate
     [mismatch] = report.mismatches
     assert mismatch["label"].startswith("dask key draw-") and mismatch["cause"].startswith("non-deterministic operation")
     assert "NOT VERIFIED" in report.summary() and "differs: dask key draw-" in report.summary()
+
+
+def test_a_legacy_recording_moves_to_the_new_format_by_export_and_import(isolated_key, tmp_path):
+    from tests.recording.legacy import write_legacy_sample
+
+    store = Store(isolated_key.parent / "store")
+    write_legacy_sample(store, "old")
+    assert cli.main(["--store", store.url, "export", "old", str(tmp_path / "old.jrec")]) == cli.EXIT_REFUSED
+    assert cli.main(["--store", store.url, "export", "old", str(tmp_path / "old.jrec"), "--legacy-hmac"]) == 0
+    assert cli.main(["--store", store.url, "import", str(tmp_path / "old.jrec"), "--as", "new", "--legacy-hmac"]) == 0
+    new = store.open("new")
+    assert new.manifest["format"] == integrity.FORMAT and [s.data for s in new.steps] == \
+        [s.data for s in store.open("old", legacy_hmac=True).steps]
