@@ -232,6 +232,11 @@ def canonical(obj):
     return text.encode("utf-8")
 
 
+def _dumps(obj):
+    """``canonical`` of a value read by ``json.loads`` (plain JSON by construction: no round-trip check)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
 def _same_json(a, b):
     """True when ``a`` and ``b`` are equal as JSON (tuples equal lists)."""
     if isinstance(a, (list, tuple)) and isinstance(b, list):
@@ -256,10 +261,11 @@ def seal(body, key):
         raise ValueError(f"sealing needs key_id {key.fingerprint!r} in the body, not {body.get('key_id')!r}")
     if any(field in body for field in SEAL_FIELDS + ("mac",)):
         raise ValueError(f"a body to seal may not carry {SEAL_FIELDS + ('mac',)}")
+    canonical(body)   # plain JSON, or ValueError: what is added below is plain strings
     document = {**body, "public_key": key.public_b64}
-    document["signature"] = base64.b64encode(key.sign(canonical(document))).decode("ascii")
-    document["digest"] = sha256_hex(canonical(document))
-    return canonical(document) + b"\n"
+    document["signature"] = base64.b64encode(key.sign(_dumps(document))).decode("ascii")
+    document["digest"] = sha256_hex(_dumps(document))
+    return _dumps(document) + b"\n"
 
 
 def document_digest(raw):
@@ -276,13 +282,13 @@ def _parse(raw, where):
             or not isinstance(document.get("digest"), str):
         raise IntegrityError(f"{where} lacks its signature fields (corrupt or not a recording).")
     try:
-        exact = canonical(document) + b"\n" == raw
-    except ValueError:
+        exact = _dumps(document) + b"\n" == raw
+    except (ValueError, RecursionError):
         exact = False
     if not exact:
         raise IntegrityError(f"{where} was changed: its bytes are not the ones written.")
     digest = document.pop("digest")
-    if sha256_hex(canonical(document)) != digest:
+    if sha256_hex(_dumps(document)) != digest:
         raise IntegrityError(f"{where} was changed: its SHA-256 does not match.")
     return document
 
@@ -345,7 +351,7 @@ def unseal(raw, where, key, trust=False, legacy_hmac=False):
         raise IntegrityError(f"{where} was changed: its key_id is not the fingerprint of its public key.")
     signed = {k: v for k, v in document.items() if k != "signature"}
     try:
-        public_key.verify(signature, canonical(signed))
+        public_key.verify(signature, _dumps(signed))
     except InvalidSignature:
         raise IntegrityError(f"{where} was changed: its signature does not match its key {signer}.") from None
     mine = signer == key.fingerprint
@@ -377,7 +383,7 @@ def _unseal_legacy(document, where, key, legacy_hmac):
             f"({legacy_key_id(secret) if secret else 'a PEM key, which has none'}): it cannot be checked."
         )
     if not isinstance(mac, str) or not hmac.compare_digest(
-            hmac.new(secret, canonical(document), hashlib.sha256).hexdigest(), mac):
+            hmac.new(secret, _dumps(document), hashlib.sha256).hexdigest(), mac):
         raise IntegrityError(f"{where} was changed: its HMAC does not match your key.")
     return document, True
 
