@@ -8,7 +8,10 @@ import sys
 
 from .errors import JuliusError
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_VERIFIED", "EXIT_NOT_VERIFIED", "EXIT_ERROR", "EXIT_INCOMPLETE", "EXIT_REFUSED"]
+
+# ``julius replay``'s exit statuses (see ``recording/verdict.py``)
+EXIT_VERIFIED, EXIT_NOT_VERIFIED, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_REFUSED = 0, 1, 2, 3, 4
 
 
 def _store(args):
@@ -18,22 +21,26 @@ def _store(args):
 
 
 def cmd_list(args):
-    from .recording import recordings_table
+    import pandas as pd
 
-    table = recordings_table(_store(args))
+    store = _store(args)
+    infos = [info.as_dict() for info in store.list(legacy_hmac=args.legacy_hmac)]   # bad ones: a warning each
     if args.json:
-        print(table.to_json(orient="records"))
-    elif table.empty:
-        print(f"no recordings in {_store(args).url}")
+        print(json.dumps(infos))
+    elif not infos:
+        print(f"no recordings in {store.url}")
     else:
-        print(table.to_string(index=False))
+        for info in infos:
+            info["signed by"] = "you" if info["signed_by_me"] else ("trusted" if info["trusted"] else "NOT TRUSTED")
+        columns = ["name", "created", "steps", "size", "workers", "status", "signed by", "note"]
+        print(pd.DataFrame(infos, columns=columns).to_string(index=False))
     return 0
 
 
 def cmd_show(args):
     from .recording.summary import details, format_details
 
-    shown = details(args.name, _store(args))
+    shown = details(args.name, _store(args), legacy_hmac=args.legacy_hmac)
     print(json.dumps(shown, indent=1, default=str) if args.json else format_details(shown))
     return 0
 
@@ -42,34 +49,36 @@ def cmd_replay(args):
     from .recording.replay import ProgressBar, replay
     from .recording.replay_job import run
 
+    from .recording.verdict import exit_status
+
     options = dict(store=_store(args), n_workers=args.workers, address=args.address,
-                   strict_env=args.strict_env, trust=args.trust)
+                   strict_env=args.strict_env, trust_key=args.trust_key, legacy_hmac=args.legacy_hmac)
     if args.json:   # the JSON lines of ``python -m julius_magics.recording.replay_job``
-        status = run(args.name, lambda event: print(json.dumps(event.as_dict(), default=str), flush=True),
-                     **options)
-        return min(status, 1)
+        return run(args.name, lambda event: print(json.dumps(event.as_dict(), default=str), flush=True),
+                   **options)
     with ProgressBar(args.name) as bar:
         report = replay(args.name, progress=bar, **options)
     print(report.summary())
-    return 0 if report.verified else 1
+    return exit_status(report)
 
 
 def cmd_diff(args):
     from .recording.summary import diff, format_diff
 
-    d = diff(args.a, args.b, _store(args))
+    d = diff(args.a, args.b, _store(args), legacy_hmac=args.legacy_hmac)
     print(json.dumps(d, indent=1, default=str) if args.json else format_diff(d))
     return 0
 
 
 def cmd_export(args):
-    _store(args).export(args.name, args.file)
+    _store(args).export(args.name, args.file, legacy_hmac=args.legacy_hmac)
     print(f"exported {args.name} to {args.file}")
     return 0
 
 
 def cmd_import(args):
-    name = _store(args).import_(args.file, trust=args.trust, as_name=args.as_name, force=args.force)
+    name = _store(args).import_(args.file, trust_key=args.trust_key, as_name=args.as_name, force=args.force,
+                                legacy_hmac=args.legacy_hmac)
     print(f"imported {name} into {_store(args).url}")
     return 0
 
@@ -77,7 +86,7 @@ def cmd_import(args):
 def cmd_env(args):
     from .recording.summary import environment_pins
 
-    sys.stdout.write(environment_pins(args.name, _store(args)))
+    sys.stdout.write(environment_pins(args.name, _store(args), legacy_hmac=args.legacy_hmac))
     return 0
 
 
@@ -127,6 +136,16 @@ def worker_count(text):
     return n
 
 
+def trust_key(text):
+    """argparse type of ``--trust-key``: a key fingerprint (32 hex digits)."""
+    from .recording.keys import check_fingerprint
+
+    try:
+        return check_fingerprint(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).replace("--trust-key ", "")) from None
+
+
 def cmd_demo(args):
     from .demo import run_demo
 
@@ -139,39 +158,58 @@ def build_parser():
     parser.add_argument("--store", default=None, help="store URL (default: $JULIUS_STORE or ~/.julius/recordings)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name, fn, help_text):
-        p = sub.add_parser(name, help=help_text)
+    def add(name, fn, help_text, **options):
+        p = sub.add_parser(name, help=help_text, **options)
         p.set_defaults(fn=fn)
         p.add_argument("--store", default=argparse.SUPPRESS, help="store URL")
         return p
 
+    def legacy(p):
+        p.add_argument("--legacy-hmac", action="store_true",
+                       help="read julius-recording/1 (HMAC-signed) recordings made with your key file")
+
+    def trusting(p):
+        p.add_argument("--trust-key", type=trust_key, default=None, metavar="FINGERPRINT",
+                       help="accept the key of this fingerprint for this recording only "
+                            "(your key and `julius trust add` keys are always accepted)")
+
     p = add("list", cmd_list, "list the recordings")
     p.add_argument("--json", action="store_true")
-    p = add("show", cmd_show, "steps, environment, data and results of a recording")
+    legacy(p)
+    p = add("show", cmd_show, "steps, environment, data and results of a recording, and who signed it")
     p.add_argument("name")
     p.add_argument("--json", action="store_true")
-    p = add("replay", cmd_replay, "replay a recording in a fresh cluster; exit 0 only when verified")
+    legacy(p)
+    from .recording.verdict import EXIT_HELP
+
+    p = add("replay", cmd_replay, "replay a recording in a fresh cluster; exit 0 only when verified",
+            description="Replay a recording in a fresh cluster and verify every recorded result.", epilog=EXIT_HELP)
     p.add_argument("name")
-    p.add_argument("-n", "--workers", type=worker_count, default=None)
+    p.add_argument("-n", "--workers", type=worker_count, default=None, help="workers (default: as recorded)")
     p.add_argument("--address", default=None)
     p.add_argument("--strict-env", action="store_true")
-    p.add_argument("--trust", action="store_true")
+    trusting(p)
+    legacy(p)
     p.add_argument("--json", action="store_true", help="progress and report as JSON lines")
     p = add("diff", cmd_diff, "what differs between two recordings")
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--json", action="store_true")
+    legacy(p)
     p = add("export", cmd_export, "a recording and its data as one .jrec file")
     p.add_argument("name")
     p.add_argument("file")
+    legacy(p)
     p = add("import", cmd_import, "import a .jrec file")
     p.add_argument("file")
-    p.add_argument("--trust", action="store_true")
+    trusting(p)
+    legacy(p)
     p.add_argument("--as", dest="as_name", default=None, metavar="NEW",
                    help="import under this name (the copy is signed with your key)")
     p.add_argument("--force", action="store_true", help="replace a recording of the same name in the store")
     p = add("env", cmd_env, "the recorded environment as requirements.txt pins")
     p.add_argument("name")
+    legacy(p)
     p = add("key", cmd_key, "your public key and its fingerprint (the key is created on first use)")
     p.add_argument("--public", action="store_true", help="only the public key line, e.g. `julius key --public > me.pub`")
     p = add("trust", None, "the public keys whose recordings you trust")
@@ -193,14 +231,22 @@ def build_parser():
 
 
 def main(argv=None):
+    import warnings
+
     args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except (JuliusError, FileNotFoundError, ValueError) as e:   # the message is the whole story
-        print(f"julius {args.command}: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    with warnings.catch_warnings():
+        # a skipped recording or an ignored sidecar: one line, not Python's two
+        warnings.showwarning = lambda message, *_, **__: print(f"julius {args.command}: {message}", file=sys.stderr)
+        warnings.simplefilter("always", UserWarning)
+        try:
+            return args.fn(args)
+        except (JuliusError, FileNotFoundError, ValueError) as e:   # the message is the whole story
+            from .recording.verdict import error_status
+
+            print(f"julius {args.command}: {e}", file=sys.stderr)
+            return error_status(e)
+        except KeyboardInterrupt:
+            return 130
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ class IntegrityError(RecordingError):
 
 
 class UntrustedRecordingError(RecordingError):
-    """A recording is signed with another key; replay it only with ``--trust``."""
+    """A recording is signed with a key you do not trust: `julius trust add`, or ``--trust-key`` for one recording."""
 
 
 class DataChangedError(RecordingError):

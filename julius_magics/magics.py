@@ -15,7 +15,7 @@ from IPython.core.magic_arguments import MagicArgumentParser
 
 from . import recording
 from .recording import format_size
-from .cli import worker_count
+from .cli import trust_key, worker_count
 from .cluster.session import get_session, prepare_workers, set_session
 from .rules.node import NodeRef
 
@@ -94,7 +94,9 @@ REPLAY.add_argument("-n", "--workers", type=worker_count, default=None, help="wo
 REPLAY.add_argument("--store", default=None)
 REPLAY.add_argument("--address", default=None, help="replay on this existing cluster")
 REPLAY.add_argument("--strict-env", action="store_true", help="refuse when the environment differs")
-REPLAY.add_argument("--trust", action="store_true", help="accept a recording signed with another key")
+REPLAY.add_argument("--trust-key", type=trust_key, default=None, metavar="FINGERPRINT",
+                    help="accept this key for this replay (yours and your trusted keys always are)")
+REPLAY.add_argument("--legacy-hmac", action="store_true", help="replay a julius-recording/1 recording of yours")
 
 
 @magics_class
@@ -233,11 +235,12 @@ class JuliusMagics(Magics):
     @line_magic
     @_usage_errors
     def replay(self, line):
-        """%replay NAME [-n WORKERS] [--store URL] [--address ADDR] [--strict-env] [--trust]"""
+        """%replay NAME [-n WORKERS] [--store URL] [--address ADDR] [--strict-env] [--trust-key FP] [--legacy-hmac]"""
         args = _parse(REPLAY, line)
         with recording.ProgressBar(args.name) as bar:
             report = recording.replay(args.name, store=args.store, n_workers=args.workers, address=args.address,
-                                      strict_env=args.strict_env, trust=args.trust, progress=bar, keep=True)
+                                      strict_env=args.strict_env, trust_key=args.trust_key,
+                                      legacy_hmac=args.legacy_hmac, progress=bar, keep=True)
         # the kernel's session is now the replay's: getdata gives replayed values
         previous, replayed = get_session(), report.session
         replayed.progress = True

@@ -79,8 +79,8 @@ class RecordingBrowser(widgets.VBox):
         The store (``None``: ``$JULIUS_STORE`` or ``~/.julius/recordings``).
     n_workers : int, optional
         Workers of the replay cluster (default: as recorded).
-    trust : bool
-        Replay recordings signed with another key (content hashes are always checked).
+    trust_key : str, optional
+        Fingerprint of one more key to accept for replays (yours and your trusted keys always are).
 
     Examples
     --------
@@ -90,7 +90,7 @@ class RecordingBrowser(widgets.VBox):
     >>> browser.replay("fraud-v1", wait=True).report.verified  # doctest: +SKIP
     """
 
-    def __init__(self, store=None, n_workers=None, trust=False):
+    def __init__(self, store=None, n_workers=None, trust_key=None):
         self.recordings = []
         self.selected = None
         self.details_data = None
@@ -100,7 +100,7 @@ class RecordingBrowser(widgets.VBox):
         self.pending_delete = None
         self.replaying = None
         self.n_workers = n_workers
-        self.trust = trust
+        self.trust_key = trust_key
         self._thread = None
         self._updating = False
 
@@ -355,7 +355,7 @@ class RecordingBrowser(widgets.VBox):
 
     def _run_replay(self, name):
         try:
-            report = _replay(name, store=self.store, n_workers=self.n_workers, trust=self.trust,
+            report = _replay(name, store=self.store, n_workers=self.n_workers, trust_key=self.trust_key,
                              progress=self._on_progress)
         except Exception as error:   # noqa: BLE001 -- a thread's traceback would be lost
             self._show_error(error, f"replaying {name!r}")

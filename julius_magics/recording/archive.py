@@ -74,12 +74,12 @@ class ZipSource(Source):
             return integrity.hash_stream(integrity.read_chunks(f))
 
 
-def export(store, name, path):
+def export(store, name, path, legacy_hmac=False):
     """Write recording ``name`` of ``store`` and its blobs to the archive ``path`` (``.jrec``, a zip).
 
-    The recording is verified first (with ``trust=True``: importing checks trust).
+    The recording is verified first (whoever signed it: importing checks trust).
     """
-    recording = store.open(name, trust=True)
+    recording = store.open(name, any_signer=True, legacy_hmac=legacy_hmac)
     files = store.files
     path = os.fspath(path)
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -101,7 +101,7 @@ def export(store, name, path):
             os.unlink(tmp)
 
 
-def import_(store, path, trust=False, as_name=None, force=False):
+def import_(store, path, trust_key=None, as_name=None, force=False, legacy_hmac=False):
     """Import an archive written by :func:`export` into ``store``; return the recording's name.
 
     Everything in the archive is verified, as ``Store.open`` does, before
@@ -111,8 +111,8 @@ def import_(store, path, trust=False, as_name=None, force=False):
     ----------
     store : Store
     path : str or path-like
-    trust : bool
-        Accept a recording signed with another key.
+    trust_key : str, optional
+        The fingerprint of one more key to accept (yours and your trusted keys always are).
     as_name : str, optional
         Import under this name. The recording is then written anew (same
         steps, parts, blobs and meta) and signed with this user's key.
@@ -124,7 +124,7 @@ def import_(store, path, trust=False, as_name=None, force=False):
     IntegrityError
         The archive is corrupt or not a julius archive.
     UntrustedRecordingError
-        Signed with another key and ``trust`` is false.
+        Signed with a key you do not trust.
     RecordingExistsError
         The store already holds a recording of that name (and not ``force``).
     """
@@ -136,7 +136,7 @@ def import_(store, path, trust=False, as_name=None, force=False):
     try:
         with zipfile.ZipFile(path) as archive:
             source = ZipSource(archive, where)
-            verified = verify(source, source.name, store.key, trust)
+            verified = verify(source, source.name, store.key, store.accepted_keys(trust_key), legacy_hmac)
             name = as_name or source.name
             if files.exists(files.path(name, MANIFEST)):
                 if not force:

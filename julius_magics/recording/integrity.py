@@ -45,7 +45,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from julius_magics.errors import IntegrityError, RecordingError, UntrustedRecordingError
+from ..errors import IntegrityError, RecordingError, UntrustedRecordingError
 
 FORMAT = "julius-recording/2"
 LEGACY_FORMAT = "julius-recording/1"   # HMAC-sealed: read only with legacy_hmac=True
@@ -232,6 +232,11 @@ def canonical(obj):
     return text.encode("utf-8")
 
 
+def _dumps(obj):
+    """``canonical`` of a value read by ``json.loads`` (plain JSON by construction: no round-trip check)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
 def _same_json(a, b):
     """True when ``a`` and ``b`` are equal as JSON (tuples equal lists)."""
     if isinstance(a, (list, tuple)) and isinstance(b, list):
@@ -256,10 +261,11 @@ def seal(body, key):
         raise ValueError(f"sealing needs key_id {key.fingerprint!r} in the body, not {body.get('key_id')!r}")
     if any(field in body for field in SEAL_FIELDS + ("mac",)):
         raise ValueError(f"a body to seal may not carry {SEAL_FIELDS + ('mac',)}")
+    canonical(body)   # plain JSON, or ValueError: what is added below is plain strings
     document = {**body, "public_key": key.public_b64}
-    document["signature"] = base64.b64encode(key.sign(canonical(document))).decode("ascii")
-    document["digest"] = sha256_hex(canonical(document))
-    return canonical(document) + b"\n"
+    document["signature"] = base64.b64encode(key.sign(_dumps(document))).decode("ascii")
+    document["digest"] = sha256_hex(_dumps(document))
+    return _dumps(document) + b"\n"
 
 
 def document_digest(raw):
@@ -276,13 +282,13 @@ def _parse(raw, where):
             or not isinstance(document.get("digest"), str):
         raise IntegrityError(f"{where} lacks its signature fields (corrupt or not a recording).")
     try:
-        exact = canonical(document) + b"\n" == raw
-    except ValueError:
+        exact = _dumps(document) + b"\n" == raw
+    except (ValueError, RecursionError):
         exact = False
     if not exact:
         raise IntegrityError(f"{where} was changed: its bytes are not the ones written.")
     digest = document.pop("digest")
-    if sha256_hex(canonical(document)) != digest:
+    if sha256_hex(_dumps(document)) != digest:
         raise IntegrityError(f"{where} was changed: its SHA-256 does not match.")
     return document
 
@@ -345,18 +351,21 @@ def unseal(raw, where, key, trust=False, legacy_hmac=False):
         raise IntegrityError(f"{where} was changed: its key_id is not the fingerprint of its public key.")
     signed = {k: v for k, v in document.items() if k != "signature"}
     try:
-        public_key.verify(signature, canonical(signed))
+        public_key.verify(signature, _dumps(signed))
     except InvalidSignature:
         raise IntegrityError(f"{where} was changed: its signature does not match its key {signer}.") from None
     mine = signer == key.fingerprint
     if not mine and not _accepted(signer, trust):
-        raise UntrustedRecordingError(
-            f"{where} is signed with another key ({signer}; yours is {key.fingerprint}) that you do not trust: "
-            f"add its author's public key with `julius trust add FILE.pub`, or pass --trust-key {signer} "
-            "for this one recording."
-        )
+        raise UntrustedRecordingError(untrusted_message(where, signer, key.fingerprint))
     body = {k: v for k, v in signed.items() if k != "public_key"}
     return body, mine
+
+
+def untrusted_message(where, signer, mine):
+    """The one line refusing a document of ``where`` signed by key ``signer`` (the reader's is ``mine``)."""
+    return (f"{where} is signed with another key ({signer}; yours is {mine}) that you do not trust: "
+            f"add its author's public key with `julius trust add FILE.pub`, or pass --trust-key {signer} "
+            "for this one recording.")
 
 
 def _unseal_legacy(document, where, key, legacy_hmac):
@@ -374,7 +383,7 @@ def _unseal_legacy(document, where, key, legacy_hmac):
             f"({legacy_key_id(secret) if secret else 'a PEM key, which has none'}): it cannot be checked."
         )
     if not isinstance(mac, str) or not hmac.compare_digest(
-            hmac.new(secret, canonical(document), hashlib.sha256).hexdigest(), mac):
+            hmac.new(secret, _dumps(document), hashlib.sha256).hexdigest(), mac):
         raise IntegrityError(f"{where} was changed: its HMAC does not match your key.")
     return document, True
 

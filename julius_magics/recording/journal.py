@@ -7,6 +7,7 @@ Layout of a store (see ``docs/format.md``)::
     <store>/<name>/manifest.json             sealed manifest (written at create, rewritten at close)
     <store>/<name>/journal/000001.json       one sealed JSON entry per step, chained
     <store>/<name>/parts/<sha256>            binary parts of steps (opaque bytes)
+    <store>/<name>/closed.json               sealed marker written when the writer closes
     <store>/<name>/verified.json             sealed sidecar written by :func:`write_verified`
 
 The journal knows nothing of Dask or pickles: steps are JSON dicts, parts and blobs are bytes.
@@ -22,7 +23,7 @@ import re
 import threading
 from dataclasses import asdict, dataclass
 
-from ..errors import IntegrityError, JuliusError, RecordingError, RecordingExistsError, RecordingNotFoundError
+from ..errors import IntegrityError, RecordingError, RecordingExistsError, RecordingNotFoundError
 from . import integrity
 from .integrity import FORMAT, canonical, sha256_hex
 
@@ -32,9 +33,9 @@ __all__ = ["RecordingInfo", "Step", "RecordingWriter", "Recording", "validate_na
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 ENTRY_PATTERN = re.compile(r"journal/[0-9]{6,}\.json\Z")
 PART_PATTERN = re.compile(r"parts/[0-9a-f]{64}\Z")
-KNOWN_FILE = re.compile(r"(manifest\.json|verified\.json|journal/[0-9]{6,}\.json|parts/[0-9a-f]{64})\Z")
+KNOWN_FILE = re.compile(r"(manifest\.json|verified\.json|closed\.json|journal/[0-9]{6,}\.json|parts/[0-9a-f]{64})\Z")
 SHA_PATTERN = re.compile(r"[0-9a-f]{64}\Z")
-MANIFEST, VERIFIED, BLOBS = "manifest.json", "verified.json", "_blobs"
+MANIFEST, VERIFIED, CLOSED, BLOBS = "manifest.json", "verified.json", "closed.json", "_blobs"
 STATUSES = ("complete", "incomplete")
 
 
@@ -66,10 +67,11 @@ def entry_file(seq):
 class RecordingInfo:
     """What a store knows about one recording without opening it.
 
-    ``status`` is ``"complete"``, ``"incomplete"`` (its writer never closed it),
-    ``"verified"`` (complete, and a replay matched it) or ``"damaged"`` (its
-    manifest cannot be read; ``Store.open`` says why). The ``size`` of an
-    incomplete recording counts its journal and parts only.
+    ``status`` is ``"complete"``, ``"incomplete"`` (its writer never closed it)
+    or ``"verified"`` (complete, and a replay by you or a key you trust matched
+    it). ``key_id`` is the fingerprint of the author's key; ``trusted`` says
+    whether it is yours or one you trust. The ``size`` of an incomplete
+    recording counts its journal and parts only.
     """
 
     name: str
@@ -82,6 +84,7 @@ class RecordingInfo:
     data_mode: str
     key_id: str
     signed_by_me: bool
+    trusted: bool = False
 
     def as_dict(self):
         """Return the fields as a JSON-friendly dict."""
@@ -98,35 +101,47 @@ class Step:
     part_names: tuple
 
 
-def read_info(files, name, raw, has_verified, key):
-    """The :class:`RecordingInfo` of recording ``name`` from its manifest bytes ``raw`` (``damaged`` if unreadable)."""
-    try:
-        body, mine = integrity.unseal(raw, f"Recording '{name}': manifest.json", key, trust=True)
-        if body["name"] != name:
-            raise IntegrityError(f"Recording '{name}': its manifest belongs to {body['name']!r}.")
-        meta = body["meta"]
-        status = body["status"]
-        steps, size = body["steps"], body["size"]
-        if status == "incomplete":
-            tree = files.tree(files.path(name))
-            steps = sum(1 for rel in tree if ENTRY_PATTERN.match(rel))
-            size = sum(size for rel, size in tree.items() if rel not in (MANIFEST, VERIFIED))
-        elif has_verified:
-            status = "verified"
-        return RecordingInfo(
-            name=name,
-            created=body["created"],
-            steps=steps,
-            size=size,
-            workers=meta.get("workers"),
-            status=status,
-            note=meta.get("note", ""),
-            data_mode=meta.get("data_mode", "embed"),
-            key_id=body["key_id"],
-            signed_by_me=mine,
-        )
-    except (JuliusError, KeyError, TypeError, AttributeError):
-        return RecordingInfo(name, "", 0, 0, None, "damaged", "", "", "", False)
+def read_info(files, name, raw, verified_raw, key, trusted, legacy_hmac=False):
+    """The :class:`RecordingInfo` of recording ``name`` from its manifest bytes ``raw``.
+
+    Parameters
+    ----------
+    verified_raw : bytes or None
+        Its verification sidecar, if any (a bad one is ignored with a warning).
+    trusted : collection of str
+        Fingerprints of the trusted keys.
+
+    Raises
+    ------
+    IntegrityError, UntrustedRecordingError, RecordingError
+        The manifest is changed, malformed, of an unknown format, or an old
+        HMAC one without ``legacy_hmac``: one line saying why.
+    """
+    from .verify import check_sidecar, read_manifest
+
+    body, mine = read_manifest(raw, name, key, True, legacy_hmac)
+    meta = body["meta"]
+    status = body["status"]
+    steps, size = body["steps"], body["size"]
+    if status == "incomplete":
+        tree = files.tree(files.path(name))
+        steps = sum(1 for rel in tree if ENTRY_PATTERN.match(rel))
+        size = sum(size for rel, size in tree.items() if rel not in (MANIFEST, VERIFIED, CLOSED))
+    elif check_sidecar(verified_raw, name, raw, key, trusted) is not None:
+        status = "verified"
+    return RecordingInfo(
+        name=name,
+        created=body["created"],
+        steps=steps,
+        size=size,
+        workers=meta.get("workers"),
+        status=status,
+        note=meta.get("note") or "",
+        data_mode=meta.get("data_mode", "embed"),
+        key_id=body["key_id"],
+        signed_by_me=mine,
+        trusted=mine or body["key_id"] in trusted,
+    )
 
 
 def new_manifest(name, meta, key):
@@ -158,7 +173,7 @@ def claim(files, name, manifest_bytes, where):
     except FileExistsError:
         raise RecordingExistsError(f"Recording '{name}' already exists in {where}.") from None
     # leftovers of a delete that crashed half-way would mix into this recording
-    for leftover in ("journal", "parts", VERIFIED):
+    for leftover in ("journal", "parts", VERIFIED, CLOSED):
         files.rm(files.path(name, leftover))
 
 
@@ -354,10 +369,16 @@ class RecordingWriter:
             self._check_open()
             self._manifest.update(status=status, closed=now(), chain_head=self._prev)
             raw = self._write_manifest()
+            # After the manifest: a crash in between leaves a closed recording without its marker,
+            # never a marker that refuses the writer's last manifest.
+            marker = {key: self._manifest[key] for key in ("format", "name", "created", "closed", "steps",
+                                                           "chain_head", "key_id")}
+            files = self.store.files
+            files.write(files.path(self.name, CLOSED), integrity.seal(marker, self.store.key))
             self.closed = True
         if status == "incomplete":
             self.store.files.refresh()   # its size and steps are counted from a listing
-        return read_info(self.store.files, self.name, raw, False, self.store.key)
+        return read_info(self.store.files, self.name, raw, None, self.store.key, ())
 
 
 class Recording:
@@ -384,8 +405,19 @@ class Recording:
         self._blobs = verified.blobs
         self.manifest = verified.manifest
         self.steps = verified.steps
-        self.verification = verified.verified  # the summary written by mark_verified, or None
-        self.info = read_info(store.files, self.name, source.read(MANIFEST), verified.verified is not None, store.key)
+        self.verification = verified.verified  # the sidecar written by mark_verified (by a trusted key), or None
+        self.trusted = verified.trusted
+        manifest = verified.manifest
+        status = manifest["status"]
+        if status == "complete" and verified.verified is not None:
+            status = "verified"
+        self.info = RecordingInfo(
+            name=self.name, created=manifest["created"], steps=len(self.steps),
+            size=manifest["size"] if manifest["status"] == "complete" else sum(
+                source.tree().get(rel, 0) for rel in verified.files if rel not in (MANIFEST, VERIFIED, CLOSED)),
+            workers=manifest["meta"].get("workers"), status=status, note=manifest["meta"].get("note") or "",
+            data_mode=manifest["meta"].get("data_mode", "embed"), key_id=manifest["key_id"],
+            signed_by_me=verified.signed_by_me, trusted=verified.trusted)
 
     def __repr__(self):
         return f"<Recording {self.name!r} steps={len(self.steps)} status={self.info.status}>"

@@ -20,8 +20,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from julius_magics.errors import RecordingError
-from julius_magics.recording.integrity import FINGERPRINT_PATTERN, fingerprint, load_key
+from ..errors import RecordingError
+from .integrity import FINGERPRINT_PATTERN, fingerprint, load_key
 
 __all__ = ["TRUSTED_ENV", "TrustedKey", "trusted_keys_path", "read_public_key", "load_trusted_keys",
            "add_trusted_key", "trusted_fingerprints", "check_fingerprint"]

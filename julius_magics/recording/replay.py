@@ -27,6 +27,7 @@ from . import steps as step_kinds
 from .environment import capture_environment, env_diff, format_env_diff
 from .journal import file_digest
 from .steps import recorded_environment
+from .schema import check_step
 from .store import Store
 
 __all__ = ["replay", "ReplayReport", "Progress", "ProgressBar", "prepare_inputs"]
@@ -116,7 +117,9 @@ class ReplayReport:
 
     @property
     def verified(self):
-        return self.results > 0 and not self.mismatches and self.steps == self.total_steps
+        """True only for a complete recording, replayed to its end, whose every result matched."""
+        return (self.complete and self.results > 0 and not self.mismatches
+                and self.steps == self.total_steps)
 
     def as_dict(self):
         return {"name": self.name, "steps": self.steps, "total_steps": self.total_steps, "complete": self.complete,
@@ -130,8 +133,9 @@ class ReplayReport:
                 + ("VERIFIED: every result fingerprint matched" if self.verified else "NOT VERIFIED"))
         lines = [head]
         if not self.complete:
-            lines.append("  the recording is incomplete (its kernel stopped while recording): "
-                         "verified up to its last step only")
+            matched = "every result matched" if not self.mismatches else "some results differ"
+            lines.append(f"  reproduced up to step {self.steps} of an incomplete recording ({matched}): its kernel "
+                         "stopped while recording, so what came after is unknown")
         if self.results == 0:
             lines.append("  the recording holds no results to compare")
         for m in self.mismatches:
@@ -240,7 +244,7 @@ class _Context:
             if got is not None and got[0] == rec["fp"]:
                 continue
             nondeterministic = (failure is None and got is not None and recompute is not None
-                                and recompute(nid) != got[0])
+                                and _differs_again(recompute, nid, got[0]))
             self.report.mismatches.append({
                 "node": nid, "label": rec["label"], "recorded": rec["fp"], "replayed": got and got[0],
                 "recorded_value": rec["describe"] if rec["describe"] is not None else "?",
@@ -249,8 +253,20 @@ class _Context:
             })
 
 
-def replay(name, store=None, n_workers=None, address=None, strict_env=False, trust=False, progress=None,
-           keep=False):
+def _differs_again(recompute, nid, replayed_fp):
+    """Whether computing ``nid`` once more gives another value; failing the second time counts as differing.
+
+    A graph drawing unseeded randomness may even raise on its second run: every
+    difference is still reported, the replay never dies of its own re-check.
+    """
+    try:
+        return recompute(nid) != replayed_fp
+    except Exception:   # noqa: BLE001  (whatever the user's code raises the second time)
+        return True
+
+
+def replay(name, store=None, n_workers=None, address=None, strict_env=False, trust_key=None, progress=None,
+           keep=False, legacy_hmac=False):
     """Replay recording ``name`` and verify it.
 
     Parameters
@@ -263,8 +279,10 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
         Replay on this existing cluster instead of a fresh one.
     strict_env : bool
         Refuse to replay when the environment differs from the recorded one.
-    trust : bool
-        Accept a recording signed with another key (content hashes are always checked).
+    trust_key : str, optional
+        The fingerprint of one more key to accept for this replay (``--trust-key``);
+        your key and your trusted keys are always accepted, no other (content
+        hashes are always checked).
     progress : callable, optional
         Called with a :class:`Progress` event before the first step and after each.
     keep : bool
@@ -276,17 +294,23 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
     ReplayReport
         ``report.session`` is the replay's session. ``%replay`` makes it the
         kernel's, so that ``getdata`` gives replayed values.
+    legacy_hmac : bool
+        Replay a julius-recording/1 recording sealed with your key file's secret.
     """
+    if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1):
+        raise ValueError(f"invalid worker count {n_workers!r}: give a positive integer (or None: as recorded)")
     store = Store.coerce(store)
     started = time.monotonic()
-    recording = store.open(name, trust=trust)
+    recording = store.open(name, trust_key=trust_key, legacy_hmac=legacy_hmac)
     report = ReplayReport(name)
+    report.complete = recording.info.status != "incomplete"
     steps = recording.steps
     report.total_steps = len(steps)
     say = progress or (lambda event: None)
     say(Progress(0, len(steps), "checking data and environment"))
     for step in steps:
         step_kinds.kind_of(step, f"recording {name!r}")   # refuse unknown kinds before a cluster starts
+        check_step(step, f"Recording '{name}'")            # and data of the wrong shape
 
     mapping = prepare_inputs(recording, report)
     recorded_kernel, recorded_workers = recorded_environment(recording)

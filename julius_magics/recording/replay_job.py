@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m julius_magics.recording.replay_job NAME [--store URL] [-n WORKERS] [--trust]
+    python -m julius_magics.recording.replay_job NAME [--store URL] [-n WORKERS] [--trust-key FP] [--legacy-hmac]
 
 Standard output carries one JSON object a line, in this order:
 
@@ -13,7 +13,8 @@ Standard output carries one JSON object a line, in this order:
 ``{"event": "error", "message": str}``
     instead of the report, when the replay could not run (one line, no traceback).
 
-Exit status: 0 verified, 1 not verified, 2 error. Anything else a library
+Exit status: as :mod:`.verdict` (0 verified, 1 not verified, 2 error,
+3 incomplete, 4 refused). Anything else a library
 prints goes to standard error, never between the JSON lines.
 :func:`read_event` turns a line back into a typed event.
 """
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 
 from ..errors import JuliusError
 from .replay import Progress, replay
+from .verdict import error_status, exit_status
 
 __all__ = ["Report", "Error", "Progress", "read_event", "run", "main"]
 
@@ -78,9 +80,9 @@ def run(name, write, **options):
         report = replay(name, progress=write, **options)
     except JuliusError as e:
         write(Error(str(e)))
-        return 2
+        return error_status(e)
     write(Report(report.as_dict()))
-    return 0 if report.verified else 1
+    return exit_status(report)
 
 
 def main(argv=None):
@@ -89,7 +91,9 @@ def main(argv=None):
     parser.add_argument("name", help="the recording to replay")
     parser.add_argument("--store", default=None, help="store URL (default: $JULIUS_STORE or ~/.julius/recordings)")
     parser.add_argument("-n", "--workers", type=int, default=None, help="workers of the replay cluster")
-    parser.add_argument("--trust", action="store_true", help="accept a recording signed with another key")
+    parser.add_argument("--trust-key", default=None, metavar="FINGERPRINT",
+                        help="accept this one key for this replay (besides yours and your trusted keys)")
+    parser.add_argument("--legacy-hmac", action="store_true", help="read a julius-recording/1 (HMAC) recording of yours")
     args = parser.parse_args(argv)
     out = sys.stdout
 
@@ -99,7 +103,8 @@ def main(argv=None):
 
     with contextlib.redirect_stdout(sys.stderr):   # only events on stdout
         try:
-            return run(args.name, write, store=args.store, n_workers=args.workers, trust=args.trust)
+            return run(args.name, write, store=args.store, n_workers=args.workers, trust_key=args.trust_key,
+                       legacy_hmac=args.legacy_hmac)
         except (FileNotFoundError, ValueError) as e:
             write(Error(str(e)))
             return 2

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import jsonschema
 
-from julius_magics.errors import IntegrityError, RecordingError
-from julius_magics.recording.integrity import FORMAT, FORMATS, LEGACY_FORMAT
+from ..errors import IntegrityError, RecordingError
+from .integrity import FORMAT, FORMATS, LEGACY_FORMAT
 
 __all__ = ["check", "check_format", "SCHEMAS", "STEP_SCHEMAS"]
 
@@ -117,16 +117,17 @@ STEP_SCHEMAS = {
     "remote_eval": _object(["source"], source=_STR, push={"type": ["array", "null"], "items": _STR},
                            failed={"type": "boolean"}),
     "cell": _object(["source"], source=_STR),
-    "rules": _object(["ns", "source"], ns=_STR, source=_STR, rules=_STRINGS, failed={"type": "boolean"}),
+    "rules": _object(["ns", "source", "rules"], ns=_STR, source=_STR, rules=_STRINGS, failed={"type": "boolean"}),
     "dispatch": _object(
-        ["targets", "key_rules", "results"],
+        ["targets", "key_rules", "results", "nodes", "jobs"],
         targets={"type": "array", "items": _object(["id", "key"], id=_STR, key=_STR, label=_NULL_STR)},
         results={"type": "object", "additionalProperties": _object(["fp"], fp=_STR, label=_NULL_STR)},
         nodes=_INT, jobs=_INT, seconds={"type": "number"}),
     "graph": _object(["fingerprints"], fingerprints={"type": "object", "additionalProperties": _STR},
                      descriptions={"type": "object"}, keys={"type": "array"}, ntasks=_NULL_INT),
+    "worker_plugin": _object(["name"], name=_STR),
     "data": _object(["files"], files={"type": "array", "items": _object(
-        ["path", "size", "sha256"], path=_STR, size=_SIZE, sha256=_SHA, embedded={"type": "boolean"})}),
+        ["path", "size", "sha256", "embedded"], path=_STR, size=_SIZE, sha256=_SHA, embedded={"type": "boolean"})}),
 }
 _STEP_VALIDATORS = {kind: jsonschema.Draft202012Validator(schema) for kind, schema in STEP_SCHEMAS.items()}
 
@@ -163,9 +164,20 @@ def check(document, kind, where):
     """
     fmt = check_format(document, where)
     _raise_first(_VALIDATORS[(fmt, kind)], document, where, ())
-    if kind == "entry" and document["kind"] in _STEP_VALIDATORS:
-        _raise_first(_STEP_VALIDATORS[document["kind"]], document["data"], where, ("data",))
     return document
+
+
+def check_step(step, where):
+    """Validate the data of a step of a kind julius reads (``STEP_SCHEMAS``); other kinds are free JSON.
+
+    The store keeps any JSON as a step; the readers that interpret a kind
+    (summaries, diff, replay) call this first. Raises ``IntegrityError``
+    naming ``where``, the step and the field.
+    """
+    validator = _STEP_VALIDATORS.get(step.kind)
+    if validator is not None:
+        _raise_first(validator, step.data, f"{where}: journal entry {step.seq} ({step.kind})", ("data",))
+    return step
 
 
 def _raise_first(validator, document, where, prefix):

@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import os
+import warnings
 
-from ..errors import RecordingNotFoundError
+from ..errors import JuliusError, RecordingNotFoundError
 from . import archive, integrity
 from .files import open_files
+from .keys import trusted_fingerprints
 from .journal import (MANIFEST, NAME_PATTERN, VERIFIED, Recording, RecordingInfo, RecordingWriter, Step, claim,
                       new_manifest, read_info, validate_name, write_verified)
 from .verify import StoreSource, verify
@@ -102,10 +104,13 @@ class Store:
         return RecordingWriter(self, body)
 
     # --- reading ---------------------------------------------------------------
-    def list(self):
-        """Return the :class:`RecordingInfo` of every recording, sorted by creation time.
+    def list(self, legacy_hmac=False, problems=None):
+        """Return the :class:`RecordingInfo` of every readable recording, sorted by creation time.
 
-        Reads only manifests (and, for an incomplete recording, a listing of its folder).
+        Reads only manifests and sidecars (and, for an incomplete recording, a
+        listing of its folder). A recording whose manifest is changed,
+        malformed, of an unknown format or untrusted HMAC is skipped: with a
+        warning, or appended to ``problems`` (a list) as ``(name, message)``.
         """
         files = self.files
         files.refresh()
@@ -114,48 +119,76 @@ class Store:
             return []
         manifests = files.read_many([files.path(n, MANIFEST) for n in names])
         verified = files.read_many([files.path(n, VERIFIED) for n in names])
+        trusted = trusted_fingerprints()
         infos = []
         for name in names:
             raw = manifests.get(files.path(name, MANIFEST))
             if raw is None:
                 continue  # a folder without manifest: a delete in progress, or not a recording
-            infos.append(read_info(files, name, raw, files.path(name, VERIFIED) in verified, self.key))
+            try:
+                infos.append(read_info(files, name, raw, verified.get(files.path(name, VERIFIED)), self.key,
+                                       trusted, legacy_hmac))
+            except JuliusError as error:
+                if problems is None:
+                    warnings.warn(f"skipped recording '{name}': {error}", UserWarning, stacklevel=2)
+                else:
+                    problems.append((name, str(error)))
         return sorted(infos, key=lambda info: (info.created, info.name))
 
-    def info(self, name):
-        """Return the :class:`RecordingInfo` of one recording (raises ``RecordingNotFoundError``)."""
+    def info(self, name, legacy_hmac=False):
+        """Return the :class:`RecordingInfo` of one recording.
+
+        Raises ``RecordingNotFoundError``, or, for a manifest that cannot be
+        read, the one-line error saying why (as :meth:`open`).
+        """
         validate_name(name)
         self.files.refresh()
         try:
             raw = self.files.read(self.files.path(name, MANIFEST))
         except FileNotFoundError:
             raise RecordingNotFoundError(f"No recording '{name}' in {self.url}.") from None
-        return read_info(self.files, name, raw, self.files.exists(self.files.path(name, VERIFIED)), self.key)
+        try:
+            sidecar = self.files.read(self.files.path(name, VERIFIED))
+        except FileNotFoundError:
+            sidecar = None
+        return read_info(self.files, name, raw, sidecar, self.key, trusted_fingerprints(), legacy_hmac)
 
-    def open(self, name, trust=False):
+    def accepted_keys(self, trust_key=None):
+        """Fingerprints whose recordings :meth:`open` accepts besides yours: trusted keys and ``trust_key``."""
+        return trusted_fingerprints([trust_key] if trust_key else [])
+
+    def open(self, name, trust_key=None, legacy_hmac=False, any_signer=False):
         """Verify every byte of a recording, then return it as a :class:`Recording`.
 
         Parameters
         ----------
         name : str
             The recording.
-        trust : bool
-            Accept a recording signed with another key. Content hashes are
-            still checked.
+        trust_key : str, optional
+            The fingerprint of one more key to accept, for this call only
+            (``--trust-key``); yours and your trusted keys are always accepted.
+        legacy_hmac : bool
+            Read a julius-recording/1 recording sealed with your key file's secret.
+        any_signer : bool
+            Accept any key whose signature verifies (``Recording.trusted``
+            says whether it is trusted): for readers that unpickle nothing and
+            show who signed (show, diff, env, export). Never for a replay.
 
         Raises
         ------
         RecordingNotFoundError
             No recording of that name.
         IntegrityError
-            A byte is changed, missing, added or out of order.
+            A byte is changed, missing, added or out of order, or a document is malformed.
         UntrustedRecordingError
-            Signed with another key and ``trust`` is false.
+            Signed with a key you do not trust.
         """
         validate_name(name)
         self.files.refresh()
         source = StoreSource(self.files, name, self.url)
-        return Recording(self, source, verify(source, name, self.key, trust))
+        trusted = trusted_fingerprints()
+        trust = True if any_signer else self.accepted_keys(trust_key)
+        return Recording(self, source, verify(source, name, self.key, trust, legacy_hmac, trusted))
 
     # --- managing --------------------------------------------------------------
     def delete(self, name):
@@ -171,10 +204,11 @@ class Store:
         """Record that a replay of ``name`` matched it; ``summary`` is JSON (e.g. the report)."""
         write_verified(self.files, name, summary, self.key, self.url)
 
-    def export(self, name, path):
+    def export(self, name, path, legacy_hmac=False):
         """Write recording ``name`` and its blobs to the single-file archive ``path`` (see :mod:`.archive`)."""
-        archive.export(self, name, path)
+        archive.export(self, name, path, legacy_hmac=legacy_hmac)
 
-    def import_(self, path, trust=False, as_name=None, force=False):
+    def import_(self, path, trust_key=None, as_name=None, force=False, legacy_hmac=False):
         """Import an archive written by :meth:`export`; return the recording's name (see :func:`archive.import_`)."""
-        return archive.import_(self, path, trust=trust, as_name=as_name, force=force)
+        return archive.import_(self, path, trust_key=trust_key, as_name=as_name, force=force,
+                               legacy_hmac=legacy_hmac)

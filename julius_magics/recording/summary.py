@@ -1,7 +1,9 @@
 """Reading recordings for people: details of one, differences between two.
 
 Only the JSON parts are read (nothing is unpickled), so these work on any
-recording whose bytes verify, whoever signed it.
+recording whose bytes and signatures verify, whoever signed it; they say who
+signed and whether you trust that key. Every document was validated against
+its schema (:mod:`.schema`) when the recording was opened.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import difflib
 
 from . import steps
+from .schema import check_step
 from .environment import env_diff, format_env_diff, requirements
 from .steps import recorded_environment
 from .store import Store
@@ -16,8 +19,31 @@ from .store import Store
 __all__ = ["details", "diff", "recorded_environment", "format_details", "format_diff", "environment_pins"]
 
 
-def _open(name, store):
-    return Store.coerce(store).open(name, trust=True)   # read-only and pickle-free: hashes still verified
+def _open(name, store, legacy_hmac=False):
+    # read-only and pickle-free: every hash and signature is checked, and who signed is shown
+    recording = Store.coerce(store).open(name, legacy_hmac=legacy_hmac, any_signer=True)
+    for step in recording.steps:
+        check_step(step, f"Recording '{name}'")
+    return recording
+
+
+def signer(recording):
+    """Who signed ``recording``: ``{"key_id", "by_me", "trusted", "name"}`` (``name`` from your trusted keys)."""
+    from .keys import load_trusted_keys
+
+    fp = recording.manifest["key_id"]
+    names = {k.fingerprint: k.name for k in load_trusted_keys()}
+    return {"key_id": fp, "by_me": recording.info.signed_by_me, "trusted": recording.trusted,
+            "name": "you" if recording.info.signed_by_me else names.get(fp)}
+
+
+def format_signer(who):
+    """``signed by you (3f5a…)``, ``signed by alice (…), trusted``, ``signed by … (not trusted)``."""
+    if who["by_me"]:
+        return f"signed by you ({who['key_id']})"
+    if who["trusted"]:
+        return f"signed by {who['name'] or 'a trusted key'} ({who['key_id']}), trusted"
+    return f"signed by {who['key_id']} (not trusted): `julius trust add THEIR.pub` to trust it"
 
 
 def _results(recording):
@@ -29,9 +55,9 @@ def _files(recording):
     return {f["path"]: f for s in recording.steps if s.kind == "data" for f in s.data["files"]}
 
 
-def details(name, store=None):
-    """Details of a recording as plain JSON: info, steps, environment summary, data files, results."""
-    recording = _open(name, store)
+def details(name, store=None, legacy_hmac=False):
+    """Details of a recording as plain JSON: info, signer, steps, environment summary, data files, results."""
+    recording = _open(name, store, legacy_hmac)
     kernel, workers = recorded_environment(recording)
     env = None
     if kernel is not None:
@@ -41,6 +67,7 @@ def details(name, store=None):
                "workers_same_as_kernel": all(env_diff(kernel, w)["same"] for w in workers.values())}
     return {
         "info": recording.info.as_dict(),
+        "signer": signer(recording),
         "meta": recording.meta,
         "steps": [{"seq": s.seq, "kind": s.kind, "summary": steps.summary(s)} for s in recording.steps],
         "environment": env,
@@ -55,6 +82,8 @@ def format_details(details):
     info = details["info"]
     lines = [f"{info['name']}: {info['status']}, {info['steps']} steps, {info['size']:,} bytes, "
              f"{info['workers']} workers, created {info['created']}" + (f" -- {info['note']}" if info["note"] else "")]
+    if details.get("signer"):
+        lines.append(format_signer(details["signer"]))
     lines.append("steps:")
     lines += [f"  {s['seq']:>3} {s['kind']:<12} {s['summary']}" for s in details["steps"]]
     env = details["environment"]
@@ -83,9 +112,9 @@ def _text_diff(a, b, name_a, name_b):
     return "".join(difflib.unified_diff(a.splitlines(True), b.splitlines(True), name_a, name_b))
 
 
-def diff(name_a, name_b, store=None):
+def diff(name_a, name_b, store=None, legacy_hmac=False):
     """What differs between two recordings: code, rules, parameters, data, environment, results."""
-    a, b = _open(name_a, store), _open(name_b, store)
+    a, b = _open(name_a, store, legacy_hmac), _open(name_b, store, legacy_hmac)
     code = {}
     for kind, key in (("remote_eval", None), ("cell", None)):
         sa, sb = _sources(a, kind).get("", ""), _sources(b, kind).get("", "")
@@ -144,9 +173,9 @@ def format_diff(d):
     return "\n".join(lines)
 
 
-def environment_pins(name, store=None):
+def environment_pins(name, store=None, legacy_hmac=False):
     """The recorded kernel environment as ``requirements.txt`` text."""
-    kernel, _ = recorded_environment(_open(name, store))
+    kernel, _ = recorded_environment(_open(name, store, legacy_hmac))
     if kernel is None:
         raise ValueError(f"recording {name!r} holds no environment")
     return requirements(kernel) + "\n"

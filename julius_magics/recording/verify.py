@@ -10,14 +10,16 @@ journal entries and the signatures, and returns what it established as a
 from __future__ import annotations
 
 import json
+import warnings
 
-from ..errors import IntegrityError, RecordingError, RecordingNotFoundError, UntrustedRecordingError
-from . import integrity
-from .integrity import FORMAT, sha256_hex
-from .journal import (BLOBS, ENTRY_PATTERN, KNOWN_FILE, MANIFEST, PART_PATTERN, SHA_PATTERN, VERIFIED, Step,
+from ..errors import IntegrityError, JuliusError, RecordingNotFoundError
+from . import integrity, schema
+from .integrity import sha256_hex
+from .journal import (BLOBS, CLOSED, ENTRY_PATTERN, KNOWN_FILE, MANIFEST, PART_PATTERN, SHA_PATTERN, VERIFIED, Step,
                       entry_file)
+from .keys import trusted_fingerprints
 
-__all__ = ["verify", "Verified", "Source", "StoreSource"]
+__all__ = ["verify", "read_manifest", "check_sidecar", "Verified", "Source", "StoreSource"]
 
 
 class Verified:
@@ -34,12 +36,15 @@ class Verified:
     blobs : dict
         SHA-256 -> size.
     verified : dict or None
-        The body of verified.json when it is signed by this user's key.
+        The body of verified.json when it is signed by this user's key or a trusted key.
+    trusted : bool
+        Signed by this user's key, a trusted key or the ``--trust-key`` given.
     """
 
-    def __init__(self, manifest, signed_by_me, steps, files, blobs, verified):
+    def __init__(self, manifest, signed_by_me, steps, files, blobs, verified, trusted=None):
         self.manifest = manifest
         self.signed_by_me = signed_by_me
+        self.trusted = signed_by_me if trusted is None else trusted
         self.steps = steps
         self.files = files
         self.blobs = blobs
@@ -95,17 +100,33 @@ class StoreSource(Source):
             return None
 
 
-def verify(source, name, key, trust):
+def verify(source, name, key, trust, legacy_hmac=False, trusted=None):
     """Check every byte of recording ``name`` read through ``source``; return a :class:`Verified`.
+
+    Parameters
+    ----------
+    source : Source
+    name : str
+    key : integrity.SigningKey
+        The reader's key.
+    trust : collection of str, or True
+        Fingerprints of the other keys whose recordings are accepted (trusted
+        keys, ``--trust-key``); ``True`` accepts any key whose signature
+        verifies, for pickle-free readers that show who signed.
+    legacy_hmac : bool
+        Read a julius-recording/1 recording sealed with the secret of ``key``'s file.
+    trusted : collection of str, optional
+        The keys whose verification sidecars count (default: the trusted keys).
 
     Raises
     ------
     RecordingNotFoundError
         ``source`` holds no file of the recording.
     IntegrityError
-        A byte is changed, missing, added or out of order (one line naming the file).
+        A byte is changed, missing, added or out of order, a document has the
+        wrong shape, or a closed recording was rolled back (one line naming the file).
     UntrustedRecordingError
-        Signed with another key and ``trust`` is false.
+        Signed with a key that ``trust`` does not accept.
     """
     where = f"Recording '{name}'"
     tree = source.tree()
@@ -114,27 +135,61 @@ def verify(source, name, key, trust):
             raise RecordingNotFoundError(f"No recording '{name}' in {source.location}.")
         raise IntegrityError(f"{where}: manifest.json is missing.")
     manifest_raw = source.read(MANIFEST)
-    manifest, mine = integrity.unseal(manifest_raw, f"{where}: manifest.json", key, trust)
+    manifest, mine = read_manifest(manifest_raw, name, key, trust, legacy_hmac)
+    if trusted is None:
+        trusted = trusted_fingerprints()
     try:
-        if manifest.get("format") != FORMAT:
-            raise RecordingError(
-                f"{where} has format {manifest.get('format')!r}; this julius_magics reads {FORMAT!r}."
-            )
-        if manifest["name"] != name:
-            raise IntegrityError(f"{where}: its manifest belongs to recording {manifest['name']!r}.")
         complete = manifest["status"] != "incomplete"
+        _check_closed(source, tree, manifest, key, legacy_hmac, where)
         count = _check_listing(tree, manifest, complete, where)
-        steps, files, blobs = _check_journal(source, name, manifest, count, complete, key, where)
+        steps, files, blobs = _check_journal(source, name, manifest, count, complete, key, legacy_hmac, where)
         if complete:
             blobs = _check_manifest_lists(tree, manifest, files, blobs, where)
         _check_contents(source, tree, files, blobs, where)
-        verified = _check_verified(source, tree, name, manifest_raw, key, where)
-        if VERIFIED in tree:
-            files[VERIFIED] = None
+        verified = check_sidecar(source.read(VERIFIED) if VERIFIED in tree else None, name, manifest_raw, key,
+                                 trusted)
+        for rel in (VERIFIED, CLOSED):
+            if rel in tree:
+                files[rel] = None
     except (KeyError, TypeError, AttributeError, ValueError) as error:
-        # a sealed document with the wrong shape: only a forger with the key can make one
+        # every document was validated against its schema: this is a bug, still said in one line
         raise IntegrityError(f"{where} is malformed ({type(error).__name__}: {error}).") from None
-    return Verified(manifest, mine, steps, files, blobs, verified)
+    accepted = mine or manifest["key_id"] in trusted or (trust is not True and manifest["key_id"] in trust)
+    return Verified(manifest, mine, steps, files, blobs, verified, trusted=accepted)
+
+
+def read_manifest(raw, name, key, trust, legacy_hmac=False):
+    """Unseal and validate the manifest bytes of recording ``name``: ``(body, signed_by_me)``.
+
+    Raises ``IntegrityError``, ``UntrustedRecordingError`` or ``RecordingError``
+    (a format this version does not read), each one line.
+    """
+    where = f"Recording '{name}': manifest.json"
+    manifest, mine = integrity.unseal(raw, where, key, trust, legacy_hmac)
+    schema.check(manifest, "manifest", where)
+    if manifest["name"] != name:
+        raise IntegrityError(f"Recording '{name}': its manifest belongs to recording {manifest['name']!r}.")
+    return manifest, mine
+
+
+def check_sidecar(raw, name, manifest_raw, key, trusted):
+    """The body of a verification sidecar when it is good and signed by you or a trusted key, else ``None``.
+
+    A bad sidecar (garbage, forged, another recording's, an untrusted
+    verifier's) never blocks anything: it is ignored with a warning.
+    """
+    if raw is None:
+        return None
+    where = f"Recording '{name}': verified.json"
+    try:
+        body, _ = integrity.unseal(raw, where, key, trusted)
+        schema.check(body, "verified", where)
+        if body["name"] != name or body["manifest_sha256"] != sha256_hex(manifest_raw):
+            raise IntegrityError(f"{where} is about another recording or an earlier manifest.")
+    except JuliusError as error:
+        warnings.warn(f"{error} The verification is ignored.", UserWarning, stacklevel=2)
+        return None
+    return body
 
 
 def _check_listing(tree, manifest, complete, where):
@@ -150,23 +205,49 @@ def _check_listing(tree, manifest, complete, where):
     extra = sorted(stored_entries - {entry_file(seq) for seq in range(1, count + 1)})
     if extra:
         raise IntegrityError(f"{where}: unexpected {extra[0]} (the journal has {count} entries).")
-    if complete and len(manifest["journal"]) != count:
-        raise IntegrityError(f"{where}: manifest lists {len(manifest['journal'])} entries for {count} steps.")
+    if len(manifest["journal"]) != manifest["steps"]:
+        raise IntegrityError(f"{where}: manifest lists {len(manifest['journal'])} entries for {manifest['steps']} steps.")
+    if count < manifest["steps"]:   # an incomplete manifest signs the steps it had: none can be dropped
+        raise IntegrityError(f"{where}: journal entry {count + 1} is missing (the manifest has {manifest['steps']}).")
     return count
 
 
-def _check_journal(source, name, manifest, count, complete, key, where):
+def _check_closed(source, tree, manifest, key, legacy_hmac, where):
+    """The signed closed marker: a closed recording can never be replaced by an earlier state of itself."""
+    if CLOSED not in tree:
+        return
+    marker, _ = integrity.unseal(source.read(CLOSED), f"{where}: closed.json", key, True, legacy_hmac)
+    schema.check(marker, "closed", f"{where}: closed.json")
+    if marker["key_id"] != manifest["key_id"]:
+        raise IntegrityError(f"{where}: closed.json is signed with another key than the manifest.")
+    if (marker["name"], marker["created"]) != (manifest["name"], manifest["created"]):
+        raise IntegrityError(f"{where}: closed.json belongs to another recording.")
+    if manifest["status"] == "incomplete" and manifest["closed"] is None:
+        raise IntegrityError(
+            f"{where} was closed with {marker['steps']} steps, but its manifest is an earlier, incomplete one "
+            "(rolled back).")
+    if (marker["steps"], marker["chain_head"], marker["closed"]) != (manifest["steps"], manifest["chain_head"],
+                                                                     manifest["closed"]):
+        raise IntegrityError(f"{where}: closed.json says {marker['steps']} steps closed at {marker['closed']}, "
+                             f"the manifest {manifest['steps']} at {manifest['closed']}.")
+
+
+def _check_journal(source, name, manifest, count, complete, key, legacy_hmac, where):
     """Each entry: hashed as the manifest says, sealed with its key, chained; returns steps, files, blobs."""
     steps, files, blobs = [], {MANIFEST: None}, {}
-    prev = integrity.chain_start(name, manifest["created"])
+    prev = integrity.chain_start(name, manifest["created"], format=manifest["format"])
     for seq in range(1, count + 1):
         rel = entry_file(seq)
         raw = source.read(rel)
-        if complete and sha256_hex(raw) != manifest["journal"][seq - 1]:
+        if seq <= manifest["steps"] and sha256_hex(raw) != manifest["journal"][seq - 1]:
             raise IntegrityError(f"{where}: journal entry {seq} was changed (SHA-256 differs from the manifest).")
-        body, _ = integrity.unseal(raw, f"{where}: journal entry {seq}", key, trust=True)
+        body, _ = integrity.unseal(raw, f"{where}: journal entry {seq}", key, True, legacy_hmac)
         if body["key_id"] != manifest["key_id"]:
             raise IntegrityError(f"{where}: journal entry {seq} is signed with another key than the manifest.")
+        schema.check(body, "entry", f"{where}: journal entry {seq}")
+        if body["format"] != manifest["format"]:
+            raise IntegrityError(f"{where}: journal entry {seq} has format {body['format']!r}, "
+                                 f"the manifest {manifest['format']!r}.")
         if body["seq"] != seq or body["prev"] != prev:
             raise IntegrityError(f"{where}: journal entry {seq} is out of order (the chain is broken).")
         prev = json.loads(raw)["digest"]
@@ -211,18 +292,3 @@ def _check_contents(source, tree, files, blobs, where):
             raise IntegrityError(f"{where}: blob {sha[:12]}… is missing.")
         if found != (sha, size):
             raise IntegrityError(f"{where}: blob {sha[:12]}… was changed (SHA-256 or size differs).")
-
-
-def _check_verified(source, tree, name, manifest_raw, key, where):
-    """The body of verified.json, or None when absent or signed by someone else."""
-    if VERIFIED not in tree:
-        return None
-    # A verification is a claim by whoever replayed, not part of the recording: one
-    # signed by another key (a colleague who replayed it) is ignored, not refused.
-    try:
-        verified, _ = integrity.unseal(source.read(VERIFIED), f"{where}: verified.json", key, False)
-    except UntrustedRecordingError:
-        return None
-    if verified["name"] != name or verified["manifest_sha256"] != sha256_hex(manifest_raw):
-        raise IntegrityError(f"{where}: verified.json belongs to another recording.")
-    return verified

@@ -26,6 +26,7 @@ A replay is one structure, listed field by field in :meth:`ReplayProcess.as_dict
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -35,6 +36,9 @@ from functools import partial
 
 # The store's own rule, checked before any store call, so no name with a path
 # in it reaches a file system, whatever the store backend does.
+from ..errors import UntrustedRecordingError
+from ..recording.integrity import untrusted_message
+from ..recording.keys import check_fingerprint
 from ..recording.replay import Progress
 from ..recording.replay_job import Error, Report, read_event
 from ..recording.store import Store, validate_name
@@ -43,6 +47,8 @@ RUNNING, VERIFIED, FAILED, ERROR = "running", "verified", "failed", "error"
 
 # The documented replay entry point, run with the current Python (same environment).
 REPLAY_COMMAND = ("-m", "julius_magics.recording.replay_job")
+MAX_WORKERS_ENV = "JULIUS_MAX_REPLAY_WORKERS"
+_log = logging.getLogger("julius_magics.server")
 
 # Lines of the child's stderr kept to explain a crash.
 _STDERR_TAIL = 20
@@ -114,6 +120,9 @@ class RecordingsManager:
         ``python -m julius_magics.recording.replay_job`` with this Python.
     env : dict, optional
         Extra environment variables for the replay subprocess.
+    max_workers : int, optional
+        The most workers a replay may ask for (default: ``$JULIUS_MAX_REPLAY_WORKERS``,
+        else the machine's CPU count times 4): a request is never a way to fork a thousand processes.
 
     Examples
     --------
@@ -123,8 +132,9 @@ class RecordingsManager:
     """
 
     def __init__(self, store_url: str | None = None, replay_command: list[str] | None = None,
-                 env: dict | None = None):
+                 env: dict | None = None, max_workers: int | None = None):
         self.store_url = store_url or None
+        self.max_workers = int(max_workers or os.environ.get(MAX_WORKERS_ENV) or (os.cpu_count() or 1) * 4)
         self.replay_command = list(replay_command or [sys.executable, *REPLAY_COMMAND])
         self.env = dict(env or {})
         self.jobs: dict[str, ReplayProcess] = {}
@@ -143,8 +153,18 @@ class RecordingsManager:
         return await asyncio.get_running_loop().run_in_executor(None, partial(func, *args))
 
     async def list(self) -> list[dict]:
-        """Every recording's summary (``RecordingInfo.as_dict()``), newest first."""
-        infos = await self._in_thread(lambda: [info.as_dict() for info in self.store.list()])
+        """Every readable recording's summary (``RecordingInfo.as_dict()``), newest first.
+
+        A recording that cannot be read is skipped, and logged with the reason.
+        """
+        def read():
+            problems = []
+            infos = [info.as_dict() for info in self.store.list(problems=problems)]
+            for name, message in problems:
+                _log.warning("julius_magics: skipped recording %r: %s", name, message)
+            return infos
+
+        infos = await self._in_thread(read)
         return sorted(infos, key=lambda info: str(info.get("created") or ""), reverse=True)
 
     async def get(self, name: str) -> dict:
@@ -175,30 +195,41 @@ class RecordingsManager:
         return await self._in_thread(diff, a, b, self.store)
 
     # --- replays -------------------------------------------------------------
-    def replay_argv(self, name: str, workers: int | None = None, trust: bool = False) -> list[str]:
+    def replay_argv(self, name: str, workers: int | None = None, trust_key: str | None = None) -> list[str]:
         """The command line of a replay subprocess."""
         argv = [*self.replay_command, name]
         if self.store_url:
             argv += ["--store", self.store_url]
         if workers is not None:
             argv += ["-n", str(workers)]
-        if trust:
-            argv.append("--trust")
+        if trust_key:
+            argv += ["--trust-key", trust_key]
         return argv
 
-    async def start_replay(self, name: str, workers: int | None = None, trust: bool = False) -> ReplayProcess:
+    def _check_replayable(self, name, trust_key):
+        """A readable manifest signed by a key this replay accepts (the replay checks every byte again)."""
+        info = self.store.info(name)
+        if not info.trusted and info.key_id != trust_key:
+            raise UntrustedRecordingError(untrusted_message(f"Recording '{name}': manifest.json", info.key_id,
+                                                            self.store.key.fingerprint))
+
+    async def start_replay(self, name: str, workers: int | None = None,
+                           trust_key: str | None = None) -> ReplayProcess:
         """Start a replay of ``name`` in a subprocess and return it at once.
 
         The name is checked against the store first, so a missing recording is
         a ``RecordingNotFoundError`` (HTTP 404) rather than a failed job.
         """
-        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
-            raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool)
+                                    or not 1 <= workers <= self.max_workers):
+            raise ValueError(f"workers must be between 1 and {self.max_workers} on this server, got {workers!r}")
+        if trust_key is not None:
+            trust_key = check_fingerprint(trust_key)
         validate_name(name)
-        await self._in_thread(self.store.info, name)
+        await self._in_thread(self._check_replayable, name, trust_key)
         job = ReplayProcess(id=uuid.uuid4().hex, name=name, workers=workers)
         self.jobs[job.id] = job
-        task = asyncio.create_task(self._run(job, self.replay_argv(name, workers, trust)))
+        task = asyncio.create_task(self._run(job, self.replay_argv(name, workers, trust_key)))
         self._tasks[job.id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
         return job

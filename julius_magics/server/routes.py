@@ -7,14 +7,16 @@ GET      /julius/api/recordings              ``{"recordings": [RecordingInfo, ..
 GET      /julius/api/recordings/NAME         ``{"info": RecordingInfo, "details": {...}}``
 DELETE   /julius/api/recordings/NAME         204
 GET      /julius/api/diff?a=NAME&b=NAME      ``inspect.diff`` of the two
-POST     /julius/api/replays                 ``{"name", "workers"?, "trust"?}`` -> 202 job
+POST     /julius/api/replays                 ``{"name", "workers"?, "trust_key"?}`` -> 202 job
 GET      /julius/api/replays/ID              the job: state, done/total, report
 =======  ==================================  ===========================================
 
 Every verb is ``@tornado.web.authenticated``. Errors come back as JSON
 ``{"message": ..., "reason": ...}`` from ``APIHandler``: 400 bad input
-(invalid name, bad JSON), 404 no such recording or job, 409 a recording that
-fails its integrity check, 503 the store cannot be reached.
+(invalid name, bad JSON, too many workers), 404 no such recording or job, 409 a
+recording that fails its integrity check or is signed by a key the server's user
+does not trust, 422 a recording this version cannot read (a newer format), 503
+the store cannot be reached. A bad recording is never a 500.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ def _http_error(error: Exception) -> tornado.web.HTTPError:
         status = 409
     elif isinstance(error, (ValueError, TypeError)):
         status = 400
-    elif isinstance(error, RecordingError):
-        status = 500
+    elif isinstance(error, RecordingError):   # e.g. a format this version does not read: the recording is bad
+        status = 422
     elif isinstance(error, OSError):
         status, message = 503, f"recording store unreachable: {message}"
     else:  # a bug: still tell the sidebar what happened, not just "Unhandled error"
@@ -107,7 +109,7 @@ class ReplaysHandler(_JuliusHandler):
             raise tornado.web.HTTPError(400, 'POST /julius/api/replays needs {"name": "RECORDING"}',
                                         reason="missing recording name")
         job = await self.call(self.manager.start_replay(
-            body["name"], workers=body.get("workers"), trust=bool(body.get("trust", False))))
+            body["name"], workers=body.get("workers"), trust_key=body.get("trust_key")))
         self.set_status(202)
         self.set_header("Location", url_path_join(self.base_url, "julius/api/replays", job.id))
         self.finish(job.as_dict())

@@ -143,12 +143,16 @@ class StoreContract:
         store.mark_verified("sample", {"verified": True})
         fs, rng = store.files.fs, random.Random(1)
         paths = store_files(store, "sample")
-        assert len(paths) == 9  # manifest, verified, 4 entries, 2 parts, 1 blob
+        assert len(paths) == 10  # manifest, closed, verified, 4 entries, 2 parts, 1 blob
         for path in paths:
             original = fs.cat_file(path)
             flip_byte(fs, path, rng)
-            with pytest.raises(IntegrityError, match="Recording 'sample'"):
-                store.open("sample")
+            if path.endswith("verified.json"):   # a bad sidecar is ignored with a warning, never refused
+                with pytest.warns(UserWarning, match="Recording 'sample': verified.json"):
+                    assert store.open("sample").verification is None
+            else:
+                with pytest.raises(IntegrityError, match="Recording 'sample'"):
+                    store.open("sample")
             fs.pipe_file(path, original)
         assert len(store.open("sample").steps) == 4
 
@@ -183,17 +187,17 @@ class StoreContract:
         mine = integrity.key_id(integrity.load_key())
         theirs = use_other_key(monkeypatch, tmp_path)
         colleague = Store(store.url, **store.storage_options)
-        with pytest.raises(UntrustedRecordingError, match=f"another key \\({mine}; yours is {theirs}\\).*--trust"):
+        with pytest.raises(UntrustedRecordingError, match=f"another key \\({mine}; yours is {theirs}\\).*--trust-key {mine}"):
             colleague.open("sample")
-        rec = colleague.open("sample", trust=True)
-        assert rec.part(2, "spec") == SPEC and not rec.info.signed_by_me
-        assert colleague.info("sample").signed_by_me is False
+        rec = colleague.open("sample", trust_key=mine)
+        assert rec.part(2, "spec") == SPEC and not rec.info.signed_by_me and rec.trusted
+        assert colleague.info("sample").signed_by_me is False and colleague.info("sample").trusted is False
         fs = store.files.fs
         for path in store_files(store, "sample"):
             original = fs.cat_file(path)
             flip_byte(fs, path, random.Random(path))
             with pytest.raises(IntegrityError):
-                colleague.open("sample", trust=True)
+                colleague.open("sample", trust_key=mine)
             fs.pipe_file(path, original)
 
     def test_a_colleagues_verification_never_locks_the_owner_out(self, store, monkeypatch, tmp_path):
@@ -204,7 +208,8 @@ class StoreContract:
         colleague.mark_verified("sample", {"verified": True})          # signed with the colleague's key
         monkeypatch.setenv("JULIUS_KEY_FILE", my_key_file)
         owner = Store(store.url, **store.storage_options)
-        rec = owner.open("sample")                                       # no --trust needed for my own recording
+        with pytest.warns(UserWarning, match="verified.json is signed with another key"):
+            rec = owner.open("sample")                                   # no --trust-key needed for my own recording
         assert rec.verification is None and rec.info.signed_by_me
 
     def test_names_are_validated(self, store):

@@ -160,12 +160,13 @@ def test_listing_1000_recordings_is_fast(tmp_path, monkeypatch):
     assert elapsed < 1.0
 
 
-def test_damaged_manifest_lists_as_damaged(tmp_path):
+def test_damaged_manifest_is_skipped_by_the_list_with_a_warning(tmp_path):
     store = Store(tmp_path / "s")
     write_sample(store)
+    write_sample(store, "other")
     (tmp_path / "s" / "sample" / "manifest.json").write_bytes(b"{garbage")
-    [info] = store.list()
-    assert (info.name, info.status) == ("sample", "damaged")
+    with pytest.warns(UserWarning, match="skipped recording 'sample': Recording 'sample': manifest.json is not valid JSON"):
+        assert [info.name for info in store.list()] == ["other"]
     with pytest.raises(IntegrityError, match="Recording 'sample': manifest.json is not valid JSON"):
         store.open("sample")
 
@@ -194,11 +195,12 @@ def test_import_of_a_colleagues_archive_needs_trust(tmp_path, monkeypatch):
     mine.export("sample", tmp_path / "sample.jrec")
     use_other_key(monkeypatch, tmp_path)
     theirs = Store(tmp_path / "theirs")
-    with pytest.raises(UntrustedRecordingError, match="another key.*pass --trust"):
+    with pytest.raises(UntrustedRecordingError, match="another key.*pass --trust-key"):
         theirs.import_(tmp_path / "sample.jrec")
     assert theirs.list() == []
-    assert theirs.import_(tmp_path / "sample.jrec", trust=True) == "sample"
+    author = mine.key.fingerprint
+    assert theirs.import_(tmp_path / "sample.jrec", trust_key=author) == "sample"
     assert theirs.info("sample").signed_by_me is False
     with pytest.raises(UntrustedRecordingError):
         theirs.open("sample")
-    assert content(theirs.open("sample", trust=True)) == content(mine.open("sample", trust=True))
+    assert content(theirs.open("sample", trust_key=author)) == content(mine.open("sample"))

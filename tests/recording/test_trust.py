@@ -13,6 +13,7 @@ import textwrap
 
 import pytest
 
+import julius_magics
 from julius_magics import cli
 from julius_magics.errors import IntegrityError
 from julius_magics.recording import integrity
@@ -20,18 +21,22 @@ from julius_magics.recording.store import Store
 from tests.recording.store_contract import write_sample
 
 pytestmark = pytest.mark.usefixtures("isolated_key")  # never the user's ~/.julius
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(julius_magics.__file__)))   # scripts import this julius
 
 RECORD = textwrap.dedent("""
     import sys
     from julius_magics import recording, ref
     from julius_magics.cluster.session import Session, set_session
-    session = set_session(Session())
-    recording.start(session, sys.argv[2], store=sys.argv[1])
-    session.start(n_workers=1)
-    session.remote_eval("def square(x):\\n    return x * x")
-    session.add_rules("t", "def sq(i):\\n    return ApplyFn(square, i)()")
-    session.compute(ref.t.sq(7, label="seven squared"))
-    {tail}
+    def main():   # workers start from a fresh interpreter that imports this file: only run as a script
+        session = set_session(Session())
+        recording.start(session, sys.argv[2], store=sys.argv[1])
+        session.start(n_workers=1)
+        session.remote_eval("def square(x):\\n    return x * x")
+        session.add_rules("t", "def sq(i):\\n    return ApplyFn(square, i)()")
+        session.compute(ref.t.sq(7, label="seven squared"))
+        {tail}
+    if __name__ == "__main__":
+        main()
 """)
 
 # re-sign a recording with this user's key: a third party who can write the store
@@ -61,7 +66,8 @@ class User:
         self.store = store
         home.mkdir(parents=True, exist_ok=True)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("JULIUS_")}
-        self.env.update(HOME=str(home), JULIUS_STORE=str(store), JULIUS_NO_PROGRESS="1")
+        self.env.update(HOME=str(home), JULIUS_STORE=str(store), JULIUS_NO_PROGRESS="1",
+                        PYTHONPATH=os.pathsep.join([CHECKOUT, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
 
     def julius(self, *args, timeout=300):
         return subprocess.run([sys.executable, "-m", "julius_magics.cli", *args], capture_output=True, text=True,
@@ -159,14 +165,19 @@ def test_rollback_of_a_closed_recording_is_refused(isolated_key):
     early = store.files.read(store.files.path("sample", "manifest.json"))
     sample["writer"].close()
     store.files.write(store.files.path("sample", "manifest.json"), early)
+    last = store.files.read(store.files.path("sample", "journal", "000004.json"))
     store.files.rm(store.files.path("sample", "journal", "000004.json"))
     with pytest.raises(IntegrityError, match="^Recording 'sample' was closed with 4 steps, but its manifest is an "
                                              "earlier, incomplete one"):
         store.open("sample")
-    code = cli.main(["--store", store.url, "show", "sample"])
-    assert code == cli.EXIT_ERROR
-    # deleting the marker too leaves a recording that can never verify: incomplete
+    assert cli.main(["--store", store.url, "show", "sample"]) == cli.EXIT_REFUSED
+    assert cli.main(["--store", store.url, "replay", "sample"]) == cli.EXIT_REFUSED
+    # deleting the marker too: the incomplete manifest still signs the 4 steps it had
     store.files.rm(store.files.path("sample", "closed.json"))
+    with pytest.raises(IntegrityError, match="journal entry 4 is missing \\(the manifest has 4\\)"):
+        store.open("sample")
+    # with every step back, it is an incomplete recording: it can never replay as verified
+    store.files.write(store.files.path("sample", "journal", "000004.json"), last)
     assert store.open("sample").info.status == "incomplete"
 
 
@@ -175,7 +186,7 @@ def test_verification_sidecars_are_signed_and_a_bad_one_never_blocks(isolated_ke
     store = Store(isolated_key.parent / "store")
     write_sample(store)
     store.mark_verified("sample", {"verified": True})
-    assert store.info("sample").status == "verified" and store.open("sample").verification == {"verified": True}
+    assert store.info("sample").status == "verified" and store.open("sample").verification["summary"] == {"verified": True}
     stranger = integrity.SigningKey.generate()
     path = store.files.path("sample", "verified.json")
     good = json.loads(store.files.read(path))
@@ -253,3 +264,51 @@ def test_replay_magic_refuses_a_zero_worker_count(ip):
     for bad in ("0", "-1"):
         with pytest.raises(UsageError, match=f"invalid worker count {bad}: give a positive integer"):
             ip.run_line_magic("replay", f"x -n {bad}")
+
+
+UNSEEDED = textwrap.dedent("""
+    import builtins, random, dask
+    def draw(i):
+        # unseeded on the workers: differs on replay; and, like code indexing by a random draw,
+        # a second run in the same worker raises (the replay's re-check must survive it)
+        count = getattr(builtins, "_julius_draws", 0)
+        builtins._julius_draws = count + 1
+        if count >= 1:
+            return [1, 2, 3][random.randint(10, 20)]
+        return random.randint(0, 10**12) + i
+    drawn = dask.delayed(draw)(0).compute()
+    steady = dask.delayed(sum)([1, 2, 3]).compute()
+""")
+
+
+def test_a_graph_whose_recheck_raises_still_reports_every_difference(ip, isolated_key):
+    """Finding 7: genuine randomness differs on replay; the non-determinism re-check raising never kills the replay."""
+    from tests.support import run
+    from julius_magics import recording
+
+    store = Store(isolated_key.parent / "store")
+    run(ip, "%cluster start -n 1")
+    try:
+        run(ip, f"%record start unseeded --store {store.url}")
+        run(ip, UNSEEDED)
+        run(ip, "%record stop")
+    finally:
+        run(ip, "%cluster stop")
+    report = recording.replay("unseeded", store=store, n_workers=1)
+    assert report.complete and report.results >= 2 and not report.verified
+    [mismatch] = report.mismatches
+    assert mismatch["label"].startswith("dask key draw-") and mismatch["cause"].startswith("non-deterministic operation")
+    assert "NOT VERIFIED" in report.summary() and "differs: dask key draw-" in report.summary()
+
+
+def test_a_legacy_recording_moves_to_the_new_format_by_export_and_import(isolated_key, tmp_path):
+    from tests.recording.legacy import write_legacy_sample
+
+    store = Store(isolated_key.parent / "store")
+    write_legacy_sample(store, "old")
+    assert cli.main(["--store", store.url, "export", "old", str(tmp_path / "old.jrec")]) == cli.EXIT_REFUSED
+    assert cli.main(["--store", store.url, "export", "old", str(tmp_path / "old.jrec"), "--legacy-hmac"]) == 0
+    assert cli.main(["--store", store.url, "import", str(tmp_path / "old.jrec"), "--as", "new", "--legacy-hmac"]) == 0
+    new = store.open("new")
+    assert new.manifest["format"] == integrity.FORMAT and [s.data for s in new.steps] == \
+        [s.data for s in store.open("old", legacy_hmac=True).steps]
