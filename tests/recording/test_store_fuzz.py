@@ -365,8 +365,10 @@ def test_fuzz_forgeries_over_every_reader(cluster_address):
             assert same or author_only, f"{what}: opened with different content"
             if recording.verification is not None:
                 assert recording.info.status == "verified", what
-        for argv in (["show", "sample"], ["show", "sample", "--json"], ["list"], ["list", "--json"],
-                     ["diff", "sample", "other"], ["env", "sample"]):
+        readers_now = [["show", "sample"], ["list"], ["diff", "sample", "other"], ["env", "sample"]]
+        if case % 5 == 0:
+            readers_now += [["show", "sample", "--json"], ["list", "--json"]]
+        for argv in readers_now:
             code, out, err = run_cli("--store", store.url, *argv)
             readers[(argv[0], code)] += 1
             assert "Traceback" not in out + err and code in (0, 2, 4), f"{what}: julius {argv}: {code} {err}"

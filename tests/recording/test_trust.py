@@ -91,7 +91,9 @@ class User:
         return path
 
     def fingerprint(self):
-        return self.julius("key").stdout.split("fingerprint ")[1].split()[0]
+        if not hasattr(self, "_fingerprint"):   # one `julius key` (which creates the key) per user
+            self._fingerprint = self.julius("key").stdout.split("fingerprint ")[1].split()[0]
+        return self._fingerprint
 
 
 def assert_one_line_error(proc, command, code):
