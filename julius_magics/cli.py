@@ -72,7 +72,7 @@ def cmd_diff(args):
 
     d = diff(args.a, args.b, _store(args))
     print(json.dumps(d, indent=1, default=str) if args.json else format_diff(d))
-    return 0
+    return 0 if d["same"] else 1   # as diff(1): 0 same, 1 different, 2 trouble
 
 
 def cmd_export(args):
@@ -109,39 +109,42 @@ def build_parser():
     def add(name, fn, help_text):
         p = sub.add_parser(name, help=help_text)
         p.set_defaults(fn=fn)
-        p.add_argument("--store", default=argparse.SUPPRESS, help="store URL")
+        p.add_argument("--store", default=argparse.SUPPRESS,
+                       help="store URL (default: $JULIUS_STORE or ~/.julius/recordings)")
         return p
 
+    json_help = "print JSON instead of text"
     p = add("list", cmd_list, "list the recordings")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=json_help)
     p = add("show", cmd_show, "steps, environment, data and results of a recording")
-    p.add_argument("name")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("name", help="the recording's name")
+    p.add_argument("--json", action="store_true", help=json_help)
     p = add("replay", cmd_replay, "replay a recording in a fresh cluster; exit 0 only when verified")
-    p.add_argument("name")
-    p.add_argument("-n", "--workers", type=int, default=None)
-    p.add_argument("--address", default=None)
-    p.add_argument("--strict-env", action="store_true")
-    p.add_argument("--trust", action="store_true")
+    p.add_argument("name", help="the recording's name")
+    p.add_argument("-n", "--workers", type=int, default=None, help="number of workers (default: as recorded)")
+    p.add_argument("--address", default=None, help="replay on this existing Dask scheduler instead of a fresh cluster")
+    p.add_argument("--strict-env", action="store_true", help="refuse to replay when the environment differs")
+    p.add_argument("--trust", action="store_true", help="accept a recording signed with another key")
     p.add_argument("--json", action="store_true", help="progress and report as JSON lines")
-    p = add("diff", cmd_diff, "what differs between two recordings")
-    p.add_argument("a")
-    p.add_argument("b")
-    p.add_argument("--json", action="store_true")
+    p = add("diff", cmd_diff, "what differs between two recordings; exit 0 when none, 1 when they differ, "
+                              "2 on error (as diff(1))")
+    p.add_argument("a", help="the first recording (shown as recorded)")
+    p.add_argument("b", help="the recording to compare with it")
+    p.add_argument("--json", action="store_true", help=json_help)
     p = add("export", cmd_export, "a recording and its data as one .jrec file")
-    p.add_argument("name")
-    p.add_argument("file")
+    p.add_argument("name", help="the recording's name")
+    p.add_argument("file", help="the .jrec file to write")
     p = add("import", cmd_import, "import a .jrec file")
-    p.add_argument("file")
-    p.add_argument("--trust", action="store_true")
+    p.add_argument("file", help="the .jrec file to read")
+    p.add_argument("--trust", action="store_true", help="accept an archive signed with another key")
     p = add("env", cmd_env, "the recorded environment as requirements.txt pins")
-    p.add_argument("name")
+    p.add_argument("name", help="the recording's name")
     p = add("demo", cmd_demo, "record the tutorial pipeline, replay it in a fresh cluster, verify")
-    p.add_argument("-n", "--workers", type=int, default=4)
-    p.add_argument("--replay-workers", type=int, default=2)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--train-mb", type=float, default=30)
-    p.add_argument("--test-mb", type=float, default=10)
+    p.add_argument("-n", "--workers", type=int, default=4, help="workers of the recorded run (default: 4)")
+    p.add_argument("--replay-workers", type=int, default=2, help="workers of the replay (default: 2)")
+    p.add_argument("--data-dir", default=None, help="folder of the generated data files (default: ~/.julius/demo-data)")
+    p.add_argument("--train-mb", type=float, default=30, help="size of the training file in MB (default: 30)")
+    p.add_argument("--test-mb", type=float, default=10, help="size of the test file in MB (default: 10)")
     return parser
 
 
