@@ -77,7 +77,8 @@ COMPUTE.add_argument("--key-rules", default="", help="rules whose nodes become k
 GRAPH = _parser("%graph", "Render the graph of a node reference as SVG.")
 GRAPH.add_argument("var", help="name of a variable holding a NodeRef or a list of NodeRefs")
 GRAPH.add_argument("--out", default=None, help="also write the SVG to this file")
-GRAPH.add_argument("--max-nodes", type=int, default=200, help="collapse the graph beyond this many nodes")
+GRAPH.add_argument("--max-nodes", type=int, default=300,
+                   help="draw every node up to this many (default 300); above, one box per key job")
 
 
 RECORD = _parser("%record", "Record the session: %record start NAME [...], then %record stop.")
