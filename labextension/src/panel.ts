@@ -26,6 +26,9 @@ export interface IPanelOptions {
 /** The columns of the list, each sortable. */
 type Column = 'name' | 'created' | 'status' | 'results' | 'steps' | 'size';
 
+/** Rows shown at first, and added by "Show more": the DOM stays small whatever the store holds. */
+const PAGE = 100;
+
 const COLUMNS: { key: Column; title: string; numeric?: boolean }[] = [
   { key: 'name', title: 'name' },
   { key: 'created', title: 'created' },
@@ -218,6 +221,7 @@ export class RecordingsPanel extends Widget {
     if (this.searchInput.value !== text) {
       this.searchInput.value = text;
     }
+    this.shown = PAGE;
     this.renderList();
     this.showCount();
     this.node.dataset.searchMs = (performance.now() - started).toFixed(1);
@@ -228,6 +232,7 @@ export class RecordingsPanel extends Widget {
     const started = performance.now();
     this.sortDescending = descending ?? (this.sortColumn === column ? !this.sortDescending : column === 'created');
     this.sortColumn = column;
+    this.shown = PAGE;
     this.showSortIndicator();
     this.renderList();
     this.node.dataset.sortMs = (performance.now() - started).toFixed(1);
@@ -496,10 +501,25 @@ export class RecordingsPanel extends Widget {
       return sign * order || (x.rec.name < y.rec.name ? -1 : 1);
     });
     const items = document.createDocumentFragment();
-    for (const { rec } of keyed) {
+    for (const { rec } of keyed.slice(0, this.shown)) {
       items.appendChild(this.rows.get(rec.name)!);
     }
     this.visibleCount = keyed.length;
+    if (keyed.length > this.shown) {
+      const more = h('tr', 'jp-JuliusRecordings-moreRow');
+      const cell = h('td');
+      cell.colSpan = COLUMNS.length + 1;
+      const button = h('button', 'jp-JuliusRecordings-more jp-mod-styled',
+        `Show ${Math.min(PAGE, keyed.length - this.shown)} more (${this.shown} of ${keyed.length} shown)`);
+      button.onclick = event => {
+        event.stopPropagation();
+        this.shown += PAGE;
+        this.renderList();
+      };
+      cell.appendChild(button);
+      more.appendChild(cell);
+      items.appendChild(more);
+    }
     if (keyed.length === 0) {
       const empty = h('tr', 'jp-JuliusRecordings-empty');
       const cell = h(
@@ -643,6 +663,7 @@ export class RecordingsPanel extends Widget {
   private sortColumn: Column = 'created';
   private sortDescending = true;
   private visibleCount = 0;
+  private shown = PAGE;
   private loadedText = '';
   private refreshButton: HTMLButtonElement;
   private searchInput: HTMLInputElement;
