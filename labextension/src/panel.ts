@@ -599,8 +599,10 @@ export class RecordingsPanel extends Widget {
       bar.max = job.total;
       bar.value = job.done;
     }
+    // once the replay ended its last message is the result's to show, once, below
+    const text = job.state === 'running' ? job.message : '';
     message.textContent =
-      job.total > 0 ? `${job.done}/${job.total} steps · ${job.message}` : job.message;
+      job.total > 0 ? `${job.done}/${job.total} steps${text ? ` · ${text}` : ''}` : text;
   }
 
   private showResult(job: IReplayJob, bar: HTMLProgressElement, result: HTMLElement): void {
@@ -868,7 +870,14 @@ export function renderDiff(d: IDiff): HTMLElement {
     rows.push({ what: 'environment', item: 'recorded in only one of them', a: '', b: '' });
   }
   for (const [key, r] of Object.entries(d.results)) {
-    rows.push({ what: 'result', item: r.label || key, a: formatValue(r.a), b: formatValue(r.b) });
+    // equal descriptions of different values: the fingerprints tell them apart
+    const same = r.a !== null && r.a === r.b;
+    rows.push({
+      what: 'result',
+      item: r.label || key,
+      a: formatValue(r.a) + (same ? ` · ${shortHash(r.fp_a)}` : ''),
+      b: formatValue(r.b) + (same ? ` · ${shortHash(r.fp_b)}` : '')
+    });
   }
   if (rows.length === 0) {
     return box;

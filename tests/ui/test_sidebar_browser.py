@@ -14,13 +14,7 @@ Timings (the list's load, search and sort) are printed, never asserted; with
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import nbformat
 import pytest
@@ -28,15 +22,10 @@ from nbclient import NotebookClient
 from playwright.sync_api import sync_playwright
 
 from julius_magics.recording.store import Store
+from tests.ui.lab import CHROMIUM, CHROMIUM_ARGS, get, running_lab
 
-REPO = Path(__file__).resolve().parents[2]
-BUILT = REPO / "julius_magics" / "labextension"
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(os.environ.get("JULIUS_BROWSER_TESTS", "1") == "0",
                                 reason="JULIUS_BROWSER_TESTS=0: the user chose to run without Chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
 NAME = "sidebar-demo"
 FAILING = "sidebar-fails"
 INJECTION = "<img src=x onerror=window.__juliusPwned=1>"
@@ -44,12 +33,6 @@ FILLERS = 998
 BENCHMARK = os.environ.get("JULIUS_BENCHMARK") == "1"
 RUNS = 7 if BENCHMARK else 3
 TOKEN = "julius-test-token-5f1c"
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def record_in_kernel():
@@ -79,8 +62,6 @@ def record_in_kernel():
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """JupyterLab with the extension, on a store of 1,000 recordings; yields (base URL, store)."""
-    assert (BUILT / "package.json").exists(), (
-        f"the labextension is not built in {BUILT}: run `jlpm install && jlpm build:prod` in labextension/")
     tmp = tmp_path_factory.mktemp("lab")
     store_dir, root = tmp / "store", tmp / "root"
     root.mkdir()
@@ -101,58 +82,8 @@ def _serve(tmp, store_dir, root):
         writer.close()
     record_in_kernel()
 
-    # This checkout's built extension comes first on JUPYTER_PATH, ahead of any installed copy.
-    jupyter_path = tmp / "jupyter"
-    (jupyter_path / "labextensions").mkdir(parents=True)
-    (jupyter_path / "labextensions" / "julius-magics").symlink_to(BUILT)
-    config = tmp / "config"
-    (config / "labconfig").mkdir(parents=True)
-    (config / "labconfig" / "default_setting_overrides.json").write_text(json.dumps({
-        "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False},
-        "julius-magics:plugin": {"pollInterval": 0, "replayPollInterval": 0.3},
-    }))
-    (config / "jupyter_server_config.json").write_text(json.dumps({
-        "ServerApp": {"jpserver_extensions": {"julius_magics.server": True}, "allow_root": True}}))
-    port = free_port()
-    lab_env = {**os.environ, "JUPYTER_PATH": str(jupyter_path), "JUPYTER_CONFIG_DIR": str(config),
-               "JUPYTERLAB_SETTINGS_DIR": str(tmp / "settings"),
-               "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"),
-               "JUPYTER_RUNTIME_DIR": str(tmp / "runtime")}
-    log = open(tmp / "lab.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--ServerApp.port={port}",
-         "--ServerApp.port_retries=0", "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}",
-         f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True"],
-        env=lab_env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if get(f"{base}/api/status", token=TOKEN)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, (tmp / "lab.log").read_text()
-            assert time.monotonic() < deadline, "JupyterLab did not start in 60 s"
-            time.sleep(0.3)
+    with running_lab(tmp, root, TOKEN) as base:
         yield base, store
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-def get(url, token=None):
-    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
 
 
 def test_api_needs_the_token_and_lists_the_store(lab):
