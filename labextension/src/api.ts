@@ -23,7 +23,7 @@ export interface IRecordingInfo {
   results?: { [label: string]: string };
 }
 
-/** One journal step. Mirrors Python `describe()["steps"][i]`. */
+/** One journal step. Mirrors Python `summary.details()["steps"][i]`. */
 export interface IStepSummary {
   seq: number;
   kind: string;
@@ -31,7 +31,7 @@ export interface IStepSummary {
   summary: string;
 }
 
-/** Mirrors Python `describe()["environment"]`. */
+/** Mirrors Python `summary.details()["environment"]`. */
 export interface IEnvironmentSummary {
   python: string | null;
   os: string | null;
@@ -41,7 +41,7 @@ export interface IEnvironmentSummary {
   workers_same_as_kernel: boolean;
 }
 
-/** One input file. Mirrors Python `describe()["data"][i]`. */
+/** One input file. Mirrors Python `summary.details()["data"][i]`. */
 export interface IDataFile {
   path: string;
   size: number;
@@ -49,7 +49,7 @@ export interface IDataFile {
   embedded: boolean;
 }
 
-/** One recorded result. Mirrors Python `describe()["results"][i]`. */
+/** One recorded result. Mirrors Python `summary.details()["results"][i]`. */
 export interface IRecordedResult {
   node: string;
   label: string | null;
@@ -57,7 +57,7 @@ export interface IRecordedResult {
   describe: string | null;
 }
 
-/** `GET /julius/api/recordings/NAME`. Mirrors Python `describe()`. */
+/** `GET /julius/api/recordings/NAME`. Mirrors Python `summary.details()`. */
 export interface IRecordingDetails {
   info: IRecordingInfo;
   meta: { [key: string]: unknown };
@@ -99,7 +99,7 @@ export interface IReplayReport {
   timings: { [key: string]: number };
 }
 
-/** Mirrors Python `ReplayJob.as_dict()` (julius_magics/server/manager.py). */
+/** Mirrors Python `ReplayProcess.as_dict()` (julius_magics/server/manager.py). */
 export interface IReplayJob {
   id: string;
   name: string;

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from julius_magics.recording.inspect import diff, format_diff
+from julius_magics.recording.summary import diff, format_diff
 from julius_magics.recording.store import Store
 
 SHA_TRAIN, SHA_TEST, SHA_OTHER = "a" * 64, "b" * 64, "c" * 64

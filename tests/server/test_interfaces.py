@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from julius_magics import recording
-from julius_magics.recording.inspect import describe, diff
+from julius_magics.recording.summary import details as describe, diff
 from julius_magics.recording.replay import ReplayReport, replay
 from julius_magics.recording.store import Store
-from julius_magics.server.manager import RecordingsManager, ReplayJob
+from julius_magics.recording.replay_job import Report
+from julius_magics.server.manager import RecordingsManager, ReplayProcess
 
 API_TS = Path(__file__).resolve().parents[2] / "labextension" / "src" / "api.ts"
 
@@ -99,8 +100,8 @@ def test_replay_models(store, recorded):
     as_dict = json.loads(json.dumps(report.as_dict(), default=str))
     assert_mirrors("IReplayReport", as_dict)
     assert_mirrors("IMismatch", as_dict["mismatches"][0])
-    job = ReplayJob(id="0" * 32, name=recorded[0])
-    job.apply({"event": "report", "report": as_dict})
+    job = ReplayProcess(id="0" * 32, name=recorded[0])
+    job.apply(Report(report=as_dict))
     assert_mirrors("IReplayJob", job.as_dict())
 
 

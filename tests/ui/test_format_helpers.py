@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from julius_magics.recording import format_size
-from julius_magics.recording.inspect import _value
+from julius_magics.recording.summary import _value
 
 BUILT = Path(__file__).resolve().parents[2] / "labextension" / "lib" / "format.js"
 SIZES = [0, 1, 999, 1000, 1049, 25_100, 999_949, 41_173_982, 39_300_000_000, 7 * 10**13]
