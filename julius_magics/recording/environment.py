@@ -8,7 +8,7 @@ An environment is a plain JSON-able dict::
      "packages": {normalized name: version},
      "distributions": {normalized name: {"installer", "origin"}},
      "indexes": {"pip": {...}, "uv": {...}},
-     "threads": {"blas": [...], "openmp": [...]},
+     "threads": {"blas": [...], "loaded": [...], "omp_num_threads"},
      "dask_config": {...}, "env_vars": {name: value}}
 
 ``origin`` says where a distribution came from, as ``importlib.metadata`` knows it
@@ -305,7 +305,13 @@ def _cpu_info():
 
 
 def _thread_pools() -> dict:
-    """BLAS and OpenMP libraries loaded here, their vendor, version and thread counts (threadpoolctl)."""
+    """The BLAS NumPy computes with and its thread count, and every other thread pool loaded (threadpoolctl).
+
+    ``blas`` is what results depend on and what is compared: the libraries NumPy loads.
+    ``loaded`` lists every BLAS/OpenMP library loaded in this process so far (OpenMP
+    appears once scikit-learn or another user is imported): for people to read, not
+    compared, since it depends on what was imported before the capture.
+    """
     try:
         import numpy  # noqa: F401  -- loads the BLAS that results are computed with
     except Exception:
@@ -316,14 +322,18 @@ def _thread_pools() -> dict:
         pools = threadpool_info()
     except Exception:
         pools = []
-    keep = ("internal_api", "version", "num_threads", "threading_layer", "architecture", "prefix")
-    out = {"blas": [], "openmp": []}
-    for pool in pools:
-        entry = {k: pool.get(k) for k in keep if pool.get(k) is not None}
-        out.setdefault(pool.get("user_api") or "other", []).append(entry)
-    for api in out:
-        out[api].sort(key=lambda e: json.dumps(e, sort_keys=True))
-    return out
+    keep = ("user_api", "internal_api", "version", "num_threads", "threading_layer", "architecture", "prefix")
+
+    def entry(pool):
+        return {k: pool.get(k) for k in keep if pool.get(k) is not None}
+
+    def order(entries):
+        return sorted(entries, key=lambda e: json.dumps(e, sort_keys=True))
+
+    blas = [p for p in pools if p.get("user_api") == "blas"]
+    numpy_blas = [p for p in blas if "numpy" in (p.get("filepath") or "")] or blas[:1]
+    return {"blas": order(entry(p) for p in numpy_blas), "loaded": order(entry(p) for p in pools),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
 def _platform_tag() -> str:
@@ -508,7 +518,7 @@ def env_diff(recorded: dict, current: dict) -> dict:
 
     def pools(field):
         out = {}
-        for api in ("blas", "openmp"):
+        for api in ("blas",):
             old, new = _pools(recorded, api, field), _pools(current, api, field)
             if old is not None and new is not None and old != new:
                 out[f"{api} {'threads' if field == 'threads' else 'vendor'}"] = [old, new]
@@ -520,7 +530,7 @@ def env_diff(recorded: dict, current: dict) -> dict:
         "os": fields("os", ["system", "release", "machine", "platform_tag", "libc"]),
         "numerics": {**{f"cpu {k}": v for k, v in fields("cpu", ["flags"]).items()}, **pools("vendor"),
                      **{f"PYTHONHASHSEED": v for v in hashseed.values()}},
-        "threads": pools("threads"),
+        "threads": {**pools("threads"), **{"OMP_NUM_THREADS": v for v in fields("threads", ["omp_num_threads"]).values()}},
         "machine": {**fields("cpu", ["count", "model"]), **fields("memory"),
                     **{f"python.{k}": v for k, v in fields("python", ["executable"]).items()}},
         "packages": _changes(recorded.get("packages") or {}, current.get("packages") or {}),
