@@ -64,14 +64,28 @@ _SECRET_PARAM = (r"[\w.\-]*?(?:passw(?:or)?d|passwd|pwd|passphrase|token|secret|
 _PARAM_VALUE = re.compile(r"(?i)(\b" + _SECRET_PARAM + r"\s*=\s*)(\"[^\"]*\"|'[^']*'|[^\s&;,'\"]+)")
 # "name": "value" inside JSON or YAML text
 _QUOTED_VALUE = re.compile(r"(?i)([\"']?\b" + _SECRET_PARAM + r"[\"']?\s*:\s*)(\"[^\"]*\"|'[^']*')")
-_AUTH_HEADER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=\-]{8,}")
+_AUTH_HEADER = re.compile(r"(?i)\b(bearer|basic|token)\s+[^\s'\",;]{8,}")
 #: Values shorter than this are not hunted for elsewhere (a password "1" would redact every "1").
 _MIN_ECHO = 4
 
 
+#: Spelled inside any name, whatever its separators and case, these always mean a secret.
+_SECRET_INSIDE = re.compile(r"passw(or)?d|passphrase|secret|credential|apikey|accesskey|privatekey|authtoken|"
+                            r"token(?!iz|is)|sessionid|sessiontoken|sessionkey")
+
+
 def secret_name(name: str) -> bool:
-    """True when a variable, config key or parameter name looks like it holds a secret."""
-    for word in _WORD_SPLIT.split(str(name)):
+    """True when a variable, config key or parameter name looks like it holds a secret.
+
+    Examples
+    --------
+    >>> [secret_name(n) for n in ("AWS_SECRET_ACCESS_KEY", "apiKey", "db.password", "tokenize", "rename-keys")]
+    [True, True, True, False, False]
+    """
+    name = str(name)
+    if _SECRET_INSIDE.search(re.sub(r"[^a-z0-9]", "", name.lower())):
+        return True
+    for word in _WORD_SPLIT.split(name):
         word = word.lower()
         if word in _SECRET_WORDS or (len(word) > 3 and word.endswith(_SECRET_WORD_ENDS)):
             return True
@@ -96,16 +110,20 @@ def _jsonable(value):
     return repr(value)   # callables, classes... as text, so the result stays JSON-able
 
 
-def _collect_and_redact(value, secrets: set, under_secret=False):
-    """First pass: redact values under secret names and credentials in strings; collect what was cut."""
+def _collect_and_redact(value, secrets: set, under_secret=False, parent=""):
+    """First pass: redact values under secret names and credentials in strings; collect what was cut.
+
+    Every value of a ``nanny.environ`` mapping is hidden, whatever its name: it is the
+    workers' environment as the user set it, and a plain name can hold a secret.
+    """
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
-            hidden = under_secret or secret_name(k)
-            out[k] = _collect_and_redact(v, secrets, hidden)
+            hidden = under_secret or secret_name(k) or (parent == "nanny" and k == "environ")
+            out[k] = _collect_and_redact(v, secrets, hidden, k)
         return out
     if isinstance(value, list):
-        return [_collect_and_redact(v, secrets, under_secret) for v in value]
+        return [_collect_and_redact(v, secrets, under_secret, parent) for v in value]
     if under_secret and value is not None and not isinstance(value, bool):
         if isinstance(value, str) and len(value) >= _MIN_ECHO:
             secrets.add(value)
@@ -437,7 +455,10 @@ def capture_environment() -> dict:
     # versions never hold secrets, so they are left out of the hunt.
     # (at least 8 characters: XDG_SESSION_TYPE=wayland must not redact every "wayland")
     secrets = [v for k, v in os.environ.items() if secret_name(k) and len(v) >= 8] + nanny_values
+    # Distribution names are not secrets (google-auth, keyring): their origin URLs were scrubbed already.
+    distributions = env.pop("distributions")
     env = scrub(env, secrets)
+    env["distributions"] = distributions
     env["packages"] = _packages(installed)
     return env
 

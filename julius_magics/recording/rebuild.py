@@ -645,3 +645,205 @@ def replay_isolated(name, store=None, n_workers=None, trust=False, python_instal
     worker_python = envs[1].python if len(envs) > 1 else None
     report = _run_job(_job_command(envs[0].python, worker_python, argv), progress, cwd)
     return IsolatedReplay(name, report, envs)
+
+
+# --- bisecting the environment -------------------------------------------------------------
+def _result_step(recording, node):
+    """Index of the step holding the recorded result of ``node`` (a node id or a Dask key)."""
+    for i, step in enumerate(recording.steps):
+        if step.kind == "dispatch" and node in (step.data.get("results") or {}):
+            return i
+        if step.kind == "graph" and node in (step.data.get("fingerprints") or {}):
+            return i
+    raise RebuildError(f"recording {recording.name!r} holds no result of node {node!r}")
+
+
+def replay_until(name, node, store=None, trust=False, n_workers=None):
+    """Replay recording ``name`` only up to the step that computes ``node``; does ``node`` still match?
+
+    The steps after it are not replayed. Runs in this process (inside a rebuilt
+    environment, as a bisection's probe).
+
+    Returns
+    -------
+    dict
+        ``node``, ``differs`` (bool), ``steps`` (replayed), ``total_steps``, ``mismatch``.
+    """
+    from ..cluster.session import Session
+    from ..rules.registry import RuleBook
+    from . import replay as replaying
+    from .store import Store
+
+    store = store if isinstance(store, Store) else Store(store)
+    recording = store.open(name, trust=trust)
+    upto = _result_step(recording, node)
+    report = replaying.ReplayReport(name)
+    mapping = replaying.prepare_inputs(recording, report)
+    spec = next((s.data for s in recording.steps if s.kind == "cluster"), {})
+    session = Session(rulebook=RuleBook(), seed=spec.get("seed", 0))
+    session.progress = False
+    session.start(n_workers=n_workers or spec.get("n_workers") or 2,
+                  threads_per_worker=spec.get("threads_per_worker") or 1)
+    try:
+        if mapping:
+            session.set_input_map(mapping)
+        for step in recording.steps[:upto + 1]:
+            replaying._replay_step(session, recording, step, report)
+    finally:
+        session.stop()
+    mismatch = next((m for m in report.mismatches if m["node"] == node), None)
+    return {"node": node, "differs": mismatch is not None, "steps": upto + 1, "total_steps": len(recording.steps),
+            "mismatch": mismatch}
+
+
+@dataclass
+class BisectReport:
+    """What a bisection of the environment found.
+
+    Attributes
+    ----------
+    node, label : str
+        The first result that differs in today's replay.
+    culprit : dict or None
+        ``name``, ``recorded`` and ``today`` (versions, None when absent).
+    changed : list of str
+        Packages that differ between the recording and today.
+    rebuilds : list of dict
+        Each probe's environment: ``take`` (packages from today), ``differs``,
+        ``reused``, ``seconds`` (build), ``replay_seconds``.
+    message : str
+    """
+
+    name: str
+    message: str
+    node: str | None = None
+    label: str | None = None
+    culprit: dict | None = None
+    changed: list = field(default_factory=list)
+    rebuilds: list = field(default_factory=list)
+
+    def as_dict(self):
+        return {"name": self.name, "message": self.message, "node": self.node, "label": self.label,
+                "culprit": self.culprit, "changed": self.changed, "rebuilds": self.rebuilds}
+
+    def summary(self):
+        lines = [self.message]
+        for r in self.rebuilds:
+            took = ", ".join(r["take"]) or "nothing"
+            lines.append(f"  rebuild {r['n']}: recorded pins, from today: {took} -> "
+                         f"{'differs' if r['differs'] else 'matches'} ({'reused' if r['reused'] else 'built'} "
+                         f"{r['seconds']:.1f}s, replay {r['replay_seconds']:.1f}s)")
+        return "\n".join(lines)
+
+    __str__ = summary
+
+
+def _versions(env, name):
+    return (env.get("packages") or {}).get(name)
+
+
+def bisect_environment(name, store=None, trust=False, n_workers=None, python_install=False, root=None,
+                       today_report=None, isolated=None, log=None):
+    """Find which package change alters the first result that differs in today's replay.
+
+    Today's replay (in this process's environment) must differ and the isolated
+    replay (in the recorded environment) must verify; then environments taking half
+    of the changed packages from the recording and half from today are rebuilt,
+    each replayed only up to the differing node, at most ⌈log2(changed)⌉ times after
+    the isolated one.
+
+    Parameters
+    ----------
+    name, store, trust, n_workers, python_install, root
+        As for :func:`replay_isolated`.
+    today_report : dict, optional
+        Today's replay report, if already run (else it is run, in a subprocess of this Python).
+    isolated : IsolatedReplay, optional
+        The isolated replay, if already run.
+    log : callable, optional
+        ``log(text)`` for each step of the bisection.
+
+    Returns
+    -------
+    BisectReport
+    """
+    say = log or (lambda text: None)
+    store, recording, kernel, workers = _recorded(name, store, trust)
+    url = _store_url(store)
+    options = (["-n", str(n_workers)] if n_workers else []) + (["--trust"] if trust else [])
+    if today_report is None:
+        say("replaying in today's environment")
+        today_report = _run_job([sys.executable, "-m", "julius_magics.cli", "--store", url, "replay", name, "--json",
+                                 *options])
+    if today_report.get("verified"):
+        return BisectReport(name, f"today's replay of {name!r} verifies: there is no difference to attribute")
+    first = next(iter(today_report.get("mismatches") or []), None)
+    if first is None:
+        return BisectReport(name, f"today's replay of {name!r} does not verify, but no result differs: "
+                                  "nothing for an environment bisection to attribute")
+    node, label = first["node"], first.get("label") or first["node"]
+    if isolated is None:
+        say("replaying in the recorded environment (--isolated)")
+        isolated = replay_isolated(name, store, n_workers, trust, python_install, root=root, build_progress=False)
+    rebuilds = [{"n": 1, "take": [], "differs": not isolated.verified, "reused": isolated.environments[0].reused,
+                 "seconds": sum(e.seconds for e in isolated.environments), "replay_seconds": None}]
+    rebuilds[0]["replay_seconds"] = (isolated.report.get("timings") or {}).get("replay") or 0.0
+    if not isolated.verified:
+        return BisectReport(name, f"the isolated replay of {name!r} does not verify either: the difference is not "
+                                  "(only) the environment", node, label, rebuilds=rebuilds)
+    today = capture_environment()
+    recorded_pkgs, today_pkgs = kernel.get("packages") or {}, today.get("packages") or {}
+    changed = sorted(n for n in recorded_pkgs.keys() | today_pkgs.keys() if recorded_pkgs.get(n) != today_pkgs.get(n))
+    if not changed:
+        return BisectReport(name, f"no package differs between recording {name!r} and today, yet {label} differs: "
+                                  "the cause is outside the packages (Python, OS, CPU, or code and data)",
+                            node, label, rebuilds=rebuilds)
+    say(f"{len(changed)} changed packages: {', '.join(changed)}; first differing result {label} ({node})")
+    fixed, candidates = [], list(changed)
+    while len(candidates) > 1:
+        half = candidates[:math.ceil(len(candidates) / 2)]
+        take = fixed + half
+        kernel_pins, worker_pins = environments_for(kernel, workers, take, today)
+        envs = [build_environment(kernel_pins, None, python_install, False, root)]
+        if worker_pins is not None:
+            envs.append(build_environment(worker_pins, None, python_install, False, root))
+        t0 = time.monotonic()
+        argv_code = ("import json, sys\n"
+                     + (f"import multiprocessing; multiprocessing.set_executable({envs[1].python!r})\n"
+                        if len(envs) > 1 else "")
+                     + "from julius_magics.recording.rebuild import _probe_main\n"
+                     f"sys.exit(_probe_main({[url, name, node, n_workers, trust]!r}))")
+        try:
+            probe = _run_job([envs[0].python, "-c", argv_code])
+            differs, error = probe["differs"], None
+        except JuliusError as e:   # a mix that cannot even run differs from the recording, for this node
+            differs, error = True, str(e)
+        rebuilds.append({"n": len(rebuilds) + 1, "take": take, "differs": differs, "error": error,
+                         "reused": envs[0].reused, "seconds": sum(e.seconds for e in envs),
+                         "replay_seconds": time.monotonic() - t0})
+        say(f"rebuild {len(rebuilds)}: from today {', '.join(take)} -> {'differs' if differs else 'matches'}")
+        if differs:
+            candidates = half
+        else:
+            fixed += half
+            candidates = candidates[len(half):]
+    culprit = candidates[0]
+    old, new = _versions(kernel, culprit), _versions(today, culprit)
+    message = f"{culprit} {old or 'absent'} → {new or 'absent'} changes `{label}` (node {node})"
+    return BisectReport(name, message, node, label, {"name": culprit, "recorded": old, "today": new}, changed,
+                        rebuilds)
+
+
+def _probe_main(args):
+    """A bisection's probe, run in a rebuilt environment: one JSON ``report`` line on stdout."""
+    url, name, node, n_workers, trust = args
+    try:
+        result = replay_until(name, node, url, trust, n_workers)
+    except JuliusError as e:
+        print(json.dumps({"event": "error", "message": str(e)}), flush=True)
+        return 1
+    except Exception as e:   # the mixed environment itself broke (an import, an API): reported, not raised
+        print(json.dumps({"event": "error", "message": f"{type(e).__name__}: {e}"}), flush=True)
+        return 1
+    print(json.dumps({"event": "report", "report": result}, default=str), flush=True)
+    return 0
