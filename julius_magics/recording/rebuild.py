@@ -224,9 +224,11 @@ def find_python(version, install=False):
 
 
 def _last_error(lines):
+    """The most specific line of a uv failure: its last ``cause:``, else its ``error:`` line."""
     useful = [line.strip(" ×╰─▶│") for line in lines if line.strip(" ×╰─▶│")]
-    errors = [line for line in useful if line.lower().startswith(("error", "caused by"))]
-    return (errors or useful or ["no message"])[-1]
+    causes = [line[len("cause:"):].strip() for line in useful if line.startswith("cause:")]
+    errors = [line for line in useful if line.lower().startswith("error")]
+    return (causes or errors or useful or ["no message"])[-1]
 
 
 def _requirement(name, version, origin):
@@ -297,7 +299,7 @@ def _install_error(lines, pins, urls):
     """One line naming the package, the version and the index, from uv's failure output."""
     text = "\n".join(lines)
     where = ", ".join([urls["index_url"], *urls.get("extra_index_urls", []), *urls.get("find_links", [])])
-    fetch = re.search(r"Failed to fetch:\s*`([^`]+)`", text)
+    fetch = re.search(r"Failed to fetch:\s*`?([^`\s]+)`?", text)
     if fetch:
         url = fetch.group(1)
         name = _normalize(url.rstrip("/").rsplit("/", 1)[-1])

@@ -1,0 +1,232 @@
+"""Rebuilding recorded environments with uv, isolated replays, and the environment bisection.
+
+Real uv-built venvs throughout. The pin sets are this test process's own (about 180
+pins, all in uv's cache) plus a few small pure-Python packages, so each build is a few
+seconds.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from julius_magics.recording.environment import capture_environment
+from julius_magics.recording.rebuild import (
+    PinSet, RebuildError, build_environment, build_local_wheels, pin_set,
+)
+
+# Read before the suite's private HOME is set: uv's cache must stay the warm one.
+REAL_UV_CACHE = os.environ.get("UV_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "uv")
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def envs(tmp_path_factory):
+    """A private cache of rebuilt environments; uv's own cache is the real, warm one."""
+    root = tmp_path_factory.mktemp("envs")
+    old = {k: os.environ.get(k) for k in ("UV_CACHE_DIR", "JULIUS_ENVS")}
+    os.environ["UV_CACHE_DIR"] = REAL_UV_CACHE
+    os.environ["JULIUS_ENVS"] = str(root)
+    yield str(root)
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def today():
+    return capture_environment()
+
+
+def small_pins(today, packages, **changes):
+    base = pin_set(today)
+    return PinSet(python=changes.get("python", base.python), packages=packages, origins=changes.get("origins", {}),
+                  indexes=changes.get("indexes", base.indexes), platform=changes.get("platform", base.platform))
+
+
+def variant(today, root, **versions):
+    """Today's pins with some packages at other versions (None removes one), built."""
+    pins = pin_set(today)
+    for name, version in versions.items():
+        if version is None:
+            pins.packages.pop(name, None)
+        else:
+            pins.packages[name] = version
+    return build_environment(pins, progress=False, root=root)
+
+
+def python_json(python, code, cwd=None, check=True):
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=800,
+                         env={k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"})
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def last_json(stdout, event=None):
+    for line in reversed(stdout.splitlines()):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if event is None or (isinstance(obj, dict) and obj.get("event") == event):
+            return obj
+    raise AssertionError(f"no JSON {event or ''} line in:\n{stdout[-2000:]}")
+
+
+def test_a_pin_set_is_built_exactly_and_reused_only_while_its_freeze_matches(envs, today):
+    pins = small_pins(today, {"six": "1.17.0", "toolz": "1.1.0"})
+    built = build_environment(pins, progress=False, root=envs)
+    assert not built.reused and built.path == os.path.join(envs, pins.key)
+    out = python_json(built.python, "import six, toolz, sys; print(six.__version__, toolz.__version__, sys.version)")
+    assert out.stdout.split()[:3] == ["1.17.0", "1.1.0", platform.python_version()]
+    again = build_environment(pins, progress=False, root=envs)
+    assert again.reused and again.path == built.path
+    # tampered: its freeze no longer matches, so it is rebuilt, never reused
+    site = os.path.join(built.path, "lib", f"python{pins.minor}", "site-packages")
+    for entry in os.listdir(site):
+        if entry.startswith("toolz-"):
+            import shutil
+
+            shutil.rmtree(os.path.join(site, entry))
+    rebuilt = build_environment(pins, progress=False, root=envs)
+    assert not rebuilt.reused
+    assert python_json(rebuilt.python, "import toolz; print(toolz.__version__)").stdout.strip() == "1.1.0"
+    # built aside and renamed into place: nothing half-built is left under the cache
+    assert not [e for e in os.listdir(envs) if e.startswith(".")]
+
+
+def test_a_missing_python_minor_is_refused_with_the_version(envs, today):
+    pins = small_pins(today, {"six": "1.17.0"}, python="3.4.10")
+    with pytest.raises(RebuildError, match=r"^Python 3\.4 \(recorded 3\.4\.10\) is not installed here: install it "
+                                           r"\(`uv python install 3\.4`, or replay with --python-install\)$"):
+        build_environment(pins, progress=False, root=envs)
+    assert pins.key not in os.listdir(envs)
+
+
+def test_another_platform_is_refused_before_anything_is_built(envs, today):
+    pins = small_pins(today, {"six": "1.17.0"}, platform={
+        "system": "Darwin", "machine": "arm64", "platform_tag": "macosx_14_0_arm64", "libc": None})
+    before = sorted(os.listdir(envs))
+    with pytest.raises(RebuildError, match=r"built for macosx_14_0_arm64 .* cannot be installed on this platform, "
+                                           r"linux_x86_64|built for macosx_14_0_arm64"):
+        build_environment(pins, progress=False, root=envs)
+    assert sorted(os.listdir(envs)) == before
+
+
+def test_an_unreachable_index_or_a_missing_pin_names_package_version_and_index(envs, today, monkeypatch):
+    monkeypatch.setenv("UV_HTTP_RETRIES", "0")   # the connection is refused: retrying only takes longer
+    dead = {"index_url": "http://127.0.0.1:9/simple", "extra_index_urls": [], "find_links": []}
+    with pytest.raises(RebuildError) as e:
+        build_environment(small_pins(today, {"six": "1.17.0"}, indexes=dead), progress=False, root=envs)
+    message = str(e.value)
+    assert "\n" not in message and "six 1.17.0" in message and "http://127.0.0.1:9/simple" in message
+    with pytest.raises(RebuildError) as e:
+        build_environment(small_pins(today, {"six": "0.0.999"}), progress=False, root=envs)
+    message = str(e.value)
+    assert "\n" not in message and "six 0.0.999" in message and "pypi.org/simple" in message
+
+
+def test_editable_and_local_packages(envs, today, tmp_path):
+    # an editable install at another version than the recorded one: refused, by name
+    env = json.loads(json.dumps(today))
+    env["packages"]["julius-magics"] = "9.9.9"
+    with pytest.raises(RebuildError, match=r"^julius-magics 9\.9\.9 was an editable install \(file://.*\) and is "
+                                           r"0\.1\.0 here: no index has it and the recording holds no wheel"):
+        build_environment(pin_set(env), progress=False, root=envs)
+    # a user's own package, not installed here: refused without a wheel, installed from one
+    source = tmp_path / "tinypkg"
+    (source / "jm_tiny").mkdir(parents=True)
+    (source / "jm_tiny" / "__init__.py").write_text("ANSWER = 42\n")
+    (source / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
+        '[project]\nname = "jm-tiny"\nversion = "1.0"\n[tool.hatch.build.targets.wheel]\npackages = ["jm_tiny"]\n')
+    origin = {"kind": "editable", "url": source.as_uri()}
+    pins = small_pins(today, {"jm-tiny": "1.0", "six": "1.17.0"}, origins={"jm-tiny": origin})
+    with pytest.raises(RebuildError, match=r"^jm-tiny 1\.0 was an editable install .* and is not installed here"):
+        build_environment(pins, progress=False, root=envs)
+    wheels = build_local_wheels({"distributions": {"jm-tiny": {"installer": "uv", "origin": origin}}},
+                                out_dir=str(tmp_path / "wheels"))
+    assert list(wheels) == ["jm-tiny"] and wheels["jm-tiny"].endswith("jm_tiny-1.0-py2.py3-none-any.whl")
+    built = build_environment(pins, local_wheels=wheels, progress=False, root=envs)
+    assert python_json(built.python, "import jm_tiny; print(jm_tiny.ANSWER)").stdout.strip() == "42"
+
+
+@pytest.fixture(scope="module")
+def tutorial_recording(tmp_path_factory):
+    """The tutorial pipeline recorded (by `julius demo`) in this test process's environment."""
+    work = tmp_path_factory.mktemp("tutorial")
+    store = str(work / "store")
+    out = subprocess.run([sys.executable, "-m", "julius_magics.cli", "--store", store, "demo", "-n", "2",
+                          "--replay-workers", "1", "--data-dir", str(work / "data"), "--train-mb", "1.5",
+                          "--test-mb", "0.6"], capture_output=True, text=True, cwd=work, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    name = next(e for e in os.listdir(store) if e.startswith("fraud-demo-"))
+    return store, name, str(work)
+
+
+def test_plain_replay_names_a_changed_package_and_isolated_replay_restores_the_recorded_env(
+        envs, today, tutorial_recording):
+    store, name, work = tutorial_recording
+    assert today["packages"]["toolz"] != "1.1.0"
+    other = variant(today, envs, toolz="1.1.0")   # a venv where dask runs on another toolz
+    plain = python_json(other.python, f"from julius_magics.cli import main; main(['--store', {store!r}, 'replay', "
+                                      f"{name!r}, '-n', '1', '--json'])", cwd=work, check=False)
+    report = last_json(plain.stdout, "report")["report"]
+    assert report["env_diff"]["same"] is False
+    assert report["env_diff"]["packages"]["changed"] == {"toolz": [today["packages"]["toolz"], "1.1.0"]}
+    isolated = python_json(other.python, "import json\nfrom julius_magics.recording.rebuild import replay_isolated\n"
+                                         f"r = replay_isolated({name!r}, {store!r}, n_workers=1, build_progress=False)"
+                                         "\nprint(json.dumps(r.as_dict()))", cwd=work)
+    result = last_json(isolated.stdout)
+    assert result["verified"] is True and result["report"]["results"] > 0
+    assert result["report"]["env_diff"]["same"] is True, result["report"]["env_diff"]
+    assert [e["packages"] for e in result["environments"]] == [len(today["packages"])]
+    rebuilt = result["environments"][0]["python"]
+    out = python_json(rebuilt, "import toolz, julius_magics; print(toolz.__version__, julius_magics.__file__)")
+    version, where = out.stdout.split()
+    assert version == today["packages"]["toolz"]
+    # julius-magics, an editable install here, is the same source folder in the rebuilt venv
+    import julius_magics
+
+    assert os.path.dirname(where) == os.path.dirname(julius_magics.__file__)
+
+
+BISECT_SCRIPT = """
+import julius_magics as jm
+from julius_magics import recording
+from julius_magics.cluster.session import get_session
+session = get_session()
+recording.start(session, "bisect-me", store={store!r})
+session.start(n_workers=1)
+session.remote_eval("import tabulate, six, humanize\\ndef formats():\\n    return len(tabulate.tabulate_formats)")
+session.add_rules("b", "def formats():\\n    return ApplyFn(formats)()\\ndef fixed():\\n    return ApplyFn(int, 7)()")
+print("RESULT", session.compute([jm.ref.b.fixed(label="fixed"), jm.ref.b.formats(label="b:formats")]))
+recording.stop()
+session.stop()
+"""
+
+
+def test_bisect_names_the_package_whose_version_changes_a_remote_eval_result(envs, today, tmp_path):
+    # recorded with tabulate 0.8.10 (24 table formats), six 1.16.0 and humanize 4.16.0
+    old = variant(today, envs, tabulate="0.8.10", six="1.16.0", humanize="4.16.0")
+    store = str(tmp_path / "store")
+    out = python_json(old.python, BISECT_SCRIPT.format(store=store), cwd=tmp_path)
+    assert "RESULT [7, 24]" in out.stdout
+    # today: tabulate 0.9.0 has 36 formats; six and humanize changed too, without effect on the result
+    new = variant(today, envs, tabulate="0.9.0", six="1.17.0", humanize="4.17.0")
+    code = ("import json\nfrom julius_magics.recording.rebuild import bisect_environment\n"
+            f"r = bisect_environment('bisect-me', {store!r}, n_workers=1, log=lambda t: print('LOG', t, flush=True))\n"
+            "print(json.dumps(r.as_dict()))")
+    result = last_json(python_json(new.python, code, cwd=tmp_path).stdout)
+    assert result["changed"] == ["humanize", "six", "tabulate"]
+    assert result["culprit"] == {"name": "tabulate", "recorded": "0.8.10", "today": "0.9.0"}
+    assert result["message"].startswith("tabulate 0.8.10 → 0.9.0 changes `b:formats` (node ")
+    assert len(result["rebuilds"]) <= 3   # ⌈log2 3⌉ + 1
+    assert result["rebuilds"][0]["take"] == [] and result["rebuilds"][0]["differs"] is False
+    assert all(r["take"] != ["humanize", "six", "tabulate"] for r in result["rebuilds"])
