@@ -673,14 +673,14 @@ def replay_until(name, node, store=None, trust=False, n_workers=None):
     """
     from ..cluster.session import Session
     from ..rules.registry import RuleBook
-    from . import replay as replaying
+    from .replay import ReplayReport, _replay_step, prepare_inputs
     from .store import Store
 
     store = store if isinstance(store, Store) else Store(store)
     recording = store.open(name, trust=trust)
     upto = _result_step(recording, node)
-    report = replaying.ReplayReport(name)
-    mapping = replaying.prepare_inputs(recording, report)
+    report = ReplayReport(name)
+    mapping = prepare_inputs(recording, report)
     spec = next((s.data for s in recording.steps if s.kind == "cluster"), {})
     session = Session(rulebook=RuleBook(), seed=spec.get("seed", 0))
     session.progress = False
@@ -690,7 +690,7 @@ def replay_until(name, node, store=None, trust=False, n_workers=None):
         if mapping:
             session.set_input_map(mapping)
         for step in recording.steps[:upto + 1]:
-            replaying._replay_step(session, recording, step, report)
+            _replay_step(session, recording, step, report)
     finally:
         session.stop()
     mismatch = next((m for m in report.mismatches if m["node"] == node), None)
@@ -732,8 +732,9 @@ class BisectReport:
         lines = [self.message]
         for r in self.rebuilds:
             took = ", ".join(r["take"]) or "nothing"
+            outcome = "replay failed" if r.get("error") else "differs" if r["differs"] else "matches"
             lines.append(f"  rebuild {r['n']}: recorded pins, from today: {took} -> "
-                         f"{'differs' if r['differs'] else 'matches'} ({'reused' if r['reused'] else 'built'} "
+                         f"{outcome} ({'reused' if r['reused'] else 'built'} "
                          f"{r['seconds']:.1f}s, replay {r['replay_seconds']:.1f}s)")
         return "\n".join(lines)
 
@@ -818,11 +819,14 @@ def bisect_environment(name, store=None, trust=False, n_workers=None, python_ins
         try:
             probe = _run_job([envs[0].python, "-c", argv_code])
             differs, error = probe["differs"], None
-        except JuliusError as e:   # a mix that cannot even run differs from the recording, for this node
-            differs, error = True, str(e)
+        except JuliusError as e:
+            differs, error = None, str(e)
         rebuilds.append({"n": len(rebuilds) + 1, "take": take, "differs": differs, "error": error,
                          "reused": envs[0].reused, "seconds": sum(e.seconds for e in envs),
                          "replay_seconds": time.monotonic() - t0})
+        if error is not None:   # a mix that cannot run says nothing about which package changes the node
+            return BisectReport(name, f"cannot attribute `{label}` (node {node}): the replay failed with "
+                                      f"{', '.join(take)} from today: {error}", node, label, None, changed, rebuilds)
         say(f"rebuild {len(rebuilds)}: from today {', '.join(take)} -> {'differs' if differs else 'matches'}")
         if differs:
             candidates = half

@@ -204,8 +204,8 @@ from julius_magics.cluster.session import get_session
 session = get_session()
 recording.start(session, "bisect-me", store={store!r})
 session.start(n_workers=1)
-session.remote_eval("import tabulate, six, humanize\\ndef formats():\\n    return len(tabulate.tabulate_formats)")
-session.add_rules("b", "def formats():\\n    return ApplyFn(formats)()\\ndef fixed():\\n    return ApplyFn(int, 7)()")
+session.remote_eval("import tabulate, six, humanize\\ndef count_formats():\\n    return len(tabulate.tabulate_formats)")
+session.add_rules("b", "def formats():\\n    return ApplyFn(count_formats)()\\ndef fixed():\\n    return ApplyFn(int, 7)()")
 print("RESULT", session.compute([jm.ref.b.fixed(label="fixed"), jm.ref.b.formats(label="b:formats")]))
 recording.stop()
 session.stop()
@@ -224,7 +224,8 @@ def test_bisect_names_the_package_whose_version_changes_a_remote_eval_result(env
             f"r = bisect_environment('bisect-me', {store!r}, n_workers=1, log=lambda t: print('LOG', t, flush=True))\n"
             "print(json.dumps(r.as_dict()))")
     result = last_json(python_json(new.python, code, cwd=tmp_path).stdout)
-    assert result["changed"] == ["humanize", "six", "tabulate"]
+    assert result["changed"] == ["humanize", "six", "tabulate"], result
+    assert result["culprit"]["name"] == "tabulate", result["rebuilds"]
     assert result["culprit"] == {"name": "tabulate", "recorded": "0.8.10", "today": "0.9.0"}
     assert result["message"].startswith("tabulate 0.8.10 → 0.9.0 changes `b:formats` (node ")
     assert len(result["rebuilds"]) <= 3   # ⌈log2 3⌉ + 1
