@@ -42,7 +42,7 @@ from ..errors import JuliusError
 from .environment import _index_urls, _normalize, capture_environment, env_diff, format_env_diff
 
 __all__ = ["RebuildError", "PinSet", "pin_set", "build_environment", "replay_isolated", "bisect_environment",
-           "build_local_wheels", "uv_binary", "envs_root", "IsolatedReplay", "BisectReport"]
+           "build_local_wheels", "embed_local_wheels", "recorded_wheels", "uv_binary", "envs_root", "IsolatedReplay", "BisectReport"]
 
 PINS_FILE = "julius-pins.json"
 
@@ -492,6 +492,22 @@ def build_local_wheels(env=None, out_dir=None, progress=False):
     return wheels
 
 
+def embed_local_wheels(writer, env=None, progress=False):
+    """Build wheels of the editable/local installs and add them to a recording being written.
+
+    The hook of ``%record start --with-local-packages``: the recorder puts the result
+    in its ``environment`` step as ``"wheels"``, where :func:`recorded_wheels` finds them.
+
+    Returns
+    -------
+    dict
+        ``{name: {"filename", "sha256"}}`` (blob hashes of ``writer``).
+    """
+    with tempfile.TemporaryDirectory(prefix="julius-wheels-") as out_dir:
+        return {name: {"filename": os.path.basename(path), "sha256": writer.add_blob(path)}
+                for name, path in build_local_wheels(env, out_dir, progress).items()}
+
+
 # --- replaying in a rebuilt environment -------------------------------------------------------
 def _recorded(name, store, trust):
     from .inspect import recorded_environment
@@ -508,6 +524,7 @@ def _recorded(name, store, trust):
 def recorded_wheels(recording, out_dir):
     """Wheels of local packages embedded in ``recording`` (``environment`` step ``wheels``), as files."""
     wheels = {}
+    os.makedirs(out_dir, exist_ok=True)
     for step in recording.steps:
         if step.kind == "environment":
             for name, entry in (step.data.get("wheels") or {}).items():

@@ -155,6 +155,20 @@ def test_editable_and_local_packages(envs, today, tmp_path):
     assert list(wheels) == ["jm-tiny"] and wheels["jm-tiny"].endswith("jm_tiny-1.0-py2.py3-none-any.whl")
     built = build_environment(pins, local_wheels=wheels, progress=False, root=envs)
     assert python_json(built.python, "import jm_tiny; print(jm_tiny.ANSWER)").stdout.strip() == "42"
+    # embedded in a recording (the hook of `%record start --with-local-packages`) and found there again
+    from julius_magics.recording.rebuild import embed_local_wheels, recorded_wheels
+    from julius_magics.recording.store import Store
+
+    store = Store(str(tmp_path / "store"))
+    writer = store.create("with-wheels")
+    embedded = embed_local_wheels(writer, {"distributions": {"jm-tiny": {"installer": "uv", "origin": origin}}})
+    kernel = writer.add_blob(json.dumps(today).encode())
+    writer.add_step("environment", {"kernel": kernel, "workers": {}, "wheels": embedded})
+    writer.close()
+    found = recorded_wheels(store.open("with-wheels"), str(tmp_path / "found"))
+    assert list(found) == ["jm-tiny"] and os.path.basename(found["jm-tiny"]) == embedded["jm-tiny"]["filename"]
+    with open(found["jm-tiny"], "rb") as f, open(wheels["jm-tiny"], "rb") as g:
+        assert f.read() == g.read()
 
 
 @pytest.fixture(scope="module")
