@@ -7,6 +7,7 @@ The tutorial pipeline is recorded (``julius demo``) in this Python's environment
   rebuild + isolated replay;
 - **uv cache warm**: uv's usual cache, no environment built: rebuild + isolated replay;
 - **warm**: the environment already built (cached by its pin set): reuse + isolated replay;
+- **plain**: the same replay in today's environment (a subprocess too), for the ratio;
 - **pip**: ``python -m venv`` then ``pip install --no-deps -r`` of the same index pins
   (pip's own cache as it is; julius-magics, an editable install, left out), install only.
 
@@ -141,9 +142,14 @@ def main():
         root = os.path.join(work, "envs")
         figures["uv cache warm, no env"] = isolated(name, store, root)
         figures["warm (env cached)"] = isolated(name, store, root)
+        t0 = time.perf_counter()
+        run([sys.executable, "-m", "julius_magics.cli", "--store", store, "replay", name, "--json"], cwd=work)
+        plain = time.perf_counter() - t0
+        print(f"{'plain replay (today, same env)':<26} total {plain:6.1f} s  (a subprocess, as the isolated replay)")
         for label, f in figures.items():
             print(f"{label:<26} total {f['total']:6.1f} s  = rebuild {f['build']:5.1f} s "
-                  f"{'(reused)' if f['reused'] else '        '} + isolated replay {f['replay']:5.1f} s")
+                  f"{'(reused)' if f['reused'] else '        '} + isolated replay {f['replay']:5.1f} s; "
+                  f"total / plain replay = {f['total'] / plain:.2f}")
         if not args.skip_pip:
             seconds, count = pip_install(env, work)
             uv_build = figures["uv cache warm, no env"]["build"]

@@ -42,7 +42,7 @@ from ..errors import JuliusError
 from .environment import _index_urls, _normalize, capture_environment, env_diff, format_env_diff
 
 __all__ = ["RebuildError", "PinSet", "pin_set", "build_environment", "replay_isolated", "bisect_environment",
-           "build_local_wheels", "embed_local_wheels", "recorded_wheels", "uv_binary", "envs_root", "IsolatedReplay", "BisectReport"]
+           "build_local_wheels", "embed_local_wheels", "recorded_wheels", "uv_binary", "envs_root", "IsolatedReplay", "BisectReport", "recorded_pins"]
 
 PINS_FILE = "julius-pins.json"
 
@@ -625,7 +625,7 @@ def _store_url(store):
 
 
 def replay_isolated(name, store=None, n_workers=None, trust=False, python_install=False, progress=None,
-                    build_progress=True, root=None, cwd=None):
+                    build_progress=True, root=None, cwd=None, log=None):
     """Replay recording ``name`` inside its rebuilt environment.
 
     Parameters
@@ -644,18 +644,29 @@ def replay_isolated(name, store=None, n_workers=None, trust=False, python_instal
         Show uv's own progress while building.
     root : str, optional
         Cache of environments (:func:`envs_root`).
+    cwd : str, optional
+        Folder the replay runs in (relative input paths resolve against it).
+    log : callable, optional
+        ``log(text)`` before and after each environment is built.
 
     Returns
     -------
     IsolatedReplay
     """
+    say = log or (lambda text: None)
     store, recording, kernel, workers = _recorded(name, store, trust)
     kernel_pins, worker_pins = environments_for(kernel, workers)
+    envs = []
     with tempfile.TemporaryDirectory(prefix="julius-wheels-") as wheel_dir:
         wheels = recorded_wheels(recording, wheel_dir)
-        envs = [build_environment(kernel_pins, wheels, python_install, build_progress, root)]
-        if worker_pins is not None:
-            envs.append(build_environment(worker_pins, wheels, python_install, build_progress, root))
+        for role, pins in (("kernel and workers" if worker_pins is None else "kernel", kernel_pins),
+                           ("workers", worker_pins)):
+            if pins is None:
+                continue
+            say(f"environment of the {role}: {len(pins.packages)} pins, Python {pins.python} "
+                f"({os.path.join(root or envs_root(), pins.key)})")
+            envs.append(build_environment(pins, wheels, python_install, build_progress, root))
+            say(f"environment of the {role}: {'reused' if envs[-1].reused else 'built'} in {envs[-1].seconds:.1f}s")
     argv = ["--store", _store_url(store), "replay", name, "--json"]
     if n_workers:
         argv += ["-n", str(n_workers)]
@@ -870,3 +881,22 @@ def _probe_main(args):
         return 1
     print(json.dumps({"event": "report", "report": result}, default=str), flush=True)
     return 0
+
+
+def recorded_pins(name, store=None, fmt="requirements", which="kernel"):
+    """The recorded environment of ``name`` as pins text (``julius env NAME --format FMT``).
+
+    Parameters
+    ----------
+    fmt : {"requirements", "uv-lock", "conda"}
+    which : str
+        ``kernel``, or a worker's address (as ``julius show`` lists them).
+    """
+    from .environment import render_pins
+
+    _, recording, kernel, workers = _recorded(name, store, True)   # JSON only: nothing is unpickled
+    env = kernel if which == "kernel" else workers.get(which)
+    if env is None:
+        raise RebuildError(f"recording {name!r} has no environment of {which!r}: kernel or one of "
+                           + ", ".join(sorted(workers)))
+    return render_pins(env, fmt) + "\n"

@@ -211,6 +211,25 @@ def test_plain_replay_names_a_changed_package_and_isolated_replay_restores_the_r
     assert os.path.dirname(where) == os.path.dirname(julius_magics.__file__)
 
 
+def test_recorded_pins_and_one_environment_per_distinct_pin_set(today, tutorial_recording):
+    from julius_magics.recording.rebuild import environments_for, recorded_pins
+
+    store, name, _ = tutorial_recording
+    text = recorded_pins(name, store, "requirements").splitlines()
+    assert f"toolz=={today['packages']['toolz']}" in text and f"dask=={today['packages']['dask']}" in text
+    assert any(line.startswith("# julius-magics==0.1.0  (editable install from file://") for line in text)
+    assert "version = 1" in recorded_pins(name, store, "uv-lock")
+    with pytest.raises(RebuildError, match="has no environment of 'tcp://nowhere:1'"):
+        recorded_pins(name, store, "conda", which="tcp://nowhere:1")
+    same = {"tcp://a:1": today, "tcp://b:2": today}
+    kernel_pins, worker_pins = environments_for(today, same)
+    assert worker_pins is None and kernel_pins.key == pin_set(today).key
+    other = json.loads(json.dumps(today))
+    other["packages"]["toolz"] = "1.1.0"
+    kernel_pins, worker_pins = environments_for(today, {"tcp://a:1": today, "tcp://b:2": other})
+    assert worker_pins.packages["toolz"] == "1.1.0" and kernel_pins.packages["toolz"] == today["packages"]["toolz"]
+
+
 BISECT_SCRIPT = """
 import julius_magics as jm
 from julius_magics import recording
