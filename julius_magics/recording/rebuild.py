@@ -594,6 +594,14 @@ class IsolatedReplay:
         return bool(self.report.get("verified"))
 
     @property
+    def mismatches(self):
+        return self.report.get("mismatches") or []
+
+    @property
+    def env_diff(self):
+        return self.report.get("env_diff") or {}
+
+    @property
     def env_same(self):
         return bool((self.report.get("env_diff") or {}).get("same", True))
 
