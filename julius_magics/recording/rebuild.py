@@ -42,7 +42,7 @@ from ..errors import JuliusError
 from .environment import _index_urls, _normalize, capture_environment, env_diff, format_env_diff
 
 __all__ = ["RebuildError", "PinSet", "pin_set", "build_environment", "replay_isolated", "bisect_environment",
-           "build_local_wheels", "embed_local_wheels", "recorded_wheels", "uv_binary", "envs_root", "IsolatedReplay", "BisectReport", "recorded_pins"]
+           "build_local_wheels", "embed_local_wheels", "recorded_wheels", "uv_binary", "envs_root", "IsolatedReplay", "BisectReport", "recorded_pins", "run_isolated_job"]
 
 PINS_FILE = "julius-pins.json"
 
@@ -908,3 +908,48 @@ def recorded_pins(name, store=None, fmt="requirements", which="kernel"):
         raise RebuildError(f"recording {name!r} has no environment of {which!r}: kernel or one of "
                            + ", ".join(sorted(workers)))
     return render_pins(env, fmt) + "\n"
+
+
+# --- the isolated replay as a process: the same JSON lines as a replay job -------------------------
+def run_isolated_job(name, write, **options):
+    """Rebuild and replay ``name`` isolated, passing JSON-able events to ``write``; return the exit status.
+
+    The events are those of a replay job (``{"event": "progress" | "report" | "error", ...}``):
+    building the environment shows as progress messages, and the report carries
+    ``"isolated": [environment, ...]`` besides the replay's own fields. Exit status:
+    0 verified, 1 not verified, 2 refused or error.
+    """
+    def progress(done, total, message):
+        write({"event": "progress", "done": done, "total": total, "message": message})
+
+    try:
+        result = replay_isolated(name, progress=progress, build_progress=False,
+                                 log=lambda text: progress(0, 0, text), **options)
+    except JuliusError as e:
+        write({"event": "error", "message": str(e)})
+        return 2
+    write({"event": "report", "report": {**result.report, "isolated": [e.as_dict() for e in result.environments]}})
+    return 0 if result.verified else 1
+
+
+def main(argv=None):
+    """``python -m julius_magics.recording.rebuild NAME [--store URL] [-n N] [--trust] [--python-install]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m julius_magics.recording.rebuild",
+                                     description="Replay a recording in its rebuilt environment; JSON lines out.")
+    parser.add_argument("name")
+    parser.add_argument("--store", default=None)
+    parser.add_argument("-n", "--workers", type=int, default=None)
+    parser.add_argument("--trust", action="store_true")
+    parser.add_argument("--python-install", action="store_true")
+    args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"-n must be at least 1, not {args.workers}")
+    return run_isolated_job(args.name, lambda event: print(json.dumps(event, default=str), flush=True),
+                            store=args.store, n_workers=args.workers, trust=args.trust,
+                            python_install=args.python_install)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
