@@ -207,14 +207,18 @@ def test_plain_replay_names_a_changed_package_and_isolated_replay_restores_the_r
     report = last_json(plain.stdout, "report")["report"]
     assert report["env_diff"]["same"] is False
     assert report["env_diff"]["packages"]["changed"] == {"toolz": [today["packages"]["toolz"], "1.1.0"]}
-    isolated = python_json(other.python, "import json\nfrom julius_magics.recording.rebuild import replay_isolated\n"
-                                         f"r = replay_isolated({name!r}, {store!r}, n_workers=1, build_progress=False)"
-                                         "\nprint(json.dumps(r.as_dict()))", cwd=work)
-    result = last_json(isolated.stdout)
-    assert result["verified"] is True and result["report"]["results"] > 0
-    assert result["report"]["env_diff"]["same"] is True, result["report"]["env_diff"]
-    assert [e["packages"] for e in result["environments"]] == [len(today["packages"])]
-    rebuilt = result["environments"][0]["python"]
+    # the isolated replay job (what `julius replay --isolated --json` and the server run), from that venv
+    isolated = subprocess.run([other.python, "-m", "julius_magics.recording.rebuild", name, "--store", store, "-n", "1"],
+                              capture_output=True, text=True, cwd=work, timeout=800)
+    assert isolated.returncode == 0, isolated.stdout[-3000:] + isolated.stderr[-3000:]
+    events = [json.loads(line) for line in isolated.stdout.splitlines()]
+    assert any(e["event"] == "progress" and e["message"].startswith("environment of the kernel and workers: "
+                                                                     f"{len(today['packages'])} pins") for e in events)
+    result = events[-1]["report"]
+    assert events[-1]["event"] == "report" and result["verified"] is True and result["results"] > 0
+    assert result["env_diff"]["same"] is True, result["env_diff"]
+    assert [e["packages"] for e in result["isolated"]] == [len(today["packages"])]
+    rebuilt = result["isolated"][0]["python"]
     out = python_json(rebuilt, "import toolz, julius_magics; print(toolz.__version__, julius_magics.__file__)")
     version, where = out.stdout.split()
     assert version == today["packages"]["toolz"]
