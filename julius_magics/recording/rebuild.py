@@ -175,8 +175,10 @@ def check_platform(pins):
 
     same = all(recorded.get(k) in (None, current[k]) for k in ("system", "machine", "platform_tag"))
     old, new = _libc_version(recorded.get("libc")), _libc_version(current["libc"])
-    libc_ok = (old is None or new is None or (recorded.get("libc") or "").split()[0] != current["libc"].split()[0]
-               or old <= new)
+    # wheels built for glibc 2.36 need at least that glibc; musl is another platform altogether
+    recorded_libc = (recorded.get("libc") or "").split()[:1]
+    libc_ok = not recorded_libc or (recorded_libc == current["libc"].split()[:1]
+                                    and (old is None or new is None or old <= new))
     if not same or not libc_ok:
         raise RebuildError(f"the recorded environment was built for {show(recorded)} and cannot be installed on "
                            f"this platform, {show(current)}: replay it on a matching machine")

@@ -117,6 +117,14 @@ def test_another_platform_is_refused_before_anything_is_built(envs, today):
                                            r"linux_x86_64|built for macosx_14_0_arm64"):
         build_environment(pins, progress=False, root=envs)
     assert sorted(os.listdir(envs)) == before
+    # the same OS and architecture, but a newer glibc than this machine's: refused too
+    import platform as _platform
+
+    base = pin_set(today).platform
+    newer = dict(base, libc=f"{_platform.libc_ver()[0]} 99.0")
+    with pytest.raises(RebuildError, match=r"\(glibc 99\.0\) and cannot be installed on this platform"):
+        build_environment(small_pins(today, {"six": "1.17.0"}, platform=newer), progress=False, root=envs)
+    assert sorted(os.listdir(envs)) == before
 
 
 def test_an_unreachable_index_or_a_missing_pin_names_package_version_and_index(envs, today, monkeypatch):
