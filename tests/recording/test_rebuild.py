@@ -138,6 +138,10 @@ def test_an_unreachable_index_or_a_missing_pin_names_package_version_and_index(e
         build_environment(small_pins(today, {"six": "0.0.999"}), progress=False, root=envs)
     message = str(e.value)
     assert "\n" not in message and "six 0.0.999" in message and "pypi.org/simple" in message
+    # requests 2.32.0 was yanked from PyPI: refused, never installed silently
+    with pytest.raises(RebuildError, match=r"^cannot install requests 2\.32\.0: it has been yanked from "
+                                           r"https://pypi\.org/simple \(warning: `requests==2\.32\.0` is yanked"):
+        build_environment(small_pins(today, {"requests": "2.32.0"}), progress=False, root=envs)
 
 
 def test_editable_and_local_packages(envs, today, tmp_path):
