@@ -698,8 +698,8 @@ def _result_step(recording, node):
     raise RebuildError(f"recording {recording.name!r} holds no result of node {node!r}")
 
 
-def replay_until(name, node, store=None, trust=False, n_workers=None):
-    """Replay recording ``name`` only up to the step that computes ``node``; does ``node`` still match?
+def replay_until(name, nodes, store=None, trust=False, n_workers=None):
+    """Replay recording ``name`` only up to the last step that computes one of ``nodes``; which still match?
 
     The steps after it are not replayed. Runs in this process (inside a rebuilt
     environment, as a bisection's probe).
@@ -707,16 +707,17 @@ def replay_until(name, node, store=None, trust=False, n_workers=None):
     Returns
     -------
     dict
-        ``node``, ``differs`` (bool), ``steps`` (replayed), ``total_steps``, ``mismatch``.
+        ``differs`` (``{node: bool}``), ``steps`` (replayed), ``total_steps``.
     """
     from ..cluster.session import Session
     from ..rules.registry import RuleBook
     from .replay import ReplayReport, _replay_step, prepare_inputs
     from .store import Store
 
+    nodes = [nodes] if isinstance(nodes, str) else list(nodes)
     store = store if isinstance(store, Store) else Store(store)
     recording = store.open(name, trust=trust)
-    upto = _result_step(recording, node)
+    upto = max(_result_step(recording, node) for node in nodes)
     report = ReplayReport(name)
     mapping = prepare_inputs(recording, report)
     spec = next((s.data for s in recording.steps if s.kind == "cluster"), {})
@@ -731,9 +732,9 @@ def replay_until(name, node, store=None, trust=False, n_workers=None):
             _replay_step(session, recording, step, report)
     finally:
         session.stop()
-    mismatch = next((m for m in report.mismatches if m["node"] == node), None)
-    return {"node": node, "differs": mismatch is not None, "steps": upto + 1, "total_steps": len(recording.steps),
-            "mismatch": mismatch}
+    differing = {m["node"] for m in report.mismatches}
+    return {"differs": {node: node in differing for node in nodes}, "steps": upto + 1,
+            "total_steps": len(recording.steps)}
 
 
 @dataclass
@@ -742,16 +743,19 @@ class BisectReport:
 
     Attributes
     ----------
-    node, label : str
-        The first result that differs in today's replay.
-    culprit : dict or None
-        ``name``, ``recorded`` and ``today`` (versions, None when absent).
+    message : str
+        One line per differing result: "pandas 2.2.3 → 3.1.1 changes `ml.select` (node …)",
+        or why nothing could be attributed.
+    culprits : list of dict
+        Per differing result: ``node``, ``label``, ``name`` (the package), ``recorded`` and
+        ``today`` (versions, None when absent).
+    node, label, culprit
+        The first differing result and its culprit (``name``, ``recorded``, ``today``).
     changed : list of str
         Packages that differ between the recording and today.
     rebuilds : list of dict
-        Each probe's environment: ``take`` (packages from today), ``differs``,
-        ``reused``, ``seconds`` (build), ``replay_seconds``.
-    message : str
+        Each environment probed: ``take`` (packages from today), ``differs`` (of the
+        first result), ``reused``, ``seconds`` (build), ``replay_seconds``, ``error``.
     """
 
     name: str
@@ -761,10 +765,12 @@ class BisectReport:
     culprit: dict | None = None
     changed: list = field(default_factory=list)
     rebuilds: list = field(default_factory=list)
+    culprits: list = field(default_factory=list)
 
     def as_dict(self):
         return {"name": self.name, "message": self.message, "node": self.node, "label": self.label,
-                "culprit": self.culprit, "changed": self.changed, "rebuilds": self.rebuilds}
+                "culprit": self.culprit, "culprits": self.culprits, "changed": self.changed,
+                "rebuilds": self.rebuilds}
 
     def summary(self):
         lines = [self.message]
@@ -784,14 +790,16 @@ def _versions(env, name):
 
 
 def bisect_environment(name, store=None, trust=False, n_workers=None, python_install=False, root=None,
-                       today_report=None, isolated=None, log=None):
-    """Find which package change alters the first result that differs in today's replay.
+                       today_report=None, isolated=None, log=None, max_results=10):
+    """Find, per result that differs in today's replay, which package change alters it.
 
     Today's replay (in this process's environment) must differ and the isolated
     replay (in the recorded environment) must verify; then environments taking half
     of the changed packages from the recording and half from today are rebuilt,
-    each replayed only up to the differing node, at most ⌈log2(changed)⌉ times after
-    the isolated one.
+    each replayed only up to the differing results, at most ⌈log2(changed)⌉ times
+    after the isolated one for the first result. Each probe checks every differing
+    result at once, so results that follow the same path cost nothing more; the
+    others reuse the environments already built (uv's cache, and this cache).
 
     Parameters
     ----------
@@ -803,6 +811,8 @@ def bisect_environment(name, store=None, trust=False, n_workers=None, python_ins
         The isolated replay, if already run.
     log : callable, optional
         ``log(text)`` for each step of the bisection.
+    max_results : int
+        Attribute at most this many differing results (the first ones).
 
     Returns
     -------
@@ -818,17 +828,21 @@ def bisect_environment(name, store=None, trust=False, n_workers=None, python_ins
                                  *options])
     if today_report.get("verified"):
         return BisectReport(name, f"today's replay of {name!r} verifies: there is no difference to attribute")
-    first = next(iter(today_report.get("mismatches") or []), None)
-    if first is None:
+    mismatches = list(today_report.get("mismatches") or [])
+    if not mismatches:
         return BisectReport(name, f"today's replay of {name!r} does not verify, but no result differs: "
                                   "nothing for an environment bisection to attribute")
-    node, label = first["node"], first.get("label") or first["node"]
+    labels = {}
+    for m in mismatches:
+        labels.setdefault(m["node"], m.get("label") or m["node"])
+    nodes = list(labels)[:max_results]
+    node, label = nodes[0], labels[nodes[0]]
     if isolated is None:
         say("replaying in the recorded environment (--isolated)")
         isolated = replay_isolated(name, store, n_workers, trust, python_install, root=root, build_progress=False)
-    rebuilds = [{"n": 1, "take": [], "differs": not isolated.verified, "reused": isolated.environments[0].reused,
-                 "seconds": sum(e.seconds for e in isolated.environments), "replay_seconds": None}]
-    rebuilds[0]["replay_seconds"] = (isolated.report.get("timings") or {}).get("replay") or 0.0
+    rebuilds = [{"n": 1, "take": [], "differs": not isolated.verified, "error": None,
+                 "reused": isolated.environments[0].reused, "seconds": sum(e.seconds for e in isolated.environments),
+                 "replay_seconds": (isolated.report.get("timings") or {}).get("replay") or 0.0}]
     if not isolated.verified:
         return BisectReport(name, f"the isolated replay of {name!r} does not verify either: the difference is not "
                                   "(only) the environment", node, label, rebuilds=rebuilds)
@@ -839,50 +853,72 @@ def bisect_environment(name, store=None, trust=False, n_workers=None, python_ins
         return BisectReport(name, f"no package differs between recording {name!r} and today, yet {label} differs: "
                                   "the cause is outside the packages (Python, OS, CPU, or code and data)",
                             node, label, rebuilds=rebuilds)
-    say(f"{len(changed)} changed packages: {', '.join(changed)}; first differing result {label} ({node})")
-    fixed, candidates = [], list(changed)
-    while len(candidates) > 1:
-        half = candidates[:math.ceil(len(candidates) / 2)]
-        take = fixed + half
+    say(f"{len(changed)} changed packages: {', '.join(changed)}; {len(nodes)} differing result(s), "
+        f"the first {label} ({node})")
+    probes = {}   # tuple(take) -> {node: differs}
+
+    def probe(take, wanted):
+        key = tuple(take)
+        if key in probes and all(n in probes[key] for n in wanted):
+            return probes[key]
         kernel_pins, worker_pins = environments_for(kernel, workers, take, today)
         envs = [build_environment(kernel_pins, None, python_install, False, root)]
         if worker_pins is not None:
             envs.append(build_environment(worker_pins, None, python_install, False, root))
         t0 = time.monotonic()
-        argv_code = ("import json, sys\n"
-                     + (f"import multiprocessing; multiprocessing.set_executable({envs[1].python!r})\n"
-                        if len(envs) > 1 else "")
-                     + "from julius_magics.recording.rebuild import _probe_main\n"
-                     f"sys.exit(_probe_main({[url, name, node, n_workers, trust]!r}))")
+        code = ("import sys\n"
+                + (f"import multiprocessing; multiprocessing.set_executable({envs[1].python!r})\n"
+                   if len(envs) > 1 else "")
+                + "from julius_magics.recording.rebuild import _probe_main\n"
+                f"sys.exit(_probe_main({[url, name, list(wanted), n_workers, trust]!r}))")
         try:
-            probe = _run_job([envs[0].python, "-c", argv_code])
-            differs, error = probe["differs"], None
+            outcome, error = _run_job([envs[0].python, "-c", code])["differs"], None
         except JuliusError as e:
-            differs, error = None, str(e)
-        rebuilds.append({"n": len(rebuilds) + 1, "take": take, "differs": differs, "error": error,
-                         "reused": envs[0].reused, "seconds": sum(e.seconds for e in envs),
+            outcome, error = None, str(e)
+        rebuilds.append({"n": len(rebuilds) + 1, "take": list(take), "differs": (outcome or {}).get(wanted[0]),
+                         "error": error, "reused": envs[0].reused, "seconds": sum(e.seconds for e in envs),
                          "replay_seconds": time.monotonic() - t0})
-        if error is not None:   # a mix that cannot run says nothing about which package changes the node
-            return BisectReport(name, f"cannot attribute `{label}` (node {node}): the replay failed with "
-                                      f"{', '.join(take)} from today: {error}", node, label, None, changed, rebuilds)
-        say(f"rebuild {len(rebuilds)}: from today {', '.join(take)} -> {'differs' if differs else 'matches'}")
-        if differs:
-            candidates = half
-        else:
-            fixed += half
-            candidates = candidates[len(half):]
-    culprit = candidates[0]
-    old, new = _versions(kernel, culprit), _versions(today, culprit)
-    message = f"{culprit} {old or 'absent'} → {new or 'absent'} changes `{label}` (node {node})"
-    return BisectReport(name, message, node, label, {"name": culprit, "recorded": old, "today": new}, changed,
-                        rebuilds)
+        if error is not None:   # a mix that cannot run says nothing about which package changes a node
+            raise RebuildError(f"the replay failed with {', '.join(take)} from today: {error}")
+        say(f"rebuild {len(rebuilds)}: from today {', '.join(take)} -> "
+            + ", ".join(f"{labels[n]} {'differs' if outcome[n] else 'matches'}" for n in wanted))
+        probes[key] = {**probes.get(key, {}), **outcome}
+        return probes[key]
+
+    culprits = []
+    try:
+        for target in nodes:
+            fixed, candidates = [], list(changed)
+            while len(candidates) > 1:
+                half = candidates[:math.ceil(len(candidates) / 2)]
+                pending = [n for n in nodes if n not in {c["node"] for c in culprits}]
+                if probe(fixed + half, [target] + [n for n in pending if n != target])[target]:
+                    candidates = half
+                else:
+                    fixed += half
+                    candidates = candidates[len(half):]
+            package = candidates[0]
+            culprits.append({"node": target, "label": labels[target], "name": package,
+                             "recorded": _versions(kernel, package), "today": _versions(today, package)})
+    except RebuildError as e:
+        lines = [_culprit_line(c) for c in culprits]
+        return BisectReport(name, "\n".join(lines + [f"cannot attribute the remaining differing results: {e}"]),
+                            node, label, culprits[0] if culprits else None, changed, rebuilds, culprits)
+    first = culprits[0]
+    return BisectReport(name, "\n".join(_culprit_line(c) for c in culprits), node, label,
+                        {k: first[k] for k in ("name", "recorded", "today")}, changed, rebuilds, culprits)
+
+
+def _culprit_line(c):
+    return (f"{c['name']} {c['recorded'] or 'absent'} → {c['today'] or 'absent'} changes `{c['label']}` "
+            f"(node {c['node']})")
 
 
 def _probe_main(args):
     """A bisection's probe, run in a rebuilt environment: one JSON ``report`` line on stdout."""
-    url, name, node, n_workers, trust = args
+    url, name, nodes, n_workers, trust = args
     try:
-        result = replay_until(name, node, url, trust, n_workers)
+        result = replay_until(name, nodes, url, trust, n_workers)
     except JuliusError as e:
         print(json.dumps({"event": "error", "message": str(e)}), flush=True)
         return 1
@@ -891,25 +927,6 @@ def _probe_main(args):
         return 1
     print(json.dumps({"event": "report", "report": result}, default=str), flush=True)
     return 0
-
-
-def recorded_pins(name, store=None, fmt="requirements", which="kernel"):
-    """The recorded environment of ``name`` as pins text (``julius env NAME --format FMT``).
-
-    Parameters
-    ----------
-    fmt : {"requirements", "uv-lock", "conda"}
-    which : str
-        ``kernel``, or a worker's address (as ``julius show`` lists them).
-    """
-    from .environment import render_pins
-
-    _, recording, kernel, workers = _recorded(name, store, True)   # JSON only: nothing is unpickled
-    env = kernel if which == "kernel" else workers.get(which)
-    if env is None:
-        raise RebuildError(f"recording {name!r} has no environment of {which!r}: kernel or one of "
-                           + ", ".join(sorted(workers)))
-    return render_pins(env, fmt) + "\n"
 
 
 # --- the isolated replay as a process: the same JSON lines as a replay job -------------------------

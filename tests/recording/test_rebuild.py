@@ -266,9 +266,12 @@ from julius_magics.cluster.session import get_session
 session = get_session()
 recording.start(session, "bisect-me", store={store!r})
 session.start(n_workers=1)
-session.remote_eval("import tabulate, six, humanize\\ndef count_formats():\\n    return len(tabulate.tabulate_formats)")
-session.add_rules("b", "def formats():\\n    return ApplyFn(count_formats)()\\ndef fixed():\\n    return ApplyFn(int, 7)()")
-print("RESULT", session.compute([jm.ref.b.fixed(label="fixed"), jm.ref.b.formats(label="b:formats")]))
+session.remote_eval("import tabulate, six, humanize\\ndef count_formats():\\n    return len(tabulate.tabulate_formats)\\n"
+                    "def six_version():\\n    return six.__version__")
+session.add_rules("b", "def formats():\\n    return ApplyFn(count_formats)()\\ndef fixed():\\n    return ApplyFn(int, 7)()\\n"
+                  "def sixv():\\n    return ApplyFn(six_version)()")
+print("RESULT", session.compute([jm.ref.b.fixed(label="fixed"), jm.ref.b.formats(label="b:formats"),
+                                 jm.ref.b.sixv(label="b:sixv")]))
 recording.stop()
 session.stop()
 """
@@ -279,7 +282,7 @@ def test_bisect_names_the_package_whose_version_changes_a_remote_eval_result(env
     old = variant(today, envs, tabulate="0.8.10", six="1.16.0", humanize="4.16.0")
     store = str(tmp_path / "store")
     out = python_json(old.python, BISECT_SCRIPT.format(store=store), cwd=tmp_path)
-    assert "RESULT [7, 24]" in out.stdout
+    assert "RESULT [7, 24, '1.16.0']" in out.stdout
     # today: tabulate 0.9.0 has 36 formats; six and humanize changed too, without effect on the result
     new = variant(today, envs, tabulate="0.9.0", six="1.17.0", humanize="4.17.0")
     code = ("import json\nfrom julius_magics.recording.rebuild import bisect_environment\n"
@@ -287,9 +290,16 @@ def test_bisect_names_the_package_whose_version_changes_a_remote_eval_result(env
             "print(json.dumps(r.as_dict()))")
     result = last_json(python_json(new.python, code, cwd=tmp_path).stdout)
     assert result["changed"] == ["humanize", "six", "tabulate"], result
-    assert result["culprit"]["name"] == "tabulate", result["rebuilds"]
-    assert result["culprit"] == {"name": "tabulate", "recorded": "0.8.10", "today": "0.9.0"}
-    assert result["message"].startswith("tabulate 0.8.10 → 0.9.0 changes `b:formats` (node ")
-    assert len(result["rebuilds"]) <= 3   # ⌈log2 3⌉ + 1
+    by_label = {c["label"]: {k: c[k] for k in ("name", "recorded", "today")} for c in result["culprits"]}
+    assert by_label == {"b:formats": {"name": "tabulate", "recorded": "0.8.10", "today": "0.9.0"},
+                        "b:sixv": {"name": "six", "recorded": "1.16.0", "today": "1.17.0"}}, result["rebuilds"]
+    # per differing result, its own package; the unchanged result is not attributed
+    lines = result["message"].splitlines()
+    assert len(lines) == 2 and {c["label"] for c in result["culprits"]} == {"b:formats", "b:sixv"}
+    assert any(line.startswith("tabulate 0.8.10 → 0.9.0 changes `b:formats` (node ") for line in lines)
+    assert any(line.startswith("six 1.16.0 → 1.17.0 changes `b:sixv` (node ") for line in lines)
+    first = [r for r in result["rebuilds"]][:3]
+    assert len(first) <= 3   # ⌈log2 3⌉ + 1 for the first result
+    assert len(result["rebuilds"]) <= 4   # the second result reuses the first's probes where its path is the same
     assert result["rebuilds"][0]["take"] == [] and result["rebuilds"][0]["differs"] is False
     assert all(r["take"] != ["humanize", "six", "tabulate"] for r in result["rebuilds"])
