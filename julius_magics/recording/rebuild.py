@@ -585,7 +585,12 @@ def _run_job(command, progress=None, cwd=None):
 
 @dataclass
 class IsolatedReplay:
-    """An isolated replay: the report (as the replay job gave it) and the environments built for it."""
+    """An isolated replay: the report (as the replay job gave it) and the environments built for it.
+
+    ``verified``, ``steps``, ``results``, ``mismatches``, ``env_diff`` and ``summary()`` read
+    as a ``ReplayReport``'s. The replay ran in another process: its cluster is gone, and
+    ``getdata`` in this kernel does not give replayed values.
+    """
 
     name: str
     report: dict
@@ -594,6 +599,18 @@ class IsolatedReplay:
     @property
     def verified(self):
         return bool(self.report.get("verified"))
+
+    @property
+    def steps(self):
+        return self.report.get("steps", 0)
+
+    @property
+    def total_steps(self):
+        return self.report.get("total_steps", 0)
+
+    @property
+    def results(self):
+        return self.report.get("results", 0)
 
     @property
     def mismatches(self):
