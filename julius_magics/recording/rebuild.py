@@ -131,7 +131,14 @@ def pin_set(env, take=None, today=None):
         Today's environment (``capture_environment()`` of this process by default).
     """
     packages = dict(env.get("packages") or {})
-    dists = env.get("distributions") or {}
+    dists = env.get("distributions")
+    if dists is None:
+        # recorded before origins were: a package that is an editable/local install here at the
+        # recorded version is taken as one (an index could hold another project under its name)
+        from .environment import distribution_origins
+
+        here = distribution_origins()
+        dists = {n: d for n, d in here.items() if n in packages and _installed_version(n) == packages[n]}
     origins = {n: d["origin"] for n, d in dists.items()
                if n in packages and (d.get("origin") or {}).get("kind", "index") != "index"}
     if take:
