@@ -519,10 +519,10 @@ def embed_local_wheels(writer, env=None, progress=False):
 
 # --- replaying in a rebuilt environment -------------------------------------------------------
 def _recorded(name, store, trust):
-    from .inspect import recorded_environment
+    from .steps import recorded_environment
     from .store import Store
 
-    store = store if isinstance(store, Store) else Store(store)
+    store = Store.coerce(store)
     recording = store.open(name, trust=trust)
     kernel, workers = recorded_environment(recording)
     if kernel is None:
@@ -556,10 +556,12 @@ def environments_for(kernel, workers, take=None, today=None):
 
 
 def _job_command(python, worker_python, argv):
-    """``python -c ...`` running the julius CLI, its workers started on ``worker_python``."""
+    """The replay job (``julius_magics.recording.replay_job``) on ``python``, its workers on ``worker_python``."""
+    if not worker_python:
+        return [python, "-m", "julius_magics.recording.replay_job", *argv]
     code = ("import sys, multiprocessing\n"
-            + (f"multiprocessing.set_executable({worker_python!r})\n" if worker_python else "")
-            + "from julius_magics.cli import main\n"
+            f"multiprocessing.set_executable({worker_python!r})   # the workers' own environment\n"
+            "from julius_magics.recording.replay_job import main\n"
             f"sys.exit(main({argv!r}))")
     return [python, "-c", code]
 
@@ -701,7 +703,7 @@ def replay_isolated(name, store=None, n_workers=None, trust=False, python_instal
                 f"({os.path.join(root or envs_root(), pins.key)})")
             envs.append(build_environment(pins, wheels, python_install, build_progress, root))
             say(f"environment of the {role}: {'reused' if envs[-1].reused else 'built'} in {envs[-1].seconds:.1f}s")
-    argv = ["--store", _store_url(store), "replay", name, "--json"]
+    argv = [name, "--store", _store_url(store)]
     if n_workers:
         argv += ["-n", str(n_workers)]
     if trust:
@@ -714,10 +716,10 @@ def replay_isolated(name, store=None, n_workers=None, trust=False, python_instal
 # --- bisecting the environment -------------------------------------------------------------
 def _result_step(recording, node):
     """Index of the step holding the recorded result of ``node`` (a node id or a Dask key)."""
+    from . import steps as step_kinds
+
     for i, step in enumerate(recording.steps):
-        if step.kind == "dispatch" and node in (step.data.get("results") or {}):
-            return i
-        if step.kind == "graph" and node in (step.data.get("fingerprints") or {}):
+        if node in step_kinds.results(step):
             return i
     raise RebuildError(f"recording {recording.name!r} holds no result of node {node!r}")
 
@@ -735,25 +737,28 @@ def replay_until(name, nodes, store=None, trust=False, n_workers=None):
     """
     from ..cluster.session import Session
     from ..rules.registry import RuleBook
-    from .replay import ReplayReport, _replay_step, prepare_inputs
+    from . import steps as step_kinds
+    from .replay import ReplayReport, _Context, prepare_inputs
     from .store import Store
 
     nodes = [nodes] if isinstance(nodes, str) else list(nodes)
-    store = store if isinstance(store, Store) else Store(store)
+    store = Store.coerce(store)
     recording = store.open(name, trust=trust)
     upto = max(_result_step(recording, node) for node in nodes)
     report = ReplayReport(name)
     mapping = prepare_inputs(recording, report)
     spec = next((s.data for s in recording.steps if s.kind == "cluster"), {})
-    session = Session(rulebook=RuleBook(), seed=spec.get("seed", 0))
-    session.progress = False
+    session = Session(rulebook=RuleBook(), seed=spec.get("seed", 0), progress=False)
     session.start(n_workers=n_workers or spec.get("n_workers") or 2,
                   threads_per_worker=spec.get("threads_per_worker") or 1)
     try:
         if mapping:
             session.set_input_map(mapping)
+        context = _Context(session, recording, report)   # the replay's own step functions, up to ``upto``
         for step in recording.steps[:upto + 1]:
-            _replay_step(session, recording, step, report)
+            kind = step_kinds.kind_of(step, f"recording {name!r}")
+            if kind.replay is not None:
+                kind.replay(context, step)
     finally:
         session.stop()
     differing = {m["node"] for m in report.mismatches}
@@ -848,8 +853,7 @@ def bisect_environment(name, store=None, trust=False, n_workers=None, python_ins
     options = (["-n", str(n_workers)] if n_workers else []) + (["--trust"] if trust else [])
     if today_report is None:
         say("replaying in today's environment")
-        today_report = _run_job([sys.executable, "-m", "julius_magics.cli", "--store", url, "replay", name, "--json",
-                                 *options])
+        today_report = _run_job(_job_command(sys.executable, None, [name, "--store", url, *options]))
     if today_report.get("verified"):
         return BisectReport(name, f"today's replay of {name!r} verifies: there is no difference to attribute")
     mismatches = list(today_report.get("mismatches") or [])
@@ -940,9 +944,12 @@ def _culprit_line(c):
 
 def _probe_main(args):
     """A bisection's probe, run in a rebuilt environment: one JSON ``report`` line on stdout."""
+    import contextlib
+
     url, name, nodes, n_workers, trust = args
     try:
-        result = replay_until(name, nodes, url, trust, n_workers)
+        with contextlib.redirect_stdout(sys.stderr):   # only the event on stdout
+            result = replay_until(name, nodes, url, trust, n_workers)
     except JuliusError as e:
         print(json.dumps({"event": "error", "message": str(e)}), flush=True)
         return 1
@@ -989,9 +996,17 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
         parser.error(f"-n must be at least 1, not {args.workers}")
-    return run_isolated_job(args.name, lambda event: print(json.dumps(event, default=str), flush=True),
-                            store=args.store, n_workers=args.workers, trust=args.trust,
-                            python_install=args.python_install)
+    out = sys.stdout
+
+    def write(event):
+        out.write(json.dumps(event, default=str) + "\n")
+        out.flush()
+
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):   # only events on stdout
+        return run_isolated_job(args.name, write, store=args.store, n_workers=args.workers, trust=args.trust,
+                                python_install=args.python_install)
 
 
 if __name__ == "__main__":

@@ -219,9 +219,9 @@ def test_plain_replay_names_a_changed_package_and_isolated_replay_restores_the_r
     report = last_json(plain.stdout, "report")["report"]
     assert report["env_diff"]["same"] is False
     assert report["env_diff"]["packages"]["changed"] == {"toolz": [today["packages"]["toolz"], "1.1.0"]}
-    # the isolated replay job (what `julius replay --isolated --json` and the server run), from that venv
-    isolated = subprocess.run([other.python, "-m", "julius_magics.recording.rebuild", name, "--store", store, "-n", "1"],
-                              capture_output=True, text=True, cwd=work, timeout=800)
+    # `julius replay --isolated --json` from that venv (the server runs the same job: recording.rebuild)
+    isolated = subprocess.run([other.python, "-m", "julius_magics.cli", "--store", store, "replay", name, "--isolated",
+                               "--json", "-n", "1"], capture_output=True, text=True, cwd=work, timeout=800)
     assert isolated.returncode == 0, isolated.stdout[-3000:] + isolated.stderr[-3000:]
     events = [json.loads(line) for line in isolated.stdout.splitlines()]
     assert any(e["event"] == "progress" and e["message"].startswith("environment of the kernel and workers: "
@@ -248,6 +248,10 @@ def test_recorded_pins_and_one_environment_per_distinct_pin_set(today, tutorial_
     assert f"toolz=={today['packages']['toolz']}" in text and f"dask=={today['packages']['dask']}" in text
     assert any(line.startswith("# julius-magics==0.1.0  (editable install from file://") for line in text)
     assert "version = 1" in recorded_pins(name, store, "uv-lock")
+    out = subprocess.run([sys.executable, "-m", "julius_magics.cli", "--store", store, "env", name, "--format",
+                          "conda"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and f"    - toolz=={today['packages']['toolz']}" in out.stdout.splitlines()
+    assert f"  - python={today['python']['version']}" in out.stdout.splitlines()
     with pytest.raises(RebuildError, match="has no environment of 'tcp://nowhere:1'"):
         recorded_pins(name, store, "conda", which="tcp://nowhere:1")
     same = {"tcp://a:1": today, "tcp://b:2": today}
@@ -285,10 +289,10 @@ def test_bisect_names_the_package_whose_version_changes_a_remote_eval_result(env
     assert "RESULT [7, 24, '1.16.0']" in out.stdout
     # today: tabulate 0.9.0 has 36 formats; six and humanize changed too, without effect on the result
     new = variant(today, envs, tabulate="0.9.0", six="1.17.0", humanize="4.17.0")
-    code = ("import json\nfrom julius_magics.recording.rebuild import bisect_environment\n"
-            f"r = bisect_environment('bisect-me', {store!r}, n_workers=1, log=lambda t: print('LOG', t, flush=True))\n"
-            "print(json.dumps(r.as_dict()))")
-    result = last_json(python_json(new.python, code, cwd=tmp_path).stdout)
+    out = subprocess.run([new.python, "-m", "julius_magics.cli", "--store", store, "replay", "bisect-me", "--bisect-env",
+                          "-n", "1", "--json"], capture_output=True, text=True, cwd=tmp_path, timeout=800)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    result = last_json(out.stdout, "bisect")["bisect"]
     assert result["changed"] == ["humanize", "six", "tabulate"], result
     by_label = {c["label"]: {k: c[k] for k in ("name", "recorded", "today")} for c in result["culprits"]}
     assert by_label == {"b:formats": {"name": "tabulate", "recorded": "0.8.10", "today": "0.9.0"},
