@@ -960,6 +960,25 @@ def _probe_main(args):
     return 0
 
 
+def recorded_pins(name, store=None, fmt="requirements", which="kernel"):
+    """The recorded environment of ``name`` as pins text (``julius env NAME --format FMT``).
+
+    Parameters
+    ----------
+    fmt : {"requirements", "uv-lock", "conda"}
+    which : str
+        ``kernel``, or a worker's address (as ``julius show`` lists them).
+    """
+    from .environment import render_pins
+
+    _, recording, kernel, workers = _recorded(name, store, True)   # JSON only: nothing is unpickled
+    env = kernel if which == "kernel" else workers.get(which)
+    if env is None:
+        raise RebuildError(f"recording {name!r} has no environment of {which!r}: kernel or one of "
+                           + ", ".join(sorted(workers)))
+    return render_pins(env, fmt) + "\n"
+
+
 # --- the isolated replay as a process: the same JSON lines as a replay job -------------------------
 def run_isolated_job(name, write, **options):
     """Rebuild and replay ``name`` isolated, passing JSON-able events to ``write``; return the exit status.
