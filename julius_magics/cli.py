@@ -39,6 +39,8 @@ def cmd_show(args):
 
 
 def cmd_replay(args):
+    if args.isolated or args.bisect_env:   # in rebuilt environments: recording.rebuild
+        return _replay_rebuilt(args)
     from .recording.replay import ProgressBar, replay
     from .recording.replay_job import run
 
@@ -52,6 +54,37 @@ def cmd_replay(args):
         report = replay(args.name, progress=bar, **options)
     print(report.summary())
     return 0 if report.verified else 1
+
+
+def _replay_rebuilt(args):
+    """``--isolated`` (replay in the recording's rebuilt environment) and ``--bisect-env``."""
+    from .recording import rebuild
+    from .recording.replay import Progress, ProgressBar
+
+    if args.address:
+        raise JuliusError("--isolated and --bisect-env start their own cluster on the rebuilt interpreter: "
+                          "leave out --address")
+    options = dict(store=_store(args), n_workers=args.workers, trust=args.trust, python_install=args.python_install)
+
+    def emit(event):
+        print(json.dumps(event, default=str), flush=True)
+
+    if args.bisect_env:
+        log = ((lambda text: emit({"event": "progress", "done": 0, "total": 0, "message": text})) if args.json
+               else (lambda text: print(text, file=sys.stderr, flush=True)))
+        result = rebuild.bisect_environment(args.name, log=log, **options)
+        if args.json:
+            emit({"event": "bisect", "bisect": result.as_dict()})
+        else:
+            print(result.summary())
+        return 0 if result.culprits else 1
+    if args.json:   # the replay job's JSON lines, the report with the environments built
+        return min(rebuild.run_isolated_job(args.name, emit, **options), 1)
+    with ProgressBar(args.name) as bar:
+        result = rebuild.replay_isolated(args.name, progress=lambda done, total, message: bar(
+            Progress(done, total, message)), log=lambda text: print(text, file=sys.stderr, flush=True), **options)
+    print(result.summary())
+    return 0 if result.verified else 1
 
 
 def cmd_diff(args):
@@ -77,6 +110,11 @@ def cmd_import(args):
 def cmd_env(args):
     from .recording.summary import environment_pins
 
+    if args.format != "requirements":   # uv-lock, conda: recording.rebuild
+        from .recording.rebuild import recorded_pins
+
+        sys.stdout.write(recorded_pins(args.name, _store(args), args.format))
+        return 0
     sys.stdout.write(environment_pins(args.name, _store(args)))
     return 0
 
@@ -113,6 +151,12 @@ def build_parser():
     p.add_argument("--strict-env", action="store_true", help="refuse to replay when the environment differs")
     p.add_argument("--trust", action="store_true", help="accept a recording signed with another key")
     p.add_argument("--json", action="store_true", help="progress and report as JSON lines")
+    p.add_argument("--isolated", action="store_true",
+                   help="rebuild the recorded environment with uv (cached in ~/.julius/envs) and replay in it")
+    p.add_argument("--python-install", action="store_true",
+                   help="with --isolated: let uv install the recorded Python version when it is missing")
+    p.add_argument("--bisect-env", action="store_true",
+                   help="name the package change that alters each result differing from the recording")
     p = add("diff", cmd_diff, "what differs between two recordings; exit 0 when none, 1 when they differ, "
                               "2 on error (as diff(1))")
     p.add_argument("a", help="the first recording (shown as recorded)")
@@ -129,6 +173,8 @@ def build_parser():
     p.add_argument("--force", action="store_true", help="replace a recording of the same name in the store")
     p = add("env", cmd_env, "the recorded environment as requirements.txt pins")
     p.add_argument("name", help="the recording's name")
+    p.add_argument("--format", choices=("requirements", "uv-lock", "conda"), default="requirements",
+                   help="pins for pip (exact, with hashes where known), uv.lock's shape, or a conda environment.yml")
     p = add("demo", cmd_demo, "record the tutorial pipeline, replay it in a fresh cluster, verify")
     p.add_argument("-n", "--workers", type=int, default=4, help="workers of the recorded run (default: 4)")
     p.add_argument("--replay-workers", type=int, default=2, help="workers of the replay (default: 2)")

@@ -102,6 +102,10 @@ REPLAY.add_argument("--store", default=None)
 REPLAY.add_argument("--address", default=None, help="replay on this existing cluster")
 REPLAY.add_argument("--strict-env", action="store_true", help="refuse when the environment differs")
 REPLAY.add_argument("--trust", action="store_true", help="accept a recording signed with another key")
+REPLAY.add_argument("--isolated", action="store_true",
+                    help="rebuild the recorded environment with uv and replay in it (another process)")
+REPLAY.add_argument("--python-install", action="store_true",
+                    help="with --isolated: let uv install the recorded Python version when it is missing")
 
 
 @magics_class
@@ -273,8 +277,10 @@ class JuliusMagics(Magics):
     @line_magic
     @_usage_errors
     def replay(self, line):
-        """%replay NAME [-n WORKERS] [--store URL] [--address ADDR] [--strict-env] [--trust]"""
+        """%replay NAME [-n WORKERS] [--store URL] [--address ADDR] [--strict-env] [--trust] [--isolated]"""
         args = _parse(REPLAY, line)
+        if args.isolated:   # in a subprocess of the rebuilt environment: the kernel's session stays as it is
+            return _replay_isolated(args)
         with recording.ProgressBar(args.name) as bar:
             report = recording.replay(args.name, store=args.store, n_workers=args.workers, address=args.address,
                                       strict_env=args.strict_env, trust=args.trust, progress=bar, keep=True)
@@ -301,6 +307,20 @@ def _check_syntax(source, where):
         column = max((e.offset or 1) - 1 - (len(text) - len(code)), 0)
         pointer = f"\n    {code}\n    {' ' * min(column, len(code))}^" if code else ""
         raise UsageError(f"{type(e).__name__} in {where}, line {lineno}: {e.msg}{pointer}") from None
+
+
+def _replay_isolated(args):
+    """``%replay NAME --isolated``: the report of a replay in the recording's rebuilt environment."""
+    from .recording.rebuild import replay_isolated
+    from .recording.replay import Progress
+
+    if args.address:
+        raise UsageError("--isolated starts its own cluster on the rebuilt interpreter: leave out --address")
+    with recording.ProgressBar(args.name) as bar:
+        return replay_isolated(args.name, store=args.store, n_workers=args.workers, trust=args.trust,
+                               python_install=args.python_install, build_progress=False,
+                               progress=lambda done, total, message: bar(Progress(done, total, message)),
+                               log=print)
 
 
 def _stopped_text(info, store):
