@@ -12,10 +12,8 @@ from distributed import Client, LocalCluster
 
 CANARY_TOKEN = "canary-7f3e9b2c41d8"
 CANARY_PASSWORD = "hunter2-canary-pw"
-# Workers inherit the environment of the process that starts them.
-os.environ["JULIUS_CANARY_TOKEN"] = CANARY_TOKEN
-os.environ["MY_PASSWORD"] = CANARY_PASSWORD
-os.environ["DASK_JULIUS_API_KEY"] = "dask-secret-key-value"
+CANARY_ENV = {"JULIUS_CANARY_TOKEN": CANARY_TOKEN, "MY_PASSWORD": CANARY_PASSWORD,
+              "DASK_JULIUS_API_KEY": "dask-secret-key-value"}
 
 import dask  # noqa: E402
 
@@ -23,6 +21,20 @@ from julius_magics.recording.environment import (  # noqa: E402
     capture_environment, cluster_environments, env_diff, format_env_diff, render_pins, requirements, scrub,
     secret_name,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _canary_environment():
+    """Secrets in this process's environment while the module runs (workers inherit it), and only then:
+    set at import time, they would reach every process the rest of the run starts."""
+    old = {k: os.environ.get(k) for k in CANARY_ENV}
+    os.environ.update(CANARY_ENV)
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 # The canaries of issue 9 (finding 6): each leaked into a stored environment blob once.
 ISSUE_CANARIES = {

@@ -11,6 +11,7 @@ Timings (the list's load, search and sort) are printed, never asserted; with
 ``JULIUS_BENCHMARK=1`` each is the median of more runs (``benchmarks/README.md``).
 """
 
+import asyncio
 import json
 import os
 import re
@@ -57,6 +58,15 @@ def record_in_kernel():
     NotebookClient(nb, kernel_name="python3", timeout=180).execute()  # the kernel inherits env
     assert nb.cells[3].outputs[0]["data"]["text/plain"] == "10"
     assert nb.cells[7].outputs[0]["data"]["text/plain"] == "7"
+
+
+@pytest.fixture
+def jp_asyncio_loop():
+    """pytest-jupyter's autouse event loop (its plugin is loaded by the server tests), made apart here:
+    Playwright's sync API keeps the current loop running across this module's tests."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
 
 
 @pytest.fixture(scope="module")
