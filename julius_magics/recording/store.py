@@ -157,7 +157,7 @@ class Store:
         """Fingerprints whose recordings :meth:`open` accepts besides yours: trusted keys and ``trust_key``."""
         return trusted_fingerprints([trust_key] if trust_key else [])
 
-    def open(self, name, trust_key=None, legacy_hmac=False, any_signer=False):
+    def open(self, name, trust_key=None, legacy_hmac=False, any_signer=False, *, trust=False):
         """Verify every byte of a recording, then return it as a :class:`Recording`.
 
         Parameters
@@ -183,6 +183,9 @@ class Store:
         UntrustedRecordingError
             Signed with a key you do not trust.
         """
+        if trust:   # ``trust=False`` is still accepted from callers not yet moved to ``trust_key``
+            raise ValueError("trust=True (accept any key) is gone: pass trust_key=FINGERPRINT for one recording, "
+                             "or `julius trust add` its author's public key")
         validate_name(name)
         self.files.refresh()
         source = StoreSource(self.files, name, self.url)

@@ -49,6 +49,9 @@ RUNNING, VERIFIED, FAILED, ERROR = "running", "verified", "failed", "error"
 REPLAY_COMMAND = ("-m", "julius_magics.recording.replay_job")
 MAX_WORKERS_ENV = "JULIUS_MAX_REPLAY_WORKERS"
 _log = logging.getLogger("julius_magics.server")
+#: An isolated replay (in the recording's rebuilt environment): the same JSON lines, the report
+#: with ``"isolated": [environment built, ...]`` besides.
+ISOLATED_COMMAND = ("-m", "julius_magics.recording.rebuild")
 
 # Lines of the child's stderr kept to explain a crash.
 _STDERR_TAIL = 20
@@ -136,6 +139,7 @@ class RecordingsManager:
         self.store_url = store_url or None
         self.max_workers = int(max_workers or os.environ.get(MAX_WORKERS_ENV) or (os.cpu_count() or 1) * 4)
         self.replay_command = list(replay_command or [sys.executable, *REPLAY_COMMAND])
+        self.isolated_command = [sys.executable, *ISOLATED_COMMAND]
         self.env = dict(env or {})
         self.jobs: dict[str, ReplayProcess] = {}
         self._tasks: dict[str, asyncio.Task] = {}
@@ -195,9 +199,10 @@ class RecordingsManager:
         return await self._in_thread(diff, a, b, self.store)
 
     # --- replays -------------------------------------------------------------
-    def replay_argv(self, name: str, workers: int | None = None, trust_key: str | None = None) -> list[str]:
-        """The command line of a replay subprocess."""
-        argv = [*self.replay_command, name]
+    def replay_argv(self, name: str, workers: int | None = None, trust_key: str | None = None,
+                    isolated: bool = False) -> list[str]:
+        """The command line of a replay subprocess (``isolated``: in the recording's rebuilt environment)."""
+        argv = [*(self.isolated_command if isolated else self.replay_command), name]
         if self.store_url:
             argv += ["--store", self.store_url]
         if workers is not None:
@@ -213,8 +218,8 @@ class RecordingsManager:
             raise UntrustedRecordingError(untrusted_message(f"Recording '{name}': manifest.json", info.key_id,
                                                             self.store.key.fingerprint))
 
-    async def start_replay(self, name: str, workers: int | None = None,
-                           trust_key: str | None = None) -> ReplayProcess:
+    async def start_replay(self, name: str, workers: int | None = None, trust_key: str | None = None,
+                           isolated: bool = False) -> ReplayProcess:
         """Start a replay of ``name`` in a subprocess and return it at once.
 
         The name is checked against the store first, so a missing recording is
@@ -225,11 +230,13 @@ class RecordingsManager:
             raise ValueError(f"workers must be between 1 and {self.max_workers} on this server, got {workers!r}")
         if trust_key is not None:
             trust_key = check_fingerprint(trust_key)
+            if isolated:   # recording/rebuild.py takes no --trust-key yet
+                raise ValueError("an isolated replay accepts only recordings signed by you or a trusted key")
         validate_name(name)
         await self._in_thread(self._check_replayable, name, trust_key)
         job = ReplayProcess(id=uuid.uuid4().hex, name=name, workers=workers)
         self.jobs[job.id] = job
-        task = asyncio.create_task(self._run(job, self.replay_argv(name, workers, trust_key)))
+        task = asyncio.create_task(self._run(job, self.replay_argv(name, workers, trust_key, isolated)))
         self._tasks[job.id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
         return job
