@@ -241,10 +241,12 @@ async def test_manager_close_kills_running_replays(store_dir):
 
 
 async def test_replay_flags_must_be_booleans(jp_fetch):
-    for flag in ("isolated", "trust"):
-        code, body = await fetch_error(jp_fetch, "replays", method="POST",
-                                       body=json.dumps({"name": "alpha", flag: "yes"}))
-        assert code == 400 and f'"{flag}" must be true or false' in body["message"]
+    code, body = await fetch_error(jp_fetch, "replays", method="POST",
+                                   body=json.dumps({"name": "alpha", "isolated": "yes"}))
+    assert code == 400 and '"isolated" must be true or false' in body["message"]
+    code, body = await fetch_error(jp_fetch, "replays", method="POST",   # issue 9: no "accept any key"
+                                   body=json.dumps({"name": "alpha", "trust": True}))
+    assert code == 400 and '"trust" was replaced by "trust_key"' in body["message"]
 
 
 class _SeeingManager(RecordingsManager):
@@ -268,5 +270,5 @@ async def test_isolated_is_passed_through_to_the_manager(jp_fetch, jp_serverapp,
         code, job = await fetch_json(jp_fetch, "replays", method="POST", body=json.dumps(body))
         assert code == 202 and job["name"] == "alpha"
         await manager.wait(job["id"])
-    assert manager.options == [{"workers": None, "trust": False, "isolated": True},
-                               {"workers": None, "trust": False}]
+    assert manager.options == [{"workers": None, "trust_key": None, "isolated": True},
+                               {"workers": None, "trust_key": None}]
