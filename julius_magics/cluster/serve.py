@@ -1,0 +1,261 @@
+"""Serving recorded input files on replay, in the process that reads them.
+
+A replay may run on another machine, from another folder, on workers that
+cannot see the kernel's disk.  For every recorded input, each worker (and the
+kernel) checks its own view: the file at its recorded absolute path, or, for a
+relative path, at the recorded working directory joined with it.  A file that
+is missing or changed there is served from the recording: the kernel reads
+the blob (verified) and pushes it through Dask to one worker per host, which
+stores it content-addressed in ``~/.julius/cache`` of that host; an opener
+patched into every process (``open``, ``io.open``, ``os.open``, fsspec's local
+files) then reads the copy instead.  Relative paths resolve against the
+recorded working directory, so a replay from any folder reads what the
+recording read.
+
+Kernel-facing API::
+
+    plan = check_inputs(client, files)          # {abspath: {worker or "kernel": status}}
+    served = serve_inputs(client, files, read_blob, embedded=True)
+    # -> [{"path", "abspath", "status", "where"}]; DataChangedError when a file
+    #    changed or is missing and the recording holds only its hash
+
+``files`` are recorded input entries: ``{"path", "abspath", "cwd", "size", "sha256"}``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import socket
+import threading
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from ..errors import DataChangedError
+from .inputs import file_sha256
+
+__all__ = ["cache_dir", "file_status", "check_inputs", "serve_inputs", "ServeInputs", "install_redirect",
+           "resolve"]
+
+_REDIRECT = {"files": {}, "relative": {}, "choice": {}, "installed": False}
+_lock = threading.Lock()
+
+
+def cache_dir() -> str:
+    """``~/.julius/cache`` of this host: served copies, named by their SHA-256."""
+    path = os.path.join(os.path.expanduser("~"), ".julius", "cache")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _candidates(entry) -> list[str]:
+    """Where this process may find a recorded file: its absolute path, or the recorded cwd joined."""
+    path = entry["path"]
+    if os.path.isabs(path):
+        return [entry["abspath"]]
+    return list(dict.fromkeys([entry["abspath"], os.path.join(entry["cwd"], path)]))
+
+
+def file_status(entry) -> str:
+    """``"unchanged"``, ``"changed"`` or ``"missing"`` for a recorded input, in this process's view."""
+    status = "missing"
+    for candidate in _candidates(entry):
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if st.st_size == entry["size"] and file_sha256(candidate, st) == entry["sha256"]:
+            return "unchanged"
+        status = "changed"
+    return status
+
+
+def _statuses(files) -> dict:
+    return {"host": socket.gethostname(), "status": {f["abspath"]: file_status(f) for f in files}}
+
+
+def check_inputs(client, files) -> dict:
+    """``{abspath: {"kernel" | worker address: status}}`` of every recorded input, in each process's view."""
+    views = {"kernel": _statuses(files)}
+    if client is not None:
+        views.update(client.run(_statuses, files))
+    return {f["abspath"]: {who: view["status"][f["abspath"]] for who, view in views.items()} for f in files}
+
+
+def serve_inputs(client, files, read_blob, embedded=True, progress=None) -> list[dict]:
+    """Make every recorded input readable as recorded, in the kernel and on every worker.
+
+    Parameters
+    ----------
+    client : distributed.Client or None
+    files : list of dict
+        Recorded inputs (``path, abspath, cwd, size, sha256``).
+    read_blob : callable
+        ``read_blob(sha256) -> bytes`` from the (verified) recording.
+    embedded : bool or callable
+        Whether the recording holds a file's bytes (``--data hash`` holds only hashes);
+        a callable is asked per entry.
+    progress : callable, optional
+        ``progress(entry)`` for each file served.
+
+    Returns
+    -------
+    list of dict
+        ``{"path", "abspath", "status", "where"}`` per file: ``status`` "unchanged" or
+        "missing: served from recording" / "changed: served from recording"; ``where`` the
+        processes that read the copy.
+
+    Raises
+    ------
+    DataChangedError
+        A file missing or changed somewhere, whose bytes the recording does not hold.
+    """
+    plan = check_inputs(client, files)
+    hosts = client.run(socket.gethostname) if client is not None else {}
+    report = []
+    for entry in files:
+        views = plan[entry["abspath"]]
+        bad = {who: status for who, status in views.items() if status != "unchanged"}
+        holds = embedded(entry) if callable(embedded) else embedded
+        if not bad:
+            report.append({"path": entry["path"], "abspath": entry["abspath"], "status": "unchanged", "where": []})
+            continue
+        if not holds:
+            who, status = sorted(bad.items())[0]
+            raise DataChangedError(
+                f"input file {entry['path']} ({entry['abspath']}) is {status} "
+                f"{'in the kernel' if who == 'kernel' else 'on worker ' + who} (recorded SHA-256 "
+                f"{entry['sha256'][:16]}…) and the recording holds only its hash (--data hash): restore the file to replay")
+        data = read_blob(entry["sha256"])
+        if "kernel" in bad:
+            _store_copy(entry["sha256"], data)
+        by_host = {}
+        for who in bad:
+            if who != "kernel":
+                by_host.setdefault(hosts.get(who), who)
+        if by_host and client is not None:
+            [future] = client.scatter([data], workers=list(by_host.values()), hash=False)
+            for worker in by_host.values():
+                client.submit(_store_copy, entry["sha256"], future, workers=[worker], allow_other_workers=False,
+                              pure=False).result()
+            del future
+        status = sorted(set(bad.values()))[0]
+        report.append({"path": entry["path"], "abspath": entry["abspath"], "status": f"{status}: served from recording",
+                       "where": sorted(bad)})
+        if progress is not None:
+            progress(entry)
+    install_redirect(files)
+    if client is not None:
+        client.register_plugin(ServeInputs(files))
+    return report
+
+
+def _store_copy(sha, data) -> str:
+    import hashlib
+
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise DataChangedError(f"served copy {sha[:12]}… does not match its SHA-256")
+    target = os.path.join(cache_dir(), sha)
+    if not (os.path.isfile(target) and os.path.getsize(target) == len(data)):
+        tmp = f"{target}.{os.getpid()}.tmp"
+        with _raw_open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    return target
+
+
+# --- the redirect ------------------------------------------------------------------------
+_raw_open = builtins.open
+_raw_os_open = os.open
+
+
+def resolve(file):
+    """The file to open for ``file``: itself, the recorded file its relative path meant, or the served copy."""
+    if isinstance(file, int) or not _REDIRECT["files"]:
+        return file
+    try:
+        text = os.fsdecode(file)
+    except TypeError:
+        return file
+    choice = _REDIRECT["choice"]
+    if text in choice:
+        return choice[text]
+    entries = _REDIRECT["relative"].get(text) if not os.path.isabs(text) else None
+    if entries is None:
+        entry = _REDIRECT["files"].get(os.path.abspath(text))
+        entries = [entry] if entry else []
+    target = file
+    for entry in entries:
+        found = _readable(entry)
+        if found is not None:
+            target = found
+            break
+    choice[text] = target
+    return target
+
+
+def _readable(entry):
+    for candidate in _candidates(entry):
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if st.st_size == entry["size"] and file_sha256(candidate, st) == entry["sha256"]:
+            return candidate
+    copy = os.path.join(cache_dir(), entry["sha256"])
+    return copy if os.path.isfile(copy) else None
+
+
+def _open(file, *args, **kwargs):
+    return _raw_open(resolve(file), *args, **kwargs)
+
+
+def _os_open(path, *args, **kwargs):
+    return _raw_os_open(resolve(path), *args, **kwargs)
+
+
+def install_redirect(files) -> None:
+    """Serve ``files`` in this process: opens of their recorded paths read what was recorded."""
+    with _lock:
+        _REDIRECT["files"] = {f["abspath"]: f for f in files}
+        relative = {}
+        for f in files:
+            if not os.path.isabs(f["path"]):
+                relative.setdefault(f["path"], []).append(f)
+        _REDIRECT["relative"] = relative
+        _REDIRECT["choice"] = {}
+        if not _REDIRECT["installed"]:
+            _open.__doc__ = _raw_open.__doc__
+            builtins.open = io.open = _open
+            os.open = _os_open
+            _patch_fsspec()
+            _REDIRECT["installed"] = True
+
+
+def _patch_fsspec():
+    try:
+        from fsspec.implementations.local import LocalFileSystem
+    except ImportError:
+        return
+    for name in ("_open", "info"):
+        original = getattr(LocalFileSystem, name)
+
+        def wrapper(self, path, *args, __original=original, **kwargs):
+            stripped = self._strip_protocol(path)
+            resolved = resolve(stripped)
+            return __original(self, resolved if resolved is not stripped else path, *args, **kwargs)
+
+        setattr(LocalFileSystem, name, wrapper)
+
+
+class ServeInputs(WorkerPlugin):
+    """Worker plugin: the redirect of :func:`install_redirect`, in each worker (joining ones too)."""
+
+    name = "julius-serve-inputs"
+
+    def __init__(self, files):
+        self.files = list(files)
+
+    def setup(self, worker):
+        install_redirect(self.files)
