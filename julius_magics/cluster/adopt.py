@@ -45,7 +45,7 @@ __all__ = ["Adopted", "PRELOAD", "enable_adoption", "disable_adoption", "adoptio
 
 PRELOAD = __name__
 _CONFIG = "distributed.client.preload"
-_STATE = {"on_adopted": None, "previous": None}
+_STATE = {"on_adopted": None, "previous": None, "worker_plugins": ()}
 _lock = threading.Lock()
 
 
@@ -79,12 +79,15 @@ def adoption_enabled() -> bool:
     return _STATE["on_adopted"] is not None
 
 
-def enable_adoption(on_adopted) -> None:
+def enable_adoption(on_adopted, worker_plugins=()) -> None:
     """Adopt every ``Client`` made from now on in this process; ``on_adopted(Adopted)`` is told of each.
 
-    Adds this module to the ``distributed.client.preload`` config (kept as it was otherwise).
+    ``worker_plugins`` are registered on each adopted cluster before its client is handed
+    back (so its workers note input files from its first graph on).  Adds this module to
+    the ``distributed.client.preload`` config (kept as it was otherwise).
     """
     with _lock:
+        _STATE["worker_plugins"] = tuple(worker_plugins)
         if _STATE["on_adopted"] is None:
             current = dask.config.get(_CONFIG, default=[]) or []
             current = [current] if isinstance(current, str) else list(current)
@@ -102,6 +105,7 @@ def disable_adoption() -> None:
         _STATE["on_adopted"] = None
         previous = _STATE["previous"] or []
         dask.config.set({_CONFIG: [p for p in previous if p != PRELOAD]})
+        _STATE["worker_plugins"] = ()
 
 
 def _skipped(client) -> bool:
@@ -136,18 +140,25 @@ async def dask_setup(client):
         if not await client.run_on_scheduler(_has_plugin):
             await client.register_plugin(CapturePlugin(capturing=True, clients=[client.id]), name=PLUGIN_NAME)
         await client.run_on_scheduler(_set_capturing, True, client.id)
+        for plugin in _STATE["worker_plugins"]:
+            await client.register_plugin(plugin)
         adopted = Adopted(client, _address(client), True, None, bool(client._asynchronous))
     except Exception as error:
         adopted = _refused(client, error)
     on_adopted(adopted)
 
 
-def adopt(client, on_adopted=None) -> Adopted:
-    """Adopt a running (synchronous) client from the kernel's thread: capture on, callback told."""
+def adopt(client, on_adopted=None, worker_plugins=None) -> Adopted:
+    """Adopt a running (synchronous) client from the kernel's thread: capture on, callback told.
+
+    ``worker_plugins`` default to those given to :func:`enable_adoption`.
+    """
     try:
         if not client.run_on_scheduler(_has_plugin):
             client.register_plugin(CapturePlugin(capturing=True, clients=[client.id]), name=PLUGIN_NAME)
         client.run_on_scheduler(_set_capturing, True, client.id)
+        for plugin in _STATE["worker_plugins"] if worker_plugins is None else worker_plugins:
+            client.register_plugin(plugin)
         adopted = Adopted(client, _address(client), True)
     except Exception as error:
         adopted = _refused(client, error)
