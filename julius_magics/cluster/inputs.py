@@ -52,7 +52,7 @@ import threading
 from distributed.diagnostics.plugin import WorkerPlugin
 
 __all__ = ["HOOK_ENV", "install_hooks", "start_reads", "stop_reads", "drain_reads", "reading", "file_sha256",
-           "read_file_chunk", "InputsWorkerPlugin", "is_remote"]
+           "read_file_chunk", "read_remote", "InputsWorkerPlugin", "is_remote"]
 
 HOOK_ENV = "JULIUS_OPEN_HOOK"
 CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".so", ".pyd", ".pth", ".dist-info")

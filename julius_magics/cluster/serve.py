@@ -36,9 +36,9 @@ from ..errors import DataChangedError
 from .inputs import file_sha256
 
 __all__ = ["cache_dir", "file_status", "check_inputs", "serve_inputs", "ServeInputs", "install_redirect",
-           "resolve"]
+           "resolve", "remote_status", "serve_remote", "install_remote_redirect", "ServeRemote"]
 
-_REDIRECT = {"files": {}, "relative": {}, "choice": {}, "installed": False}
+_REDIRECT = {"files": {}, "relative": {}, "choice": {}, "installed": False, "remote": {}, "remote_installed": False}
 _lock = threading.Lock()
 
 
@@ -249,6 +249,94 @@ def _patch_fsspec():
         setattr(LocalFileSystem, name, wrapper)
 
 
+# --- remote inputs ----------------------------------------------------------------------
+def remote_status(entry, **storage_options) -> str:
+    """``"unchanged"``, ``"changed"`` or ``"missing"`` for a recorded remote input (ETag, version, or hash)."""
+    import hashlib
+
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(entry["url"], **storage_options)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return "missing"
+    if entry.get("version_id"):
+        same = (info.get("VersionId") or info.get("version_id")) == entry["version_id"]
+    elif entry.get("etag"):
+        same = (info.get("ETag") or info.get("etag")) == entry["etag"]
+    else:
+        same = hashlib.sha256(fs.cat_file(path)).hexdigest() == entry.get("sha256")
+    return "unchanged" if same and info.get("size", entry.get("size")) == entry.get("size") else "changed"
+
+
+def serve_remote(client, entries, read_blob=None, storage_options=None) -> list[dict]:
+    """Check recorded remote inputs; serve the embedded ones that changed (``--data embed-remote``).
+
+    An entry holds its bytes when it has ``blob`` (the SHA-256 of the embedded copy).
+
+    Raises
+    ------
+    DataChangedError
+        A remote input changed or vanished and the recording does not hold it, named by URL.
+    """
+    report, served = [], {}
+    for entry in entries:
+        status = remote_status(entry, **(storage_options or {}))
+        if status == "unchanged":
+            report.append({"path": entry["url"], "abspath": entry["url"], "status": status, "where": []})
+            continue
+        if not entry.get("blob") or read_blob is None:
+            raise DataChangedError(
+                f"remote input {entry['url']} is {status} (recorded "
+                + (f"ETag {entry['etag']}" if entry.get("etag") else f"version {entry.get('version_id') or '?'}")
+                + "); the recording holds only its identity: record with --data embed-remote to replay it")
+        data = read_blob(entry["blob"])
+        _store_copy(entry["blob"], data)
+        if client is not None:
+            hosts = {}
+            for worker, host in client.run(socket.gethostname).items():
+                hosts.setdefault(host, worker)
+            [future] = client.scatter([data], workers=list(hosts.values()), hash=False)
+            for worker in hosts.values():
+                client.submit(_store_copy, entry["blob"], future, workers=[worker], allow_other_workers=False,
+                              pure=False).result()
+            del future
+        served[entry["url"]] = entry["blob"]
+        report.append({"path": entry["url"], "abspath": entry["url"], "status": f"{status}: served from recording",
+                       "where": ["kernel", "workers"]})
+    if served:
+        install_remote_redirect(served)
+        if client is not None:
+            client.register_plugin(ServeRemote(served))
+    return report
+
+
+def install_remote_redirect(served) -> None:
+    """Opens of these URLs (fsspec) read the served copies: ``{url: sha256}``."""
+    from fsspec.spec import AbstractFileSystem
+
+    _REDIRECT["remote"] = dict(served)
+    if _REDIRECT["remote_installed"]:
+        return
+    original = AbstractFileSystem.open
+
+    def open(self, path, mode="rb", *args, **kwargs):
+        if _REDIRECT["remote"] and "r" in mode:
+            try:
+                url = self.unstrip_protocol(self._strip_protocol(path))
+            except Exception:
+                url = None
+            sha = _REDIRECT["remote"].get(url)
+            if sha is not None:
+                return _raw_open(os.path.join(cache_dir(), sha), "rb" if "b" in mode else "r")
+        return original(self, path, mode, *args, **kwargs)
+
+    open.__doc__ = original.__doc__
+    AbstractFileSystem.open = open
+    _REDIRECT["remote_installed"] = True
+
+
 class ServeInputs(WorkerPlugin):
     """Worker plugin: the redirect of :func:`install_redirect`, in each worker (joining ones too)."""
 
@@ -259,3 +347,15 @@ class ServeInputs(WorkerPlugin):
 
     def setup(self, worker):
         install_redirect(self.files)
+
+
+class ServeRemote(WorkerPlugin):
+    """Worker plugin: the redirect of :func:`install_remote_redirect`."""
+
+    name = "julius-serve-remote"
+
+    def __init__(self, served):
+        self.served = dict(served)
+
+    def setup(self, worker):
+        install_remote_redirect(self.served)
