@@ -17,6 +17,7 @@ Kernel-facing API::
     disable_adoption()
     spec = describe_cluster(client)   # workers, threads, memory, processes, BLAS/OpenMP threads
     ThreadpoolLimits(blas=2, openmp=2)   # worker plugin: the recorded thread counts, on replay
+    client, cluster, notes = start_like(spec, n_workers=None, address=None)   # replay's cluster
 
 ``on_adopted`` runs in the client's event-loop thread: it must be quick and must
 not call the client's blocking methods (queue the client, look at it later).
@@ -41,7 +42,7 @@ from .capture import PLUGIN_NAME, CapturePlugin, _has_plugin, _set_capturing
 
 __all__ = ["Adopted", "PRELOAD", "enable_adoption", "disable_adoption", "adoption_enabled", "adopt",
            "adopt_existing", "dask_setup", "describe_cluster", "process_facts", "threadpool_counts",
-           "ThreadpoolLimits"]
+           "ThreadpoolLimits", "start_like"]
 
 PRELOAD = __name__
 _CONFIG = "distributed.client.preload"
@@ -262,3 +263,49 @@ class ThreadpoolLimits(WorkerPlugin):
         threadpool_counts()   # loads NumPy's BLAS first, so that the limit applies to it
         limits = {api: n for api, n in (("blas", self.blas), ("openmp", self.openmp)) if n}
         self._limits = threadpool_limits(limits=limits) if limits else None
+
+
+def start_like(spec, n_workers=None, address=None):
+    """A client of a cluster shaped like a recorded ``spec`` (:func:`describe_cluster`).
+
+    A fresh ``LocalCluster`` with the recorded workers (or ``n_workers``), threads per
+    worker, memory limit and processes-or-threads, or the existing cluster at ``address``;
+    either way the recorded BLAS/OpenMP thread counts are set on its workers.
+
+    Returns
+    -------
+    (distributed.Client, LocalCluster or None, list of str)
+        The client (not the default one), the cluster to close (None at ``address``)
+        and notes on what could not be matched (e.g. other thread counts).
+    """
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    notes = []
+    if address:
+        client, cluster = Client(address, set_as_default=False, timeout="10s"), None
+        client._julius_no_adopt = True
+    else:
+        processes = spec.get("processes", True)
+        kwargs = {"n_workers": n_workers or spec.get("n_workers") or 1,
+                  "threads_per_worker": spec.get("threads_per_worker") or 1,
+                  "processes": processes, "dashboard_address": ":0", "silence_logs": logging.CRITICAL}
+        if spec.get("memory_limit"):
+            kwargs["memory_limit"] = spec["memory_limit"]
+        cluster = LocalCluster(**kwargs)
+        try:
+            client = Client(cluster, set_as_default=False)
+        except BaseException:
+            cluster.close()
+            raise
+    counts = [w.get("threadpools") or {} for w in (spec.get("workers") or {}).values()]
+    blas = max((c.get("blas") or 0 for c in counts), default=0) or None
+    openmp = max((c.get("openmp") or 0 for c in counts), default=0) or None
+    if blas or openmp:
+        client.register_plugin(ThreadpoolLimits(blas=blas, openmp=openmp))
+        now = client.run(threadpool_counts)
+        for worker, got in now.items():
+            if blas and got.get("blas") not in (None, blas):
+                notes.append(f"worker {worker} runs BLAS on {got.get('blas')} threads, recorded {blas}")
+    return client, cluster, notes

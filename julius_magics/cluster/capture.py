@@ -101,6 +101,7 @@ __all__ = [
     "replay_graph",
     "submit_graph",
     "replay_scatter",
+    "GraphBatch",
     "replay_run",
     "key_text",
 ]
@@ -702,6 +703,51 @@ def replay_graph(client, event: dict, *, with_descriptions: bool = False) -> dic
     futures, _ = submit_graph(client, event)
     results = client.gather(list(futures.values()))
     return {text: (tuple(result) if with_descriptions else result[0]) for text, result in zip(futures, results)}
+
+
+class GraphBatch:
+    """Captured graphs replayed together, as they were in flight together when recorded.
+
+    Each :meth:`submit` sends a graph at once (in the recorded order); :meth:`gather`
+    waits for all of them and returns what each replayed.  The wanted keys stay
+    held until :meth:`release`, so a later graph of the batch that depends on them
+    reuses the values instead of recomputing them.
+    """
+
+    def __init__(self, client):
+        self.client = client
+        self.pending = []   # (event, {key: future} or None, failure text or None)
+        self.held = []
+
+    def __len__(self):
+        return len(self.pending)
+
+    def submit(self, event) -> None:
+        try:
+            futures, held = submit_graph(self.client, event, hold=True)
+        except Exception as error:
+            self.pending.append((event, None, f"the graph failed on replay: {type(error).__name__}: {error}"))
+            return
+        self.held.extend(held)
+        self.pending.append((event, futures, None))
+
+    def gather(self) -> list:
+        """``[(event, {key_text: (fingerprint, description)}, failure or None)]`` in submission order."""
+        done = []
+        for event, futures, failure in self.pending:
+            if futures is None:
+                done.append((event, {}, failure))
+                continue
+            try:
+                results = self.client.gather(list(futures.values()))
+                done.append((event, {k: tuple(r) for k, r in zip(futures, results)}, None))
+            except Exception as error:
+                done.append((event, {}, f"the graph failed on replay: {type(error).__name__}: {error}"))
+        self.pending = []
+        return done
+
+    def release(self) -> None:
+        self.held = []
 
 
 def replay_scatter(client, event: dict, values: dict):

@@ -107,7 +107,7 @@ def _note_open(args):
 
 def _note_path(text, reading, writing):
     absolute = os.path.abspath(text)
-    if absolute.startswith(_S.skip) or absolute.endswith(CODE_SUFFIXES) or "/dask-scratch-space/" in absolute:
+    if absolute.startswith(_S.skip) or absolute.endswith(CODE_SUFFIXES) or "dask-scratch-space" in absolute:
         return
     _S.local.busy = True
     try:

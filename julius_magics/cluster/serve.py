@@ -12,12 +12,20 @@ files) then reads the copy instead.  Relative paths resolve against the
 recorded working directory, so a replay from any folder reads what the
 recording read.
 
+Replay never writes into the user's files: :func:`install_output_sandbox`
+(:class:`OutputSandbox` on workers) sends writes of the recorded outputs, and of
+any relative path, into a per-replay folder; :func:`compare_outputs` hashes what
+landed there against the recorded hashes.
+
 Kernel-facing API::
 
     plan = check_inputs(client, files)          # {abspath: {worker or "kernel": status}}
     served = serve_inputs(client, files, read_blob, embedded=True)
     # -> [{"path", "abspath", "status", "where"}]; DataChangedError when a file
     #    changed or is missing and the recording holds only its hash
+
+    client.register_plugin(OutputSandbox(outputs, folder)); install_output_sandbox(outputs, folder)
+    compare_outputs(client, outputs)            # [{"path", "sandbox", "recorded", "replayed", "same"}]
 
 ``files`` are recorded input entries: ``{"path", "abspath", "cwd", "size", "sha256"}``.
 """
@@ -36,10 +44,11 @@ from ..errors import DataChangedError
 from .inputs import file_sha256
 
 __all__ = ["cache_dir", "file_status", "check_inputs", "serve_inputs", "ServeInputs", "install_redirect",
-           "resolve", "remote_status", "serve_remote", "install_remote_redirect", "ServeRemote"]
+           "resolve", "remote_status", "serve_remote", "install_remote_redirect", "ServeRemote", "sandboxed",
+           "install_output_sandbox", "compare_outputs", "OutputSandbox"]
 
 _REDIRECT = {"files": {}, "relative": {}, "choice": {}, "installed": False, "remote": {}, "remote_installed": False}
-_lock = threading.Lock()
+_lock = threading.RLock()
 
 
 def cache_dir() -> str:
@@ -208,11 +217,122 @@ def _readable(entry):
 
 
 def _open(file, *args, **kwargs):
+    mode = args[0] if args else kwargs.get("mode", "r")
+    if _SANDBOX["dir"] and isinstance(mode, str) and any(c in mode for c in "wax+"):
+        return _raw_open(sandboxed(file), *args, **kwargs)
     return _raw_open(resolve(file), *args, **kwargs)
 
 
-def _os_open(path, *args, **kwargs):
-    return _raw_os_open(resolve(path), *args, **kwargs)
+def _os_open(path, flags, *args, **kwargs):
+    if _SANDBOX["dir"] and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND):
+        return _raw_os_open(sandboxed(path), flags, *args, **kwargs)
+    return _raw_os_open(resolve(path), flags, *args, **kwargs)
+
+
+# --- outputs go to a sandbox ---------------------------------------------------------------
+_SANDBOX = {"dir": None, "outputs": {}, "relative": {}, "dirs": set()}
+
+
+def _in_sandbox(absolute):
+    return os.path.join(_SANDBOX["dir"], absolute.lstrip(os.sep))
+
+
+def sandboxed(file):
+    """Where a replay writes ``file``: recorded outputs and relative paths go into the sandbox."""
+    if isinstance(file, int) or not _SANDBOX["dir"]:
+        return file
+    try:
+        text = os.fsdecode(file)
+    except TypeError:
+        return file
+    if os.path.abspath(text).startswith(os.path.join(_SANDBOX["dir"], "")):
+        return file
+    if not os.path.isabs(text):
+        entries = _SANDBOX["relative"].get(text)
+        absolute = entries[0]["abspath"] if entries else os.path.join(_SANDBOX["dir"], "cwd", text)
+    else:
+        absolute = text
+        if absolute not in _SANDBOX["outputs"] and os.path.dirname(absolute) not in _SANDBOX["dirs"]:
+            return file   # not something the recording wrote (a temporary file): left alone
+    target = _in_sandbox(absolute)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    return target
+
+
+def install_output_sandbox(outputs, folder) -> None:
+    """Writes of the recorded ``outputs`` (and of any relative path) go under ``folder`` in this process.
+
+    ``outputs`` are recorded output entries (``path, abspath, cwd``); ``None`` for ``folder``
+    switches the sandbox off.
+    """
+    with _lock:
+        _SANDBOX["dir"] = os.path.abspath(folder) if folder else None
+        _SANDBOX["outputs"] = {o["abspath"]: o for o in outputs}
+        relative = {}
+        for o in outputs:
+            if not os.path.isabs(o["path"]):
+                relative.setdefault(o["path"], []).append(o)
+        _SANDBOX["relative"] = relative
+        _SANDBOX["dirs"] = {os.path.dirname(o["abspath"]) for o in outputs}
+        if not _REDIRECT["installed"]:
+            install_redirect([])
+        _patch_fsspec_dirs()
+
+
+def _patch_fsspec_dirs():
+    try:
+        from fsspec.implementations.local import LocalFileSystem
+    except ImportError:
+        return
+    if getattr(LocalFileSystem.makedirs, "__julius_original__", None):
+        return
+    for name in ("makedirs", "mkdir"):
+        original = getattr(LocalFileSystem, name)
+
+        def wrapper(self, path, *args, __original=original, **kwargs):
+            stripped = self._strip_protocol(path)
+            if _SANDBOX["dir"] and stripped in _SANDBOX["dirs"]:
+                path = _in_sandbox(stripped)
+            return __original(self, path, *args, **kwargs)
+
+        wrapper.__julius_original__ = original
+        setattr(LocalFileSystem, name, wrapper)
+
+
+def _sandbox_hashes(outputs):
+    found = {}
+    for o in outputs:
+        target = _in_sandbox(o["abspath"]) if _SANDBOX["dir"] else None
+        if target and os.path.isfile(target):
+            found[o["abspath"]] = (target, file_sha256(target))
+    return found
+
+
+def compare_outputs(client, outputs) -> list[dict]:
+    """Each recorded output as the replay wrote it in the sandbox: ``{path, sandbox, recorded, replayed, same}``."""
+    seen = dict(_sandbox_hashes(outputs))
+    if client is not None:
+        for found in client.run(_sandbox_hashes, outputs).values():
+            for absolute, value in found.items():
+                seen.setdefault(absolute, value)
+    report = []
+    for o in outputs:
+        where, sha = seen.get(o["abspath"], (None, None))
+        report.append({"path": o["path"], "abspath": o["abspath"], "sandbox": where, "recorded": o.get("sha256"),
+                       "replayed": sha, "same": sha is not None and sha == o.get("sha256")})
+    return report
+
+
+class OutputSandbox(WorkerPlugin):
+    """Worker plugin: :func:`install_output_sandbox` in each worker."""
+
+    name = "julius-output-sandbox"
+
+    def __init__(self, outputs, folder):
+        self.outputs, self.folder = list(outputs), folder
+
+    def setup(self, worker):
+        install_output_sandbox(self.outputs, self.folder)
 
 
 def install_redirect(files) -> None:

@@ -86,3 +86,40 @@ def test_hash_only_recording_refuses_a_changed_file_by_name(tmp_path):
         assert served[0]["status"] == "changed: served from recording"
         assert set(client.run(lambda p=str(data): open(p).read()).values()) == {"recorded"}
     serve.install_redirect([])
+
+
+def test_outputs_go_to_the_sandbox_and_are_compared(tmp_path):
+    here = os.getcwd()
+    project = tmp_path / "project"
+    project.mkdir()
+    os.chdir(project)
+    try:
+        inputs.start_reads()
+        with _cluster() as cluster, Client(cluster) as client:
+            client.register_plugin(inputs.InputsWorkerPlugin(recording=True))
+            capture.start_capture(client)
+            frame = dd.from_pandas(pd.DataFrame({"x": range(20)}), npartitions=2)
+            frame.to_csv("out/part-*.csv", index=False)
+            dask.delayed(lambda: open("note.txt", "w").write("done"))().compute()
+            events = capture.drain_capture(client, final=True)
+            reports = [inputs.drain_reads(), *client.run(inputs.drain_reads).values()]
+        inputs.stop_reads()
+        outputs = [o for r in reports for o in r["outputs"]]
+        assert sorted(o["path"] for o in outputs) == sorted([str(project / "out" / "part-0.csv"),
+                                                             str(project / "out" / "part-1.csv"), "note.txt"])
+        before = {p: (project / p).read_bytes() for p in ("out/part-0.csv", "out/part-1.csv", "note.txt")}
+        for p in before:
+            (project / p).write_text("the user's own edit")
+        sandbox = tmp_path / "sandbox"
+        with _cluster() as cluster, Client(cluster) as client:
+            client.register_plugin(serve.OutputSandbox(outputs, str(sandbox)))
+            serve.install_output_sandbox(outputs, str(sandbox))
+            for event in [e for e in events if e["kind"] == "graph"]:
+                capture.replay_graph(client, event)
+            compared = serve.compare_outputs(client, outputs)
+        assert all(c["same"] for c in compared), compared
+        assert all(c["sandbox"].startswith(str(sandbox)) for c in compared)
+        assert {p: (project / p).read_text() for p in before} == {p: "the user's own edit" for p in before}
+    finally:
+        os.chdir(here)
+        serve.install_output_sandbox([], None)
