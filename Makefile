@@ -1,4 +1,4 @@
-VENV ?= .venv
+VENV ?= $(or $(JULIUS_VENV),.venv)
 
 demo:
 	bash .ci/setup demo

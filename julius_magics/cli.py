@@ -14,7 +14,7 @@ __all__ = ["main"]
 def _store(args):
     from .recording.store import Store
 
-    return Store(args.store)
+    return Store.coerce(args.store)
 
 
 def cmd_list(args):
@@ -31,44 +31,31 @@ def cmd_list(args):
 
 
 def cmd_show(args):
-    from .recording.inspect import describe, format_describe
+    from .recording.summary import details, format_details
 
-    details = describe(args.name, _store(args))
-    print(json.dumps(details, indent=1, default=str) if args.json else format_describe(details))
+    shown = details(args.name, _store(args))
+    print(json.dumps(shown, indent=1, default=str) if args.json else format_details(shown))
     return 0
 
 
 def cmd_replay(args):
-    from .recording import replay_with_progress
-    from .recording.replay import replay
+    from .recording.replay import ProgressBar, replay
+    from .recording.replay_job import run
 
     options = dict(store=_store(args), n_workers=args.workers, address=args.address,
                    strict_env=args.strict_env, trust=args.trust)
-    if args.json:   # one JSON object a line, for the server extension
-        def progress(done, total, message):
-            _emit({"event": "progress", "done": done, "total": total, "message": message})
-
-        try:
-            report = replay(args.name, progress=progress, **options)
-        except JuliusError as e:
-            _emit({"event": "error", "message": str(e)})
-            return 1
-        _emit({"event": "report", "report": report.as_dict()})
-    else:
-        report = replay_with_progress(args.name, **options)
-        print(report.summary())
-    from . import get_session
-
-    get_session().stop()
+    if args.json:   # the JSON lines of ``python -m julius_magics.recording.replay_job``
+        status = run(args.name, lambda event: print(json.dumps(event.as_dict(), default=str), flush=True),
+                     **options)
+        return min(status, 1)
+    with ProgressBar(args.name) as bar:
+        report = replay(args.name, progress=bar, **options)
+    print(report.summary())
     return 0 if report.verified else 1
 
 
-def _emit(obj):
-    print(json.dumps(obj, default=str), flush=True)
-
-
 def cmd_diff(args):
-    from .recording.inspect import diff, format_diff
+    from .recording.summary import diff, format_diff
 
     d = diff(args.a, args.b, _store(args))
     print(json.dumps(d, indent=1, default=str) if args.json else format_diff(d))
@@ -82,13 +69,13 @@ def cmd_export(args):
 
 
 def cmd_import(args):
-    name = _store(args).import_(args.file, trust=args.trust)
+    name = _store(args).import_(args.file, trust=args.trust, as_name=args.as_name, force=args.force)
     print(f"imported {name} into {_store(args).url}")
     return 0
 
 
 def cmd_env(args):
-    from .recording.inspect import environment_pins
+    from .recording.summary import environment_pins
 
     sys.stdout.write(environment_pins(args.name, _store(args)))
     return 0
@@ -134,6 +121,9 @@ def build_parser():
     p = add("import", cmd_import, "import a .jrec file")
     p.add_argument("file")
     p.add_argument("--trust", action="store_true")
+    p.add_argument("--as", dest="as_name", default=None, metavar="NEW",
+                   help="import under this name (the copy is signed with your key)")
+    p.add_argument("--force", action="store_true", help="replace a recording of the same name in the store")
     p = add("env", cmd_env, "the recorded environment as requirements.txt pins")
     p.add_argument("name")
     p = add("demo", cmd_demo, "record the tutorial pipeline, replay it in a fresh cluster, verify")

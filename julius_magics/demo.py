@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from . import get_session, getdata, recording
+from . import get_session, recording
 from .datasets import make_fraud_data
 from .tutorial import run_pipeline
 
@@ -19,7 +19,7 @@ __all__ = ["run_demo"]
 
 def run_demo(workers=4, replay_workers=2, store=None, data_dir=None, train_mb=30, test_mb=10):
     data_dir = data_dir or os.path.join(os.path.expanduser("~"), ".julius", "demo-data")
-    store = recording.Store(store)
+    store = recording.Store.coerce(store)
     name = time.strftime("fraud-demo-%Y%m%d-%H%M%S")
 
     print(f"1/4 tutorial data in {data_dir} ({train_mb:g} MB train, {test_mb:g} MB test)")
@@ -40,9 +40,9 @@ def run_demo(workers=4, replay_workers=2, store=None, data_dir=None, train_mb=30
           f"{info.size:,} bytes with data")
 
     print(f"3/4 replaying {name!r} in a fresh {replay_workers}-worker LocalCluster")
-    report = recording.replay_with_progress(name, store=store, n_workers=replay_workers)
-    replayed_auc = getdata(result["score"])
-    get_session().stop()
+    report = recording.replay_with_progress(name, store=store, n_workers=replay_workers, keep=True)
+    with report.session as replayed:
+        replayed_auc = replayed.getdata(result["score"])
 
     print("4/4 verification")
     print(report.summary())

@@ -15,7 +15,7 @@ from IPython.core.magic_arguments import MagicArgumentParser
 
 from . import recording
 from .recording import format_size
-from .cluster.session import get_session, prepare_workers
+from .cluster.session import get_session, prepare_workers, set_session
 from .rules.node import NodeRef
 
 __all__ = ["JuliusMagics", "load_ipython_extension", "unload_ipython_extension"]
@@ -234,8 +234,16 @@ class JuliusMagics(Magics):
     def replay(self, line):
         """%replay NAME [-n WORKERS] [--store URL] [--address ADDR] [--strict-env] [--trust]"""
         args = _parse(REPLAY, line)
-        return recording.replay_with_progress(args.name, store=args.store, n_workers=args.workers,
-                                              address=args.address, strict_env=args.strict_env, trust=args.trust)
+        with recording.ProgressBar(args.name) as bar:
+            report = recording.replay(args.name, store=args.store, n_workers=args.workers, address=args.address,
+                                      strict_env=args.strict_env, trust=args.trust, progress=bar, keep=True)
+        # the kernel's session is now the replay's: getdata gives replayed values
+        previous, replayed = get_session(), report.session
+        replayed.progress = True
+        set_session(replayed)
+        if previous is not replayed:
+            previous.stop()
+        return report
 
 
 def _stopped_text(info, store):

@@ -1,7 +1,7 @@
 """``RecordingBrowser``: an ipywidgets view of a recording store, a thin skin over the Python API.
 
-Everything it shows comes from ``Store.list``, ``inspect.describe``,
-``inspect.diff`` and ``recording.replay``; the widget only lays the answers out
+Everything it shows comes from ``Store.list``, ``summary.details``,
+``summary.diff`` and ``recording.replay``; the widget only lays the answers out
 and wires buttons to them. Each public method is what the matching button does,
 so a notebook (or a test) can drive the browser without clicking.
 
@@ -35,7 +35,7 @@ import ipywidgets as widgets
 
 from .errors import JuliusError
 from .recording import format_size
-from .recording import inspect as _inspect
+from .recording import summary as _summary
 from .recording.replay import replay as _replay
 from .recording.store import Store
 
@@ -140,7 +140,7 @@ class RecordingBrowser(widgets.VBox):
                           self.output])
         self.store = None
         with self._guard():
-            self.store = store if isinstance(store, Store) else Store(store)
+            self.store = Store.coerce(store)
             self.title.value = f"<b>Recordings</b> in <code>{_e(self.store.url)}</code>"
             self.refresh()
 
@@ -235,7 +235,7 @@ class RecordingBrowser(widgets.VBox):
             return
         self.details.value = f"<i>reading {_e(name)} ...</i>"
         try:
-            self.details_data = _inspect.describe(name, self.store)
+            self.details_data = _summary.details(name, self.store)
         except Exception:
             self.details.value = f"<i>cannot read {_e(name)}: see the error above</i>"
             raise
@@ -281,8 +281,8 @@ class RecordingBrowser(widgets.VBox):
             a, b = self._need(a), b or self.other.value
             if not b:
                 raise ValueError("pick a second recording in 'diff with'")
-            self.diff_data = _inspect.diff(a, b, self.store)
-            self.output.value = f"<h4>Diff {_e(a)} vs {_e(b)}</h4>{_pre(_inspect.format_diff(self.diff_data))}"
+            self.diff_data = _summary.diff(a, b, self.store)
+            self.output.value = f"<h4>Diff {_e(a)} vs {_e(b)}</h4>{_pre(_summary.format_diff(self.diff_data))}"
         return self.diff_data
 
     def delete(self, name=None, confirm=False):
@@ -347,11 +347,11 @@ class RecordingBrowser(widgets.VBox):
             return self._thread
         return None
 
-    def _on_progress(self, done, total, message):
-        # called from the replay thread: ipywidgets sends the updates from there
-        self.progress.max = max(total, 1)
-        self.progress.value = done
-        self.status.value = f"{self.replaying}: {message}"
+    def _on_progress(self, event):
+        # a replay.Progress, from the replay thread: ipywidgets sends the updates from there
+        self.progress.max = max(event.total, 1)
+        self.progress.value = event.done
+        self.status.value = f"{self.replaying}: {event.message}"
 
     def _run_replay(self, name):
         try:

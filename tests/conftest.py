@@ -43,3 +43,57 @@ def ip():
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "julius_magics")
     yield shell
+
+
+# --- recordings shared by the recorder, replay, summary and CLI tests -------------------------
+SMALL = dict(train_blocksize="1.5 MB", test_blocksize="1 MB", options={"n_estimators": 10, "min_samples_leaf": 5})
+
+
+@pytest.fixture(scope="session")
+def fraud_data(tmp_path_factory):
+    """Small tutorial data files (4 MB train, 2 MB test)."""
+    from julius_magics.datasets import make_fraud_data
+
+    return make_fraud_data(tmp_path_factory.mktemp("data"), train_mb=4, test_mb=2)
+
+
+@pytest.fixture(scope="session")
+def recordings(tmp_path_factory):
+    """A store in a temporary folder, shared by the tests that record and replay."""
+    from julius_magics.recording.store import Store
+
+    return Store(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="session")
+def tutorial(fraud_data, recordings):
+    """The tutorial pipeline recorded on 4 workers as ``tutorial``: ``{"result", "info"}``."""
+    from julius_magics import recording
+    from julius_magics.cluster.session import Session, set_session
+    from julius_magics.tutorial import run_pipeline
+
+    session = set_session(Session())
+    recording.start(session, "tutorial", store=recordings, note="4 workers")
+    session.start(n_workers=4)
+    result = run_pipeline(session, *fraud_data, **SMALL)
+    info = recording.stop()
+    session.stop()
+    return {"result": result, "info": info}
+
+
+@pytest.fixture(scope="session")
+def clock(recordings):
+    """``clock``: a recording whose ``c.now`` node reads the clock, so it never replays verified."""
+    import julius_magics as jm
+    from julius_magics import recording
+    from julius_magics.cluster.session import Session, set_session
+
+    session = set_session(Session())
+    recording.start(session, "clock", store=recordings)
+    session.start(n_workers=1)
+    session.remote_eval("import time")
+    session.add_rules("c", "def now():\n    return ApplyFn(time.time_ns)()\ndef fixed():\n    return ApplyFn(int, 7)()")
+    session.compute([jm.ref.c.now(label="clock"), jm.ref.c.fixed()])
+    info = recording.stop()
+    session.stop()
+    return info

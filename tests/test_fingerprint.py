@@ -50,12 +50,12 @@ def _values():
 def test_fingerprints_match_in_another_process():
     here = {name: fingerprint(v) for name, v in _values().items()}
     code = (
-        "import json, sys; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2]);"
-        "import test_fingerprint as t; from julius_magics.fingerprint import fingerprint;"
+        "import json, sys; sys.path.insert(0, sys.argv[1]);"
+        "import tests.test_fingerprint as t; from julius_magics.fingerprint import fingerprint;"
         "print(json.dumps({n: fingerprint(v) for n, v in t._values().items()}))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}  # a different str-hash salt must not matter
-    out = subprocess.run([sys.executable, "-c", code, ROOT, os.path.join(ROOT, "tests")],
+    out = subprocess.run([sys.executable, "-c", code, ROOT],
                          capture_output=True, text=True, env=env, check=True)
     there = json.loads(out.stdout.strip().splitlines()[-1])
     assert there == here

@@ -1,7 +1,13 @@
 """The Dask session: one object through which every action on the cluster goes.
 
-Front-ends (magics, widget, CLI) call a ``Session``; a recorder observes it
-through ``session.observers``: each is called as ``observer(event, payload)`` for
+Front-ends (magics, widget, CLI) and the recording layer call a ``Session``; none of
+them touches its Dask client. Besides computing, it fingerprints results where they
+are (:meth:`Session.fingerprint`), recomputes one node (:meth:`Session.recompute`),
+runs functions on the workers, and drives the capture of plain Dask work
+(:meth:`Session.start_capture`, :meth:`Session.drain_capture`, :meth:`Session.replay_graph`).
+
+A recorder observes it through ``session.observers``: each is called as
+``observer(event, payload)`` for
 
 - ``"cluster"``: ``{"mode": "start"|"connect", "n_workers", "threads_per_worker", "memory_limit", "address"}``
 - ``"remote_eval"``: ``{"source", "push": {name: value}, "entry"}``
@@ -29,6 +35,8 @@ from ..rules.evaluate import compile_job
 from ..rules.graph import expand, paused_gc, plan_jobs
 from ..rules.node import REMOTE_NAMESPACE, NodeRef
 from ..rules.registry import RULES, top_level_names
+from ..fingerprint import fingerprint_and_describe
+from . import capture
 from .capture import capture_plugins, install_capture
 from .worker import HISTORY_KEY, JuliusWorkerPlugin, apply_history, exec_remote, run_key_job
 
@@ -61,9 +69,13 @@ class Session:
         Values of key jobs and targets computed so far (``getdata``).
     worker_of : dict of node id -> worker address that computed it (for ``%graph``).
     failed : set of node ids whose atom raised in the last compute.
+    progress : bool
+        Show a bar for long computes (a replay's session shows the replay's own instead).
+
+    A session is a context manager: leaving the ``with`` block stops it.
     """
 
-    def __init__(self, rulebook=RULES, seed=0):
+    def __init__(self, rulebook=RULES, seed=0, progress=True):
         self.rules = rulebook
         self.seed = seed
         self.client = None
@@ -76,8 +88,14 @@ class Session:
         self.failed = set()
         self.last_plan = None
         self.id = uuid.uuid4().hex[:12]
-        self.progress = True             # a bar for long computes (a replay shows its own instead)
+        self.progress = progress         # a bar for long computes (a replay shows its own instead)
         self._generation = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
 
     # --- observers ---------------------------------------------------------------
     def emit(self, event, **payload):
@@ -327,6 +345,54 @@ class Session:
             if workers and key in by_key:
                 self.worker_of[by_key[key]] = workers[0]
 
+    # --- results where they are ----------------------------------------------------
+    def fingerprint(self, futures):
+        """``{name: {"fp", "describe"}}`` of ``{name: Future}``, computed on the workers that hold the values.
+
+        The values never travel: only their fingerprints and short descriptions do.
+        """
+        client = self.require_client()
+        fps = {nid: client.submit(fingerprint_and_describe, fut, key=f"julius-fp-{fut.key}", pure=False)
+               for nid, fut in futures.items()}
+        values = client.gather(list(fps.values()))
+        return {nid: {"fp": fp, "describe": desc} for nid, (fp, desc) in zip(fps, values)}
+
+    def recompute(self, ref):
+        """The fingerprint of ``ref`` computed once more, under a fresh Dask key (to spot non-determinism)."""
+        self.futures.pop(ref.id, None)
+        self._generation += 1   # a fresh Dask key: never the cached value
+        self.compute(ref)
+        return self.fingerprint({ref.id: self.futures[ref.id]})[ref.id]["fp"]
+
+    def run_on_workers(self, function, *args):
+        """``{worker address: function(*args)}`` run on every worker (``Client.run``)."""
+        return self.require_client().run(function, *args)
+
+    # --- plain Dask work, captured and replayed (see ``cluster.capture``) ------------
+    def start_capture(self):
+        """Journal the plain Dask work of this session's client from now on."""
+        capture.start_capture(self.require_client())
+
+    def stop_capture(self):
+        """Stop journaling plain Dask work."""
+        capture.stop_capture(self.require_client())
+
+    def drain_capture(self):
+        """The events captured since the last drain, in arrival order."""
+        return capture.drain_capture(self.require_client())
+
+    def replay_graph(self, event, with_descriptions=False):
+        """Submit a captured graph again; ``{key: fingerprint}`` (or ``(fingerprint, description)``)."""
+        return capture.replay_graph(self.require_client(), event, with_descriptions=with_descriptions)
+
+    def replay_run(self, event):
+        """Run a captured ``client.run`` call again."""
+        capture.replay_run(self.require_client(), event)
+
+    def register_plugin(self, plugin, name):
+        """Register a worker plugin (e.g. ``UploadFile``) on the cluster."""
+        self.require_client().register_plugin(plugin, name=name)
+
     def getdata(self, node):
         """The value of a node computed earlier in this session (a target or key job)."""
         if type(node) is not NodeRef:
@@ -399,7 +465,7 @@ def get_session():
 
 
 def set_session(session):
-    """Make ``session`` the default (a replay does this with its fresh cluster)."""
+    """Make ``session`` the default (``%replay`` does this with the replay's session)."""
     global _SESSION
     _SESSION = session
     return session

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from ..errors import RecordingError
 from .recorder import Recorder, active_recorder
-from .replay import ReplayReport, replay
+from .replay import Progress, ProgressBar, ReplayReport, replay
 from .store import RecordingInfo, Store
 
-__all__ = ["Recorder", "ReplayReport", "RecordingInfo", "Store", "active_recorder", "replay", "start", "stop",
-           "recordings_table", "replay_with_progress", "format_size"]
+__all__ = ["Recorder", "ReplayReport", "RecordingInfo", "Store", "Progress", "ProgressBar", "active_recorder",
+           "replay", "start", "stop", "recordings_table", "replay_with_progress", "format_size"]
 
 
 def format_size(n):
@@ -37,27 +37,13 @@ def recordings_table(store=None):
     """The store's recordings as a pandas DataFrame (name, created, steps, size, workers, status, note)."""
     import pandas as pd
 
-    store = store if isinstance(store, Store) else Store(store)
+    store = Store.coerce(store)
     columns = ["name", "created", "steps", "size", "workers", "status", "note"]
     rows = [{c: info.as_dict().get(c) for c in columns} for info in store.list()]
     return pd.DataFrame(rows, columns=columns)
 
 
 def replay_with_progress(name, **options):
-    """``replay`` with a progress bar (a widget in notebooks, text in terminals)."""
-    from tqdm.auto import tqdm
-
-    bar = None
-
-    def progress(done, total, message):
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc=f"replay {name}", unit="step")
-        bar.n = done
-        bar.set_postfix_str(message, refresh=True)
-
-    try:
-        return replay(name, progress=progress, **options)
-    finally:
-        if bar is not None:
-            bar.close()
+    """``replay`` with a :class:`ProgressBar` (a widget in notebooks, text in terminals)."""
+    with ProgressBar(name) as bar:
+        return replay(name, progress=bar, **options)

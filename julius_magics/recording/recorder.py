@@ -1,21 +1,12 @@
 """The kernel-side recorder: turns a session's actions into journal steps.
 
 The recorder observes a ``Session`` (``session.observers``) and the cells the
-front-end hands it; the scheduler plugin (``cluster.capture``) supplies what
-reached the cluster from plain Dask code.  Before each kernel-side step, the
-plugin's events are drained so the journal keeps the order things happened in.
+front-end hands it; the scheduler plugin (``cluster.capture``, through
+``Session.drain_capture``) supplies what reached the cluster from plain Dask
+code.  Before each kernel-side step, the plugin's events are drained so the
+journal keeps the order things happened in.
 
-Step kinds (JSON data; binary parts in brackets):
-
-- ``cluster``: ``mode, n_workers, threads_per_worker, memory_limit, address, seed``
-- ``environment``: ``kernel`` and ``workers`` as blob hashes of JSON environments
-- ``remote_eval``: ``source, push`` [``pushed``: cloudpickle of the pushed values]
-- ``rules``: ``ns, source, rules``
-  (a recording started mid-session begins with the code and rules sent before it)
-- ``cell``: ``source``
-- ``dispatch``: ``targets, key_rules, seed, jobs, results`` [``targets``: cloudpickle of the NodeRefs]
-- ``graph`` / ``run`` / ``worker_plugin``: plain Dask work captured by the scheduler plugin [its pickles]
-- ``data``: ``files``: input files read by nodes: path, size, sha256, embedded
+The kinds of steps, their fields and parts are listed in :mod:`.steps`.
 """
 
 from __future__ import annotations
@@ -29,16 +20,15 @@ import platform
 import cloudpickle
 from tqdm.auto import tqdm
 
-from ..cluster import capture
 from ..cluster.worker import drain_inputs
-from ..fingerprint import fingerprint_and_describe
 from ..errors import RecordingError
 from ..rules.registry import top_level_names
-from .environment import capture_environment, cluster_environments
-from . import integrity
+from .environment import capture_environment
+from .journal import file_digest
+from .steps import KINDS
 from .store import Store
 
-__all__ = ["Recorder", "file_digest", "active_recorder"]
+__all__ = ["Recorder", "active_recorder"]
 
 _ACTIVE = {"recorder": None}
 
@@ -46,13 +36,6 @@ _ACTIVE = {"recorder": None}
 def active_recorder():
     """The recorder currently recording in this kernel, or None."""
     return _ACTIVE["recorder"]
-
-
-def file_digest(path):
-    """``(size, sha256 hex)`` of a file, streamed."""
-    with open(path, "rb") as f:
-        sha, size = integrity.hash_stream(integrity.read_chunks(f))
-    return size, sha
 
 
 def _json_env(env):
@@ -78,7 +61,7 @@ class Recorder:
         if active_recorder() is not None:
             raise RecordingError(f"already recording {active_recorder().name!r}: run `%record stop` first")
         self.session = session
-        self.store = store if isinstance(store, Store) else Store(store)
+        self.store = Store.coerce(store)
         self.name = name
         self.data_mode = data
         self.files = {}          # path -> (size, sha) recorded so far
@@ -107,11 +90,10 @@ class Recorder:
         """Journal what the scheduler plugin saw since the last step."""
         if not self.session.active:
             return
-        for event in capture.drain_capture(self.session.client):
+        for event in self.session.drain_capture():
             kind = event["kind"]
-            payload_name = {"graph": "specs", "run": "function", "worker_plugin": "plugin"}[kind]
-            payload = event.pop(payload_name)
-            self._step(kind, _jsonable(event), {payload_name: payload})
+            parts = {name: event.pop(name) for name in KINDS[kind].parts}
+            self._step(kind, _jsonable(event), parts)
         self._record_inputs()
 
     def on_event(self, event, payload):
@@ -124,7 +106,7 @@ class Recorder:
         elif event == "dispatch":   # the inputs it read were journaled by the drain just above
             self._record_dispatch(payload)
         elif event == "stop":
-            capture.stop_capture(self.session.client)
+            self.session.stop_capture()
 
     def _record_entry(self, entry):
         """A remote_eval or rules entry of the session's history, as a step."""
@@ -143,17 +125,17 @@ class Recorder:
             self._step("cell", {"source": source})
 
     def _record_cluster(self, spec):
-        client = self.session.client
-        capture.start_capture(client)
+        self.session.start_capture()
         self._step("cluster", {**spec, "seed": self.session.seed})
         kernel = self.writer.add_blob(_json_env(capture_environment()))
-        workers = {w: self.writer.add_blob(_json_env(env)) for w, env in cluster_environments(client).items()}
+        workers = {w: self.writer.add_blob(_json_env(env))
+                   for w, env in self.session.run_on_workers(capture_environment).items()}
         self._step("environment", {"kernel": kernel, "workers": workers})
         self.writer.update_meta(workers=spec.get("n_workers"))
 
     def _record_dispatch(self, payload):
         plan, jobs = payload["plan"], payload["jobs"]
-        results = fingerprint_futures(self.session.client, jobs)
+        results = self.session.fingerprint(jobs)
         target_ids = {r.id for r in payload["targets"]}
         for nid, result in results.items():
             result["label"] = plan.nodes[nid].ref.display() if nid in plan.nodes else None
@@ -170,7 +152,7 @@ class Recorder:
         if not self.session.active:
             return
         seen = set()
-        for paths in self.session.client.run(drain_inputs).values():
+        for paths in self.session.run_on_workers(drain_inputs).values():
             seen.update(paths)
         paths = [p for p in sorted(seen) if p not in self.files and os.path.isfile(p)]
         new = []
@@ -193,7 +175,7 @@ class Recorder:
         try:
             self._drain()
             if self.session.active:
-                capture.stop_capture(self.session.client)
+                self.session.stop_capture()
         finally:
             if self.on_event in self.session.observers:
                 self.session.observers.remove(self.on_event)
@@ -208,15 +190,7 @@ class Recorder:
         _ACTIVE["recorder"] = None
         if self.session.active:
             with contextlib.suppress(Exception):
-                capture.stop_capture(self.session.client)
-
-
-def fingerprint_futures(client, futures):
-    """``{node id: {"fp", "describe"}}``, computed where the values are (they never travel)."""
-    fps = {nid: client.submit(fingerprint_and_describe, fut, key=f"julius-fp-{fut.key}", pure=False)
-           for nid, fut in futures.items()}
-    values = client.gather(list(fps.values()))
-    return {nid: {"fp": fp, "describe": desc} for nid, (fp, desc) in zip(fps, values)}
+                self.session.stop_capture()
 
 
 def _jsonable(event):

@@ -2,27 +2,79 @@
 
 ``replay`` opens the recording (every byte verified, signature trusted, before
 anything is unpickled), checks input data and environment, starts a cluster,
-replays the journal in order and compares the fingerprint of every recorded
-result with the replayed one.
+replays the journal in order (each step as its kind in :mod:`.steps` says) and
+compares the fingerprint of every recorded result with the replayed one.
+
+Progress is one stream of typed events, :class:`Progress`, handed to the
+``progress`` callable; every front-end consumes that stream (the terminal and
+notebook bar :class:`ProgressBar`, the widget's bar, and
+:mod:`.replay_job`, which writes the events as JSON lines for the server).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from dataclasses import asdict, dataclass
 
 import cloudpickle
 
-from ..cluster import capture
-from ..cluster.session import Session, get_session, set_session
+from ..cluster.session import Session
+from ..errors import DataChangedError, EnvironmentMismatchError
 from ..rules.registry import RuleBook
-from ..errors import DataChangedError, EnvironmentMismatchError, JuliusError, RemoteError
-from .environment import capture_environment, cluster_environments, env_diff, format_env_diff
-from .inspect import recorded_environment
-from .recorder import file_digest, fingerprint_futures
+from . import steps as step_kinds
+from .environment import capture_environment, env_diff, format_env_diff
+from .journal import file_digest
+from .steps import recorded_environment
 from .store import Store
 
-__all__ = ["replay", "ReplayReport", "prepare_inputs"]
+__all__ = ["replay", "ReplayReport", "Progress", "ProgressBar", "prepare_inputs"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One event of a replay's progress: ``done`` of ``total`` steps, and what is happening.
+
+    ``done`` is 0 while data and environment are checked and the cluster starts.
+    """
+
+    done: int
+    total: int
+    message: str
+
+    def as_dict(self):
+        """``{"event": "progress", "done", "total", "message"}`` (the JSON line of :mod:`.replay_job`)."""
+        return {"event": "progress", **asdict(self)}
+
+
+class ProgressBar:
+    """A tqdm bar (a widget in notebooks, text in terminals) fed by :class:`Progress` events.
+
+    Examples
+    --------
+    >>> with ProgressBar("demo") as bar:   # doctest: +SKIP
+    ...     report = replay("demo", progress=bar)
+    """
+
+    def __init__(self, name):
+        self.name = name
+        self.bar = None
+
+    def __call__(self, event):
+        from tqdm.auto import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=event.total, desc=f"replay {self.name}", unit="step")
+        self.bar.n = event.done
+        self.bar.set_postfix_str(event.message, refresh=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
 
 
 class ReplayReport:
@@ -46,6 +98,8 @@ class ReplayReport:
         Input files: ``path``, ``status`` ("unchanged", "served from recording").
     timings : dict
         Seconds: ``cluster``, ``replay``, ``compute`` (of dispatches), ``recorded_compute``.
+    session : Session or None
+        The replay's session: stopped, unless ``replay(..., keep=True)`` (then the caller's).
     """
 
     def __init__(self, name):
@@ -58,6 +112,7 @@ class ReplayReport:
         self.data = []
         self.complete = True
         self.timings = {"cluster": 0.0, "replay": 0.0, "compute": 0.0, "recorded_compute": 0.0}
+        self.session = None
 
     @property
     def verified(self):
@@ -151,7 +206,51 @@ def _cause(env, nondeterministic):
             "not through the rules)")
 
 
-def replay(name, store=None, n_workers=None, address=None, strict_env=False, trust=False, progress=None):
+class _Context:
+    """What a step kind's replay function works with (see :mod:`.steps`)."""
+
+    def __init__(self, session, recording, report):
+        self.session = session
+        self.recording = recording
+        self.report = report
+
+    def part(self, step, name):
+        return self.recording.part(step, name)
+
+    def unpickle(self, step, name):
+        # only ever called after Store.open verified every byte and trusted the signature
+        return cloudpickle.loads(self.recording.part(step, name))
+
+    def compute(self, refs, key_rules, recorded_seconds=0.0):
+        t0 = time.monotonic()
+        self.session.compute(refs, key_rules=key_rules)
+        self.report.timings["compute"] += time.monotonic() - t0
+        self.report.timings["recorded_compute"] += recorded_seconds
+
+    def compare(self, step, replayed, recompute, failure=None):
+        """Compare ``step``'s recorded results with ``replayed`` (``{id: (fp, description)}``).
+
+        ``recompute(id)`` gives the fingerprint computed once more, to tell a
+        non-deterministic result from a changed one; ``failure`` explains a
+        step that could not be replayed at all.
+        """
+        for nid, rec in step_kinds.results(step).items():
+            self.report.results += 1
+            got = replayed.get(nid)
+            if got is not None and got[0] == rec["fp"]:
+                continue
+            nondeterministic = (failure is None and got is not None and recompute is not None
+                                and recompute(nid) != got[0])
+            self.report.mismatches.append({
+                "node": nid, "label": rec["label"], "recorded": rec["fp"], "replayed": got and got[0],
+                "recorded_value": rec["describe"] if rec["describe"] is not None else "?",
+                "replayed_value": got[1] if got else "not computed",
+                "cause": failure or _cause(self.report.env_diff, nondeterministic),
+            })
+
+
+def replay(name, store=None, n_workers=None, address=None, strict_env=False, trust=False, progress=None,
+           keep=False):
     """Replay recording ``name`` and verify it.
 
     Parameters
@@ -167,28 +266,35 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
     trust : bool
         Accept a recording signed with another key (content hashes are always checked).
     progress : callable, optional
-        ``progress(done, total, message)`` after each step.
+        Called with a :class:`Progress` event before the first step and after each.
+    keep : bool
+        Keep the replay's session (and cluster) running and hand it over in
+        ``report.session``; the caller stops it. By default it is stopped.
 
     Returns
     -------
     ReplayReport
-        Afterwards the kernel's session is the replay cluster (``getdata`` gives replayed values).
+        ``report.session`` is the replay's session. ``%replay`` makes it the
+        kernel's, so that ``getdata`` gives replayed values.
     """
-    store = store if isinstance(store, Store) else Store(store)
+    store = Store.coerce(store)
     started = time.monotonic()
     recording = store.open(name, trust=trust)
     report = ReplayReport(name)
     steps = recording.steps
     report.total_steps = len(steps)
-    say = progress or (lambda done, total, message: None)
-    say(0, len(steps), "checking data and environment")
+    say = progress or (lambda event: None)
+    say(Progress(0, len(steps), "checking data and environment"))
+    for step in steps:
+        step_kinds.kind_of(step, f"recording {name!r}")   # refuse unknown kinds before a cluster starts
 
     mapping = prepare_inputs(recording, report)
     recorded_kernel, recorded_workers = recorded_environment(recording)
     spec = next((s.data for s in steps if s.kind == "cluster"), {})
-    # its own rule book: the replay must stand on the recording alone, not on the kernel's rules
-    session = Session(rulebook=RuleBook(), seed=spec.get("seed", 0))
-    session.progress = False   # the replay's own progress covers its computes
+    # its own rule book: the replay must stand on the recording alone, not on the kernel's rules;
+    # no compute bars: the replay's own progress covers its computes
+    session = Session(rulebook=RuleBook(), seed=spec.get("seed", 0), progress=False)
+    report.session = session
     t0 = time.monotonic()
     if address:
         session.connect(address)
@@ -196,108 +302,36 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
         session.start(n_workers=n_workers or spec.get("n_workers") or 2,
                       threads_per_worker=spec.get("threads_per_worker") or 1)
     report.timings["cluster"] = time.monotonic() - t0
-    if recorded_kernel is not None:   # compared with a client active, as when it was recorded
-        report.env_diff = env_diff(recorded_kernel, capture_environment())
-        workers_now = list(cluster_environments(session.client).values())
-        if report.env_diff.get("same", True) and recorded_workers and workers_now:
-            worker_diff = env_diff(next(iter(recorded_workers.values())), workers_now[0])
-            if not worker_diff.get("same", True):
-                report.env_diff = worker_diff
-        if strict_env and not report.env_diff.get("same", True):
-            session.stop()
-            raise EnvironmentMismatchError(
-                f"--strict-env: the environment differs from recording {name!r}:\n{format_env_diff(report.env_diff)}")
-    try:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(session.stop)
+        if recorded_kernel is not None:   # compared with a client active, as when it was recorded
+            _compare_environments(report, session, recorded_kernel, recorded_workers)
+            if strict_env and not report.env_diff.get("same", True):
+                raise EnvironmentMismatchError(
+                    f"--strict-env: the environment differs from recording {name!r}:\n"
+                    f"{format_env_diff(report.env_diff)}")
         if mapping:
             session.set_input_map(mapping)
+        context = _Context(session, recording, report)
         for i, step in enumerate(steps, 1):
-            _replay_step(session, recording, step, report)
+            kind = step_kinds.kind_of(step)
+            if kind.replay is not None:
+                kind.replay(context, step)
             report.steps = i
-            say(i, len(steps), f"{step.kind} ({i}/{len(steps)})")
-    except BaseException:
-        session.stop()
-        raise
-    previous = get_session()
-    session.progress = True
-    set_session(session)   # the kernel's session is now the replay's: getdata gives replayed values
-    if previous is not session:
-        previous.stop()
+            say(Progress(i, len(steps), f"{step.kind} ({i}/{len(steps)})"))
+        if keep:
+            cleanup.pop_all()   # the caller's now
     report.timings["replay"] = time.monotonic() - started
     report.complete = recording.info.status != "incomplete"
     if report.verified and report.complete:
-        store.mark_verified(name, {"verified": True, "results": report.results, "steps": report.steps})
+        recording.mark_verified({"verified": True, "results": report.results, "steps": report.steps})
     return report
 
 
-def _replay_step(session, recording, step, report):
-    kind, data = step.kind, step.data
-    if kind in ("remote_eval", "rules"):
-        try:
-            if kind == "remote_eval":
-                push = cloudpickle.loads(recording.part(step, "pushed")) if "pushed" in step.part_names else {}
-                session.remote_eval(data["source"], push=push)
-            else:
-                session.add_rules(data["ns"], data["source"])
-        except RemoteError:
-            if not data.get("failed"):   # it failed when recorded too: replayed as it happened
-                raise
-    elif kind == "dispatch":
-        targets = cloudpickle.loads(recording.part(step, "targets"))
-        jobs = cloudpickle.loads(recording.part(step, "jobs"))
-        results = data["results"]
-        wanted = {r.id: r for r in targets + jobs}
-        t0 = time.monotonic()
-        # the recorded key jobs become targets too, so each recorded result has a value to compare
-        session.compute(list(wanted.values()), key_rules=data["key_rules"])
-        report.timings["compute"] += time.monotonic() - t0
-        report.timings["recorded_compute"] += data.get("seconds", 0.0)
-        replayed = fingerprint_futures(session.client, {nid: session.futures[nid] for nid in results})
-        for nid, rec in results.items():
-            report.results += 1
-            got = replayed[nid]
-            if got["fp"] != rec["fp"]:
-                again = _recompute(session, wanted[nid])
-                report.mismatches.append({
-                    "node": nid, "label": rec.get("label"), "recorded": rec["fp"], "replayed": got["fp"],
-                    "recorded_value": rec.get("describe"), "replayed_value": got["describe"],
-                    "cause": _cause(report.env_diff, again != got["fp"]),
-                })
-    elif kind == "graph":
-        event = dict(data, specs=recording.part(step, "specs"))
-        failure = None
-        try:
-            replayed = capture.replay_graph(session.client, event, with_descriptions=True)
-        except Exception as e:   # reported per result, like any other difference
-            replayed, failure = {}, f"the graph failed on replay: {type(e).__name__}: {e}"
-        again = None   # the graph computed once more, only if some result differs
-        for key, fp in data["fingerprints"].items():
-            report.results += 1
-            got = replayed.get(key)
-            if got is None or got[0] != fp:
-                if failure is None and got is not None and again is None:
-                    again = capture.replay_graph(session.client, event)
-                nondeterministic = again is not None and again.get(key) != got[0]
-                report.mismatches.append({
-                    "node": key, "label": f"dask key {key}", "recorded": fp, "replayed": got and got[0],
-                    "recorded_value": data.get("descriptions", {}).get(key, "?"),
-                    "replayed_value": got[1] if got else "not computed",
-                    "cause": failure or _cause(report.env_diff, nondeterministic),
-                })
-    elif kind == "run":
-        capture.replay_run(session.client, dict(data, function=recording.part(step, "function")))
-    elif kind == "worker_plugin":   # e.g. UploadFile: later graphs may need what it installed
-        from distributed.protocol.pickle import loads
-
-        session.client.register_plugin(loads(recording.part(step, "plugin")), name=data["name"])
-    elif kind in ("cluster", "environment", "cell", "data"):
-        pass   # set up before the loop, or kept for people to read
-    else:
-        raise JuliusError(f"recording {recording.name!r}: step {step.seq} has unknown kind {kind!r}")
-
-
-def _recompute(session, ref):
-    """The fingerprint of ``ref`` computed once more (to spot non-determinism)."""
-    session.futures.pop(ref.id, None)
-    session._generation += 1   # a fresh Dask key: never the cached value
-    session.compute(ref)
-    return fingerprint_futures(session.client, {ref.id: session.futures[ref.id]})[ref.id]["fp"]
+def _compare_environments(report, session, recorded_kernel, recorded_workers):
+    report.env_diff = env_diff(recorded_kernel, capture_environment())
+    workers_now = list(session.run_on_workers(capture_environment).values())
+    if report.env_diff.get("same", True) and recorded_workers and workers_now:
+        worker_diff = env_diff(next(iter(recorded_workers.values())), workers_now[0])
+        if not worker_diff.get("same", True):
+            report.env_diff = worker_diff

@@ -25,7 +25,7 @@ from .atoms import ApplyFn, Atom
 from .node import NodeRef, bind_remote_globals
 from . import seeding
 
-__all__ = ["evaluate", "Job", "compile_job", "run_job", "Slot"]
+__all__ = ["evaluate", "CompiledJob", "compile_job", "run_job", "Slot"]
 
 
 class Slot:
@@ -67,8 +67,8 @@ def substitute(value, values):
     return value
 
 
-class Job:
-    """A sub-graph compiled for evaluation in one task: flat lists, positions instead of ids.
+class CompiledJob:
+    """A key job's sub-graph compiled for evaluation in one task: flat lists, positions instead of ids.
 
     ``ids[:nknown]`` are the dependencies computed elsewhere (their values are passed in,
     in that order); ``ids[nknown + i]`` is step ``i``, computed by ``atoms[i]`` from
@@ -101,6 +101,10 @@ class Job:
         return len(self.atoms)
 
 
+# the name ``cluster/worker.py`` imports (not this line's file to edit): remove once it imports CompiledJob
+Job = CompiledJob
+
+
 def compile_job(nodes, order, known_ids=()):
     """Compile the nodes in ``order`` (dependencies first), given the ids computed elsewhere."""
     ids = list(known_ids)
@@ -126,7 +130,7 @@ def compile_job(nodes, order, known_ids=()):
             key = node.ref.key
             keys.append(shared.setdefault(key, key))
             labels.append(node.ref.label)
-    return Job(ids, len(known_ids), atoms, inputs, keys, labels)
+    return CompiledJob(ids, len(known_ids), atoms, inputs, keys, labels)
 
 
 def run_job(job, known_values=(), seed=0, on_node=None):

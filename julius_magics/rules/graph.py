@@ -169,11 +169,6 @@ class JobPlan:
         self.nodes, self.order, self.targets = nodes, order, targets
         self.jobs, self.owner, self.job_deps = jobs, owner, job_deps
 
-    @property
-    def key_jobs(self):
-        """The key jobs as node references."""
-        return [self.nodes[j].ref for j in self.jobs]
-
     def __repr__(self):
         return f"<JobPlan {len(self.nodes)} nodes, {len(self.jobs)} key jobs>"
 

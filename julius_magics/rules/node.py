@@ -19,7 +19,7 @@ import importlib
 import math
 import struct
 
-__all__ = ["NodeRef", "refs_in", "bind_remote_globals", "REMOTE_STATE", "Not", "RemoteName", "canonical", "stable_hash", "remote", "REMOTE_NAMESPACE"]
+__all__ = ["NodeRef", "refs_in", "bind_remote_globals", "REMOTE_STATE", "Not", "RemoteName", "argument_text", "stable_hash", "remote", "REMOTE_NAMESPACE"]
 
 ID_LENGTH = 20  # hex digits of the node id (80 bits): collisions are not a practical concern
 
@@ -235,10 +235,10 @@ def _p(path):
     return path
 
 
-def canonical(value, path="value"):
+def argument_text(value, path="value"):
     """Canonical text of a node argument: equal values give equal text in every process.
 
-    >>> canonical((1, "a", None))
+    >>> argument_text((1, "a", None))
     't3(i1;s1:aN)'
     """
     out = []
@@ -252,7 +252,7 @@ def stable_hash(value):
     >>> stable_hash("card-42") == stable_hash("card-42")
     True
     """
-    return int.from_bytes(hashlib.blake2b(canonical(value).encode(), digest_size=8).digest(), "big")
+    return int.from_bytes(hashlib.blake2b(argument_text(value).encode(), digest_size=8).digest(), "big")
 
 
 def refs_in(values):
@@ -326,11 +326,6 @@ class NodeRef:
         """Label if any, else ``ns.name``."""
         return self.label or self.key
 
-    def as_dict(self):
-        """Public, JSON-friendly view (arguments as canonical text)."""
-        return {"id": self.id, "ns": self.ns, "name": self.name, "label": self.label,
-                "args": [_short(a) for a in self.args]}
-
     def __eq__(self, other):
         return type(other) is NodeRef and other.id == self.id
 
@@ -348,10 +343,3 @@ class NodeRef:
             head += f"/{dep.ns}:{dep.name}" + ("/..." if dep.deps() else "")
         label = f" {self.label!r}" if self.label else ""
         return f"<{head}:{self.id[:4]}{label}>"
-
-
-def _short(value):
-    if type(value) is NodeRef:
-        return f"ref:{value.id}"
-    text = repr(value)
-    return text if len(text) <= 200 else text[:197] + "..."

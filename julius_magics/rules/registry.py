@@ -167,9 +167,6 @@ class RuleBook:
         """``{ns: [rule names]}``."""
         return {ns: sorted(rules) for ns, rules in self.rules.items()}
 
-    def clear(self):
-        self.__init__()
-
 
 #: The process-wide rule book (the kernel's, or a worker's).
 RULES = RuleBook()

@@ -3,12 +3,13 @@
 ``RecordingsManager`` is plain Python (no HTTP) so it is tested directly; the
 handlers in :mod:`julius_magics.server.routes` only parse requests and call it.
 
-Replays run in a subprocess (``julius replay NAME --json``) read line by line
-by an asyncio task, so a replay can never block the server's event loop. Store
+Replays run in a subprocess, ``python -m julius_magics.recording.replay_job``,
+whose typed progress events (JSON lines, see that module) an asyncio task reads
+line by line, so a replay can never block the server's event loop. Store
 calls (listing, describing, diffing, deleting) may touch a remote filesystem,
 so they run in a worker thread.
 
-A job is one structure, listed field by field in :meth:`ReplayJob.as_dict`::
+A replay is one structure, listed field by field in :meth:`ReplayProcess.as_dict`::
 
     id        str   hex id, the key in the URL ``/julius/api/replays/ID``
     name      str   the recording replayed
@@ -25,7 +26,6 @@ A job is one structure, listed field by field in :meth:`ReplayJob.as_dict`::
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import time
@@ -35,13 +35,14 @@ from functools import partial
 
 # The store's own rule, checked before any store call, so no name with a path
 # in it reaches a file system, whatever the store backend does.
-from julius_magics.recording.store import Store, validate_name
+from ..recording.replay import Progress
+from ..recording.replay_job import Error, Report, read_event
+from ..recording.store import Store, validate_name
 
 RUNNING, VERIFIED, FAILED, ERROR = "running", "verified", "failed", "error"
 
-# Runs the ``julius`` console script's entry point with the current Python, so
-# the server needs no ``julius`` on PATH and uses the same environment.
-_CLI = "import sys; sys.argv[0] = 'julius'; from julius_magics.cli import main; sys.exit(main())"
+# The documented replay entry point, run with the current Python (same environment).
+REPLAY_COMMAND = ("-m", "julius_magics.recording.replay_job")
 
 # Lines of the child's stderr kept to explain a crash.
 _STDERR_TAIL = 20
@@ -55,7 +56,7 @@ class JobNotFoundError(KeyError):
 
 
 @dataclass
-class ReplayJob:
+class ReplayProcess:
     """One replay running (or ended) in a subprocess; see the module docstring."""
 
     id: str
@@ -84,23 +85,20 @@ class ReplayJob:
             "finished": self.finished,
         }
 
-    def apply(self, event: dict) -> None:
-        """Update the job from one JSON event line of ``julius replay --json``."""
-        kind = event.get("event")
-        if kind == "progress":
-            self.done = int(event.get("done", self.done))
-            self.total = int(event.get("total", self.total))
-            self.message = str(event.get("message", ""))
-        elif kind == "report":
-            self.report = event.get("report") or {}
+    def apply(self, event) -> None:
+        """Update from one typed event of :mod:`julius_magics.recording.replay_job`."""
+        if isinstance(event, Progress):
+            self.done, self.total, self.message = event.done, event.total, event.message
+        elif isinstance(event, Report):
+            self.report = event.report
             self.state = VERIFIED if self.report.get("verified") else FAILED
             steps = self.report.get("steps")
             if isinstance(steps, int):
                 self.done = self.total = max(steps, self.total)
             self.message = "verified" if self.state == VERIFIED else "not verified"
-        elif kind == "error":
+        elif isinstance(event, Error):
             self.state = ERROR
-            self.message = str(event.get("message", "replay failed"))
+            self.message = event.message
 
 
 class RecordingsManager:
@@ -112,8 +110,8 @@ class RecordingsManager:
         fsspec URL or folder of the store; None means ``$JULIUS_STORE`` or
         ``~/.julius/recordings`` (the ``Store`` default).
     replay_command : list of str, optional
-        Command prefix that runs the ``julius`` CLI; the default runs
-        ``julius_magics.cli.main`` with this Python.
+        Command prefix that runs one replay; the default is
+        ``python -m julius_magics.recording.replay_job`` with this Python.
     env : dict, optional
         Extra environment variables for the replay subprocess.
 
@@ -127,9 +125,9 @@ class RecordingsManager:
     def __init__(self, store_url: str | None = None, replay_command: list[str] | None = None,
                  env: dict | None = None):
         self.store_url = store_url or None
-        self.replay_command = list(replay_command or [sys.executable, "-c", _CLI])
+        self.replay_command = list(replay_command or [sys.executable, *REPLAY_COMMAND])
         self.env = dict(env or {})
-        self.jobs: dict[str, ReplayJob] = {}
+        self.jobs: dict[str, ReplayProcess] = {}
         self._tasks: dict[str, asyncio.Task] = {}
         self._store = None
 
@@ -138,7 +136,7 @@ class RecordingsManager:
     def store(self):
         """The ``Store``, opened on first use (so a bad URL fails a request, not the server)."""
         if self._store is None:
-            self._store = Store(self.store_url)
+            self._store = Store.coerce(self.store_url)
         return self._store
 
     async def _in_thread(self, func, *args):
@@ -150,7 +148,7 @@ class RecordingsManager:
         return sorted(infos, key=lambda info: str(info.get("created") or ""), reverse=True)
 
     async def get(self, name: str) -> dict:
-        """One recording: its summary under ``"info"`` and ``describe()`` under ``"details"``.
+        """One recording: its summary under ``"info"`` and ``summary.details()`` under ``"details"``.
 
         Raises ``RecordingNotFoundError`` when missing, ``ValueError`` for a bad name.
         """
@@ -158,9 +156,9 @@ class RecordingsManager:
 
         def read():
             info = self.store.info(name).as_dict()  # first: a missing recording is a 404
-            from julius_magics.recording.inspect import describe
+            from ..recording.summary import details
 
-            return {"info": info, "details": describe(name, self.store)}
+            return {"info": info, "details": details(name, self.store)}
 
         return await self._in_thread(read)
 
@@ -170,16 +168,16 @@ class RecordingsManager:
         await self._in_thread(self.store.delete, name)
 
     async def diff(self, a: str, b: str) -> dict:
-        """What differs between recordings ``a`` and ``b`` (``inspect.diff``)."""
+        """What differs between recordings ``a`` and ``b`` (``summary.diff``)."""
         validate_name(a), validate_name(b)
-        from julius_magics.recording.inspect import diff
+        from ..recording.summary import diff
 
         return await self._in_thread(diff, a, b, self.store)
 
     # --- replays -------------------------------------------------------------
     def replay_argv(self, name: str, workers: int | None = None, trust: bool = False) -> list[str]:
         """The command line of a replay subprocess."""
-        argv = [*self.replay_command, "replay", name, "--json"]
+        argv = [*self.replay_command, name]
         if self.store_url:
             argv += ["--store", self.store_url]
         if workers is not None:
@@ -188,8 +186,8 @@ class RecordingsManager:
             argv.append("--trust")
         return argv
 
-    async def start_replay(self, name: str, workers: int | None = None, trust: bool = False) -> ReplayJob:
-        """Start ``julius replay NAME --json`` in a subprocess and return its job at once.
+    async def start_replay(self, name: str, workers: int | None = None, trust: bool = False) -> ReplayProcess:
+        """Start a replay of ``name`` in a subprocess and return it at once.
 
         The name is checked against the store first, so a missing recording is
         a ``RecordingNotFoundError`` (HTTP 404) rather than a failed job.
@@ -198,28 +196,28 @@ class RecordingsManager:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         validate_name(name)
         await self._in_thread(self.store.info, name)
-        job = ReplayJob(id=uuid.uuid4().hex, name=name, workers=workers)
+        job = ReplayProcess(id=uuid.uuid4().hex, name=name, workers=workers)
         self.jobs[job.id] = job
         task = asyncio.create_task(self._run(job, self.replay_argv(name, workers, trust)))
         self._tasks[job.id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
         return job
 
-    def job(self, job_id: str) -> ReplayJob:
+    def job(self, job_id: str) -> ReplayProcess:
         """The job of that id (``JobNotFoundError`` when unknown)."""
         try:
             return self.jobs[job_id]
         except KeyError:
             raise JobNotFoundError(job_id) from None
 
-    async def wait(self, job_id: str) -> ReplayJob:
+    async def wait(self, job_id: str) -> ReplayProcess:
         """Wait until a job has ended and return it."""
         task = self._tasks.get(job_id)
         if task is not None:
             await asyncio.shield(task)
         return self.job(job_id)
 
-    async def _run(self, job: ReplayJob, argv: list[str]) -> None:
+    async def _run(self, job: ReplayProcess, argv: list[str]) -> None:
         env = {**os.environ, **self.env}
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -232,13 +230,9 @@ class RecordingsManager:
         stderr_task = asyncio.create_task(self._read_stderr(proc, stderr_tail))
         try:
             async for raw in proc.stdout:
-                line = raw.decode("utf-8", "replace").strip()
-                if not line.startswith("{"):
-                    continue  # the CLI or a library printed plain text
-                try:
-                    job.apply(json.loads(line))
-                except (ValueError, TypeError):
-                    continue
+                event = read_event(raw.decode("utf-8", "replace").strip())
+                if event is not None:   # anything else is a library's plain text
+                    job.apply(event)
             returncode = await proc.wait()
             await stderr_task
         except asyncio.CancelledError:
@@ -270,7 +264,7 @@ class RecordingsManager:
             del tail[:-_STDERR_TAIL]
 
     @staticmethod
-    def _end(job: ReplayJob, state: str, message: str) -> None:
+    def _end(job: ReplayProcess, state: str, message: str) -> None:
         job.state, job.message, job.finished = state, message, time.time()
 
     async def close(self) -> None:

@@ -177,7 +177,7 @@ for done in range(1, 4):
     print(json.dumps({"event": "progress", "done": done, "total": 3, "message": f"step {done}"}), flush=True)
     time.sleep(0.05)
 print("plain text from a library", flush=True)
-print(json.dumps({"event": "report", "report": {"name": sys.argv[2], "steps": 3, "verified": VERIFIED,
+print(json.dumps({"event": "report", "report": {"name": sys.argv[1], "steps": 3, "verified": VERIFIED,
     "mismatches": [], "env_diff": {}, "timings": {}}}), flush=True)
 """
 
@@ -193,8 +193,8 @@ async def test_manager_replay_job_reads_progress_and_report(store_dir):
     manager = RecordingsManager(str(store_dir), replay_command=child(verified=True))
     job = await manager.start_replay("alpha", workers=1)
     assert job.state == "running" and job.as_dict()["name"] == "alpha"
-    assert manager.replay_argv("alpha", 1)[-6:] == ["replay", "alpha", "--json", "--store", str(store_dir),
-                                                     "-n", "1"][-6:]
+    assert manager.replay_argv("alpha", 1)[-5:] == ["alpha", "--store", str(store_dir), "-n", "1"]
+    assert RecordingsManager().replay_command[1:] == ["-m", "julius_magics.recording.replay_job"]
     job = await manager.wait(job.id)
     assert (job.state, job.done, job.total, job.message) == ("verified", 3, 3, "verified")
     assert job.report["name"] == "alpha" and job.finished >= job.started

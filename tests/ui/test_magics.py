@@ -46,7 +46,7 @@ def test_addrules_compute_and_graph(shell, tmp_path):
                "def num(i):\n    return ApplyFn(int, i)()\n"
                "def add(i, j):\n    return ApplyFn(plus)(num(i), num(j))\n"
                "def total(n):\n    return ApplyFn(lambda *xs: sum(xs))(*[add(i, i + 1) for i in range(n)])")
-    assert sorted(run(shell, "from julius_magics.rules import RULES; RULES.rules['calc']")) == ["add", "num", "total"]
+    assert sorted(run(shell, "from julius_magics.cluster.session import get_session; get_session().rules.rules['calc']")) == ["add", "num", "total"]
     run(shell, "from julius_magics import ref, compute, getdata\nt = ref.calc.total(5, label='the total')")
     assert run(shell, "%compute t") == sum(2 * i + 1 for i in range(5))
     assert run(shell, "compute([ref.calc.add(1, 2), ref.calc.num(4)])") == [3, 4]

@@ -58,11 +58,11 @@ def store_copy(recorded, tmp_path):
 
 
 @pytest.fixture
-def stop_replay_cluster():
-    """A replay leaves its cluster as the kernel's session: stop it after the test."""
-    yield
-    jm.get_session().stop()
-    set_session(Session())
+def kernel_session_untouched():
+    """A widget replay runs in a thread with a session of its own: the kernel's stays as it was."""
+    before = jm.get_session()
+    yield before
+    assert jm.get_session() is before
 
 
 def test_lists_recordings_with_escaped_notes(recorded):
@@ -158,7 +158,7 @@ def test_replay_of_tampered_recording_shows_the_error(store_copy):
     assert isinstance(browser.last_error, IntegrityError)
 
 
-def test_replay_verifies_and_shows_progress(recorded, tmp_path, stop_replay_cluster):
+def test_replay_verifies_and_shows_progress(recorded, tmp_path, session, kernel_session_untouched):
     store = tmp_path / "store"
     shutil.copytree(recorded, store)
     browser = RecordingBrowser(store=store)
@@ -175,9 +175,11 @@ def test_replay_verifies_and_shows_progress(recorded, tmp_path, stop_replay_clus
     assert browser.recordings[0]["status"] == "verified"
     assert "a replay matched it on" in browser.details.value and "1 results, 5 steps" in browser.details.value
     assert browser.replay_button.disabled is False
+    assert session.active and jm.get_session() is session   # the kernel's cluster kept running
+    assert not browser.report.session.active                 # the replay's own was stopped
 
 
-def test_replay_mismatch_lists_the_result(recorded, tmp_path, stop_replay_cluster):
+def test_replay_mismatch_lists_the_result(recorded, tmp_path, kernel_session_untouched):
     store = tmp_path / "store"
     shutil.copytree(recorded, store)
     browser = RecordingBrowser(store=store, n_workers=1)

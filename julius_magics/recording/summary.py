@@ -7,72 +7,29 @@ recording whose bytes verify, whoever signed it.
 from __future__ import annotations
 
 import difflib
-import json
 
+from . import steps
 from .environment import env_diff, format_env_diff, requirements
+from .steps import recorded_environment
 from .store import Store
 
-__all__ = ["describe", "diff", "recorded_environment", "format_describe", "format_diff", "environment_pins"]
+__all__ = ["details", "diff", "recorded_environment", "format_details", "format_diff", "environment_pins"]
 
 
 def _open(name, store):
-    store = store if isinstance(store, Store) else Store(store)
-    return store.open(name, trust=True)   # read-only and pickle-free: hashes still verified
-
-
-def _summary(step):
-    d = step.data
-    kind = step.kind
-    if kind == "cluster":
-        return f"{d.get('mode')} cluster, {d.get('n_workers')} workers x {d.get('threads_per_worker')} threads"
-    if kind in ("remote_eval", "cell"):
-        first = next((line for line in d["source"].splitlines() if line.strip()), "")
-        more = " ..." if d["source"].strip().count("\n") else ""
-        extra = f" (push {', '.join(d['push'])})" if d.get("push") else ""
-        return f"{first[:70]}{more}{extra}"
-    if kind == "rules":
-        return f"{d['ns']}: {', '.join(d['rules'])}"
-    if kind == "dispatch":
-        targets = ", ".join(t["label"] or t["key"] for t in d["targets"])
-        return f"{targets}: {d['nodes']} nodes in {d['jobs']} key jobs, {len(d['results'])} results"
-    if kind == "graph":
-        return f"dask graph of {d.get('ntasks')} tasks, {len(d.get('keys', []))} outputs"
-    if kind == "data":
-        return ", ".join(f"{f['path']} ({f['size']:,} B)" for f in d["files"])
-    if kind == "environment":
-        return f"kernel and {len(d['workers'])} workers"
-    return kind
-
-
-def recorded_environment(recording):
-    """``(kernel environment, {worker: environment})`` of a recording, or ``(None, {})``."""
-    for step in recording.steps:
-        if step.kind == "environment":
-            kernel = json.loads(recording.blob(step.data["kernel"]))
-            workers = {w: json.loads(recording.blob(sha)) for w, sha in step.data["workers"].items()}
-            return kernel, workers
-    return None, {}
+    return Store.coerce(store).open(name, trust=True)   # read-only and pickle-free: hashes still verified
 
 
 def _results(recording):
     """``{node id or key: {"label", "fp", "describe"}}`` of every recorded result."""
-    results = {}
-    for step in recording.steps:
-        if step.kind == "dispatch":
-            for nid, r in step.data["results"].items():
-                results[nid] = {"label": r.get("label"), "fp": r["fp"], "describe": r.get("describe")}
-        elif step.kind == "graph":
-            for key, fp in step.data.get("fingerprints", {}).items():
-                results[key] = {"label": f"dask {key}", "fp": fp,
-                                "describe": step.data.get("descriptions", {}).get(key)}
-    return results
+    return {nid: result for step in recording.steps for nid, result in steps.results(step).items()}
 
 
 def _files(recording):
     return {f["path"]: f for s in recording.steps if s.kind == "data" for f in s.data["files"]}
 
 
-def describe(name, store=None):
+def details(name, store=None):
     """Details of a recording as plain JSON: info, steps, environment summary, data files, results."""
     recording = _open(name, store)
     kernel, workers = recorded_environment(recording)
@@ -85,7 +42,7 @@ def describe(name, store=None):
     return {
         "info": recording.info.as_dict(),
         "meta": recording.meta,
-        "steps": [{"seq": s.seq, "kind": s.kind, "summary": _summary(s)} for s in recording.steps],
+        "steps": [{"seq": s.seq, "kind": s.kind, "summary": steps.summary(s)} for s in recording.steps],
         "environment": env,
         "data": list(_files(recording).values()),
         "results": [{"node": k, **v} for k, v in _results(recording).items()],
@@ -93,7 +50,8 @@ def describe(name, store=None):
     }
 
 
-def format_describe(details):
+def format_details(details):
+    """Readable text of :func:`details`."""
     info = details["info"]
     lines = [f"{info['name']}: {info['status']}, {info['steps']} steps, {info['size']:,} bytes, "
              f"{info['workers']} workers, created {info['created']}" + (f" -- {info['note']}" if info["note"] else "")]

@@ -1,0 +1,462 @@
+"""A recording on disk: its layout, its steps, the writer that appends them, the reader of a verified one.
+
+Layout of a store (see ``docs/format.md``)::
+
+    <store>/_blobs/<sha256>                  data, shared by every recording of the store
+    <store>/_tmp/                            temporary files of local writes (renamed into place)
+    <store>/<name>/manifest.json             sealed manifest (written at create, rewritten at close)
+    <store>/<name>/journal/000001.json       one sealed JSON entry per step, chained
+    <store>/<name>/parts/<sha256>            binary parts of steps (opaque bytes)
+    <store>/<name>/verified.json             sealed sidecar written by :func:`write_verified`
+
+The journal knows nothing of Dask or pickles: steps are JSON dicts, parts and blobs are bytes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import re
+import threading
+from dataclasses import asdict, dataclass
+
+from ..errors import IntegrityError, JuliusError, RecordingError, RecordingExistsError, RecordingNotFoundError
+from . import integrity
+from .integrity import FORMAT, canonical, sha256_hex
+
+__all__ = ["RecordingInfo", "Step", "RecordingWriter", "Recording", "validate_name", "read_info", "claim",
+           "put_blob", "file_digest", "new_manifest", "entry_file", "checked", "write_verified"]
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+ENTRY_PATTERN = re.compile(r"journal/[0-9]{6,}\.json\Z")
+PART_PATTERN = re.compile(r"parts/[0-9a-f]{64}\Z")
+KNOWN_FILE = re.compile(r"(manifest\.json|verified\.json|journal/[0-9]{6,}\.json|parts/[0-9a-f]{64})\Z")
+SHA_PATTERN = re.compile(r"[0-9a-f]{64}\Z")
+MANIFEST, VERIFIED, BLOBS = "manifest.json", "verified.json", "_blobs"
+STATUSES = ("complete", "incomplete")
+
+
+def validate_name(name):
+    """Return ``name`` if it is a valid recording name, else raise ``ValueError`` naming it.
+
+    >>> validate_name("fraud-v1.2")
+    'fraud-v1.2'
+    """
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise ValueError(
+            f"Invalid recording name {name!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit."
+        )
+    return name
+
+
+def now():
+    """The current UTC time as ``2026-11-29T12:00:00Z``."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def entry_file(seq):
+    """``journal/000042.json``: the relative path of journal entry ``seq``."""
+    return f"journal/{seq:06d}.json"
+
+
+@dataclass(frozen=True)
+class RecordingInfo:
+    """What a store knows about one recording without opening it.
+
+    ``status`` is ``"complete"``, ``"incomplete"`` (its writer never closed it),
+    ``"verified"`` (complete, and a replay matched it) or ``"damaged"`` (its
+    manifest cannot be read; ``Store.open`` says why). The ``size`` of an
+    incomplete recording counts its journal and parts only.
+    """
+
+    name: str
+    created: str
+    steps: int
+    size: int
+    workers: int | None
+    status: str
+    note: str
+    data_mode: str
+    key_id: str
+    signed_by_me: bool
+
+    def as_dict(self):
+        """Return the fields as a JSON-friendly dict."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One journal entry: ``seq`` (from 1), ``kind``, ``data`` (JSON) and the names of its parts."""
+
+    seq: int
+    kind: str
+    data: dict
+    part_names: tuple
+
+
+def read_info(files, name, raw, has_verified, key):
+    """The :class:`RecordingInfo` of recording ``name`` from its manifest bytes ``raw`` (``damaged`` if unreadable)."""
+    try:
+        body, mine = integrity.unseal(raw, f"Recording '{name}': manifest.json", key, trust=True)
+        if body["name"] != name:
+            raise IntegrityError(f"Recording '{name}': its manifest belongs to {body['name']!r}.")
+        meta = body["meta"]
+        status = body["status"]
+        steps, size = body["steps"], body["size"]
+        if status == "incomplete":
+            tree = files.tree(files.path(name))
+            steps = sum(1 for rel in tree if ENTRY_PATTERN.match(rel))
+            size = sum(size for rel, size in tree.items() if rel not in (MANIFEST, VERIFIED))
+        elif has_verified:
+            status = "verified"
+        return RecordingInfo(
+            name=name,
+            created=body["created"],
+            steps=steps,
+            size=size,
+            workers=meta.get("workers"),
+            status=status,
+            note=meta.get("note", ""),
+            data_mode=meta.get("data_mode", "embed"),
+            key_id=body["key_id"],
+            signed_by_me=mine,
+        )
+    except (JuliusError, KeyError, TypeError, AttributeError):
+        return RecordingInfo(name, "", 0, 0, None, "damaged", "", "", "", False)
+
+
+def new_manifest(name, meta, key):
+    """The body of the first manifest of a new recording (``incomplete``, no steps)."""
+    validate_name(name)
+    meta = dict(meta or {})
+    canonical(meta)  # refuse non-JSON meta now, not at close
+    return {
+        "format": FORMAT,
+        "name": name,
+        "created": now(),
+        "closed": None,
+        "status": "incomplete",
+        "meta": meta,
+        "key_id": integrity.key_id(key),
+        "steps": 0,
+        "journal": [],
+        "chain_head": None,
+        "parts": {},
+        "blobs": {},
+        "size": 0,
+    }
+
+
+def claim(files, name, manifest_bytes, where):
+    """Write a new manifest exclusively: of two writers of one name, exactly one gets it."""
+    try:
+        files.write(files.path(name, MANIFEST), manifest_bytes, exclusive=True)
+    except FileExistsError:
+        raise RecordingExistsError(f"Recording '{name}' already exists in {where}.") from None
+    # leftovers of a delete that crashed half-way would mix into this recording
+    for leftover in ("journal", "parts", VERIFIED):
+        files.rm(files.path(name, leftover))
+
+
+def write_verified(files, name, summary, key, where):
+    """Write the sealed ``verified.json`` of recording ``name``: a replay matched it (``summary``: JSON)."""
+    validate_name(name)
+    try:
+        manifest = files.read(files.path(name, MANIFEST))
+    except FileNotFoundError:
+        raise RecordingNotFoundError(f"No recording '{name}' in {where}.") from None
+    body = {
+        "format": FORMAT,
+        "name": name,
+        "verified_at": now(),
+        "manifest_sha256": sha256_hex(manifest),
+        "summary": summary,
+        "key_id": integrity.key_id(key),
+    }
+    files.write(files.path(name, VERIFIED), integrity.seal(body, key))
+
+
+def put_blob(files, data):
+    """Store ``data`` (bytes or a file path) once per store; return its SHA-256 and size.
+
+    Files are streamed, never read whole into memory.
+    """
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = bytes(data)
+        sha, size = sha256_hex(data), len(data)
+        target = files.path(BLOBS, sha)
+        if files.size(target) != size:
+            files.write(target, data)
+        return sha, size
+    path = os.fspath(data)
+    with open(path, "rb") as f:
+        sha, size = integrity.hash_stream(integrity.read_chunks(f))
+    target = files.path(BLOBS, sha)
+    if files.size(target) != size:
+        with open(path, "rb") as f:
+            files.write_chunks(target, checked(integrity.read_chunks(f), sha, f"file {path}"))
+    return sha, size
+
+
+def file_digest(path):
+    """``(size, sha256 hex)`` of a local file, streamed (as :func:`put_blob` hashes it)."""
+    with open(path, "rb") as f:
+        sha, size = integrity.hash_stream(integrity.read_chunks(f))
+    return size, sha
+
+
+def checked(chunks, sha, where):
+    """Pass ``chunks`` through, raising ``IntegrityError`` at the end if their SHA-256 is not ``sha``."""
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk)
+        yield chunk
+    if h.hexdigest() != sha:
+        raise IntegrityError(f"{where} changed while it was being copied (SHA-256 {h.hexdigest()[:12]}…, expected {sha[:12]}…).")
+
+
+class RecordingWriter:
+    """Appends steps and blobs to a new recording; :meth:`close` seals it.
+
+    Every step is on storage, atomically and chained, before :meth:`add_step`
+    returns, so a writer killed at any moment leaves an ``incomplete``
+    recording that opens with all the steps added before. Thread-safe.
+
+    Parameters
+    ----------
+    store : Store
+        Gives ``files``, ``key`` and ``info(name)``.
+    manifest : dict
+        The body :func:`new_manifest` made, already claimed in the store.
+    """
+
+    def __init__(self, store, manifest):
+        self.store = store
+        self.name = manifest["name"]
+        self._manifest = manifest
+        self._prev = integrity.chain_start(self.name, manifest["created"])
+        self._pending_blobs = {}  # blobs added since the last step, listed in the next entry
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def __repr__(self):
+        return f"<RecordingWriter {self.name!r} steps={self._manifest['steps']}>"
+
+    def _check_open(self):
+        if self.closed:
+            raise RecordingError(f"Recording '{self.name}' is closed; no more steps can be added.")
+
+    def add_step(self, kind, data, parts=None):
+        """Append a step; return its sequence number (1, 2, ...).
+
+        Parameters
+        ----------
+        kind : str
+            What the step is (``"cell"``, ``"remote_eval"``, ...).
+        data : dict
+            Plain JSON (no NaN, string keys).
+        parts : dict of str to bytes, optional
+            Named binary attachments, stored by SHA-256.
+        """
+        if not isinstance(kind, str) or not kind:
+            raise ValueError(f"Recording '{self.name}': step kind must be a non-empty string, not {kind!r}.")
+        if not isinstance(data, dict):
+            raise ValueError(f"Recording '{self.name}': step data must be a dict, not {type(data).__name__}.")
+        parts = dict(parts or {})
+        for part_name, value in parts.items():
+            if not isinstance(part_name, str) or not isinstance(value, (bytes, bytearray, memoryview)):
+                raise ValueError(
+                    f"Recording '{self.name}': part {part_name!r} must be bytes under a str name, "
+                    f"not {type(value).__name__}."
+                )
+        files = self.store.files
+        with self._lock:
+            self._check_open()
+            seq = self._manifest["steps"] + 1
+            part_shas = {}
+            for part_name, value in parts.items():
+                value = bytes(value)
+                sha = part_shas[part_name] = sha256_hex(value)
+                if sha not in self._manifest["parts"]:
+                    files.write(files.path(self.name, "parts", sha), value)
+                    self._manifest["parts"][sha] = len(value)
+                    self._manifest["size"] += len(value)
+            body = {
+                "format": FORMAT,
+                "seq": seq,
+                "kind": kind,
+                "time": now(),
+                "data": data,
+                "parts": part_shas,
+                "blobs": self._pending_blobs,
+                "prev": self._prev,
+                "key_id": self._manifest["key_id"],
+            }
+            try:
+                raw = integrity.seal(body, self.store.key)
+            except ValueError as error:
+                raise ValueError(f"Recording '{self.name}', step {seq} ({kind}): {error}") from None
+            files.write(files.path(self.name, entry_file(seq)), raw)
+            self._prev = json.loads(raw)["digest"]
+            self._pending_blobs = {}
+            self._manifest["steps"] = seq
+            self._manifest["journal"].append(sha256_hex(raw))
+            self._manifest["size"] += len(raw)
+            return seq
+
+    def add_blob(self, data):
+        """Store data (bytes or a file path, streamed) once per store; return its SHA-256 hex.
+
+        The blob belongs to this recording from the next step on (or from :meth:`close`).
+        """
+        with self._lock:
+            self._check_open()
+        sha, size = put_blob(self.store.files, data)
+        self.add_stored_blob(sha, size)
+        return sha
+
+    def add_stored_blob(self, sha, size):
+        """Make blob ``sha`` (already in the store's ``_blobs``) part of this recording from the next step on."""
+        with self._lock:
+            self._check_open()
+            if sha not in self._manifest["blobs"]:
+                self._manifest["blobs"][sha] = size
+                self._pending_blobs[sha] = size
+                self._manifest["size"] += size
+
+    def update_meta(self, **fields):
+        """Merge ``fields`` into the manifest's meta (e.g. ``workers=4``), and rewrite the manifest."""
+        with self._lock:
+            self._check_open()
+            meta = {**self._manifest["meta"], **fields}
+            try:
+                canonical(meta)
+            except ValueError as error:
+                raise ValueError(f"Recording '{self.name}': meta {sorted(fields)}: {error}") from None
+            self._manifest["meta"] = meta
+            self._write_manifest()
+
+    def _write_manifest(self):
+        files = self.store.files
+        raw = integrity.seal(self._manifest, self.store.key)
+        files.write(files.path(self.name, MANIFEST), raw)
+        return raw
+
+    def close(self, status="complete"):
+        """Seal the manifest (hashes of every entry, part and blob) and return the :class:`RecordingInfo`."""
+        if status not in STATUSES:
+            raise ValueError(f"Recording '{self.name}': status must be one of {STATUSES}, not {status!r}.")
+        with self._lock:
+            self._check_open()
+            self._manifest.update(status=status, closed=now(), chain_head=self._prev)
+            raw = self._write_manifest()
+            self.closed = True
+        if status == "incomplete":
+            self.store.files.refresh()   # its size and steps are counted from a listing
+        return read_info(self.store.files, self.name, raw, False, self.store.key)
+
+
+class Recording:
+    """A verified recording: its info, steps, parts and blobs.
+
+    Parts and blobs are hashed again when read, so bytes changed after
+    :meth:`Store.open` are refused too.
+
+    Parameters
+    ----------
+    store : Store
+        Where its blobs are (``store.files``).
+    source : verify.Source
+        Where its own files are read from (the store, or an archive).
+    verified : verify.Verified
+        What :func:`verify.verify` established.
+    """
+
+    def __init__(self, store, source, verified):
+        self.store = store
+        self.name = source.name
+        self._source = source
+        self._files = verified.files
+        self._blobs = verified.blobs
+        self.manifest = verified.manifest
+        self.steps = verified.steps
+        self.verification = verified.verified  # the summary written by mark_verified, or None
+        self.info = read_info(store.files, self.name, source.read(MANIFEST), verified.verified is not None, store.key)
+
+    def __repr__(self):
+        return f"<Recording {self.name!r} steps={len(self.steps)} status={self.info.status}>"
+
+    @property
+    def meta(self):
+        """The manifest's meta fields (note, data_mode, cluster, workers, ...)."""
+        return self.manifest["meta"]
+
+    @property
+    def blobs(self):
+        """SHA-256 -> size of every blob of the recording."""
+        return dict(self._blobs)
+
+    @property
+    def file_names(self):
+        """Relative paths of the recording's own verified files (manifest, entries, parts, verified.json)."""
+        return sorted(self._files)
+
+    def mark_verified(self, summary):
+        """Record in the store that a replay matched this recording (``summary``: JSON)."""
+        write_verified(self.store.files, self.name, summary, self.store.key, self.store.url)
+
+    def entry(self, seq):
+        """The body of journal entry ``seq``, re-verified against the bytes read at open."""
+        raw = self._source.read(entry_file(seq))
+        if sha256_hex(raw) != self._files[entry_file(seq)]:
+            raise IntegrityError(f"Recording '{self.name}': journal entry {seq} was changed after it was opened.")
+        return json.loads(raw)
+
+    def part(self, step, name):
+        """Return the bytes of part ``name`` of ``step`` (a :class:`Step` or its seq), re-verified."""
+        seq = step.seq if isinstance(step, Step) else step
+        if not isinstance(seq, int) or not 1 <= seq <= len(self.steps):
+            raise RecordingError(f"Recording '{self.name}' has no step {seq!r}.")
+        if name not in self.steps[seq - 1].part_names:
+            raise RecordingError(
+                f"Recording '{self.name}', step {seq}: no part {name!r} (has {list(self.steps[seq - 1].part_names)})."
+            )
+        sha = self.entry(seq)["parts"][name]
+        data = self._source.read(f"parts/{sha}")
+        if sha256_hex(data) != sha:
+            raise IntegrityError(f"Recording '{self.name}': parts/{sha} was changed after it was opened.")
+        return data
+
+    def _blob_path(self, sha):
+        if sha not in self._blobs:
+            raise RecordingError(f"Recording '{self.name}' has no blob {sha!r}.")
+        return self.store.files.path(BLOBS, sha)
+
+    def blob(self, sha):
+        """Return the bytes of blob ``sha``, re-verified."""
+        data = self.store.files.read(self._blob_path(sha))
+        if sha256_hex(data) != sha:
+            raise IntegrityError(f"Recording '{self.name}': blob {sha[:12]}… was changed after it was opened.")
+        return data
+
+    def open_blob(self, sha):
+        """A binary file object streaming blob ``sha`` (not re-verified: pass it through :func:`checked`)."""
+        return self.store.files.open_read(self._blob_path(sha))
+
+    def blob_to_file(self, sha, path):
+        """Copy blob ``sha`` to the local file ``path`` (streamed; verified before ``path`` appears)."""
+        path = os.fspath(path)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        where = f"Recording '{self.name}': blob {sha[:12]}…"
+        try:
+            with self.open_blob(sha) as src, open(tmp, "wb") as dst:
+                for chunk in checked(integrity.read_chunks(src), sha, where):
+                    dst.write(chunk)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)

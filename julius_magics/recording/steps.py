@@ -1,0 +1,243 @@
+"""The kinds of journal steps: one table, used by the recorder, the replay and the summaries.
+
+Each :class:`StepKind` says what a step of that kind holds (its JSON fields and
+binary parts), how ``julius show`` summarises it in one line, how a replay
+replays it, and which recorded results (fingerprints) it holds. Adding a kind
+is adding one entry to :data:`KINDS`; ``docs/format.md``'s table of step kinds
+is checked against this one by ``tests/recording/test_steps.py``
+(:func:`format_table` prints it).
+
+A replay function is called as ``replay(context, step)``; the context (made by
+:mod:`.replay`) gives ``session`` (a fresh :class:`~julius_magics.cluster.session.Session`),
+``unpickle(step, part)``, ``part(step, part)``, ``compare(step, replayed, recompute)``
+and ``compute(refs, key_rules)`` (timed).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import JuliusError, RemoteError
+
+__all__ = ["StepKind", "KINDS", "kind_of", "summary", "results", "recorded_environment", "format_table"]
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """One kind of journal step.
+
+    Attributes
+    ----------
+    name : str
+        The ``kind`` written in the journal entry.
+    fields : dict
+        JSON field -> what it holds.
+    parts : dict
+        Binary part -> what it holds (``{}``: none).
+    summarise : callable
+        ``summarise(data) -> str``: one line for ``julius show`` and the sidebar.
+    replay : callable or None
+        ``replay(context, step)``; ``None``: nothing to replay (set up before the
+        journal is replayed, or kept for people to read).
+    results : callable or None
+        ``results(data) -> {node id or key: {"label", "fp", "describe"}}``: the
+        recorded results a replay must reproduce.
+    """
+
+    name: str
+    fields: dict
+    parts: dict = field(default_factory=dict)
+    summarise: Callable = None
+    replay: Callable | None = None
+    results: Callable | None = None
+
+
+# --- summaries ---------------------------------------------------------------------
+def _first_line(d):
+    first = next((line for line in d["source"].splitlines() if line.strip()), "")
+    more = " ..." if d["source"].strip().count("\n") else ""
+    extra = f" (push {', '.join(d['push'])})" if d.get("push") else ""
+    return f"{first[:70]}{more}{extra}"
+
+
+def _targets(d):
+    return ", ".join(t["label"] or t["key"] for t in d["targets"])
+
+
+# --- replays -----------------------------------------------------------------------
+def _replay_remote(context, step, send):
+    try:
+        send()
+    except RemoteError:
+        if not step.data.get("failed"):   # it failed when recorded too: replayed as it happened
+            raise
+
+
+def _replay_remote_eval(context, step):
+    push = context.unpickle(step, "pushed") if "pushed" in step.part_names else {}
+    _replay_remote(context, step, lambda: context.session.remote_eval(step.data["source"], push=push))
+
+
+def _replay_rules(context, step):
+    _replay_remote(context, step, lambda: context.session.add_rules(step.data["ns"], step.data["source"]))
+
+
+def _replay_dispatch(context, step):
+    wanted = {r.id: r for r in context.unpickle(step, "targets") + context.unpickle(step, "jobs")}
+    # the recorded key jobs become targets too, so each recorded result has a value to compare
+    context.compute(list(wanted.values()), step.data["key_rules"], recorded_seconds=step.data.get("seconds", 0.0))
+    session = context.session
+    replayed = session.fingerprint({nid: session.futures[nid] for nid in step.data["results"]})
+    replayed = {nid: (r["fp"], r["describe"]) for nid, r in replayed.items()}
+    context.compare(step, replayed, lambda nid: session.recompute(wanted[nid]))
+
+
+def _replay_graph(context, step):
+    event = dict(step.data, specs=context.part(step, "specs"))
+    try:
+        replayed = context.session.replay_graph(event, with_descriptions=True)
+    except Exception as e:   # reported per result, like any other difference
+        context.compare(step, {}, None, failure=f"the graph failed on replay: {type(e).__name__}: {e}")
+        return
+    again = {}   # the graph computed once more, only if some result differs
+
+    def recompute(key):
+        if not again:
+            again.update(context.session.replay_graph(event))
+        return again.get(key)
+
+    context.compare(step, replayed, recompute)
+
+
+def _replay_run(context, step):
+    context.session.replay_run(dict(step.data, function=context.part(step, "function")))
+
+
+def _replay_worker_plugin(context, step):   # e.g. UploadFile: later graphs may need what it installed
+    from distributed.protocol.pickle import loads
+
+    context.session.register_plugin(loads(context.part(step, "plugin")), name=step.data["name"])
+
+
+# --- results -----------------------------------------------------------------------
+def _dispatch_results(d):
+    return {nid: {"label": r.get("label"), "fp": r["fp"], "describe": r.get("describe")}
+            for nid, r in d["results"].items()}
+
+
+def _graph_results(d):
+    return {key: {"label": f"dask key {key}", "fp": fp, "describe": d.get("descriptions", {}).get(key)}
+            for key, fp in d.get("fingerprints", {}).items()}
+
+
+KINDS = {k.name: k for k in [
+    StepKind(
+        "cluster",
+        {"mode": "`start` or `connect`", "n_workers": "", "threads_per_worker": "", "memory_limit": "",
+         "address": "the scheduler's", "seed": "the session seed"},
+        summarise=lambda d: (f"{d.get('mode')} cluster, {d.get('n_workers')} workers x "
+                             f"{d.get('threads_per_worker')} threads"),
+    ),
+    StepKind(
+        "environment",
+        {"kernel": "blob SHA-256 of the kernel's environment JSON",
+         "workers": "`{address: blob SHA-256}` (identical environments share one blob)"},
+        summarise=lambda d: f"kernel and {len(d['workers'])} workers",
+    ),
+    StepKind(
+        "remote_eval",
+        {"source": "", "push": "names of the pushed kernel variables",
+         "failed": "true when it raised on some worker (replayed as it happened)"},
+        {"pushed": "cloudpickle of `{name: value}` (only when something was pushed)"},
+        summarise=_first_line, replay=_replay_remote_eval,
+    ),
+    StepKind(
+        "rules",
+        {"ns": "namespace", "source": "", "rules": "names of the rules defined",
+         "failed": "true when it raised on some worker"},
+        summarise=lambda d: f"{d['ns']}: {', '.join(d['rules'])}", replay=_replay_rules,
+    ),
+    StepKind(
+        "cell",
+        {"source": "of a recorded cell"},
+        summarise=_first_line,
+    ),
+    StepKind(
+        "dispatch",
+        {"targets": "`[{id, key, label}]`", "key_rules": "", "seed": "", "nodes": "count", "jobs": "count of key jobs",
+         "seconds": "compute time", "results": "`{node id: {fp, describe, label, target}}`"},
+        {"targets": "cloudpickle of the target node references", "jobs": "cloudpickle of the key jobs' node references"},
+        summarise=lambda d: (f"{_targets(d)}: {d['nodes']} nodes in {d['jobs']} key jobs, "
+                             f"{len(d['results'])} results"),
+        replay=_replay_dispatch, results=_dispatch_results,
+    ),
+    StepKind(
+        "graph",
+        {"kind": "", "seq": "", "time": "", "client": "", "keys": "wanted keys as text", "ntasks": "",
+         "fingerprints": "`{key: fp}`", "descriptions": "`{key: text}`"},
+        {"specs": "cloudpickle of the run specs"},
+        summarise=lambda d: f"dask graph of {d.get('ntasks')} tasks, {len(d.get('keys', []))} outputs",
+        replay=_replay_graph, results=_graph_results,
+    ),
+    StepKind(
+        "run",
+        {"kind": "", "seq": "", "time": "", "client": "", "name": "", "workers": "", "nanny": "", "wait": ""},
+        {"function": "the pickles of `{function, args, kwargs}` a `client.run` call sent"},
+        summarise=lambda d: f"client.run {d.get('name')}", replay=_replay_run,
+    ),
+    StepKind(
+        "worker_plugin",
+        {"kind": "", "seq": "", "time": "", "name": "", "nanny": ""},
+        {"plugin": "the pickled plugin a `register_plugin` call sent"},
+        summarise=lambda d: f"worker plugin {d.get('name')}", replay=_replay_worker_plugin,
+    ),
+    StepKind(
+        "data",
+        {"files": "`[{path, size, sha256, embedded}]`: input files read by nodes "
+                  "(embedded: the bytes are the store blob of that SHA-256)"},
+        summarise=lambda d: ", ".join(f"{f['path']} ({f['size']:,} B)" for f in d["files"]),
+    ),
+]}
+
+
+def kind_of(step, where="recording"):
+    """The :class:`StepKind` of ``step`` (``JuliusError`` naming it when unknown)."""
+    try:
+        return KINDS[step.kind]
+    except KeyError:
+        raise JuliusError(f"{where}: step {step.seq} has unknown kind {step.kind!r}") from None
+
+
+def summary(step):
+    """One line about ``step`` for people (its kind when unknown to this version)."""
+    kind = KINDS.get(step.kind)
+    return kind.summarise(step.data) if kind is not None else step.kind
+
+
+def results(step):
+    """``{node id or key: {"label", "fp", "describe"}}`` recorded in ``step`` (``{}`` for most kinds)."""
+    kind = KINDS.get(step.kind)
+    return kind.results(step.data) if kind is not None and kind.results is not None else {}
+
+
+def recorded_environment(recording):
+    """``(kernel environment, {worker: environment})`` of a recording's ``environment`` step, or ``(None, {})``."""
+    for step in recording.steps:
+        if step.kind == "environment":
+            kernel = json.loads(recording.blob(step.data["kernel"]))
+            workers = {w: json.loads(recording.blob(sha)) for w, sha in step.data["workers"].items()}
+            return kernel, workers
+    return None, {}
+
+
+def format_table():
+    """The Markdown table of step kinds that ``docs/format.md`` holds."""
+    lines = ["| kind | data (JSON) | parts (bytes) | replayed | results |", "|---|---|---|---|---|"]
+    for kind in KINDS.values():
+        data = ", ".join(f"`{name}`" + (f": {text}" if text else "") for name, text in kind.fields.items())
+        parts = ", ".join(f"`{name}`: {text}" for name, text in kind.parts.items()) or "—"
+        lines.append(f"| `{kind.name}` | {data} | {parts} | {'yes' if kind.replay else '—'} | "
+                     f"{'yes' if kind.results else '—'} |")
+    return "\n".join(lines)

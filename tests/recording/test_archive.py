@@ -1,0 +1,55 @@
+"""``.jrec`` archives: import under a new name (``as_name``) and over an existing one (``force``)."""
+
+import pytest
+
+from julius_magics.errors import IntegrityError, RecordingExistsError
+from julius_magics.recording.store import Store
+from tests.recording.store_contract import content, write_sample
+
+pytestmark = pytest.mark.usefixtures("isolated_key")  # never the user's ~/.julius
+
+
+@pytest.fixture
+def exported(tmp_path):
+    source = Store(tmp_path / "source")
+    write_sample(source, "alpha")
+    source.export("alpha", tmp_path / "alpha.jrec")
+    return source, tmp_path / "alpha.jrec"
+
+
+def test_import_as_a_new_name_keeps_steps_parts_and_blobs(exported, tmp_path):
+    source, path = exported
+    store = Store(tmp_path / "target")
+    assert store.import_(path) == "alpha"
+    assert store.import_(path, as_name="beta") == "beta"
+    a, b = store.open("alpha"), store.open("beta")
+    assert content(b) == content(a) == content(source.open("alpha"))
+    assert b.meta == a.meta and b.info.status == a.info.status == "complete" and b.manifest["name"] == "beta"
+    assert b.info.steps == a.info.steps and b.info.size == a.info.size
+
+
+def test_import_refuses_an_existing_name_unless_forced(exported, tmp_path):
+    source, path = exported
+    store = Store(tmp_path / "target")
+    store.import_(path)
+    with pytest.raises(RecordingExistsError, match="'alpha' already exists.*--as.*--force"):
+        store.import_(path)
+    writer = store.create("gamma")
+    writer.add_step("cell", {"source": "other"})
+    writer.close()
+    with pytest.raises(RecordingExistsError):
+        store.import_(path, as_name="gamma")
+    assert store.import_(path, as_name="gamma", force=True) == "gamma"
+    assert content(store.open("gamma")) == content(source.open("alpha"))
+
+
+def test_a_damaged_archive_is_refused_before_force_deletes_anything(exported, tmp_path):
+    _, path = exported
+    store = Store(tmp_path / "target")
+    store.import_(path)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError):
+        store.import_(path, force=True)
+    assert store.open("alpha").steps   # still there, intact
