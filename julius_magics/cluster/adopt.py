@@ -41,12 +41,12 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from .capture import PLUGIN_NAME, CapturePlugin, _has_plugin, _set_capturing
 
 __all__ = ["Adopted", "PRELOAD", "enable_adoption", "disable_adoption", "adoption_enabled", "adopt",
-           "adopt_existing", "dask_setup", "describe_cluster", "process_facts", "threadpool_counts",
+           "adopt_existing", "without_preload", "dask_setup", "dask_teardown", "describe_cluster", "describe_cluster_async", "process_facts", "threadpool_counts",
            "ThreadpoolLimits", "start_like"]
 
 PRELOAD = __name__
 _CONFIG = "distributed.client.preload"
-_STATE = {"on_adopted": None, "previous": None, "worker_plugins": ()}
+_STATE = {"on_adopted": None, "previous": None, "worker_plugins": (), "on_setup": None, "on_teardown": None}
 _lock = threading.Lock()
 
 
@@ -73,6 +73,16 @@ class Adopted:
     captured: bool
     reason: str | None = None
     asynchronous: bool = False
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+def without_preload(function, *args):
+    """``function(*args)`` with this module left out of the client preload config (an environment
+    recorded while adopting must not differ from one recorded without)."""
+    current = dask.config.get(_CONFIG, default=[]) or []
+    current = [current] if isinstance(current, str) else list(current)
+    with dask.config.set({_CONFIG: [p for p in current if p != PRELOAD]}):
+        return function(*args)
 
 
 def adoption_enabled() -> bool:
@@ -80,15 +90,21 @@ def adoption_enabled() -> bool:
     return _STATE["on_adopted"] is not None
 
 
-def enable_adoption(on_adopted, worker_plugins=()) -> None:
+def enable_adoption(on_adopted, worker_plugins=(), on_setup=None, on_teardown=None) -> None:
     """Adopt every ``Client`` made from now on in this process; ``on_adopted(Adopted)`` is told of each.
 
     ``worker_plugins`` are registered on each adopted cluster before its client is handed
     back (so its workers note input files from its first graph on).  Adds this module to
     the ``distributed.client.preload`` config (kept as it was otherwise).
+
+    ``on_setup(client)`` and ``on_teardown(client)`` are coroutines run in the client's
+    loop: when it is adopted (its result lands in ``Adopted.extra``), and when it
+    closes (``dask_teardown``, while its comms still work: the last chance to drain
+    a cluster the notebook closes itself).
     """
     with _lock:
         _STATE["worker_plugins"] = tuple(worker_plugins)
+        _STATE["on_setup"], _STATE["on_teardown"] = on_setup, on_teardown
         if _STATE["on_adopted"] is None:
             current = dask.config.get(_CONFIG, default=[]) or []
             current = [current] if isinstance(current, str) else list(current)
@@ -107,6 +123,7 @@ def disable_adoption() -> None:
         previous = _STATE["previous"] or []
         dask.config.set({_CONFIG: [p for p in previous if p != PRELOAD]})
         _STATE["worker_plugins"] = ()
+        _STATE["on_setup"] = _STATE["on_teardown"] = None
 
 
 def _skipped(client) -> bool:
@@ -144,9 +161,22 @@ async def dask_setup(client):
         for plugin in _STATE["worker_plugins"]:
             await client.register_plugin(plugin)
         adopted = Adopted(client, _address(client), True, None, bool(client._asynchronous))
+        if _STATE["on_setup"] is not None:
+            adopted.extra = await _STATE["on_setup"](client) or {}
     except Exception as error:
         adopted = _refused(client, error)
+    client._julius_adopted = adopted.captured
     on_adopted(adopted)
+
+
+async def dask_teardown(client):
+    """The client preload's end: let the recorder drain the cluster before the client goes."""
+    on_teardown = _STATE["on_teardown"]
+    if on_teardown is not None and getattr(client, "_julius_adopted", False):
+        try:
+            await on_teardown(client)
+        except Exception as error:   # never keep a notebook's client from closing
+            print(f"julius: warning: could not capture the end of {_address(client)}: {error}", file=sys.stderr)
 
 
 def adopt(client, on_adopted=None, worker_plugins=None) -> Adopted:
@@ -161,6 +191,7 @@ def adopt(client, on_adopted=None, worker_plugins=None) -> Adopted:
         for plugin in _STATE["worker_plugins"] if worker_plugins is None else worker_plugins:
             client.register_plugin(plugin)
         adopted = Adopted(client, _address(client), True)
+        client._julius_adopted = True
     except Exception as error:
         adopted = _refused(client, error)
     if on_adopted is not None:
@@ -221,8 +252,23 @@ def describe_cluster(client) -> dict:
         ``workers``: ``{address: {nthreads, memory_limit, host, pid, cwd, threadpools}}``;
         ``kernel``: the kernel's own facts.
     """
-    info = client.scheduler_info(n_workers=-1)
-    facts = client.run(process_facts)
+    return _spec(client, client.scheduler_info(n_workers=-1), client.run(process_facts))
+
+
+async def describe_cluster_async(client) -> dict:
+    """:func:`describe_cluster` from inside the client's event loop (a preload)."""
+    import inspect
+
+    try:
+        info = await client.scheduler.identity(n_workers=-1)
+    except TypeError:
+        info = await client.scheduler.identity()
+    if inspect.isawaitable(info):
+        info = await info
+    return _spec(client, info, await client.run(process_facts))
+
+
+def _spec(client, info, facts) -> dict:
     kernel = process_facts()
     workers = {}
     for address, w in sorted(info["workers"].items()):

@@ -56,7 +56,7 @@ Each event is a dict, JSON-able except its ``bytes`` payload:
 ``{"kind": "fingerprints", "seq", "time", "graph": seq, "fingerprints", "descriptions"}``
     fingerprints of wanted keys that finished after their graph was drained
     (``persist``, futures still running at a cell's end): "later collected".
-``{"kind": "worker_joined", "seq", "time", "address"}``
+``{"kind": "worker_joined", "seq", "time", "worker"}``
     a worker that joined while capturing (its environment is still to record).
 ``{"kind": "dropped", "seq", "time", "what", "keys", "reason"}``
     something capture could not keep (a final drain's fingerprints that never
@@ -391,7 +391,7 @@ class CapturePlugin(SchedulerPlugin):
 
     def add_worker(self, scheduler, worker):
         if self.capturing:
-            self._new_event("worker_joined", address=worker)
+            self._new_event("worker_joined", worker=worker)
 
     # --- draining ------------------------------------------------------------------
     def _still_running(self, text) -> bool:

@@ -50,9 +50,12 @@ class ClusterWatch:
         Hash remote inputs that have neither ETag nor version id (reads them once).
     """
 
-    def __init__(self, skip=(), hash_remote=True):
+    def __init__(self, skip=(), hash_remote=True, worker_environment=None, embed=True):
+        self.embed = embed
         self.skip = tuple(str(s) for s in skip if s)
         self.hash_remote = hash_remote
+        self.worker_environment = worker_environment   # run on each worker at adoption: {address: env}
+        self._final = []         # items drained from clusters while their client closed
         self.clients = {}        # client id -> Adopted, in the order they came
         self.described = set()   # client ids whose cluster item was handed out
         self.owned = set()       # client ids of the julius session
@@ -68,6 +71,53 @@ class ClusterWatch:
                 self.clients[adopted.client.id] = adopted
                 self._new.append(adopted)
 
+    async def _on_setup(self, client):
+        # in the client's loop, right after adoption: the notebook may close it before any drain
+        extra = {"spec": await adopt.describe_cluster_async(client)}
+        if self.worker_environment is not None:
+            extra["environments"] = await client.run(self.worker_environment)
+        return extra
+
+    async def _on_teardown(self, client):
+        """The client is closing (its comms still work): drain its cluster now, asynchronously."""
+        address = client.scheduler.address
+        others = [a.client for a in self._live() if a.address == address and a.client is not client]
+        if others:   # another client of this kernel goes on using that scheduler: drained with it later
+            return
+        marker = f"{capture.FLUSH_PREFIX}{uuid.uuid4().hex}"
+        client.submit(capture._marker, key=marker, pure=False).release()
+        events = await client.run_on_scheduler(capture._drain, 10.0, True, [marker])
+        scatters = [e for e in events if e["kind"] == "scatter"]
+        if scatters:
+            keys = [k for e in scatters for k in e.pop("key_objects")]
+            where = await client.run_on_scheduler(capture._who_has, keys)
+            values = {}
+            for key, workers in where.items():
+                if workers:
+                    got = await client.run(capture._pickled_values, [key], workers=[workers[0]])
+                    values.update(got.get(workers[0], {}))
+            for event in scatters:
+                event["values"] = {t: values[t] for t in event["keys"] if t in values}
+                if len(event["values"]) < len(event["keys"]):
+                    event["dropped"] = "scattered data was gone before it could be gathered"
+            await client.run_on_scheduler(capture._release_pinned, keys)
+        reports = await client.run(inputs.drain_reads, self.hash_remote)
+        bytes_of = {}
+        for worker, report in reports.items():   # the bytes too: the workers go away with the client
+            for entry in report["inputs"] if self.embed else ():
+                got = await client.run(inputs.read_file_chunk, entry["abspath"], 0, None, entry["sha256"],
+                                       workers=[worker])
+                bytes_of[(worker, entry["abspath"])] = got[worker]
+        items = [{**e, "address": address, "handle": None} for e in events]
+        files = self._merge([(w, address, r) for w, r in reports.items()])
+        for entry in files[0]["inputs"] if files else ():
+            entry["data"] = bytes_of.get((entry["reader"], entry["abspath"]))
+        with self._lock:
+            self._final.extend(items + files)
+            adopted = self.clients.get(client.id)
+            if adopted is not None:
+                adopted.captured_final = True
+
     def add_client(self, client, owned=False):
         """Adopt ``client`` now (the julius session's own client, or one made before recording)."""
         if owned:
@@ -78,7 +128,8 @@ class ClusterWatch:
     def start(self, session_client=None):
         """Adopt the session's client and every running client, note reads, adopt new clients."""
         inputs.start_reads(skip=self.skip)
-        adopt.enable_adoption(self._on_adopted, [inputs.InputsWorkerPlugin(recording=True, skip=self.skip)])
+        adopt.enable_adoption(self._on_adopted, [inputs.InputsWorkerPlugin(recording=True, skip=self.skip)],
+                              on_setup=self._on_setup, on_teardown=self._on_teardown)
         if session_client is not None:
             self.add_client(session_client, owned=True)
         adopt.adopt_existing(self._on_adopted)
@@ -109,6 +160,9 @@ class ClusterWatch:
             new, self._new = self._new, []
         for adopted in new:
             items.append(self._describe(adopted))
+        with self._lock:
+            final, self._final = self._final, []
+        items.extend(final)
         by_scheduler = {}
         for adopted in self._live():
             by_scheduler.setdefault(adopted.address, []).append(adopted.client)
@@ -129,7 +183,10 @@ class ClusterWatch:
         item = {"kind": "cluster", "client": adopted.client.id, "captured": adopted.captured,
                 "reason": adopted.reason, "owned": adopted.client.id in self.owned, "address": adopted.address,
                 "handle": adopted.client, "spec": None}
-        if adopted.captured and not adopted.asynchronous:
+        item["environments"] = adopted.extra.get("environments")
+        if adopted.extra.get("spec"):
+            item["spec"] = adopted.extra["spec"]
+        elif adopted.captured and not adopted.asynchronous:
             try:
                 item["spec"] = adopt.describe_cluster(adopted.client)
             except Exception as error:
@@ -146,6 +203,9 @@ class ClusterWatch:
                     reports.append((worker, address, report))
             except Exception:
                 continue
+        return self._merge(reports)
+
+    def _merge(self, reports):
         merged = {"kind": "files", "inputs": [], "outputs": [], "remote": [], "problems": []}
         for reader, address, report in reports:
             for part in ("inputs", "outputs", "remote", "problems"):
@@ -154,6 +214,8 @@ class ClusterWatch:
 
     def file_bytes(self, entry) -> bytes:
         """The bytes of an input entry, read where it was read (a worker sends them through Dask)."""
+        if entry.get("data") is not None:   # taken while its cluster closed
+            return entry["data"]
         if entry["reader"] == "kernel":
             return inputs.read_file_chunk(entry["abspath"], 0, None, entry["sha256"])
         client = next(a.client for a in self._live() if a.address == entry["address"])
