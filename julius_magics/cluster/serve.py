@@ -133,7 +133,8 @@ def serve_inputs(client, files, read_blob, embedded=True, progress=None) -> list
         if not holds:
             who, status = sorted(bad.items())[0]
             raise DataChangedError(
-                f"input file {entry['path']} ({entry['abspath']}) is {status} "
+                f"input file {entry['path']}"
+                + (f" ({entry['abspath']})" if entry["abspath"] != entry["path"] else "") + f" is {status} "
                 f"{'in the kernel' if who == 'kernel' else 'on worker ' + who} (recorded SHA-256 "
                 f"{entry['sha256'][:16]}…) and the recording holds only its hash (--data hash): restore the file to replay")
         data = read_blob(entry["sha256"])

@@ -188,7 +188,11 @@ class Recorder:
         """Inputs read anywhere (hashed where read; embedded from there), outputs, remote inputs, problems."""
         embed = self.data_mode in ("embed", "embed-remote")
         new = []
-        todo = [e for e in item["inputs"] if (e["host"], e["abspath"], e["sha256"]) not in self.files]
+        todo, seen = [], set(self.files)
+        for e in item["inputs"]:   # one entry per file version and host (workers of a host share their view)
+            if (e["host"], e["abspath"], e["sha256"]) not in seen:
+                seen.add((e["host"], e["abspath"], e["sha256"]))
+                todo.append(e)
         with tqdm(total=sum(e["size"] for e in todo), desc="julius data snapshot", unit="B", unit_scale=True,
                   delay=1.0, leave=False, disable=not todo) as bar:
             for entry in todo:
