@@ -135,7 +135,7 @@ def _refused(client, error) -> Adopted:
     reason = (f"the scheduler at {_address(client)} refused julius's capture plugin "
               f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else 'no reason given'})")
     print(f"julius: warning: {reason}; its work is not recorded (the recording will be partial)", file=sys.stderr)
-    return Adopted(client, _address(client), False, reason, bool(client.asynchronous))
+    return Adopted(client, _address(client), False, reason, bool(client._asynchronous))
 
 
 def _address(client) -> str:

@@ -191,7 +191,7 @@ class ClusterWatch:
                 item["spec"] = adopt.describe_cluster(adopted.client)
             except Exception as error:
                 item["captured"], item["reason"] = False, f"the cluster could not be described: {error}"
-        elif adopted.asynchronous:
+        elif adopted.asynchronous and adopted.captured:
             item["reason"] = "an asynchronous client: its graphs are captured, but the kernel cannot replay its own awaits"
         return item
 

@@ -91,3 +91,24 @@ def test_recording_with_nothing_captured_says_so(tmp_path, store, capsys):
     out = capsys.readouterr().out
     assert "Captured: 0 cluster(s), 0 graph(s), 0 result(s)" in out
     assert "julius: warning: nothing reached a Dask cluster" in out
+
+
+def test_a_scheduler_refusing_the_plugin_makes_the_recording_partial_never_verified(tmp_path, store, capfd):
+    from distributed import Client, LocalCluster
+
+    async def refuse(*args, **kwargs):
+        raise PermissionError("scheduler plugins are not allowed on this deployment")
+
+    recording.start(Session(), "locked", store=store)
+    with LocalCluster(n_workers=1, processes=True, dashboard_address=":0") as cluster:
+        cluster.scheduler.handlers["register_scheduler_plugin"] = refuse
+        with Client(cluster) as client:
+            assert client.submit(sum, [1, 2], pure=False).result() == 3
+    recording.stop()
+    out, err = capfd.readouterr()
+    assert len([line for line in err.splitlines() if line.startswith("julius: warning:")]) == 1
+    assert "the recording is partial" in out
+    rec = store.open("locked")
+    assert rec.meta["partial"] and "refused julius's capture plugin" in rec.meta["partial_reasons"][0]
+    report = recording.replay("locked", store=store)
+    assert not report.verified and "partial" in report.summary()
