@@ -184,11 +184,14 @@ class ClusterWatch:
                 "reason": adopted.reason, "owned": adopted.client.id in self.owned, "address": adopted.address,
                 "handle": adopted.client, "spec": None}
         item["environments"] = adopted.extra.get("environments")
-        if adopted.extra.get("spec"):
+        live = adopted.captured and not adopted.asynchronous and adopted.client.status == "running"
+        if adopted.extra.get("spec") and not live:   # closed already: as it was when adopted
             item["spec"] = adopted.extra["spec"]
-        elif adopted.captured and not adopted.asynchronous:
+        elif live:   # now, with the workers that joined since it connected
             try:
                 item["spec"] = adopt.describe_cluster(adopted.client)
+                if set(item["spec"]["workers"]) - set(item["environments"] or {}):
+                    item["environments"] = None   # taken again by the recorder, for every worker
             except Exception as error:
                 item["captured"], item["reason"] = False, f"the cluster could not be described: {error}"
         elif adopted.asynchronous and adopted.captured:

@@ -79,7 +79,7 @@ def test_hash_only_recording_refuses_a_changed_file_by_name(tmp_path):
              "sha256": hashlib.sha256(b"recorded").hexdigest()}
     data.write_text("changed!")
     with _cluster() as cluster, Client(cluster) as client:
-        with pytest.raises(DataChangedError, match=r"in\.txt .* is changed .*--data hash"):
+        with pytest.raises(DataChangedError, match=r"in\.txt is changed in the kernel .*--data hash"):
             serve.serve_inputs(client, [entry], lambda sha: b"", embedded=False)
         # embedded: served, and every worker reads the recorded bytes at the recorded path
         served = serve.serve_inputs(client, [entry], {entry["sha256"]: b"recorded"}.__getitem__)
