@@ -39,6 +39,8 @@ def cmd_show(args):
 
 
 def cmd_replay(args):
+    if args.isolated or args.bisect_env:   # in rebuilt environments: recording.rebuild
+        return _replay_rebuilt(args)
     from .recording.replay import ProgressBar, replay
     from .recording.replay_job import run
 
@@ -54,12 +56,43 @@ def cmd_replay(args):
     return 0 if report.verified else 1
 
 
+def _replay_rebuilt(args):
+    """``--isolated`` (replay in the recording's rebuilt environment) and ``--bisect-env``."""
+    from .recording import rebuild
+    from .recording.replay import Progress, ProgressBar
+
+    if args.address:
+        raise JuliusError("--isolated and --bisect-env start their own cluster on the rebuilt interpreter: "
+                          "leave out --address")
+    options = dict(store=_store(args), n_workers=args.workers, trust=args.trust, python_install=args.python_install)
+
+    def emit(event):
+        print(json.dumps(event, default=str), flush=True)
+
+    if args.bisect_env:
+        log = ((lambda text: emit({"event": "progress", "done": 0, "total": 0, "message": text})) if args.json
+               else (lambda text: print(text, file=sys.stderr, flush=True)))
+        result = rebuild.bisect_environment(args.name, log=log, **options)
+        if args.json:
+            emit({"event": "bisect", "bisect": result.as_dict()})
+        else:
+            print(result.summary())
+        return 0 if result.culprits else 1
+    if args.json:   # the replay job's JSON lines, the report with the environments built
+        return min(rebuild.run_isolated_job(args.name, emit, **options), 1)
+    with ProgressBar(args.name) as bar:
+        result = rebuild.replay_isolated(args.name, progress=lambda done, total, message: bar(
+            Progress(done, total, message)), log=lambda text: print(text, file=sys.stderr, flush=True), **options)
+    print(result.summary())
+    return 0 if result.verified else 1
+
+
 def cmd_diff(args):
     from .recording.summary import diff, format_diff
 
     d = diff(args.a, args.b, _store(args))
     print(json.dumps(d, indent=1, default=str) if args.json else format_diff(d))
-    return 0
+    return 0 if d["same"] else 1   # as diff(1): 0 same, 1 different, 2 trouble
 
 
 def cmd_export(args):
@@ -77,6 +110,11 @@ def cmd_import(args):
 def cmd_env(args):
     from .recording.summary import environment_pins
 
+    if args.format != "requirements":   # uv-lock, conda: recording.rebuild
+        from .recording.rebuild import recorded_pins
+
+        sys.stdout.write(recorded_pins(args.name, _store(args), args.format))
+        return 0
     sys.stdout.write(environment_pins(args.name, _store(args)))
     return 0
 
@@ -96,42 +134,53 @@ def build_parser():
     def add(name, fn, help_text):
         p = sub.add_parser(name, help=help_text)
         p.set_defaults(fn=fn)
-        p.add_argument("--store", default=argparse.SUPPRESS, help="store URL")
+        p.add_argument("--store", default=argparse.SUPPRESS,
+                       help="store URL (default: $JULIUS_STORE or ~/.julius/recordings)")
         return p
 
+    json_help = "print JSON instead of text"
     p = add("list", cmd_list, "list the recordings")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=json_help)
     p = add("show", cmd_show, "steps, environment, data and results of a recording")
-    p.add_argument("name")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("name", help="the recording's name")
+    p.add_argument("--json", action="store_true", help=json_help)
     p = add("replay", cmd_replay, "replay a recording in a fresh cluster; exit 0 only when verified")
-    p.add_argument("name")
-    p.add_argument("-n", "--workers", type=int, default=None)
-    p.add_argument("--address", default=None)
-    p.add_argument("--strict-env", action="store_true")
-    p.add_argument("--trust", action="store_true")
+    p.add_argument("name", help="the recording's name")
+    p.add_argument("-n", "--workers", type=int, default=None, help="number of workers (default: as recorded)")
+    p.add_argument("--address", default=None, help="replay on this existing Dask scheduler instead of a fresh cluster")
+    p.add_argument("--strict-env", action="store_true", help="refuse to replay when the environment differs")
+    p.add_argument("--trust", action="store_true", help="accept a recording signed with another key")
     p.add_argument("--json", action="store_true", help="progress and report as JSON lines")
-    p = add("diff", cmd_diff, "what differs between two recordings")
-    p.add_argument("a")
-    p.add_argument("b")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--isolated", action="store_true",
+                   help="rebuild the recorded environment with uv (cached in ~/.julius/envs) and replay in it")
+    p.add_argument("--python-install", action="store_true",
+                   help="with --isolated: let uv install the recorded Python version when it is missing")
+    p.add_argument("--bisect-env", action="store_true",
+                   help="name the package change that alters each result differing from the recording")
+    p = add("diff", cmd_diff, "what differs between two recordings; exit 0 when none, 1 when they differ, "
+                              "2 on error (as diff(1))")
+    p.add_argument("a", help="the first recording (shown as recorded)")
+    p.add_argument("b", help="the recording to compare with it")
+    p.add_argument("--json", action="store_true", help=json_help)
     p = add("export", cmd_export, "a recording and its data as one .jrec file")
-    p.add_argument("name")
-    p.add_argument("file")
+    p.add_argument("name", help="the recording's name")
+    p.add_argument("file", help="the .jrec file to write")
     p = add("import", cmd_import, "import a .jrec file")
-    p.add_argument("file")
-    p.add_argument("--trust", action="store_true")
+    p.add_argument("file", help="the .jrec file to read")
+    p.add_argument("--trust", action="store_true", help="accept an archive signed with another key")
     p.add_argument("--as", dest="as_name", default=None, metavar="NEW",
                    help="import under this name (the copy is signed with your key)")
     p.add_argument("--force", action="store_true", help="replace a recording of the same name in the store")
     p = add("env", cmd_env, "the recorded environment as requirements.txt pins")
-    p.add_argument("name")
+    p.add_argument("name", help="the recording's name")
+    p.add_argument("--format", choices=("requirements", "uv-lock", "conda"), default="requirements",
+                   help="pins for pip (exact, with hashes where known), uv.lock's shape, or a conda environment.yml")
     p = add("demo", cmd_demo, "record the tutorial pipeline, replay it in a fresh cluster, verify")
-    p.add_argument("-n", "--workers", type=int, default=4)
-    p.add_argument("--replay-workers", type=int, default=2)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--train-mb", type=float, default=30)
-    p.add_argument("--test-mb", type=float, default=10)
+    p.add_argument("-n", "--workers", type=int, default=4, help="workers of the recorded run (default: 4)")
+    p.add_argument("--replay-workers", type=int, default=2, help="workers of the replay (default: 2)")
+    p.add_argument("--data-dir", default=None, help="folder of the generated data files (default: ~/.julius/demo-data)")
+    p.add_argument("--train-mb", type=float, default=30, help="size of the training file in MB (default: 30)")
+    p.add_argument("--test-mb", type=float, default=10, help="size of the test file in MB (default: 10)")
     return parser
 
 

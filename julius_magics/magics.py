@@ -7,7 +7,9 @@ raise ``UsageError``, julius errors print their message without a Python traceba
 from __future__ import annotations
 
 import functools
+import inspect
 import shlex
+import textwrap
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
@@ -56,12 +58,17 @@ CLUSTER.add_argument("-n", "--workers", type=int, default=4, help="number of wor
 CLUSTER.add_argument("--threads", type=int, default=1, help="threads per worker (start)")
 CLUSTER.add_argument("--memory-limit", default="auto", help="memory limit per worker, e.g. '2GB' (start)")
 
-REMOTE_EVAL = _parser("%%remote_eval", "Run the cell on every worker, in the remote namespace.")
+REMOTE_EVAL = _parser("%%remote_eval", "Run the cell (or, as a line magic, the code held by VAR) on every worker, "
+                                       "in the remote namespace.")
+REMOTE_EVAL.add_argument("var", nargs="?", help="line form: a kernel variable holding the code (a string, or a "
+                                               "function, class or module with readable source)")
 REMOTE_EVAL.add_argument("--push", default="", help="kernel variables to send first: NAME[,NAME...]")
 REMOTE_EVAL.add_argument("--local", action="store_true", help="also run the cell in the kernel")
 
-ADDRULES = _parser("%%addrules", "Define the cell's top-level functions as rules of a namespace.")
+ADDRULES = _parser("%%addrules", "Define the cell's (or VAR's) top-level functions as rules of a namespace.")
 ADDRULES.add_argument("ns", help="the namespace, e.g. ml")
+ADDRULES.add_argument("var", nargs="?", help="line form: a kernel variable holding the rules' code (a string, or "
+                                            "a function, class or module with readable source)")
 
 COMPUTE = _parser("%compute", "Compute a node reference (or a list of them) held by a variable.")
 COMPUTE.add_argument("var", help="name of a variable holding a NodeRef or a list of NodeRefs")
@@ -70,7 +77,8 @@ COMPUTE.add_argument("--key-rules", default="", help="rules whose nodes become k
 GRAPH = _parser("%graph", "Render the graph of a node reference as SVG.")
 GRAPH.add_argument("var", help="name of a variable holding a NodeRef or a list of NodeRefs")
 GRAPH.add_argument("--out", default=None, help="also write the SVG to this file")
-GRAPH.add_argument("--max-nodes", type=int, default=200, help="collapse the graph beyond this many nodes")
+GRAPH.add_argument("--max-nodes", type=int, default=300,
+                   help="draw every node up to this many (default 300); above, one box per key job")
 
 
 RECORD = _parser("%record", "Record the session: %record start NAME [...], then %record stop.")
@@ -94,6 +102,10 @@ REPLAY.add_argument("--store", default=None)
 REPLAY.add_argument("--address", default=None, help="replay on this existing cluster")
 REPLAY.add_argument("--strict-env", action="store_true", help="refuse when the environment differs")
 REPLAY.add_argument("--trust", action="store_true", help="accept a recording signed with another key")
+REPLAY.add_argument("--isolated", action="store_true",
+                    help="rebuild the recorded environment with uv and replay in it (another process)")
+REPLAY.add_argument("--python-install", action="store_true",
+                    help="with --isolated: let uv install the recorded Python version when it is missing")
 
 
 @magics_class
@@ -128,26 +140,59 @@ class JuliusMagics(Magics):
             else:
                 print("Cluster stopped." if owned else "Disconnected (the cluster was not started here: left running).")
 
-    @cell_magic
-    def remote_eval(self, line, cell):
-        """%%remote_eval [--push NAME[,NAME...]] [--local]: run the cell on every worker."""
+    @line_cell_magic
+    def remote_eval(self, line, cell=None):
+        """%%remote_eval [--push NAME[,NAME...]] [--local]: run the cell on every worker.
+        | %remote_eval VAR [--push ...] [--local]: run the code held by kernel variable VAR."""
         args = _parse(REMOTE_EVAL, line)
+        source, where = self._code(cell, args.var, "%remote_eval")
         user_ns = self.shell.user_ns
         missing = [n for n in _names(args.push) if n not in user_ns]
         if missing:
             raise UsageError(f"--push: no variable named {', '.join(missing)} in the kernel")
         push = {n: user_ns[n] for n in _names(args.push)}
-        outputs = self.session.remote_eval(cell, push=push, local_namespace=user_ns if args.local else None)
+        _check_syntax(source, where)
+        outputs = self.session.remote_eval(source, push=push, local_namespace=user_ns if args.local else None)
         for worker, text in sorted(outputs.items()):
             if text:
                 print(f"[{worker}]\n{text.rstrip()}")
 
-    @cell_magic
+    @line_cell_magic
     @_usage_errors
-    def addrules(self, line, cell):
-        """%%addrules NS: the cell's top-level functions become rules of namespace NS."""
+    def addrules(self, line, cell=None):
+        """%%addrules NS: the cell's top-level functions become rules of namespace NS.
+        | %addrules NS VAR: the same for the code held by kernel variable VAR."""
         args = _parse(ADDRULES, line)
-        self.session.add_rules(args.ns, cell)
+        source, where = self._code(cell, args.var, f"%addrules {args.ns}")
+        _check_syntax(source, where)
+        self.session.add_rules(args.ns, source)
+
+    def _code(self, cell, var, magic):
+        """The source a remote_eval or addrules runs, and how to name its lines in an error.
+
+        A cell is its own source; the line form reads kernel variable ``var``: a string
+        of code, or a function, class or module whose source ``inspect`` can read (so the
+        same code can go to every cluster a notebook starts without copying cells).
+        """
+        if cell is not None:
+            if var:
+                raise UsageError(f"%{magic}: give the code as the cell or as a variable, not both ({var!r})")
+            return cell, f"%{magic} cell"
+        if not var:
+            raise UsageError(f"{magic} needs a variable holding code (or use the cell form %{magic})")
+        try:
+            value = self.shell.user_ns[var]
+        except KeyError:
+            raise UsageError(f"{magic}: no variable named {var!r} in the kernel") from None
+        if isinstance(value, str):
+            return value, f"{magic} {var}"
+        if inspect.ismodule(value) or inspect.isclass(value) or inspect.isfunction(value) or inspect.ismethod(value):
+            try:
+                return textwrap.dedent(inspect.getsource(value)), f"{magic} {var}"
+            except (OSError, TypeError) as e:
+                raise UsageError(f"{magic}: cannot read the source of {var!r}: {e}") from None
+        raise UsageError(f"{magic}: {var!r} must hold code (a string, or a function, class or module), "
+                         f"not {type(value).__name__}")
 
     # --- graphs --------------------------------------------------------------------------
     def _refs(self, var):
@@ -232,8 +277,10 @@ class JuliusMagics(Magics):
     @line_magic
     @_usage_errors
     def replay(self, line):
-        """%replay NAME [-n WORKERS] [--store URL] [--address ADDR] [--strict-env] [--trust]"""
+        """%replay NAME [-n WORKERS] [--store URL] [--address ADDR] [--strict-env] [--trust] [--isolated]"""
         args = _parse(REPLAY, line)
+        if args.isolated:   # in a subprocess of the rebuilt environment: the kernel's session stays as it is
+            return _replay_isolated(args)
         with recording.ProgressBar(args.name) as bar:
             report = recording.replay(args.name, store=args.store, n_workers=args.workers, address=args.address,
                                       strict_env=args.strict_env, trust=args.trust, progress=bar, keep=True)
@@ -244,6 +291,36 @@ class JuliusMagics(Magics):
         if previous is not replayed:
             previous.stop()
         return report
+
+
+def _check_syntax(source, where):
+    """Raise a ``UsageError`` of one line naming where a syntax error is, with the line and a caret.
+
+    Lines of a cell are counted as the notebook shows them: the ``%%magic`` line is line 1.
+    """
+    try:
+        compile(source, where, "exec")
+    except SyntaxError as e:
+        lineno = (e.lineno or 1) + (1 if where.endswith(" cell") else 0)
+        text = (e.text or "").rstrip("\n")
+        code = text.lstrip()
+        column = max((e.offset or 1) - 1 - (len(text) - len(code)), 0)
+        pointer = f"\n    {code}\n    {' ' * min(column, len(code))}^" if code else ""
+        raise UsageError(f"{type(e).__name__} in {where}, line {lineno}: {e.msg}{pointer}") from None
+
+
+def _replay_isolated(args):
+    """``%replay NAME --isolated``: the report of a replay in the recording's rebuilt environment."""
+    from .recording.rebuild import replay_isolated
+    from .recording.replay import Progress
+
+    if args.address:
+        raise UsageError("--isolated starts its own cluster on the rebuilt interpreter: leave out --address")
+    with recording.ProgressBar(args.name) as bar:
+        return replay_isolated(args.name, store=args.store, n_workers=args.workers, trust=args.trust,
+                               python_install=args.python_install, build_progress=False,
+                               progress=lambda done, total, message: bar(Progress(done, total, message)),
+                               log=print)
 
 
 def _stopped_text(info, store):

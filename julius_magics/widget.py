@@ -111,6 +111,9 @@ class RecordingBrowser(widgets.VBox):
         self.other = widgets.Dropdown(options=[], description="diff with")
         self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
         self.replay_button = widgets.Button(description="Replay", icon="play", button_style="primary")
+        # replay in the recording's rebuilt environment (uv; recording.rebuild), not this kernel's
+        self.isolated = widgets.Checkbox(value=False, description="isolated", indent=False,
+                                         layout=widgets.Layout(width="auto"))
         self.diff_button = widgets.Button(description="Diff", icon="columns")
         self.delete_button = widgets.Button(description="Delete", icon="trash", button_style="danger")
         self.confirm_label = widgets.HTML()
@@ -132,7 +135,7 @@ class RecordingBrowser(widgets.VBox):
         self.confirm_button.on_click(lambda _: self.delete(self.pending_delete, confirm=True))
         self.cancel_button.on_click(lambda _: self.cancel_delete())
 
-        buttons = widgets.HBox([self.refresh_button, self.replay_button, self.delete_button,
+        buttons = widgets.HBox([self.refresh_button, self.replay_button, self.isolated, self.delete_button,
                                 self.other, self.diff_button])
         super().__init__([self.title, self.table, self.picker, buttons, self.confirm_box,
                           widgets.HBox([self.progress, self.status]), self.error,
@@ -355,8 +358,17 @@ class RecordingBrowser(widgets.VBox):
 
     def _run_replay(self, name):
         try:
-            report = _replay(name, store=self.store, n_workers=self.n_workers, trust=self.trust,
-                             progress=self._on_progress)
+            if self.isolated.value:
+                from .recording.rebuild import replay_isolated
+                from .recording.replay import Progress
+
+                report = replay_isolated(name, store=self.store, n_workers=self.n_workers, trust=self.trust,
+                                         build_progress=False, log=lambda text: self._on_progress(Progress(0, 1, text)),
+                                         progress=lambda done, total, message: self._on_progress(
+                                             Progress(done, total, message)))
+            else:
+                report = _replay(name, store=self.store, n_workers=self.n_workers, trust=self.trust,
+                                 progress=self._on_progress)
         except Exception as error:   # noqa: BLE001 -- a thread's traceback would be lost
             self._show_error(error, f"replaying {name!r}")
             self.progress.bar_style = "danger"

@@ -1,100 +1,129 @@
 """``%graph``: the expanded graph as SVG (pydot + Graphviz's ``dot``).
 
-Sources and targets are parallelograms, edges go from dependency to dependent,
-the fill colour says which worker computed the node, failed nodes are red.
-Graphs over ``max_nodes`` collapse to their key jobs, then to the nodes nearest
-the targets.
+Up to ``max_nodes`` nodes (300 by default) the whole graph is drawn: each key job
+is a Graphviz cluster (a ``cluster_*`` subgraph) around the nodes it runs, each
+node filled with the colour of the worker that ran its key job. Above the limit
+the picture collapses to the key jobs, every one of them, with the edges between
+them. Sources and targets are parallelograms, edges go from dependency to
+dependent, failed nodes are red, and a small table is the legend of the workers'
+colours.
+
+The node and key-job counts in the caption are the ones ``jobdeps`` and the
+dispatch report for the same targets.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import html
 
 from ..rules.graph import expand, plan_jobs
 from ..rules.node import NodeRef
 
+DEFAULT_MAX_NODES = 300
+
+# ColorBrewer Set3: light fills, black text stays readable on each of them
 PALETTE = ["#8dd3c7", "#ffffb3", "#bebada", "#80b1d3", "#fdb462", "#b3de69", "#fccde5", "#d9d9d9",
-           "#bc80bd", "#ccebc5"]
+           "#bc80bd", "#ccebc5", "#ffed6f", "#fb8072"]
+NOT_RUN, FAILED = "#ffffff", "#ff9999"
+FONT = {"fontname": "Helvetica", "fontsize": "10"}
 
 
-def _visible(nodes, plan, targets, max_nodes):
-    """The node ids to draw, and a note of what was left out."""
-    if len(nodes) <= max_nodes:
-        return list(nodes), ""
-    if len(plan.jobs) <= max_nodes:
-        return list(plan.jobs), f"{len(nodes)} nodes collapsed to {len(plan.jobs)} key jobs"
-    keep, queue = [], deque(t.id for t in targets)
-    seen = set(queue)
-    while queue and len(keep) < max_nodes:
-        nid = queue.popleft()
-        keep.append(nid)
-        for dep in nodes[nid].deps:
-            if dep.id in nodes and dep.id not in seen:
-                seen.add(dep.id)
-                queue.append(dep.id)
-    return keep, f"showing {len(keep)} of {len(nodes)} nodes nearest the targets"
+def _plan(session, nodes, order, targets):
+    """The cut into key jobs: what the session last ran for these nodes, else a fresh plan.
+
+    Returns ``(owner, jobs)``: node id -> key job id, and the key job ids in order.
+    """
+    plan = plan_jobs(nodes, order, targets, n_workers=max(1, session.n_workers()))
+    owner = dict(plan.owner)
+    last = session.last_plan
+    if last is not None:
+        owner.update({nid: job for nid, job in last.owner.items() if nid in nodes and job in nodes})
+    jobs = list(dict.fromkeys(owner[nid] for nid in order))
+    return owner, jobs
 
 
-def _shown_deps(nodes, plan, visible, nid):
-    """Visible nodes that ``nid`` needs, looking through hidden nodes (bounded walk)."""
-    found, stack, seen = [], [d.id for d in nodes[nid].deps], set()
-    while stack and len(seen) < 10_000:
-        d = stack.pop()
-        if d in seen or d not in nodes:
-            continue
-        seen.add(d)
-        if d in visible:
-            found.append(d)
-        else:
-            stack.extend(x.id for x in nodes[d].deps)
-    return found
+def _legend(colour):
+    """An HTML-like Graphviz label: a two-column table, a colour swatch and the worker's address."""
+    rows = "".join(f'<TR><TD BGCOLOR="{fill}" WIDTH="16" HEIGHT="12"></TD><TD ALIGN="LEFT">{html.escape(worker)}</TD></TR>'
+                   for worker, fill in colour.items())
+    return (f'<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="3">'
+            f'<TR><TD COLSPAN="2"><B>worker</B></TD></TR>{rows}</TABLE>>')
 
 
-def render_dot(session, refs, max_nodes=200):
-    """A ``pydot.Dot`` of the graph of ``refs``, coloured by what ``session`` computed."""
+def render_dot(session, refs, max_nodes=DEFAULT_MAX_NODES):
+    """A ``pydot.Dot`` of the graph of ``refs``, coloured by the workers that ``session`` used.
+
+    Parameters
+    ----------
+    session : Session
+        Gives the rules, the last plan, the worker of each key job and the failed nodes.
+    refs : NodeRef or list of NodeRef
+    max_nodes : int
+        Draw every node up to this many; above it, draw the key jobs only.
+    """
     import pydot
 
     targets = [refs] if type(refs) is NodeRef else list(refs)
     nodes, order = expand(targets, session.rules.rule)
-    plan = plan_jobs(nodes, order, targets, n_workers=max(1, session.n_workers()))
-    last = session.last_plan
-    owner = dict(plan.owner)
-    if last is not None:
-        owner.update(last.owner)
-    visible, note = _visible(nodes, plan, targets, max_nodes)
-    visible_set = set(visible)
-    workers = sorted(set(session.worker_of.values()))
+    owner, jobs = _plan(session, nodes, order, targets)
+    worker_of = {job: session.worker_of.get(job) for job in jobs}
+    workers = sorted({w for w in worker_of.values() if w})
     colour = {w: PALETTE[i % len(PALETTE)] for i, w in enumerate(workers)}
     target_ids = {t.id for t in targets}
+    failed = set(session.failed) & set(nodes)
+    collapsed = len(nodes) > max_nodes
 
-    dot = pydot.Dot(graph_type="digraph", rankdir="LR", fontname="Helvetica", fontsize="10")
-    if note:
-        dot.set_label(note)
-    for nid in visible:
-        node = nodes[nid]
-        worker = session.worker_of.get(nid) or session.worker_of.get(owner.get(nid))
-        failed = nid in session.failed
-        is_source = not node.deps
-        attrs = {
-            "label": ("\u2717 " if failed else "") + node.ref.display(),
-            "shape": "parallelogram" if (is_source or nid in target_ids) else "box",
-            "style": "filled", "fontname": "Helvetica", "fontsize": "10",
-            "fillcolor": "#ff9999" if failed else colour.get(worker, "#ffffff"),
-            "tooltip": f"{node.ref!r} id {nid}" + (f" on {worker}" if worker else ""),
-        }
-        if failed:
+    caption = f"{len(nodes)} nodes in {len(jobs)} key jobs"
+    if collapsed:
+        caption += f" (over {max_nodes} nodes: one box per key job)"
+    dot = pydot.Dot(graph_type="digraph", rankdir="LR", label=caption, labelloc="t", **FONT)
+    dot.set_node_defaults(style="filled", **FONT)
+
+    def node_attrs(nid, label, shape_of):
+        worker = worker_of.get(owner[nid])
+        is_failed = nid in failed if not collapsed else any(owner[f] == nid for f in failed)
+        attrs = {"label": ("\u2717 " if is_failed else "") + label,
+                 "shape": "parallelogram" if shape_of else "box",
+                 "fillcolor": FAILED if is_failed else colour.get(worker, NOT_RUN),
+                 "tooltip": f"{nodes[nid].ref!r}" + (f" on {worker}" if worker else "")}
+        if is_failed:
             attrs.update(color="red", penwidth="2")
-        dot.add_node(pydot.Node(f"n{nid}", **attrs))
-    for nid in visible:
-        for dep in dict.fromkeys(_shown_deps(nodes, plan, visible_set, nid)):
-            dot.add_edge(pydot.Edge(f"n{dep}", f"n{nid}"))
-    for i, worker in enumerate(workers):  # a legend: which colour is which worker
-        dot.add_node(pydot.Node(f"worker{i}", label=worker, shape="note", style="filled",
-                                fillcolor=colour[worker], fontsize="8"))
+        return attrs
+
+    if collapsed:
+        members = {job: 0 for job in jobs}
+        for nid in order:
+            members[owner[nid]] += 1
+        edges = dict.fromkeys((owner[d], owner[nid]) for nid in order for d in _dep_ids(nodes, nid)
+                              if owner[d] != owner[nid])
+        fed = {job for _, job in edges}   # a key job no other key job feeds reads only sources
+        for job in jobs:
+            label = f"{nodes[job].ref.display()}\n{members[job]} node{'s' * (members[job] != 1)}"
+            dot.add_node(pydot.Node(f"n{job}", **node_attrs(job, label, job not in fed or job in target_ids)))
+    else:
+        clusters = {}
+        for job in jobs:
+            cluster = pydot.Cluster(f"job{job}", label=nodes[job].ref.display(), style="rounded,dashed",
+                                    color="#666666", fontname="Helvetica", fontsize="9")
+            clusters[job] = cluster
+            dot.add_subgraph(cluster)
+        for nid in order:
+            shape = not nodes[nid].deps or nid in target_ids
+            clusters[owner[nid]].add_node(pydot.Node(f"n{nid}", **node_attrs(nid, nodes[nid].ref.display(), shape)))
+        edges = dict.fromkeys((d, nid) for nid in order for d in _dep_ids(nodes, nid))
+    for dep, nid in edges:
+        dot.add_edge(pydot.Edge(f"n{dep}", f"n{nid}"))
+    if colour:
+        dot.add_node(pydot.Node("legend", shape="plaintext", style="", label=_legend(colour), **FONT))
     return dot
 
 
-def render_svg(session, refs, max_nodes=200):
+def _dep_ids(nodes, nid):
+    """Ids of the dependencies of ``nid`` that are in the graph, each once."""
+    return list(dict.fromkeys(d.id for d in nodes[nid].deps if d.id in nodes))
+
+
+def render_svg(session, refs, max_nodes=DEFAULT_MAX_NODES):
     """The SVG text of ``render_dot``; needs Graphviz's ``dot`` executable."""
     dot = render_dot(session, refs, max_nodes)
     try:

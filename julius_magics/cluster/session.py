@@ -433,16 +433,41 @@ def _node_error_text(e):
 
 
 def _wait_with_progress(futures, what, show=True):
-    """Wait for ``futures``, with a progress bar (notebook or terminal) once it takes over a second."""
+    """Wait for ``futures``, with a progress bar (notebook or terminal) once it takes over a second.
+
+    In a notebook the bar is an ipywidgets bar shown under a display id and emptied when
+    it closes, so a saved notebook keeps no stale ``julius compute: 5%|...`` text.
+    """
     from distributed import as_completed, wait
     from tqdm.auto import tqdm
+    from tqdm.notebook import tqdm as notebook_tqdm
 
     if not show or len(futures) < 2 or os.environ.get("JULIUS_NO_PROGRESS"):
         wait(futures)
         return
-    with tqdm(total=len(futures), desc=f"julius {what}", unit="job", delay=1.0, leave=False) as bar:
-        for _ in as_completed(futures):
+    try:
+        wait(futures, timeout=1.0)   # quick work shows no bar at all
+        return
+    except TimeoutError:
+        pass
+    pending = [f for f in futures if not f.done()]
+    done = len(futures) - len(pending)
+    if not issubclass(tqdm, notebook_tqdm):
+        with tqdm(total=len(futures), initial=done, desc=f"julius {what}", unit="job", leave=False) as bar:
+            for _ in as_completed(pending):
+                bar.update(1)
+        return
+    from IPython.display import display
+
+    bar = tqdm(total=len(futures), initial=done, desc=f"julius {what}", unit="job", leave=False, display=False)
+    handle = display(bar.container, display_id=True)
+    try:
+        for _ in as_completed(pending):
             bar.update(1)
+    finally:
+        bar.close()
+        if handle is not None:
+            handle.update({"text/plain": ""}, raw=True)
 
 
 _SESSION = None

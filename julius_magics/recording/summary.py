@@ -111,36 +111,111 @@ def diff(name_a, name_b, store=None):
 
     pa, pb = params(a), params(b)
     parameters = {k: [pa.get(k), pb.get(k)] for k in sorted(pa.keys() | pb.keys()) if pa.get(k) != pb.get(k)}
-    fa, fb = _files(a), _files(b)
-    data = {p: [fa.get(p, {}).get("sha256"), fb.get(p, {}).get("sha256")]
-            for p in sorted(fa.keys() | fb.keys()) if fa.get(p, {}).get("sha256") != fb.get(p, {}).get("sha256")}
+    data = _pair_files(_files(a), _files(b))
     (ka, _), (kb, _) = recorded_environment(a), recorded_environment(b)
     environment = env_diff(ka, kb) if ka is not None and kb is not None else {"same": ka == kb}
-    xa, xb = _results(a), _results(b)
-    results = {k: {"label": (xa.get(k) or xb.get(k))["label"],
-                   "a": xa.get(k, {}).get("describe"), "b": xb.get(k, {}).get("describe"),
-                   "fp_a": xa.get(k, {}).get("fp"), "fp_b": xb.get(k, {}).get("fp")}
-               for k in sorted(xa.keys() | xb.keys()) if xa.get(k, {}).get("fp") != xb.get(k, {}).get("fp")}
+    results = _pair_results(_results(a), _results(b))
+    differs = code or rules or parameters or results or any(not f["same_content"] for f in data)
     return {"a": name_a, "b": name_b, "code": code, "rules": rules, "parameters": parameters, "data": data,
             "environment": environment, "results": results,
-            "same": not (code or rules or parameters or data or results) and environment.get("same", True)}
+            "same": not differs and environment.get("same", True)}
+
+
+def _pair_files(fa, fb):
+    """Input files that differ, paired by content hash first, then by path.
+
+    Each entry is ``{"a", "b"}`` (paths, None when absent), ``{"sha_a", "sha_b"}`` and
+    ``same_content``: a file read from another path with the same bytes is one entry,
+    not a removal and an addition.
+    """
+    only_a = {p: f for p, f in fa.items() if fb.get(p, {}).get("sha256") != f["sha256"]}
+    only_b = {p: f for p, f in fb.items() if fa.get(p, {}).get("sha256") != f["sha256"]}
+    by_sha_b = {}
+    for p in sorted(only_b):
+        by_sha_b.setdefault(only_b[p]["sha256"], []).append(p)
+    pairs = []
+    for p in sorted(only_a):           # same bytes, another path
+        others = by_sha_b.get(only_a[p]["sha256"])
+        if others:
+            pairs.append((p, others.pop(0)))
+    for pa, pb in pairs:
+        del only_a[pa], only_b[pb]
+    for p in sorted(only_a.keys() & only_b.keys()):   # same path, other bytes
+        pairs.append((p, p))
+        del only_a[p], only_b[p]
+    pairs += [(p, None) for p in sorted(only_a)] + [(None, p) for p in sorted(only_b)]
+    out = []
+    for pa, pb in pairs:
+        sha_a, sha_b = fa.get(pa, {}).get("sha256"), fb.get(pb, {}).get("sha256")
+        out.append({"a": pa, "b": pb, "sha_a": sha_a, "sha_b": sha_b, "same_content": sha_a == sha_b})
+    return out
+
+
+def _pair_results(xa, xb):
+    """Results whose fingerprints differ, paired by node id, else by label.
+
+    ``{key: {"label", "node_a", "node_b", "a", "b", "fp_a", "fp_b"}}``, the key being the
+    node id (or Dask key) when both recordings hold it, else the label.
+    """
+    pairs = [(k, k) for k in xa if k in xb]
+    rest_b = [k for k in xb if k not in xa]
+    by_label_b = {}
+    for k in rest_b:
+        if xb[k]["label"]:
+            by_label_b.setdefault(xb[k]["label"], []).append(k)
+    unpaired_a = []
+    for k in (k for k in xa if k not in xb):
+        match = by_label_b.get(xa[k]["label"]) if xa[k]["label"] else None
+        if match:
+            other = match.pop(0)
+            rest_b.remove(other)
+            pairs.append((k, other))
+        else:
+            unpaired_a.append(k)
+    pairs += [(k, None) for k in unpaired_a] + [(None, k) for k in rest_b]
+    results = {}
+    for ka, kb in pairs:
+        ra, rb = xa.get(ka, {}), xb.get(kb, {})
+        if ra.get("fp") == rb.get("fp"):
+            continue
+        label = ra.get("label") or rb.get("label")
+        key = ka if ka == kb else (label or ka or kb)
+        results[key] = {"label": label, "node_a": ka, "node_b": kb, "a": ra.get("describe"),
+                        "b": rb.get("describe"), "fp_a": ra.get("fp"), "fp_b": rb.get("fp")}
+    return results
+
+
+def _value(description):
+    """``0.88729`` for ``float 0.88729``: the type prefix of a number says nothing to a reader."""
+    if description is None:
+        return "absent"
+    kind, _, rest = description.partition(" ")
+    return rest if kind in ("float", "int") and rest else description
 
 
 def format_diff(d):
-    """Readable text of ``diff``."""
+    """Readable text of ``diff``: one line per differing parameter, file and result, ``recorded → other``."""
     lines = [f"{d['a']} vs {d['b']}: " + ("no differences" if d["same"] else "differences")]
     for kind, text in d["code"].items():
         lines += [f"code ({kind}):", text.rstrip()]
     for ns, text in d["rules"].items():
         lines += [f"rules {ns}:", text.rstrip()]
     for k, (va, vb) in d["parameters"].items():
-        lines.append(f"parameter {k}: {va} -> {vb}")
-    for path, (sa, sb) in d["data"].items():
-        lines.append(f"data {path}: {(sa or 'absent')[:16]} -> {(sb or 'absent')[:16]}")
+        lines.append(f"parameter {k}: {va} \u2192 {vb}")
+    for f in d["data"]:
+        if f["same_content"]:
+            lines.append(f"data {f['a']} \u2192 {f['b']}: same content (sha256 {f['sha_a'][:16]})")
+        elif f["b"] is None:
+            lines.append(f"data {f['a']}: only in {d['a']} (sha256 {f['sha_a'][:16]})")
+        elif f["a"] is None:
+            lines.append(f"data {f['b']}: only in {d['b']} (sha256 {f['sha_b'][:16]})")
+        else:
+            where = f["a"] if f["a"] == f["b"] else f"{f['a']} \u2192 {f['b']}"
+            lines.append(f"data {where}: content {f['sha_a'][:16]} \u2192 {f['sha_b'][:16]}")
     if not d["environment"].get("same", True):
         lines += ["environment:", format_env_diff(d["environment"])]
     for k, r in d["results"].items():
-        lines.append(f"result {r['label'] or k}: {r['a'] or 'absent'} -> {r['b'] or 'absent'}")
+        lines.append(f"result {r['label'] or k}: {_value(r['a'])} \u2192 {_value(r['b'])}")
     return "\n".join(lines)
 
 

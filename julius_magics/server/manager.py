@@ -43,6 +43,9 @@ RUNNING, VERIFIED, FAILED, ERROR = "running", "verified", "failed", "error"
 
 # The documented replay entry point, run with the current Python (same environment).
 REPLAY_COMMAND = ("-m", "julius_magics.recording.replay_job")
+#: An isolated replay (in the recording's rebuilt environment): the same JSON lines, the report
+#: with ``"isolated": [environment built, ...]`` besides.
+ISOLATED_COMMAND = ("-m", "julius_magics.recording.rebuild")
 
 # Lines of the child's stderr kept to explain a crash.
 _STDERR_TAIL = 20
@@ -126,6 +129,7 @@ class RecordingsManager:
                  env: dict | None = None):
         self.store_url = store_url or None
         self.replay_command = list(replay_command or [sys.executable, *REPLAY_COMMAND])
+        self.isolated_command = [sys.executable, *ISOLATED_COMMAND]
         self.env = dict(env or {})
         self.jobs: dict[str, ReplayProcess] = {}
         self._tasks: dict[str, asyncio.Task] = {}
@@ -175,9 +179,10 @@ class RecordingsManager:
         return await self._in_thread(diff, a, b, self.store)
 
     # --- replays -------------------------------------------------------------
-    def replay_argv(self, name: str, workers: int | None = None, trust: bool = False) -> list[str]:
-        """The command line of a replay subprocess."""
-        argv = [*self.replay_command, name]
+    def replay_argv(self, name: str, workers: int | None = None, trust: bool = False,
+                    isolated: bool = False) -> list[str]:
+        """The command line of a replay subprocess (``isolated``: in the recording's rebuilt environment)."""
+        argv = [*(self.isolated_command if isolated else self.replay_command), name]
         if self.store_url:
             argv += ["--store", self.store_url]
         if workers is not None:
@@ -186,7 +191,8 @@ class RecordingsManager:
             argv.append("--trust")
         return argv
 
-    async def start_replay(self, name: str, workers: int | None = None, trust: bool = False) -> ReplayProcess:
+    async def start_replay(self, name: str, workers: int | None = None, trust: bool = False,
+                           isolated: bool = False) -> ReplayProcess:
         """Start a replay of ``name`` in a subprocess and return it at once.
 
         The name is checked against the store first, so a missing recording is
@@ -198,7 +204,7 @@ class RecordingsManager:
         await self._in_thread(self.store.info, name)
         job = ReplayProcess(id=uuid.uuid4().hex, name=name, workers=workers)
         self.jobs[job.id] = job
-        task = asyncio.create_task(self._run(job, self.replay_argv(name, workers, trust)))
+        task = asyncio.create_task(self._run(job, self.replay_argv(name, workers, trust, isolated)))
         self._tasks[job.id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
         return job

@@ -7,7 +7,7 @@ GET      /julius/api/recordings              ``{"recordings": [RecordingInfo, ..
 GET      /julius/api/recordings/NAME         ``{"info": RecordingInfo, "details": {...}}``
 DELETE   /julius/api/recordings/NAME         204
 GET      /julius/api/diff?a=NAME&b=NAME      ``inspect.diff`` of the two
-POST     /julius/api/replays                 ``{"name", "workers"?, "trust"?}`` -> 202 job
+POST     /julius/api/replays                 ``{"name", "workers"?, "trust"?, "isolated"?}`` -> 202 job
 GET      /julius/api/replays/ID              the job: state, done/total, report
 =======  ==================================  ===========================================
 
@@ -106,8 +106,19 @@ class ReplaysHandler(_JuliusHandler):
         if not isinstance(body, dict) or not isinstance(body.get("name"), str) or not body["name"]:
             raise tornado.web.HTTPError(400, 'POST /julius/api/replays needs {"name": "RECORDING"}',
                                         reason="missing recording name")
-        job = await self.call(self.manager.start_replay(
-            body["name"], workers=body.get("workers"), trust=bool(body.get("trust", False))))
+        for flag in ("trust", "isolated"):
+            if not isinstance(body.get(flag, False), bool):
+                raise tornado.web.HTTPError(400, f'"{flag}" must be true or false, got {body[flag]!r:.40}',
+                                            reason=f"bad {flag}")
+        options = {"workers": body.get("workers"), "trust": body.get("trust", False)}
+        if body.get("isolated"):   # the manager replays in a rebuilt environment; only sent when asked
+            options["isolated"] = True
+        try:
+            started = self.manager.start_replay(body["name"], **options)
+        except TypeError as error:   # an option this server's manager does not have (yet)
+            raise tornado.web.HTTPError(400, f"this server cannot replay so: {error}",
+                                        reason="unsupported replay option") from error
+        job = await self.call(started)
         self.set_status(202)
         self.set_header("Location", url_path_join(self.base_url, "julius/api/replays", job.id))
         self.finish(job.as_dict())

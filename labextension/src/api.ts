@@ -1,47 +1,105 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-/** One recording's summary: mirrors Python `RecordingInfo.as_dict()`. */
+/*
+ * The JSON of the server's answers. Each interface marked "Mirrors Python ..."
+ * lists the fields of that Python model field for field;
+ * tests/server/test_interfaces.py compares them with JSON the Python side emits.
+ */
+
+/** One recording's summary. Mirrors Python `RecordingInfo.as_dict()`. */
 export interface IRecordingInfo {
   name: string;
   created: string | null;
   steps: number;
   size: number;
   workers: number | null;
-  status: 'complete' | 'incomplete' | 'verified' | 'damaged';
+  status: string; // 'complete' | 'incomplete' | 'verified' | 'damaged' (and what the server adds)
   note: string | null;
   data_mode: string | null;
   key_id: string | null;
   signed_by_me: boolean | null;
+  /** Headline results (target label → value), when the manifest holds them. */
+  results?: { [label: string]: string };
 }
 
-/** `GET /julius/api/recordings/NAME`: the summary and `inspect.describe()`. */
+/** One journal step. Mirrors Python `summary.details()["steps"][i]`. */
+export interface IStepSummary {
+  seq: number;
+  kind: string;
+  /** One line written by the server for this step's kind: the sidebar never switches on kinds. */
+  summary: string;
+}
+
+/** Mirrors Python `summary.details()["environment"]`. */
+export interface IEnvironmentSummary {
+  python: string | null;
+  os: string | null;
+  release: string | null;
+  packages: number;
+  workers: number;
+  workers_same_as_kernel: boolean;
+}
+
+/** One input file. Mirrors Python `summary.details()["data"][i]`. */
+export interface IDataFile {
+  path: string;
+  size: number;
+  sha256: string;
+  embedded: boolean;
+}
+
+/** One recorded result. Mirrors Python `summary.details()["results"][i]`. */
+export interface IRecordedResult {
+  node: string;
+  label: string | null;
+  fp: string;
+  describe: string | null;
+}
+
+/** `GET /julius/api/recordings/NAME`. Mirrors Python `summary.details()`. */
 export interface IRecordingDetails {
   info: IRecordingInfo;
-  details: { [key: string]: unknown };
+  meta: { [key: string]: unknown };
+  steps: IStepSummary[];
+  environment: IEnvironmentSummary | null;
+  data: IDataFile[];
+  results: IRecordedResult[];
+  verification: { [key: string]: unknown } | null;
 }
 
-/** One differing result: mirrors an entry of `ReplayReport.mismatches`. */
+/** `GET /julius/api/recordings/NAME` answers `{info, details}`. */
+export interface IRecordingReply {
+  info: IRecordingInfo;
+  details: IRecordingDetails;
+}
+
+/** One differing result of a replay. Mirrors Python `ReplayReport.mismatches[i]`. */
 export interface IMismatch {
-  node_id?: string;
-  label?: string;
-  recorded?: string;
-  replayed?: string;
-  cause?: string;
-  [key: string]: unknown;
+  node: string;
+  label: string | null;
+  recorded: string;
+  replayed: string | null;
+  recorded_value: string | null;
+  replayed_value: string | null;
+  cause: string;
 }
 
 /** Mirrors Python `ReplayReport.as_dict()`. */
 export interface IReplayReport {
   name: string;
   steps: number;
+  total_steps: number;
+  complete: boolean;
   verified: boolean;
+  results: number;
   mismatches: IMismatch[];
   env_diff: { [key: string]: unknown };
+  data: { path: string; status: string }[];
   timings: { [key: string]: number };
 }
 
-/** Mirrors Python `ReplayJob.as_dict()` (julius_magics/server/manager.py). */
+/** Mirrors Python `ReplayProcess.as_dict()` (julius_magics/server/manager.py). */
 export interface IReplayJob {
   id: string;
   name: string;
@@ -53,6 +111,39 @@ export interface IReplayJob {
   report: IReplayReport | null;
   started: number;
   finished: number | null;
+}
+
+/** One input file that differs. Mirrors Python `diff()["data"][i]`. */
+export interface IDataDiff {
+  a: string | null;
+  b: string | null;
+  sha_a: string | null;
+  sha_b: string | null;
+  same_content: boolean;
+}
+
+/** One result that differs. Mirrors Python `diff()["results"][key]`. */
+export interface IResultDiff {
+  label: string | null;
+  node_a: string | null;
+  node_b: string | null;
+  a: string | null;
+  b: string | null;
+  fp_a: string | null;
+  fp_b: string | null;
+}
+
+/** `GET /julius/api/diff?a=&b=`. Mirrors Python `diff()`, what `julius diff` prints. */
+export interface IDiff {
+  a: string;
+  b: string;
+  code: { [kind: string]: string };
+  rules: { [ns: string]: string };
+  parameters: { [name: string]: [unknown, unknown] };
+  data: IDataDiff[];
+  environment: { [section: string]: any };
+  results: { [key: string]: IResultDiff };
+  same: boolean;
 }
 
 /** An HTTP error of the Julius API, with the server's status and message. */

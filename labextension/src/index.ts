@@ -11,7 +11,14 @@ import { listIcon } from '@jupyterlab/ui-components';
 import { RecordingsPanel } from './panel';
 
 export { requestAPI, ApiError } from './api';
-export type { IRecordingInfo, IRecordingDetails, IReplayJob, IReplayReport } from './api';
+export type {
+  IDiff,
+  IRecordingDetails,
+  IRecordingInfo,
+  IRecordingReply,
+  IReplayJob,
+  IReplayReport
+} from './api';
 export { RecordingsPanel } from './panel';
 
 /** The commands of the sidebar. */
@@ -22,6 +29,10 @@ export namespace CommandIDs {
   export const refresh = 'julius:refresh';
   /** Insert a `%replay NAME` cell into the active notebook (args: `{name}`). */
   export const openInNotebook = 'julius:open-in-notebook';
+  /** Compare two recordings (args: `{a, b}`, default: the two ticked ones). */
+  export const diff = 'julius:diff';
+  /** Delete a recording after confirmation (args: `{name}`, default: the selected one). */
+  export const remove = 'julius:delete';
 }
 
 const PLUGIN_ID = 'julius-magics:plugin';
@@ -86,6 +97,29 @@ const plugin: JupyterFrontEndPlugin<void> = {
         return panel.replay(name);
       }
     });
+    app.commands.addCommand(CommandIDs.diff, {
+      label: 'Diff Recordings',
+      caption: 'What differs between two recordings: code, rules, parameters, data, environment, results',
+      isEnabled: args => (typeof args?.a === 'string' && typeof args?.b === 'string') || panel.compared.length === 2,
+      execute: args => {
+        const [a, b] =
+          typeof args?.a === 'string' && typeof args?.b === 'string' ? [args.a, args.b] : panel.compared;
+        if (!a || !b) {
+          return null;
+        }
+        app.shell.activateById(panel.id);
+        return panel.diff(a, b);
+      }
+    });
+    app.commands.addCommand(CommandIDs.remove, {
+      label: args => (args?.name ? `Delete ${args.name}` : 'Delete Selected Recording'),
+      caption: 'Delete a recording from the store (asks first)',
+      isEnabled: args => nameArg(args) !== null,
+      execute: args => {
+        const name = nameArg(args);
+        return name === null ? false : panel.delete(name);
+      }
+    });
     app.commands.addCommand(CommandIDs.openInNotebook, {
       label: 'Open Recording in Notebook',
       caption: 'Insert a %replay cell into the active notebook',
@@ -105,7 +139,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
     if (palette) {
-      for (const command of [CommandIDs.refresh, CommandIDs.replay, CommandIDs.openInNotebook]) {
+      for (const command of [
+        CommandIDs.refresh,
+        CommandIDs.replay,
+        CommandIDs.diff,
+        CommandIDs.remove,
+        CommandIDs.openInNotebook
+      ]) {
         palette.addItem({ command, category: 'Julius' });
       }
     }

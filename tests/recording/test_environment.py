@@ -3,22 +3,117 @@
 import json
 import os
 import platform
+import random
+import string
+import tomllib
 
 import pytest
 from distributed import Client, LocalCluster
 
 CANARY_TOKEN = "canary-7f3e9b2c41d8"
 CANARY_PASSWORD = "hunter2-canary-pw"
-# Workers inherit the environment of the process that starts them.
-os.environ["JULIUS_CANARY_TOKEN"] = CANARY_TOKEN
-os.environ["MY_PASSWORD"] = CANARY_PASSWORD
-os.environ["DASK_JULIUS_API_KEY"] = "dask-secret-key-value"
+CANARY_ENV = {"JULIUS_CANARY_TOKEN": CANARY_TOKEN, "MY_PASSWORD": CANARY_PASSWORD,
+              "DASK_JULIUS_API_KEY": "dask-secret-key-value"}
 
 import dask  # noqa: E402
 
 from julius_magics.recording.environment import (  # noqa: E402
-    capture_environment, cluster_environments, env_diff, format_env_diff, requirements,
+    capture_environment, cluster_environments, env_diff, format_env_diff, render_pins, requirements, scrub,
+    secret_name,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _canary_environment():
+    """Secrets in this process's environment while the module runs (workers inherit it), and only then:
+    set at import time, they would reach every process the rest of the run starts."""
+    old = {k: os.environ.get(k) for k in CANARY_ENV}
+    os.environ.update(CANARY_ENV)
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+# The canaries of issue 9 (finding 6): each leaked into a stored environment blob once.
+ISSUE_CANARIES = {
+    "token as a URL's user name": ("https://{c}@git.example.com/repo.git", "ghp-canary-user-token"),
+    "URL password holding @": ("s3://me:{c}@minio.example:9000/bucket", "p@ss@canary"),
+    "short DSN query password": ("postgresql://db.example/x?user=me&password={c}&sslmode=require", "cn9x"),
+    "libpq keyword password": ("host=db port=5432 password={c} dbname=x", "kw7q"),
+}
+NANNY_SECRET, NANNY_PLAIN = "nanny-only-canary-41", "plain-canary-value-77"
+SEED = int(os.environ.get("JULIUS_TEST_SEED") or random.randrange(2**32))
+RNG = random.Random(SEED)
+SECRET_WORDS = ["token", "secret", "password", "passwd", "key", "credential", "auth", "session"]
+PARAMS = ["password", "passwd", "pwd", "token", "secret", "api_key", "access_key", "auth", "session", "sig"]
+
+
+def _random_canary():
+    core = "".join(RNG.choice(string.ascii_letters + string.digits + "@!$*-+.") for _ in range(RNG.randint(1, 20)))
+    return "~" + core + "^"   # distinctive, so "not in the blob" means it
+
+
+def _random_case(word):
+    return RNG.choice([word, word.upper(), word.capitalize()])
+
+
+def _random_secret_key():
+    word = _random_case(RNG.choice(SECRET_WORDS))
+    style = RNG.randrange(3)
+    if style == 0:
+        return f"{RNG.choice(['my', 'db', 'api', 'x'])}{RNG.choice(['-', '_', '.'])}{word}"
+    if style == 1:
+        return RNG.choice(["api", "db", "aws"]) + RNG.choice([word.capitalize(), word.upper()])   # camelCase
+    return word
+
+
+def _random_placement(c):
+    templates = [
+        lambda: f"https://{c}@host{RNG.randrange(99)}.example/path",
+        lambda: f"{RNG.choice(['postgresql', 'redis', 'https', 'tcp'])}://user{RNG.randrange(9)}:{c}@h.example:5{RNG.randrange(999)}/d",
+        lambda: f"https://h.example/db?x=1&{_random_case(RNG.choice(PARAMS))}={c}&y=2",
+        lambda: f"{RNG.choice(PARAMS)}={c} host=h.example",
+        lambda: json.dumps({RNG.choice(PARAMS): c}),
+        lambda: f"Authorization: Bearer {c}abcdefgh",
+    ]
+    return RNG.choice(templates)()
+
+
+def _random_tree(canaries, depth=0):
+    """A config tree that hides each canary at a random depth, under a random secret-looking key or pattern."""
+    tree = {"n": RNG.randrange(100), "url": "https://docs.example/page@v1"}
+    for c in canaries:
+        node = tree
+        for _ in range(RNG.randint(0, 4)):
+            node = node.setdefault(f"level{RNG.randrange(3)}", {})
+        if RNG.random() < 0.4:
+            node[_random_secret_key()] = c if RNG.random() < 0.7 else [c]
+        else:
+            node[f"plain{RNG.randrange(10**6)}"] = _random_placement(c)
+    return tree
+
+
+RANDOM_CANARIES = [_random_canary() for _ in range(40)]
+SECRET_CONFIG = {
+    "julius-canaries": {
+        **{f"case{i}": template.format(c=c) for i, (label, (template, c)) in
+           enumerate(ISSUE_CANARIES.items())},
+        "deep": [{"list": [{"auth": "deep-auth-canary"}]}],
+        "apiKey": 123456789,
+        "random": _random_tree(RANDOM_CANARIES),
+    },
+    "distributed.nanny.environ": {"WORKER_ONLY_SECRET": NANNY_SECRET, "PLAIN_NAME": NANNY_PLAIN},
+}
+ALL_CANARIES = [c for _, c in ISSUE_CANARIES.values()] + ["deep-auth-canary", "123456789", NANNY_SECRET,
+                                                          NANNY_PLAIN] + RANDOM_CANARIES
+
+
+def assert_no_canary(env):
+    text = json.dumps(env)
+    leaked = [c for c in ALL_CANARIES if c in text]
+    assert not leaked, f"secrets leaked (JULIUS_TEST_SEED={SEED}): {leaked}"
 
 
 def assert_no_secret(env):
@@ -30,9 +125,119 @@ def assert_no_secret(env):
 
 @pytest.fixture(scope="module")
 def client():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+    # the nanny.environ canaries reach the workers' processes and their config
+    with dask.config.set(SECRET_CONFIG), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as c:
         yield c
+
+
+def test_secrets_are_scrubbed_at_every_depth_in_kernel_and_worker_blobs(client):
+    with dask.config.set(SECRET_CONFIG):
+        kernel = capture_environment()
+    workers = cluster_environments(client)
+    for env in [kernel, *workers.values()]:
+        assert_no_canary(env)
+        secrets = env["dask_config"]["julius-canaries"]
+        assert secrets["case0"] == "https://<redacted>@git.example.com/repo.git"
+        assert secrets["case1"] == "s3://<redacted>@minio.example:9000/bucket"
+        assert secrets["case2"] == "postgresql://db.example/x?user=me&password=<redacted>&sslmode=require"
+        assert secrets["case3"] == "host=db port=5432 password=<redacted> dbname=x"
+        assert secrets["apiKey"] == "<redacted>" and secrets["deep"] == [{"list": [{"auth": "<redacted>"}]}]
+        assert secrets["random"]["url"] == "https://docs.example/page@v1"   # no credentials: kept
+        assert env["dask_config"]["distributed"]["nanny"]["environ"] == {
+            "WORKER_ONLY_SECRET": "<redacted>", "PLAIN_NAME": "<redacted>"}
+        assert env["dask_config"]["tokenize"]["ensure-deterministic"] is False   # not a secret name
+    # the worker-only variable really reached the workers (so the scrub above was tested)
+    assert set(client.run(lambda: os.environ.get("WORKER_ONLY_SECRET")).values()) == {NANNY_SECRET}
+
+
+def test_scrub_patterns_directly():
+    assert secret_name("AWS_SECRET_ACCESS_KEY") and secret_name("apiKey") and secret_name("db.Password")
+    assert not secret_name("tokenize") and not secret_name("rename-keys") and not secret_name("PWD")
+    assert scrub({"a": "redis://:pw@h:1/0", "b": ["x", {"Session": None}], "c": "tcp://10.0.0.1:8786"}) == {
+        "a": "redis://<redacted>@h:1/0", "b": ["x", {"Session": None}], "c": "tcp://10.0.0.1:8786"}
+    # a secret found in one place is cut wherever else it appears
+    assert scrub({"token": "abcd1234", "log": "used abcd1234 here"}) == {
+        "token": "<redacted>", "log": "used <redacted> here"}
+
+
+def test_numerics_platform_origins_and_indexes_are_recorded():
+    env = capture_environment()
+    assert env["os"]["platform_tag"] == __import__("sysconfig").get_platform().replace("-", "_").replace(".", "_")
+    assert env["os"]["libc"].startswith(platform.libc_ver()[0])
+    with open("/proc/cpuinfo") as f:
+        flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+    assert set(env["cpu"]["flags"]) <= flags and ("avx2" in flags) == ("avx2" in env["cpu"]["flags"])
+    from threadpoolctl import threadpool_info
+
+    numpy_blas = [p for p in threadpool_info() if p["user_api"] == "blas" and "numpy" in p["filepath"]]
+    assert [b["num_threads"] for b in env["threads"]["blas"]] == [p["num_threads"] for p in numpy_blas]
+    assert env["threads"]["blas"][0]["internal_api"] == numpy_blas[0]["internal_api"]
+    assert env["python"]["hashseed"] in ("random", os.environ.get("PYTHONHASHSEED"))
+    # this checkout is an editable install; dask came from an index
+    assert env["distributions"]["julius-magics"]["origin"]["kind"] == "editable"
+    assert env["distributions"]["dask"] == {"installer": env["distributions"]["dask"]["installer"],
+                                            "origin": {"kind": "index"}}
+    assert env["indexes"]["pip"]["index_url"].startswith(("http", "file"))
+    assert "@" not in json.dumps(env["indexes"]).replace("<redacted>@", "")
+
+
+def test_workers_do_not_differ_from_the_kernel_by_julius_own_settings(monkeypatch):
+    """julius sets distributed.worker.multiprocessing-method on its workers: not the user's environment."""
+    from julius_magics.cluster.session import Session
+
+    # this module sets DASK_JULIUS_API_KEY after dask read its environment: fresh workers would see it
+    monkeypatch.delenv("DASK_JULIUS_API_KEY")
+    s = Session()
+    s.start(n_workers=1)
+    try:
+        kernel = capture_environment()
+        worker = next(iter(cluster_environments(s.client).values()))
+    finally:
+        s.stop()
+    diff = env_diff(kernel, worker)
+    assert diff["same"] is True, format_env_diff(diff)
+    # the nanny gives workers one BLAS thread: reported apart, never "workers differ"
+    assert set(diff["threads"]) <= {"blas threads", "OMP_NUM_THREADS"}
+    assert "multiprocessing-method" not in (worker["dask_config"]["distributed"]["worker"])
+
+
+ORIGINS_ENV = {
+    "python": {"version": "3.11.7"},
+    "packages": {"dask": "2026.8.0", "mylib": "0.3.0", "tool": "1.2", "wheelpkg": "2.0", "condapkg": "1.0"},
+    "distributions": {
+        "dask": {"installer": "pip", "origin": {"kind": "index"}},
+        "mylib": {"installer": "pip", "origin": {"kind": "editable", "url": "file:///home/me/mylib"}},
+        "tool": {"installer": "pip", "origin": {"kind": "vcs", "vcs": "git", "url": "https://github.com/o/tool",
+                                                "commit": "0123abcd"}},
+        "wheelpkg": {"installer": "uv", "origin": {"kind": "url", "url": "https://files.example/wheelpkg-2.0.whl",
+                                                   "hashes": {"sha256": "ab" * 32}}},
+        "condapkg": {"installer": "conda", "origin": {"kind": "index"}},
+    },
+    "indexes": {"pip": {"index_url": "https://pypi.org/simple", "extra_index_urls": ["https://extra.example/simple"],
+                        "find_links": []}, "uv": {"index_url": "https://pypi.org/simple"}},
+}
+
+
+def test_pin_formats_are_honest_about_origins():
+    text = render_pins(ORIGINS_ENV, "requirements").splitlines()
+    assert "dask==2026.8.0" in text
+    assert "tool @ git+https://github.com/o/tool@0123abcd" in text
+    assert f"wheelpkg @ https://files.example/wheelpkg-2.0.whl --hash=sha256:{'ab' * 32}" in text
+    assert any(line.startswith("# mylib==0.3.0  (editable install from file:///home/me/mylib") for line in text)
+    assert "--extra-index-url https://extra.example/simple" in text
+    lock = tomllib.loads(render_pins(ORIGINS_ENV, "uv-lock"))
+    sources = {p["name"]: (p["version"], p["source"]) for p in lock["package"]}
+    assert sources["dask"] == ("2026.8.0", {"registry": "https://pypi.org/simple"})
+    assert sources["mylib"] == ("0.3.0", {"editable": "/home/me/mylib"})
+    assert sources["tool"] == ("1.2", {"git": "https://github.com/o/tool#0123abcd"})
+    assert lock["requires-python"] == "==3.11.*"
+    conda = render_pins(ORIGINS_ENV, "conda").splitlines()
+    assert "  - python=3.11.7" in conda and "  - condapkg=1.0" in conda and "    - dask==2026.8.0" in conda
+    assert conda.index("  - condapkg=1.0") < conda.index("  - pip:")
+    with pytest.raises(ValueError, match="unknown pin format 'yaml'"):
+        render_pins(ORIGINS_ENV, "yaml")
 
 
 def test_kernel_environment_is_complete_and_clean(monkeypatch):
@@ -48,7 +253,7 @@ def test_kernel_environment_is_complete_and_clean(monkeypatch):
     assert env["env_vars"]["OMP_NUM_THREADS"] == "1"
     assert env["dask_config"]["julius-test"]["password"] == "<redacted>"
     assert env["dask_config"]["julius-test"]["n"] == 3
-    assert env["dask_config"]["julius-test"]["store"] == "s3://me:<redacted>@host/bucket"
+    assert env["dask_config"]["julius-test"]["store"] == "s3://<redacted>@host/bucket"   # the user name too: it can be a token
     assert "PATH" not in env["env_vars"]
     assert_no_secret(env)
     assert json.loads(json.dumps(env)) == env  # JSON-able
@@ -100,5 +305,6 @@ def test_requirements():
     assert lines[0] == f"# python {platform.python_version()}"
     assert f"dask=={dask.__version__}" in lines
     assert "distributed==2026.8.0" in lines
-    names = [line.split("==")[0] for line in lines[1:]]
-    assert names == sorted(env["packages"]) and len(lines) == len(env["packages"]) + 1
+    pins = [line for line in lines[1:] if not line.startswith("--")]
+    names = [line.lstrip("# ").split("==")[0] for line in pins]
+    assert names == sorted(env["packages"]) and len(pins) == len(env["packages"])

@@ -56,9 +56,9 @@ def test_diff_names_code_rules_and_results_that_differ(store):
     assert not d["same"] and set(d["code"]) == {"remote_eval"} and set(d["rules"]) == {"ml"}
     assert "-    return 1" in d["rules"]["ml"] and "+    return 2" in d["rules"]["ml"]
     assert d["results"]["n1"]["a"] == "model 0.1" and d["results"]["n1"]["b"] == "model 0.2"
-    assert d["data"] == {} and d["environment"]["same"]
+    assert d["data"] == [] and d["environment"]["same"]
     text = summary.format_diff(d)
-    assert text.startswith("a vs b: differences") and "result model: model 0.1 -> model 0.2" in text
+    assert text.startswith("a vs b: differences") and "result model: model 0.1 \u2192 model 0.2" in text
     assert summary.diff("a", "a", store)["same"]
 
 

@@ -238,3 +238,35 @@ async def test_manager_close_kills_running_replays(store_dir):
     await manager.close()
     assert (job.state, job.message) == ("error", "the server stopped during the replay")
     assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+
+async def test_replay_flags_must_be_booleans(jp_fetch):
+    for flag in ("isolated", "trust"):
+        code, body = await fetch_error(jp_fetch, "replays", method="POST",
+                                       body=json.dumps({"name": "alpha", flag: "yes"}))
+        assert code == 400 and f'"{flag}" must be true or false' in body["message"]
+
+
+class _SeeingManager(RecordingsManager):
+    """The real manager, noting the options each replay was started with."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.options = []
+
+    async def start_replay(self, name, **options):
+        self.options.append(dict(options))
+        if "isolated" not in RecordingsManager.start_replay.__code__.co_varnames:
+            options.pop("isolated", None)   # until line "environment" adds it to the manager
+        return await super().start_replay(name, **options)
+
+
+async def test_isolated_is_passed_through_to_the_manager(jp_fetch, jp_serverapp, store_dir):
+    manager = _SeeingManager(str(store_dir))
+    jp_serverapp.web_app.settings["julius_manager"] = manager
+    for body in ({"name": "alpha", "isolated": True}, {"name": "alpha"}):
+        code, job = await fetch_json(jp_fetch, "replays", method="POST", body=json.dumps(body))
+        assert code == 202 and job["name"] == "alpha"
+        await manager.wait(job["id"])
+    assert manager.options == [{"workers": None, "trust": False, "isolated": True},
+                               {"workers": None, "trust": False}]

@@ -112,7 +112,7 @@ def test_diff_shows_the_differing_rule(recorded):
     assert "-    return ApplyFn(mk, i)()" in d["rules"]["t"]
     assert "+    return ApplyFn(mk, i + 1)()" in d["rules"]["t"]
     assert "rules t:" in browser.output.value
-    assert "result t.src: list of 5 -&gt; list of 6" in browser.output.value
+    assert "result t.src: list of 5 \u2192 list of 6" in browser.output.value   # as julius diff prints it
     # the Diff button compares the selection with the "diff with" pick
     browser.select("w2")
     browser.other.value = "w2"
