@@ -168,6 +168,14 @@ class Session:
         self.emit("cluster", **self.spec)
         return self
 
+    def adopt(self, client, cluster, spec):
+        """Use a client made elsewhere (a replay's cluster of a recorded shape); ``stop`` closes ``cluster``."""
+        if self.client is not None:
+            raise JuliusError("a cluster is already active: run `%cluster stop` first")
+        self._attach(client, cluster)
+        self.spec = dict(spec)
+        return self
+
     def _attach(self, client, cluster):
         """Adopt ``client`` and bring its workers up to date with this session's history."""
         self.client, self.cluster = client, cluster

@@ -18,7 +18,7 @@ from distributed import WorkerPlugin, get_worker
 
 from ..errors import NodeError
 from ..rules.atoms import INPUT_HOOKS, INPUTS_READ
-from ..rules.evaluate import Job, run_job
+from ..rules.evaluate import CompiledJob, run_job
 from ..rules.node import REMOTE_NAMESPACE, REMOTE_STATE
 from ..rules.registry import RULES, top_level_names
 
@@ -94,9 +94,9 @@ class JuliusWorkerPlugin(WorkerPlugin):
 
 
 def run_key_job(job_bytes, seed, *dep_values):
-    """The Dask task of a key job: run its compiled sub-graph (``Job.to_bytes``), the other key jobs' values given."""
+    """The Dask task of a key job: run its compiled sub-graph (``CompiledJob.to_bytes``), the other key jobs' values given."""
     try:
-        return run_job(Job.from_bytes(job_bytes), dep_values, seed)
+        return run_job(CompiledJob.from_bytes(job_bytes), dep_values, seed)
     except NodeError as e:
         e.worker = get_worker().address
         raise

@@ -6,6 +6,13 @@ front-end hands it; the scheduler plugin (``cluster.capture``, through
 code.  Before each kernel-side step, the plugin's events are drained so the
 journal keeps the order things happened in.
 
+Plain Dask work needs no julius call: a :class:`~julius_magics.cluster.watch.ClusterWatch`
+adopts every client the kernel creates or connects to while recording (a client
+preload), so each adopted cluster becomes an ``adopted_cluster`` step with its
+environment, and its graphs, scatters and the files read anywhere (kernel and
+workers) become steps too.  Whatever could not be captured is journaled as a
+``dropped`` step and the recording's meta says ``partial`` (with the reasons).
+
 The kinds of steps, their fields and parts are listed in :mod:`.steps`.
 """
 
@@ -16,11 +23,12 @@ import getpass
 import json
 import os
 import platform
+import sys
 
 import cloudpickle
 from tqdm.auto import tqdm
 
-from ..cluster.worker import drain_inputs
+from ..cluster.watch import ClusterWatch
 from ..errors import RecordingError
 from ..rules.registry import top_level_names
 from .environment import capture_environment
@@ -50,14 +58,15 @@ class Recorder:
     session : Session
     name : str
     store : Store or str or None
-    data : {"embed", "hash"}
-        Embed the input files' bytes (content-addressed), or only their hashes.
+    data : {"embed", "hash", "embed-remote"}
+        Embed the input files' bytes (content-addressed), or only their hashes;
+        ``embed-remote`` embeds remote inputs (``s3://``...) too.
     note : str, optional
     """
 
     def __init__(self, session, name, store=None, data="embed", note=None):
-        if data not in ("embed", "hash"):
-            raise ValueError(f"--data must be 'embed' or 'hash', not {data!r}")
+        if data not in ("embed", "hash", "embed-remote"):
+            raise ValueError(f"--data must be 'embed', 'hash' or 'embed-remote', not {data!r}")
         if active_recorder() is not None:
             raise RecordingError(f"already recording {active_recorder().name!r}: run `%record stop` first")
         self.session = session
@@ -70,9 +79,14 @@ class Recorder:
             "note": note or "", "data_mode": data, "user": getpass.getuser(), "host": platform.node(),
             "julius_version": _version(),
         })
+        self.partial = []        # reasons the recording is partial
+        self.captured = {"clusters": 0, "graphs": 0, "results": 0, "files": 0, "outputs": 0}
+        self.watch = ClusterWatch(skip=_own_folders(self.store), hash_remote=True,
+                                  worker_environment=environment_now, embed=data != "hash")
         session.observers.append(self.on_event)
         _ACTIVE["recorder"] = self
         try:
+            self.watch.start(session.client if session.active else None)
             if session.active:
                 self._record_cluster(session.spec)
             for entry in session.history:   # code and rules sent before the recording started
@@ -86,18 +100,15 @@ class Recorder:
         self.steps = self.writer.add_step(kind, data, parts)
         return self.steps
 
-    def _drain(self):
-        """Journal what the scheduler plugin saw since the last step."""
-        if not self.session.active:
-            return
-        for event in self.session.drain_capture():
-            kind = event["kind"]
-            parts = {name: event.pop(name) for name in KINDS[kind].parts}
-            self._step(kind, _jsonable(event), parts)
-        self._record_inputs()
+    def _drain(self, final=False):
+        """Journal what the clusters and the file hooks saw since the last step."""
+        for item in self.watch.drain(final=final):
+            self._record_item(item)
 
     def on_event(self, event, payload):
         """Session observer: one step per action."""
+        if event == "cluster":   # the session's own cluster: journaled as a `cluster` step below
+            self.watch.add_client(self.session.client, owned=True)
         self._drain()
         if event == "cluster":
             self._record_cluster(payload)
@@ -124,18 +135,134 @@ class Recorder:
         if source.strip():
             self._step("cell", {"source": source})
 
+    def _record_item(self, item):
+        """One item of :meth:`ClusterWatch.drain` as journal steps."""
+        kind, handle = item.pop("kind"), item.pop("handle", None)
+        if kind == "cluster":
+            environments = item.pop("environments", None)
+            if item["owned"]:
+                return
+            self._step("adopted_cluster", _jsonable(item))
+            self.captured["clusters"] += 1
+            if not item["captured"]:
+                self._partial(item["reason"])
+            elif item["spec"] is not None:
+                self._record_environment(handle, environments)
+                self.writer.update_meta(workers=item["spec"]["n_workers"])
+        elif kind == "files":
+            self._record_files(item)
+        elif kind == "scatter":
+            values = {text: self.writer.add_blob(data) for text, data in (item.pop("values") or {}).items()}
+            self._step("scatter", _jsonable({**item, "kind": kind, "values": values}))
+            if item.get("dropped"):
+                self._partial(item["dropped"])
+        elif kind == "dropped":
+            self._step("dropped", _jsonable({**item, "kind": kind}))
+            self._partial(item["reason"])
+        elif kind == "worker_joined":
+            env = {}
+            with contextlib.suppress(Exception):
+                env = handle.run(environment_now, workers=[item["worker"]])
+            data = {**item, "kind": kind,
+                    "environment": self.writer.add_blob(_json_env(env[item["worker"]])) if env else None}
+            self._step("worker_joined", _jsonable(data))
+        else:   # graph, run, worker_plugin, fingerprints
+            parts = {name: item.pop(name) for name in KINDS[kind].parts if item.get(name) is not None}
+            for name in KINDS[kind].parts:
+                item.pop(name, None)
+            self._step(kind, _jsonable({**item, "kind": kind}), parts)
+            if kind == "graph":
+                self.captured["graphs"] += 1
+                self.captured["results"] += len(item.get("fingerprints", {}))
+                if item.get("dropped"):
+                    self._partial(f"graph {item['seq']}: {item['dropped']}")
+            elif kind == "fingerprints":
+                self.captured["results"] += len(item.get("fingerprints", {}))
+
+    def _partial(self, reason):
+        if reason and reason not in self.partial:
+            self.partial.append(reason)
+            self.writer.update_meta(partial=True, partial_reasons=self.partial[:20])
+
+    def _record_files(self, item):
+        """Inputs read anywhere (hashed where read; embedded from there), outputs, remote inputs, problems."""
+        embed = self.data_mode in ("embed", "embed-remote")
+        new = []
+        todo, seen = [], set(self.files)
+        for e in item["inputs"]:   # one entry per file version and host (workers of a host share their view)
+            if (e["host"], e["abspath"], e["sha256"]) not in seen:
+                seen.add((e["host"], e["abspath"], e["sha256"]))
+                todo.append(e)
+        with tqdm(total=sum(e["size"] for e in todo), desc="julius data snapshot", unit="B", unit_scale=True,
+                  delay=1.0, leave=False, disable=not todo) as bar:
+            for entry in todo:
+                self.files[(entry["host"], entry["abspath"], entry["sha256"])] = entry["size"]
+                if embed:
+                    try:
+                        data = self.watch.file_bytes(entry) if entry["reader"] != "kernel" else None
+                        sha = self.writer.add_blob(data if data is not None else entry["abspath"])
+                    except Exception as error:
+                        self._record_problem(entry, f"could not be read for the recording: {error}")
+                        continue
+                    if sha != entry["sha256"]:
+                        self._record_problem(entry, "changed after it was read, before it was stored")
+                        continue
+                entry.pop("data", None)
+                new.append({k: entry.get(k) for k in ("path", "abspath", "cwd", "size", "sha256", "reader", "host")}
+                           | {"embedded": embed})
+                bar.update(entry["size"])
+        if new:
+            self._step("inputs", _jsonable({"files": new}))
+            self.captured["files"] += len(new)
+        if item["remote"]:
+            remote = []
+            for entry in item["remote"]:
+                entry = {k: entry.get(k) for k in ("url", "path", "cwd", "size", "etag", "version_id", "sha256", "reader")}
+                if self.data_mode == "embed-remote":
+                    try:
+                        from ..cluster.inputs import read_remote
+
+                        entry["blob"] = self.writer.add_blob(read_remote(entry["url"]))
+                    except Exception as error:
+                        self._partial(f"remote input {entry['url']} could not be embedded: {error}")
+                remote.append(entry)
+            self._step("remote_inputs", _jsonable({"files": remote}))
+            self.captured["files"] += len(remote)
+        outputs = [{k: o.get(k) for k in ("path", "abspath", "cwd", "existed", "size", "sha256", "reader")}
+                   for o in item["outputs"] if not o.get("gone")]
+        if outputs:
+            self._step("outputs", _jsonable({"files": outputs}))
+            self.captured["outputs"] += len(outputs)
+        for problem in item["problems"]:
+            self._record_problem(problem, problem["problem"])
+
+    def _record_problem(self, entry, problem):
+        reason = f"input file {entry['path']} {problem}"
+        print(f"julius: warning: {reason}; the recording is partial", file=sys.stderr)
+        self._step("dropped", {"what": "file", "keys": [], "files": [entry.get("abspath")], "reason": reason})
+        self._partial(reason)
+
+    def _record_environment(self, client, environments=None):
+        kernel = self.writer.add_blob(_json_env(environment_now()))
+        if environments is None:
+            environments = client.run(environment_now)
+        workers = {w: self.writer.add_blob(_json_env(env)) for w, env in environments.items()}
+        self._step("environment", {"kernel": kernel, "workers": workers})
+
     def _record_cluster(self, spec):
         self.session.start_capture()
+        self.captured["clusters"] += 1
         self._step("cluster", {**spec, "seed": self.session.seed})
-        kernel = self.writer.add_blob(_json_env(capture_environment()))
+        kernel = self.writer.add_blob(_json_env(environment_now()))
         workers = {w: self.writer.add_blob(_json_env(env))
-                   for w, env in self.session.run_on_workers(capture_environment).items()}
+                   for w, env in self.session.run_on_workers(environment_now).items()}
         self._step("environment", {"kernel": kernel, "workers": workers})
         self.writer.update_meta(workers=spec.get("n_workers"))
 
     def _record_dispatch(self, payload):
         plan, jobs = payload["plan"], payload["jobs"]
         results = self.session.fingerprint(jobs)
+        self.captured["results"] += len(results)
         target_ids = {r.id for r in payload["targets"]}
         for nid, result in results.items():
             result["label"] = plan.nodes[nid].ref.display() if nid in plan.nodes else None
@@ -147,50 +274,65 @@ class Recorder:
         }, {"targets": cloudpickle.dumps(list(payload["targets"])),
             "jobs": cloudpickle.dumps([plan.nodes[j].ref for j in plan.jobs if j in plan.nodes])})
 
-    def _record_inputs(self):
-        """Hash (and embed) the input files nodes read since the last look."""
-        if not self.session.active:
-            return
-        seen = set()
-        for paths in self.session.run_on_workers(drain_inputs).values():
-            seen.update(paths)
-        paths = [p for p in sorted(seen) if p not in self.files and os.path.isfile(p)]
-        new = []
-        with tqdm(total=sum(os.path.getsize(p) for p in paths), desc="julius data snapshot", unit="B",
-                  unit_scale=True, delay=1.0, leave=False, disable=not paths) as bar:
-            for path in paths:
-                if self.data_mode == "embed":   # the store hashes what it stores: read the file once
-                    size, sha = os.path.getsize(path), self.writer.add_blob(path)
-                else:
-                    size, sha = file_digest(path)
-                self.files[path] = (size, sha)
-                new.append({"path": path, "size": size, "sha256": sha, "embedded": self.data_mode == "embed"})
-                bar.update(size)
-        if new:
-            self._step("data", {"files": new})
-
     # --- end -------------------------------------------------------------------------
     def stop(self):
-        """Finish the recording; returns its ``RecordingInfo``."""
+        """Finish the recording; returns its ``RecordingInfo``.
+
+        Prints one line of what was captured (clusters, graphs, results, files), and
+        warns when that is nothing or when the recording is partial.
+        """
         try:
-            self._drain()
+            self.watch.stop()
+            self._drain(final=True)
             if self.session.active:
                 self.session.stop_capture()
         finally:
+            self.watch.stop()
             if self.on_event in self.session.observers:
                 self.session.observers.remove(self.on_event)
             _ACTIVE["recorder"] = None
-        self.writer.update_meta(files=len(self.files))
-        return self.writer.close()
+        self.writer.update_meta(files=len(self.files), captured=dict(self.captured))
+        info = self.writer.close()
+        print(self.captured_text())
+        return info
+
+    def captured_text(self):
+        """``Captured: 1 cluster, 3 graphs, 12 results, 4 input files`` (+ warnings), for ``%record stop``."""
+        c = self.captured
+        text = (f"Captured: {c['clusters']} cluster(s), {c['graphs']} graph(s), {c['results']} result(s), "
+                f"{c['files']} input file(s), {c['outputs']} output(s)")
+        if not (c["clusters"] or c["graphs"] or c["results"]):
+            text += "\njulius: warning: nothing reached a Dask cluster while recording: the replay will have nothing to verify"
+        if self.partial:
+            text += f"\njulius: warning: the recording is partial: {'; '.join(self.partial[:3])}"
+        return text
 
     def abort(self):
         """Stop observing; the recording stays ``incomplete`` with every step written so far."""
+        with contextlib.suppress(Exception):
+            self.watch.stop()
         if self.on_event in self.session.observers:
             self.session.observers.remove(self.on_event)
         _ACTIVE["recorder"] = None
         if self.session.active:
             with contextlib.suppress(Exception):
                 self.session.stop_capture()
+
+
+def environment_now():
+    """This process's environment, as if no recording were adopting clients (runs on workers too)."""
+    from ..cluster.adopt import without_preload
+
+    return without_preload(capture_environment)
+
+
+def _own_folders(store):
+    """Folders whose files are never inputs: the store (when local) and julius's cache."""
+    folders = [os.path.join(os.path.expanduser("~"), ".julius")]
+    url = getattr(store, "url", "") or ""
+    if "://" not in url or url.startswith("file://"):
+        folders.append(os.path.abspath(url.replace("file://", "", 1)))
+    return folders
 
 
 def _jsonable(event):

@@ -20,6 +20,9 @@ from dataclasses import asdict, dataclass
 
 import cloudpickle
 
+from ..cluster import capture as dask_capture
+from ..cluster import serve
+from ..cluster.adopt import start_like
 from ..cluster.session import Session
 from ..errors import DataChangedError, EnvironmentMismatchError
 from ..rules.registry import RuleBook
@@ -99,6 +102,8 @@ class ReplayReport:
         Input files: ``path``, ``status`` ("unchanged", "served from recording").
     timings : dict
         Seconds: ``cluster``, ``replay``, ``compute`` (of dispatches), ``recorded_compute``.
+    partial : list of str
+        Why the recording is partial (capture dropped something); empty when it is not.
     session : Session or None
         The replay's session: stopped, unless ``replay(..., keep=True)`` (then the caller's).
     """
@@ -112,13 +117,14 @@ class ReplayReport:
         self.env_diff = {}
         self.data = []
         self.complete = True
+        self.partial = []   # why capture missed something, from the recording's meta: never verified
         self.timings = {"cluster": 0.0, "replay": 0.0, "compute": 0.0, "recorded_compute": 0.0}
         self.session = None
 
     @property
     def verified(self):
-        """True only for a complete recording, replayed to its end, whose every result matched."""
-        return (self.complete and self.results > 0 and not self.mismatches
+        """True only for a complete, not partial recording, replayed to its end, whose every result matched."""
+        return (self.complete and not self.partial and self.results > 0 and not self.mismatches
                 and self.steps == self.total_steps)
 
     def as_dict(self):
@@ -138,6 +144,7 @@ class ReplayReport:
                          "stopped while recording, so what came after is unknown")
         if self.results == 0:
             lines.append("  the recording holds no results to compare")
+        lines.extend(_capture_lines(self))
         for m in self.mismatches:
             lines.append(f"  differs: {m['label'] or m['node']} ({m['node']}): recorded {m['recorded_value']} "
                          f"[{m['recorded'][:12]}], replayed {m['replayed_value']} [{(m['replayed'] or '-')[:12]}]"
@@ -320,11 +327,7 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
     session = Session(rulebook=RuleBook(), seed=spec.get("seed", 0), progress=False)
     report.session = session
     t0 = time.monotonic()
-    if address:
-        session.connect(address)
-    else:
-        session.start(n_workers=n_workers or spec.get("n_workers") or 2,
-                      threads_per_worker=spec.get("threads_per_worker") or 1)
+    first_address = _start_first_cluster(session, steps, spec, n_workers, address)
     report.timings["cluster"] = time.monotonic() - t0
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(session.stop)
@@ -336,17 +339,19 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
                     f"{format_env_diff(report.env_diff)}")
         if mapping:
             session.set_input_map(mapping)
-        context = _Context(session, recording, report)
+        context = _CaptureContext(session, recording, report, first_address, address, n_workers)
+        cleanup.callback(context.close)
+        context.prepare()
         for i, step in enumerate(steps, 1):
-            kind = step_kinds.kind_of(step)
-            if kind.replay is not None:
-                kind.replay(context, step)
+            context.replay_step(step_kinds.kind_of(step), step)
             report.steps = i
             say(Progress(i, len(steps), f"{step.kind} ({i}/{len(steps)})"))
+        context.flush()
         if keep:
             cleanup.pop_all()   # the caller's now
     report.timings["replay"] = time.monotonic() - started
     report.complete = recording.info.status != "incomplete"
+    report.partial = list(recording.meta.get("partial_reasons") or []) if recording.meta.get("partial") else []
     if report.verified and report.complete:
         recording.mark_verified({"verified": True, "results": report.results, "steps": report.steps})
     return report
@@ -359,3 +364,182 @@ def _compare_environments(report, session, recorded_kernel, recorded_workers):
         worker_diff = env_diff(next(iter(recorded_workers.values())), workers_now[0])
         if not worker_diff.get("same", True):
             report.env_diff = worker_diff
+
+
+# --- plain Dask work: clusters of the recorded shape, graphs in flight together, files ------------
+# Graph steps are submitted as they come and compared at the next step that must wait for them
+# (a step that changes the workers, a rule dispatch, a client.run, outputs) or at the end, so
+# graphs that were in flight together when recorded run together again.
+_BATCHED = {"graph", "scatter", "fingerprints", "cell", "inputs", "remote_inputs", "dropped", "worker_joined",
+            "environment", "adopted_cluster", "data", "cluster"}
+
+
+def _capture_lines(report):
+    lines = []
+    if report.partial:
+        lines.append("  the recording is partial (not everything could be captured): " + "; ".join(report.partial[:3]))
+    for note in getattr(report, "cluster_notes", []):
+        lines.append(f"  likely cause of float differences: {note}")
+    if getattr(report, "sandbox", None) and getattr(report, "outputs", None):
+        lines.append(f"  {len(report.outputs)} output file(s) written to the sandbox {report.sandbox}, "
+                     f"{sum(o['same'] for o in report.outputs)} identical to the recorded ones")
+    return lines
+
+
+def _start_first_cluster(session, steps, spec, n_workers, address):
+    """Start the replay's first cluster: the session's recorded one, or the first adopted cluster's shape.
+
+    Returns the recorded scheduler address it stands for (None when unknown).
+    """
+    adopted = next((s.data for s in steps if s.kind == "adopted_cluster" and s.data.get("spec")), None)
+    if not spec and adopted is not None:
+        client, cluster, notes = start_like(adopted["spec"], n_workers=n_workers, address=address)
+        session.adopt(client, cluster, {"mode": "adopted", "n_workers": adopted["spec"].get("n_workers"),
+                                        "address": client.scheduler.address})
+        session.cluster_notes = notes
+        return adopted["address"]
+    if address:
+        session.connect(address)
+    else:
+        session.start(n_workers=n_workers or spec.get("n_workers") or 2,
+                      threads_per_worker=spec.get("threads_per_worker") or 1)
+    return spec.get("address")
+
+
+class _CaptureContext(_Context):
+    """The replay context with what plain Dask work needs: several clusters, batches, served files."""
+
+    def __init__(self, session, recording, report, first_address, address, n_workers):
+        super().__init__(session, recording, report)
+        self.default = session.client
+        self.clients = {first_address: session.client} if first_address else {}
+        self.address, self.n_workers = address, n_workers
+        self.owned = []          # (client, cluster) this replay started for adopted clusters
+        self.batches = {}        # id(client) -> (GraphBatch, [graph steps])
+        self.later = []          # fingerprints steps, compared once their graph is
+        self.values = {}         # (recorded address, graph seq) -> {key: (fp, description)}
+        self.scattered = []      # futures of replayed scatters, held until the end
+        self.inputs, self.outputs, self.remote = [], [], []
+        report.cluster_notes = list(getattr(session, "cluster_notes", []))
+
+    # --- set-up ---------------------------------------------------------------------
+    def prepare(self):
+        """Serve the recorded inputs and put the outputs in a sandbox, on the first cluster."""
+        for step in self.recording.steps:
+            if step.kind == "inputs":
+                self.inputs.extend(step.data["files"])
+            elif step.kind == "outputs":
+                self.outputs.extend(step.data["files"])
+            elif step.kind == "remote_inputs":
+                self.remote.extend(step.data["files"])
+        seen, unique = set(), []
+        for f in self.inputs:   # one entry per file version (several readers read the same one)
+            if (f["abspath"], f["sha256"]) not in seen:
+                seen.add((f["abspath"], f["sha256"]))
+                unique.append(f)
+        self.inputs = unique
+        if self.outputs:
+            import datetime
+
+            stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+            self.report.sandbox = os.path.join(os.path.expanduser("~"), ".julius", "replays",
+                                               f"{self.recording.name}-{stamp}-{os.getpid()}")
+            os.makedirs(self.report.sandbox, exist_ok=True)
+        self._serve(self.default)
+
+    def _serve(self, client):
+        if self.inputs:
+            served = serve.serve_inputs(client, self.inputs, self.recording.blob,
+                                        embedded=lambda f: f.get("embedded", False))
+            known = {d["path"] for d in self.report.data}
+            self.report.data.extend(d for d in served if d["path"] not in known)
+        if self.remote:
+            self.report.data.extend(serve.serve_remote(client, self.remote, self.recording.blob))
+        if self.outputs:
+            serve.install_output_sandbox(self.outputs, self.report.sandbox)
+            client.register_plugin(serve.OutputSandbox(self.outputs, self.report.sandbox))
+
+    def client_for(self, address):
+        return self.clients.get(address, self.default)
+
+    # --- steps -------------------------------------------------------------------------
+    def replay_step(self, kind, step):
+        if kind.replay is None:
+            return
+        if kind.name not in _BATCHED:
+            self.flush()
+        kind.replay(self, step)
+
+    def use_cluster(self, step):
+        d = step.data
+        if d["address"] in self.clients or not d.get("captured") or not d.get("spec"):
+            return
+        if self.address:   # --address: every recorded cluster replays there
+            self.clients[d["address"]] = self.default
+            return
+        client, cluster, notes = start_like(d["spec"], n_workers=self.n_workers)
+        self.owned.append((client, cluster))
+        self.clients[d["address"]] = client
+        self.report.cluster_notes.extend(notes)
+        self._serve(client)
+
+    def submit_graph(self, step):
+        client = self.client_for(step.data.get("address"))
+        batch, submitted = self.batches.setdefault(id(client), (dask_capture.GraphBatch(client), []))
+        parts = {"specs": self.part(step, "specs")} if "specs" in step.part_names else {}
+        batch.submit(dict(step.data, **parts))
+        submitted.append(step)
+
+    def replay_scatter(self, step):
+        client = self.client_for(step.data.get("address"))
+        values = {text: self.recording.blob(sha) for text, sha in step.data.get("values", {}).items()}
+        event = dict(step.data, keys=[k for k in step.data["keys"] if k in values])
+        if event["keys"]:
+            self.scattered.append(dask_capture.replay_scatter(client, event, values))
+
+    def compare_later(self, step):
+        self.later.append(step)
+
+    def compare_outputs(self, step):
+        self.flush()
+        compared = serve.compare_outputs(self.default, step.data["files"])
+        for client, _ in self.owned:
+            for other in serve.compare_outputs(client, step.data["files"]):
+                for mine in compared:
+                    if mine["abspath"] == other["abspath"] and mine["replayed"] is None:
+                        mine.update(other)
+        self.report.outputs = getattr(self.report, "outputs", []) + compared
+        replayed = {c["abspath"]: (c["replayed"], f"written to {c['sandbox']}" if c["sandbox"] else "not written")
+                    for c in compared if c["replayed"]}
+        self.compare(step, replayed, None)
+
+    def flush(self):
+        """Wait for the graphs submitted so far and compare their results (and later ones)."""
+        for batch, submitted in list(self.batches.values()):
+            t0 = time.monotonic()
+            done = batch.gather()
+            self.report.timings["compute"] += time.monotonic() - t0
+            for step, (event, replayed, failure) in zip(submitted, done):
+                self.values[(step.data.get("address"), step.data.get("seq"))] = replayed
+
+                def recompute(key, event=event, client=batch.client):
+                    return dask_capture.replay_graph(client, event).get(key)
+
+                self.compare(step, replayed, None if failure else recompute, failure=failure)
+            submitted.clear()
+            batch.release()
+        later, self.later = self.later, []
+        for step in later:
+            replayed = self.values.get((step.data.get("address"), step.data.get("graph")))
+            self.compare(step, replayed or {}, None,
+                         failure=None if replayed is not None else "its graph was not replayed")
+
+    def close(self):
+        self.scattered = []
+        for client, cluster in self.owned:
+            with contextlib.suppress(Exception):
+                client.close()
+            if cluster is not None:
+                with contextlib.suppress(Exception):
+                    cluster.close()
+        self.owned = []

@@ -95,6 +95,9 @@ def _replay_dispatch(context, step):
 
 
 def _replay_graph(context, step):
+    if hasattr(context, "submit_graph"):   # graphs in flight together are submitted together
+        context.submit_graph(step)
+        return
     event = dict(step.data, specs=context.part(step, "specs"))
     try:
         replayed = context.session.replay_graph(event, with_descriptions=True)
@@ -112,13 +115,38 @@ def _replay_graph(context, step):
 
 
 def _replay_run(context, step):
+    if hasattr(context, "client_for"):
+        from ..cluster.capture import replay_run
+
+        replay_run(context.client_for(step.data.get("address")), dict(step.data, function=context.part(step, "function")))
+        return
     context.session.replay_run(dict(step.data, function=context.part(step, "function")))
 
 
 def _replay_worker_plugin(context, step):   # e.g. UploadFile: later graphs may need what it installed
     from distributed.protocol.pickle import loads
 
-    context.session.register_plugin(loads(context.part(step, "plugin")), name=step.data["name"])
+    plugin = loads(context.part(step, "plugin"))
+    if hasattr(context, "client_for"):
+        context.client_for(step.data.get("address")).register_plugin(plugin, name=step.data["name"])
+        return
+    context.session.register_plugin(plugin, name=step.data["name"])
+
+
+def _replay_adopted_cluster(context, step):
+    context.use_cluster(step)
+
+
+def _replay_scatter(context, step):
+    context.replay_scatter(step)
+
+
+def _replay_fingerprints(context, step):
+    context.compare_later(step)
+
+
+def _replay_outputs(context, step):
+    context.compare_outputs(step)
 
 
 # --- results -----------------------------------------------------------------------
@@ -130,6 +158,23 @@ def _dispatch_results(d):
 def _graph_results(d):
     return {key: {"label": f"dask key {key}", "fp": fp, "describe": d.get("descriptions", {}).get(key)}
             for key, fp in d.get("fingerprints", {}).items()}
+
+
+def _output_results(d):
+    return {f["abspath"]: {"label": f"output {f['path']}", "fp": f["sha256"], "describe": f"{f.get('size', 0):,} B"}
+            for f in d["files"] if f.get("sha256")}
+
+
+def _shape(spec):
+    if not spec:
+        return "not described"
+    kind = "processes" if spec.get("processes", True) else "threads in the kernel"
+    return f"{spec.get('n_workers')} workers x {spec.get('threads_per_worker')} threads ({kind}) at {spec.get('address')}"
+
+
+def _files(d, key="path"):
+    shown = ", ".join(f"{f[key]} ({f.get('size') or 0:,} B)" for f in d["files"][:5])
+    return shown + (f" and {len(d['files']) - 5} more" if len(d["files"]) > 5 else "")
 
 
 KINDS = {k.name: k for k in [
@@ -176,22 +221,81 @@ KINDS = {k.name: k for k in [
     StepKind(
         "graph",
         {"kind": "", "seq": "", "time": "", "client": "", "keys": "wanted keys as text", "ntasks": "",
-         "fingerprints": "`{key: fp}`", "descriptions": "`{key: text}`"},
+         "fingerprints": "`{key: fp}`", "descriptions": "`{key: text}`",
+         "pending": "wanted keys whose fingerprint came later (a `fingerprints` step)",
+         "scattered": "keys of scattered data it depends on (a `scatter` step)",
+         "address": "its scheduler's (the cluster it ran on)",
+         "dropped": "why its specs are missing, when they are (the recording is then partial)"},
         {"specs": "cloudpickle of the run specs"},
         summarise=lambda d: f"dask graph of {d.get('ntasks')} tasks, {len(d.get('keys', []))} outputs",
         replay=_replay_graph, results=_graph_results,
     ),
     StepKind(
         "run",
-        {"kind": "", "seq": "", "time": "", "client": "", "name": "", "workers": "", "nanny": "", "wait": ""},
+        {"kind": "", "seq": "", "time": "", "client": "", "name": "", "workers": "", "nanny": "", "wait": "",
+         "address": ""},
         {"function": "the pickles of `{function, args, kwargs}` a `client.run` call sent"},
         summarise=lambda d: f"client.run {d.get('name')}", replay=_replay_run,
     ),
     StepKind(
         "worker_plugin",
-        {"kind": "", "seq": "", "time": "", "name": "", "nanny": ""},
+        {"kind": "", "seq": "", "time": "", "name": "", "nanny": "", "address": ""},
         {"plugin": "the pickled plugin a `register_plugin` call sent"},
         summarise=lambda d: f"worker plugin {d.get('name')}", replay=_replay_worker_plugin,
+    ),
+    StepKind(
+        "adopted_cluster",
+        {"client": "the client's id", "address": "its scheduler's", "captured": "false when its scheduler refused "
+         "the capture plugin (the recording is then partial)", "reason": "why not", "owned": "",
+         "spec": "`{address, cluster, n_workers, threads_per_worker, memory_limit, processes, nanny, workers: "
+                 "{address: {nthreads, memory_limit, host, pid, cwd, threadpools: {blas, openmp}}}, kernel}`"},
+        summarise=lambda d: f"cluster {_shape(d.get('spec'))}" + ("" if d.get("captured") else f" NOT CAPTURED: {d.get('reason')}"),
+        replay=_replay_adopted_cluster,
+    ),
+    StepKind(
+        "scatter",
+        {"kind": "", "seq": "", "time": "", "client": "", "keys": "scattered keys as text", "nbytes": "",
+         "values": "`{key: blob SHA-256}`: each value's cloudpickle, content-addressed", "address": "",
+         "dropped": "why some value is missing"},
+        summarise=lambda d: f"scattered {len(d.get('keys', []))} value(s)", replay=_replay_scatter,
+    ),
+    StepKind(
+        "fingerprints",
+        {"kind": "", "seq": "", "time": "", "graph": "the `seq` of the graph event they belong to",
+         "fingerprints": "`{key: fp}`", "descriptions": "`{key: text}`", "address": ""},
+        summarise=lambda d: f"{len(d.get('fingerprints', {}))} later result(s) of graph {d.get('graph')}",
+        replay=_replay_fingerprints, results=_graph_results,
+    ),
+    StepKind(
+        "dropped",
+        {"kind": "", "seq": "", "time": "", "what": "fingerprints, cluster or file", "keys": "", "reason": "",
+         "address": "", "files": "the files concerned"},
+        summarise=lambda d: f"NOT CAPTURED ({d.get('what')}): {d.get('reason')}",
+    ),
+    StepKind(
+        "worker_joined",
+        {"kind": "", "seq": "", "time": "", "address": "its scheduler's", "worker": "",
+         "environment": "blob SHA-256 of its environment JSON"},
+        summarise=lambda d: f"worker {d.get('worker')} joined",
+    ),
+    StepKind(
+        "inputs",
+        {"files": "`[{path, abspath, cwd, size, sha256, reader, host, embedded}]`: files read by any code, where "
+                  "it ran (`reader`: kernel or a worker's address; `path` as the code wrote it; embedded: the bytes "
+                  "are the store blob of that SHA-256)"},
+        summarise=_files,
+    ),
+    StepKind(
+        "remote_inputs",
+        {"files": "`[{url, path, cwd, size, etag, version_id, sha256, blob, reader}]`: remote files read "
+                  "(`blob` with `--data embed-remote`)"},
+        summarise=lambda d: _files(d, "url"),
+    ),
+    StepKind(
+        "outputs",
+        {"files": "`[{path, abspath, cwd, existed, size, sha256, reader}]`: files the session wrote; a replay "
+                  "writes them into its sandbox and compares their hashes"},
+        summarise=_files, replay=_replay_outputs, results=_output_results,
     ),
     StepKind(
         "data",

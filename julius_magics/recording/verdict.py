@@ -30,7 +30,7 @@ def exit_status(report):
     """The exit status of a replay that ran: verified, incomplete or not verified."""
     if report.verified:
         return EXIT_VERIFIED
-    if not report.complete and not report.mismatches and report.steps == report.total_steps:
+    if (not report.complete or report.partial) and not report.mismatches and report.steps == report.total_steps:
         return EXIT_INCOMPLETE
     return EXIT_NOT_VERIFIED
 

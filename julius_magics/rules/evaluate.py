@@ -101,9 +101,6 @@ class CompiledJob:
         return len(self.atoms)
 
 
-# the name ``cluster/worker.py`` imports (not this line's file to edit): remove once it imports CompiledJob
-Job = CompiledJob
-
 
 def compile_job(nodes, order, known_ids=()):
     """Compile the nodes in ``order`` (dependencies first), given the ids computed elsewhere."""

@@ -202,3 +202,125 @@ def test_other_clients_of_the_cluster_are_not_journaled(captured):
     assert captured.submit(sum, [4, 5], pure=False).result() == 9
     events = graphs(drain_capture(captured))
     assert len(events) == 1 and events[0]["client"] == captured.id
+
+
+def test_drain_while_graphs_arrive_loses_nothing(captured, fresh):
+    """Graphs submitted from another thread while the kernel drains: every one comes back whole."""
+    import threading
+
+    stop = threading.Event()
+    submitted = []
+
+    def submit_loop():
+        i = 0
+        while not stop.is_set() and i < 300:
+            submitted.append(captured.submit(lambda v: v * 2, i, key=f"race-{i}"))
+            i += 1
+
+    thread = threading.Thread(target=submit_loop)
+    thread.start()
+    events = []
+    while thread.is_alive():
+        events += drain_capture(captured, timeout=0.2)
+    thread.join()
+    captured.gather(submitted)
+    events += drain_capture(captured, final=True)
+    got = graphs(events)
+    assert sorted(k for e in got for k in e["keys"]) == sorted(f"race-{i}" for i in range(len(submitted)))
+    assert all(isinstance(e["specs"], bytes) for e in got)
+    late = {k: fp for e in events if e["kind"] == "fingerprints" for k, fp in e["fingerprints"].items()}
+    fps = {k: fp for e in got for k, fp in e["fingerprints"].items()} | late
+    assert fps == {f"race-{i}": fingerprint(i * 2) for i in range(len(submitted))}
+    assert not [e for e in events if e["kind"] == "dropped"]
+    assert replay_graph(fresh, got[-1]) == {got[-1]["keys"][0]: fingerprint(2 * (len(submitted) - 1))}
+
+
+def test_persist_fingerprints_collected_later(captured, fresh):
+    """Keys still computing at a drain come in later ``fingerprints`` events; a final drain waits for them."""
+    def slow(block):
+        time.sleep(0.05)
+        return block + 1
+
+    x = da.zeros((40, 10), chunks=(2, 10)).map_blocks(slow).persist()   # 20 chunks, ~0.5 s on 2 workers
+    first = drain_capture(captured, timeout=0.0)
+    (persisted,) = graphs(first)
+    assert len(persisted["keys"]) == 20 and persisted["pending"]
+    rest = drain_capture(captured, final=True)
+    late = {k: fp for e in rest if e["kind"] == "fingerprints" and e["graph"] == persisted["seq"]
+            for k, fp in e["fingerprints"].items()}
+    assert {**persisted["fingerprints"], **late} == {k: fingerprint(np.ones((2, 10))) for k in persisted["keys"]}
+    assert not [e for e in rest if e["kind"] == "dropped"]
+    del x
+
+
+def test_final_drain_reports_what_never_came(captured):
+    """A key still computing when the final wait runs out is reported as dropped and counted."""
+    before = capture_stats(captured)["dropped"]
+    future = captured.submit(time.sleep, 3, key="sleeper-final")
+    events = drain_capture(captured, timeout=0.3, final=True)
+    dropped = [e for e in events if e["kind"] == "dropped"]
+    assert [e["keys"] for e in dropped] == [["sleeper-final"]]
+    assert capture_stats(captured)["dropped"] == before + 1
+    captured.cancel(future)
+
+
+def test_scattered_data_captured_and_replayed(captured, fresh):
+    """scatter + map: the scattered values are recorded (their keys pinned until gathered) and replay."""
+    data = np.arange(12.0).reshape(3, 4)
+    [remote] = captured.scatter([data])
+    squares = captured.map(lambda a, i: float((a * i).sum()), [remote] * 3, range(3))
+    assert captured.gather(squares) == [0.0, 66.0, 132.0]
+    del remote   # released before the drain: the pin keeps it gatherable
+    events = drain_capture(captured, final=True)
+    (scatter,) = [e for e in events if e["kind"] == "scatter"]
+    assert len(scatter["keys"]) == 1 and "dropped" not in scatter
+    value = pickle.loads(scatter["values"][scatter["keys"][0]])
+    assert np.array_equal(value, data)
+    mapped = graphs(events)
+    assert all(e["scattered"] == scatter["keys"] for e in mapped)
+    held = capture.replay_scatter(fresh, scatter, scatter["values"])
+    replayed = {}
+    for event in mapped:
+        replayed.update(replay_graph(fresh, event))
+    assert replayed == {k: fp for e in mapped for k, fp in e["fingerprints"].items()}
+    assert len(replayed) == 3
+    del held
+    # the pin is gone once gathered: the key is forgotten on the recording cluster
+    assert not captured.run_on_scheduler(lambda dask_scheduler, k=scatter["keys"][0]: k in dask_scheduler.tasks)
+
+
+def test_submit_graph_together_holds_shared_results(captured, fresh):
+    a = captured.submit(lambda: 10, key="shared-a")
+    b = captured.submit(lambda v: v + 1, a, key="shared-b")
+    c = captured.submit(lambda v: v + 2, a, key="shared-c")
+    assert captured.gather([b, c]) == [11, 12]
+    events = graphs(drain_capture(captured, final=True))
+    pending, held = {}, []
+    for event in events:
+        fps, keep = capture.submit_graph(fresh, event, hold=True)
+        pending.update(fps)
+        held += keep
+    results = dict(zip(pending, (r[0] for r in fresh.gather(list(pending.values())))))
+    assert results == {"shared-a": fingerprint(10), "shared-b": fingerprint(11), "shared-c": fingerprint(12)}
+    del held
+
+
+def test_graph_batch_replays_futures_in_flight_together(captured, fresh):
+    """50 futures sleeping 0.1 s, submitted in a loop: replayed as one batch they take about as long."""
+    started = time.monotonic()
+    futures = [captured.submit(time.sleep, 0.1, key=f"nap-{i}") for i in range(50)]
+    captured.gather(futures)
+    original = time.monotonic() - started
+    events = graphs(drain_capture(captured, final=True))
+    assert len(events) == 50
+    started = time.monotonic()
+    batch = capture.GraphBatch(fresh)
+    for event in events:
+        batch.submit(event)
+    done = batch.gather()
+    replayed = time.monotonic() - started
+    batch.release()
+    assert [failure for _, _, failure in done] == [None] * 50
+    assert all(results[e["keys"][0]][0] == e["fingerprints"][e["keys"][0]] for e, results, _ in done)
+    # one at a time would take 50 x 0.1 s on one worker at least; together, 2 workers share them
+    assert replayed < max(2.0 * original, original + 1.5), (original, replayed)

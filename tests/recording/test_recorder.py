@@ -30,11 +30,12 @@ def test_recording_holds_the_journal_environment_data_and_results(tutorial, stor
     assert info.status == "complete" and info.workers == 4 and info.note == "4 workers"
     rec = store.open("tutorial")
     kinds = [s.kind for s in rec.steps]
-    assert kinds[:2] == ["cluster", "environment"] and {"remote_eval", "rules", "data", "dispatch"} <= set(kinds)
+    assert kinds[:2] == ["cluster", "environment"] and {"remote_eval", "rules", "inputs", "dispatch"} <= set(kinds)
     env = rec.steps[1].data
     assert len(env["workers"]) == 4 and env["kernel"] in rec.blobs
-    files = {f["path"]: f for s in rec.steps if s.kind == "data" for f in s.data["files"]}
-    assert set(files) == {os.path.abspath(p) for p in data}
+    # the rules' reads, seen where the workers read them (the open hook)
+    files = {f["abspath"]: f for s in rec.steps if s.kind == "inputs" for f in s.data["files"]}
+    assert set(files) == {os.path.abspath(p) for p in data}, sorted(files)
     assert all(f["embedded"] and len(f["sha256"]) == 64 for f in files.values())
     dispatch = next(s for s in rec.steps if s.kind == "dispatch")
     results = dispatch.data["results"]

@@ -1,0 +1,357 @@
+"""Adopting every Dask client the kernel creates or connects to while recording.
+
+A notebook makes its own clusters (``client = Client(LocalCluster())``,
+``Client("tcp://...")``); none of them goes through julius's session.  Dask's
+supported hook for this is the *client preload*: while adoption is enabled,
+the config ``distributed.client.preload`` names this module, and every
+``Client`` runs :func:`dask_setup` when it has connected.  That installs the
+capture plugin on the client's scheduler (``client.register_plugin``), turns
+capture on for the client, and hands an :class:`Adopted` to the kernel-side
+callback (the recorder).  Clients made before adoption was enabled, still
+running, are adopted by :func:`adopt_existing`.
+
+Kernel-facing API::
+
+    enable_adoption(on_adopted)       # on_adopted(Adopted) for each new client
+    adopted = adopt_existing(on_adopted)   # clients already running
+    disable_adoption()
+    spec = describe_cluster(client)   # workers, threads, memory, processes, BLAS/OpenMP threads
+    ThreadpoolLimits(blas=2, openmp=2)   # worker plugin: the recorded thread counts, on replay
+    client, cluster, notes = start_like(spec, n_workers=None, address=None)   # replay's cluster
+
+``on_adopted`` runs in the client's event-loop thread: it must be quick and must
+not call the client's blocking methods (queue the client, look at it later).
+
+A scheduler that refuses the plugin (``distributed.scheduler.pickle: False``,
+a scheduler without julius installed) leaves ``Adopted.captured`` False with
+the reason; a one-line warning is printed to stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import sys
+import threading
+
+import dask
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from .capture import PLUGIN_NAME, CapturePlugin, _has_plugin, _set_capturing
+
+__all__ = ["Adopted", "PRELOAD", "enable_adoption", "disable_adoption", "adoption_enabled", "adopt",
+           "adopt_existing", "without_preload", "dask_setup", "dask_teardown", "describe_cluster", "describe_cluster_async", "process_facts", "threadpool_counts",
+           "ThreadpoolLimits", "start_like"]
+
+PRELOAD = __name__
+_CONFIG = "distributed.client.preload"
+_STATE = {"on_adopted": None, "previous": None, "worker_plugins": (), "on_setup": None, "on_teardown": None}
+_lock = threading.Lock()
+
+
+@dataclasses.dataclass
+class Adopted:
+    """A client adopted for capture.
+
+    Attributes
+    ----------
+    client : distributed.Client
+    address : str
+        Its scheduler's address.
+    captured : bool
+        Whether the capture plugin runs on that scheduler for this client.
+    reason : str or None
+        Why not, when ``captured`` is False.
+    asynchronous : bool
+        An asynchronous client: its work is captured on the scheduler like any other,
+        but the recorder cannot call it from the kernel's thread.
+    """
+
+    client: object
+    address: str
+    captured: bool
+    reason: str | None = None
+    asynchronous: bool = False
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+def without_preload(function, *args):
+    """``function(*args)`` with this module left out of the client preload config (an environment
+    recorded while adopting must not differ from one recorded without)."""
+    current = dask.config.get(_CONFIG, default=[]) or []
+    current = [current] if isinstance(current, str) else list(current)
+    with dask.config.set({_CONFIG: [p for p in current if p != PRELOAD]}):
+        return function(*args)
+
+
+def adoption_enabled() -> bool:
+    """Whether new clients are adopted (:func:`enable_adoption` was called and not undone)."""
+    return _STATE["on_adopted"] is not None
+
+
+def enable_adoption(on_adopted, worker_plugins=(), on_setup=None, on_teardown=None) -> None:
+    """Adopt every ``Client`` made from now on in this process; ``on_adopted(Adopted)`` is told of each.
+
+    ``worker_plugins`` are registered on each adopted cluster before its client is handed
+    back (so its workers note input files from its first graph on).  Adds this module to
+    the ``distributed.client.preload`` config (kept as it was otherwise).
+
+    ``on_setup(client)`` and ``on_teardown(client)`` are coroutines run in the client's
+    loop: when it is adopted (its result lands in ``Adopted.extra``), and when it
+    closes (``dask_teardown``, while its comms still work: the last chance to drain
+    a cluster the notebook closes itself).
+    """
+    with _lock:
+        _STATE["worker_plugins"] = tuple(worker_plugins)
+        _STATE["on_setup"], _STATE["on_teardown"] = on_setup, on_teardown
+        if _STATE["on_adopted"] is None:
+            current = dask.config.get(_CONFIG, default=[]) or []
+            current = [current] if isinstance(current, str) else list(current)
+            _STATE["previous"] = current
+            if PRELOAD not in current:
+                dask.config.set({_CONFIG: [*current, PRELOAD]})
+        _STATE["on_adopted"] = on_adopted
+
+
+def disable_adoption() -> None:
+    """Stop adopting new clients; the preload config is restored."""
+    with _lock:
+        if _STATE["on_adopted"] is None:
+            return
+        _STATE["on_adopted"] = None
+        previous = _STATE["previous"] or []
+        dask.config.set({_CONFIG: [p for p in previous if p != PRELOAD]})
+        _STATE["worker_plugins"] = ()
+        _STATE["on_setup"] = _STATE["on_teardown"] = None
+
+
+def _skipped(client) -> bool:
+    # clients tasks make (get_client, worker_client) belong to the graph that made them
+    return client.id.startswith("Client-worker-") or getattr(client, "_julius_no_adopt", False)
+
+
+def _refused(client, error) -> Adopted:
+    reason = (f"the scheduler at {_address(client)} refused julius's capture plugin "
+              f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else 'no reason given'})")
+    print(f"julius: warning: {reason}; its work is not recorded (the recording will be partial)", file=sys.stderr)
+    return Adopted(client, _address(client), False, reason, bool(client._asynchronous))
+
+
+def _address(client) -> str:
+    try:
+        return client.scheduler.address
+    except Exception:
+        return "?"
+
+
+async def dask_setup(client):
+    """The client preload: install capture on ``client``'s scheduler and tell the callback.
+
+    Runs in the client's event loop, after it connected (``Client.__init__`` waits for it),
+    so no graph of this client is sent before capture is on.
+    """
+    on_adopted = _STATE["on_adopted"]
+    if on_adopted is None or _skipped(client):
+        return
+    try:
+        if not await client.run_on_scheduler(_has_plugin):
+            await client.register_plugin(CapturePlugin(capturing=True, clients=[client.id]), name=PLUGIN_NAME)
+        await client.run_on_scheduler(_set_capturing, True, client.id)
+        for plugin in _STATE["worker_plugins"]:
+            await client.register_plugin(plugin)
+        adopted = Adopted(client, _address(client), True, None, bool(client._asynchronous))
+        if _STATE["on_setup"] is not None:
+            adopted.extra = await _STATE["on_setup"](client) or {}
+    except Exception as error:
+        adopted = _refused(client, error)
+    client._julius_adopted = adopted.captured
+    on_adopted(adopted)
+
+
+async def dask_teardown(client):
+    """The client preload's end: let the recorder drain the cluster before the client goes."""
+    on_teardown = _STATE["on_teardown"]
+    if on_teardown is not None and getattr(client, "_julius_adopted", False):
+        try:
+            await on_teardown(client)
+        except Exception as error:   # never keep a notebook's client from closing
+            print(f"julius: warning: could not capture the end of {_address(client)}: {error}", file=sys.stderr)
+
+
+def adopt(client, on_adopted=None, worker_plugins=None) -> Adopted:
+    """Adopt a running (synchronous) client from the kernel's thread: capture on, callback told.
+
+    ``worker_plugins`` default to those given to :func:`enable_adoption`.
+    """
+    try:
+        if not client.run_on_scheduler(_has_plugin):
+            client.register_plugin(CapturePlugin(capturing=True, clients=[client.id]), name=PLUGIN_NAME)
+        client.run_on_scheduler(_set_capturing, True, client.id)
+        for plugin in _STATE["worker_plugins"] if worker_plugins is None else worker_plugins:
+            client.register_plugin(plugin)
+        adopted = Adopted(client, _address(client), True)
+        client._julius_adopted = True
+    except Exception as error:
+        adopted = _refused(client, error)
+    if on_adopted is not None:
+        on_adopted(adopted)
+    return adopted
+
+
+def adopt_existing(on_adopted=None) -> list[Adopted]:
+    """Adopt the clients of this process made earlier and still running (not asynchronous ones)."""
+    from distributed import Client
+
+    adopted = []
+    for client in list(Client._instances):
+        if client.status == "running" and not client._asynchronous and not _skipped(client):
+            adopted.append(adopt(client, on_adopted))
+    return adopted
+
+
+# --- the cluster's shape ------------------------------------------------------------
+def threadpool_counts() -> dict:
+    """BLAS and OpenMP thread counts of this process (threadpoolctl), after loading NumPy if installed.
+
+    Returns
+    -------
+    dict
+        ``{"blas": n or None, "openmp": n or None, "libraries": [{"api", "library", "version", "threads"}]}``
+    """
+    import importlib.util
+
+    from threadpoolctl import threadpool_info
+
+    if "numpy" not in sys.modules and importlib.util.find_spec("numpy") is not None:
+        import numpy  # noqa: F401  (loads the BLAS threadpoolctl reports)
+    libraries = [{"api": lib.get("user_api"), "library": lib.get("internal_api"), "version": lib.get("version"),
+                  "threads": lib.get("num_threads")} for lib in threadpool_info()]
+    counts = {}
+    for api in ("blas", "openmp"):
+        threads = [lib["threads"] for lib in libraries if lib["api"] == api]
+        counts[api] = max(threads) if threads else None
+    return {**counts, "libraries": libraries}
+
+
+def process_facts() -> dict:
+    """Where and how this process runs: host, pid, working directory, thread pools."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "cwd": os.getcwd(), "threadpools": threadpool_counts()}
+
+
+def describe_cluster(client) -> dict:
+    """The spec of ``client``'s cluster, enough to build one of the same shape on replay.
+
+    Returns
+    -------
+    dict
+        ``address``; ``cluster`` (the class of the cluster object this kernel made, or
+        None for a connected one); ``n_workers``; ``threads_per_worker`` (the most);
+        ``memory_limit`` (bytes per worker, the least; 0 when unlimited);
+        ``processes`` (False when the workers run in the kernel's process); ``nanny``;
+        ``workers``: ``{address: {nthreads, memory_limit, host, pid, cwd, threadpools}}``;
+        ``kernel``: the kernel's own facts.
+    """
+    return _spec(client, client.scheduler_info(n_workers=-1), client.run(process_facts))
+
+
+async def describe_cluster_async(client) -> dict:
+    """:func:`describe_cluster` from inside the client's event loop (a preload)."""
+    import inspect
+
+    try:
+        info = await client.scheduler.identity(n_workers=-1)
+    except TypeError:
+        info = await client.scheduler.identity()
+    if inspect.isawaitable(info):
+        info = await info
+    return _spec(client, info, await client.run(process_facts))
+
+
+def _spec(client, info, facts) -> dict:
+    kernel = process_facts()
+    workers = {}
+    for address, w in sorted(info["workers"].items()):
+        workers[address] = {"nthreads": w.get("nthreads"), "memory_limit": w.get("memory_limit") or 0,
+                            "nanny": bool(w.get("nanny")), **facts.get(address, {})}
+    threads = [w["nthreads"] for w in workers.values() if w["nthreads"]]
+    limits = [w["memory_limit"] for w in workers.values()]
+    cluster = getattr(client, "cluster", None)
+    return {
+        "address": info.get("address") or _address(client),
+        "cluster": type(cluster).__name__ if cluster is not None else None,
+        "n_workers": len(workers),
+        "threads_per_worker": max(threads) if threads else 1,
+        "memory_limit": min(limits) if limits else 0,
+        "processes": not any(w.get("pid") == kernel["pid"] and w.get("host") == kernel["host"] for w in workers.values()),
+        "nanny": any(w["nanny"] for w in workers.values()),
+        "workers": workers,
+        "kernel": kernel,
+    }
+
+
+class ThreadpoolLimits(WorkerPlugin):
+    """Worker plugin: set BLAS and OpenMP thread counts (threadpoolctl), as recorded.
+
+    Worker processes started by a nanny get one BLAS thread by default; a recording
+    made with threads in the kernel's process had more, and float results differ in
+    the last bits when the counts differ.  ``None`` leaves a count alone.
+    """
+
+    name = "julius-threadpools"
+
+    def __init__(self, blas=None, openmp=None):
+        self.blas, self.openmp = blas, openmp
+
+    def setup(self, worker):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_counts()   # loads NumPy's BLAS first, so that the limit applies to it
+        limits = {api: n for api, n in (("blas", self.blas), ("openmp", self.openmp)) if n}
+        self._limits = threadpool_limits(limits=limits) if limits else None
+
+
+def start_like(spec, n_workers=None, address=None):
+    """A client of a cluster shaped like a recorded ``spec`` (:func:`describe_cluster`).
+
+    A fresh ``LocalCluster`` with the recorded workers (or ``n_workers``), threads per
+    worker, memory limit and processes-or-threads, or the existing cluster at ``address``;
+    either way the recorded BLAS/OpenMP thread counts are set on its workers.
+
+    Returns
+    -------
+    (distributed.Client, LocalCluster or None, list of str)
+        The client (not the default one), the cluster to close (None at ``address``)
+        and notes on what could not be matched (e.g. other thread counts).
+    """
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    notes = []
+    if address:
+        client, cluster = Client(address, set_as_default=False, timeout="10s"), None
+        client._julius_no_adopt = True
+    else:
+        processes = spec.get("processes", True)
+        kwargs = {"n_workers": n_workers or spec.get("n_workers") or 1,
+                  "threads_per_worker": spec.get("threads_per_worker") or 1,
+                  "processes": processes, "dashboard_address": ":0", "silence_logs": logging.CRITICAL}
+        if spec.get("memory_limit"):
+            kwargs["memory_limit"] = spec["memory_limit"]
+        cluster = LocalCluster(**kwargs)
+        try:
+            client = Client(cluster, set_as_default=False)
+        except BaseException:
+            cluster.close()
+            raise
+    counts = [w.get("threadpools") or {} for w in (spec.get("workers") or {}).values()]
+    blas = max((c.get("blas") or 0 for c in counts), default=0) or None
+    openmp = max((c.get("openmp") or 0 for c in counts), default=0) or None
+    if blas or openmp:
+        client.register_plugin(ThreadpoolLimits(blas=blas, openmp=openmp))
+        now = client.run(threadpool_counts)
+        for worker, got in now.items():
+            if blas and got.get("blas") not in (None, blas):
+                notes.append(f"worker {worker} runs BLAS on {got.get('blas')} threads, recorded {blas}")
+    return client, cluster, notes

@@ -1,0 +1,482 @@
+"""Serving recorded input files on replay, in the process that reads them.
+
+A replay may run on another machine, from another folder, on workers that
+cannot see the kernel's disk.  For every recorded input, each worker (and the
+kernel) checks its own view: the file at its recorded absolute path, or, for a
+relative path, at the recorded working directory joined with it.  A file that
+is missing or changed there is served from the recording: the kernel reads
+the blob (verified) and pushes it through Dask to one worker per host, which
+stores it content-addressed in ``~/.julius/cache`` of that host; an opener
+patched into every process (``open``, ``io.open``, ``os.open``, fsspec's local
+files) then reads the copy instead.  Relative paths resolve against the
+recorded working directory, so a replay from any folder reads what the
+recording read.
+
+Replay never writes into the user's files: :func:`install_output_sandbox`
+(:class:`OutputSandbox` on workers) sends writes of the recorded outputs, and of
+any relative path, into a per-replay folder; :func:`compare_outputs` hashes what
+landed there against the recorded hashes.
+
+Kernel-facing API::
+
+    plan = check_inputs(client, files)          # {abspath: {worker or "kernel": status}}
+    served = serve_inputs(client, files, read_blob, embedded=True)
+    # -> [{"path", "abspath", "status", "where"}]; DataChangedError when a file
+    #    changed or is missing and the recording holds only its hash
+
+    client.register_plugin(OutputSandbox(outputs, folder)); install_output_sandbox(outputs, folder)
+    compare_outputs(client, outputs)            # [{"path", "sandbox", "recorded", "replayed", "same"}]
+
+``files`` are recorded input entries: ``{"path", "abspath", "cwd", "size", "sha256"}``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import socket
+import threading
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from ..errors import DataChangedError
+from .inputs import file_sha256
+
+__all__ = ["cache_dir", "file_status", "check_inputs", "serve_inputs", "ServeInputs", "install_redirect",
+           "resolve", "remote_status", "serve_remote", "install_remote_redirect", "ServeRemote", "sandboxed",
+           "install_output_sandbox", "compare_outputs", "OutputSandbox"]
+
+_REDIRECT = {"files": {}, "relative": {}, "choice": {}, "installed": False, "remote": {}, "remote_installed": False}
+_lock = threading.RLock()
+
+
+def cache_dir() -> str:
+    """``~/.julius/cache`` of this host: served copies, named by their SHA-256."""
+    path = os.path.join(os.path.expanduser("~"), ".julius", "cache")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _candidates(entry) -> list[str]:
+    """Where this process may find a recorded file: its absolute path, or the recorded cwd joined."""
+    path = entry["path"]
+    if os.path.isabs(path):
+        return [entry["abspath"]]
+    return list(dict.fromkeys([entry["abspath"], os.path.join(entry["cwd"], path)]))
+
+
+def file_status(entry) -> str:
+    """``"unchanged"``, ``"changed"`` or ``"missing"`` for a recorded input, in this process's view."""
+    status = "missing"
+    for candidate in _candidates(entry):
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if st.st_size == entry["size"] and file_sha256(candidate, st) == entry["sha256"]:
+            return "unchanged"
+        status = "changed"
+    return status
+
+
+def _statuses(files) -> dict:
+    return {"host": socket.gethostname(), "status": {f["abspath"]: file_status(f) for f in files}}
+
+
+def check_inputs(client, files) -> dict:
+    """``{abspath: {"kernel" | worker address: status}}`` of every recorded input, in each process's view."""
+    views = {"kernel": _statuses(files)}
+    if client is not None:
+        views.update(client.run(_statuses, files))
+    return {f["abspath"]: {who: view["status"][f["abspath"]] for who, view in views.items()} for f in files}
+
+
+def serve_inputs(client, files, read_blob, embedded=True, progress=None) -> list[dict]:
+    """Make every recorded input readable as recorded, in the kernel and on every worker.
+
+    Parameters
+    ----------
+    client : distributed.Client or None
+    files : list of dict
+        Recorded inputs (``path, abspath, cwd, size, sha256``).
+    read_blob : callable
+        ``read_blob(sha256) -> bytes`` from the (verified) recording.
+    embedded : bool or callable
+        Whether the recording holds a file's bytes (``--data hash`` holds only hashes);
+        a callable is asked per entry.
+    progress : callable, optional
+        ``progress(entry)`` for each file served.
+
+    Returns
+    -------
+    list of dict
+        ``{"path", "abspath", "status", "where"}`` per file: ``status`` "unchanged" or
+        "missing: served from recording" / "changed: served from recording"; ``where`` the
+        processes that read the copy.
+
+    Raises
+    ------
+    DataChangedError
+        A file missing or changed somewhere, whose bytes the recording does not hold.
+    """
+    plan = check_inputs(client, files)
+    hosts = client.run(socket.gethostname) if client is not None else {}
+    report = []
+    for entry in files:
+        views = plan[entry["abspath"]]
+        bad = {who: status for who, status in views.items() if status != "unchanged"}
+        holds = embedded(entry) if callable(embedded) else embedded
+        if not bad:
+            report.append({"path": entry["path"], "abspath": entry["abspath"], "status": "unchanged", "where": []})
+            continue
+        if not holds:
+            who, status = sorted(bad.items())[0]
+            raise DataChangedError(
+                f"input file {entry['path']}"
+                + (f" ({entry['abspath']})" if entry["abspath"] != entry["path"] else "") + f" is {status} "
+                f"{'in the kernel' if who == 'kernel' else 'on worker ' + who} (recorded SHA-256 "
+                f"{entry['sha256'][:16]}…) and the recording holds only its hash (--data hash): restore the file to replay")
+        data = read_blob(entry["sha256"])
+        if "kernel" in bad:
+            _store_copy(entry["sha256"], data)
+        by_host = {}
+        for who in bad:
+            if who != "kernel":
+                by_host.setdefault(hosts.get(who), who)
+        if by_host and client is not None:
+            [future] = client.scatter([data], workers=list(by_host.values()), hash=False)
+            for worker in by_host.values():
+                client.submit(_store_copy, entry["sha256"], future, workers=[worker], allow_other_workers=False,
+                              pure=False).result()
+            del future
+        status = sorted(set(bad.values()))[0]
+        report.append({"path": entry["path"], "abspath": entry["abspath"], "status": f"{status}: served from recording",
+                       "where": sorted(bad)})
+        if progress is not None:
+            progress(entry)
+    install_redirect(files)
+    if client is not None:
+        client.register_plugin(ServeInputs(files))
+    return report
+
+
+def _store_copy(sha, data) -> str:
+    import hashlib
+
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise DataChangedError(f"served copy {sha[:12]}… does not match its SHA-256")
+    target = os.path.join(cache_dir(), sha)
+    if not (os.path.isfile(target) and os.path.getsize(target) == len(data)):
+        tmp = f"{target}.{os.getpid()}.tmp"
+        with _raw_open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    return target
+
+
+# --- the redirect ------------------------------------------------------------------------
+_raw_open = builtins.open
+_raw_os_open = os.open
+
+
+def resolve(file):
+    """The file to open for ``file``: itself, the recorded file its relative path meant, or the served copy."""
+    if isinstance(file, int) or not _REDIRECT["files"]:
+        return file
+    try:
+        text = os.fsdecode(file)
+    except TypeError:
+        return file
+    choice = _REDIRECT["choice"]
+    if text in choice:
+        return choice[text]
+    entries = _REDIRECT["relative"].get(text) if not os.path.isabs(text) else None
+    if entries is None:
+        entry = _REDIRECT["files"].get(os.path.abspath(text))
+        entries = [entry] if entry else []
+    target = file
+    for entry in entries:
+        found = _readable(entry)
+        if found is not None:
+            target = found
+            break
+    choice[text] = target
+    return target
+
+
+def _readable(entry):
+    for candidate in _candidates(entry):
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if st.st_size == entry["size"] and file_sha256(candidate, st) == entry["sha256"]:
+            return candidate
+    copy = os.path.join(cache_dir(), entry["sha256"])
+    return copy if os.path.isfile(copy) else None
+
+
+def _open(file, *args, **kwargs):
+    mode = args[0] if args else kwargs.get("mode", "r")
+    if _SANDBOX["dir"] and isinstance(mode, str) and any(c in mode for c in "wax+"):
+        return _raw_open(sandboxed(file), *args, **kwargs)
+    return _raw_open(resolve(file), *args, **kwargs)
+
+
+def _os_open(path, flags, *args, **kwargs):
+    if _SANDBOX["dir"] and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND):
+        return _raw_os_open(sandboxed(path), flags, *args, **kwargs)
+    return _raw_os_open(resolve(path), flags, *args, **kwargs)
+
+
+# --- outputs go to a sandbox ---------------------------------------------------------------
+_SANDBOX = {"dir": None, "outputs": {}, "relative": {}, "dirs": set()}
+
+
+def _in_sandbox(absolute):
+    return os.path.join(_SANDBOX["dir"], absolute.lstrip(os.sep))
+
+
+def sandboxed(file):
+    """Where a replay writes ``file``: recorded outputs and relative paths go into the sandbox."""
+    if isinstance(file, int) or not _SANDBOX["dir"]:
+        return file
+    try:
+        text = os.fsdecode(file)
+    except TypeError:
+        return file
+    if os.path.abspath(text).startswith(os.path.join(_SANDBOX["dir"], "")):
+        return file
+    if not os.path.isabs(text):
+        entries = _SANDBOX["relative"].get(text)
+        absolute = entries[0]["abspath"] if entries else os.path.join(_SANDBOX["dir"], "cwd", text)
+    else:
+        absolute = text
+        if absolute not in _SANDBOX["outputs"] and os.path.dirname(absolute) not in _SANDBOX["dirs"]:
+            return file   # not something the recording wrote (a temporary file): left alone
+    target = _in_sandbox(absolute)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    return target
+
+
+def install_output_sandbox(outputs, folder) -> None:
+    """Writes of the recorded ``outputs`` (and of any relative path) go under ``folder`` in this process.
+
+    ``outputs`` are recorded output entries (``path, abspath, cwd``); ``None`` for ``folder``
+    switches the sandbox off.
+    """
+    with _lock:
+        _SANDBOX["dir"] = os.path.abspath(folder) if folder else None
+        _SANDBOX["outputs"] = {o["abspath"]: o for o in outputs}
+        relative = {}
+        for o in outputs:
+            if not os.path.isabs(o["path"]):
+                relative.setdefault(o["path"], []).append(o)
+        _SANDBOX["relative"] = relative
+        _SANDBOX["dirs"] = {os.path.dirname(o["abspath"]) for o in outputs}
+        if not _REDIRECT["installed"]:
+            install_redirect([])
+        _patch_fsspec_dirs()
+
+
+def _patch_fsspec_dirs():
+    try:
+        from fsspec.implementations.local import LocalFileSystem
+    except ImportError:
+        return
+    if getattr(LocalFileSystem.makedirs, "__julius_original__", None):
+        return
+    for name in ("makedirs", "mkdir"):
+        original = getattr(LocalFileSystem, name)
+
+        def wrapper(self, path, *args, __original=original, **kwargs):
+            stripped = self._strip_protocol(path)
+            if _SANDBOX["dir"] and stripped in _SANDBOX["dirs"]:
+                path = _in_sandbox(stripped)
+            return __original(self, path, *args, **kwargs)
+
+        wrapper.__julius_original__ = original
+        setattr(LocalFileSystem, name, wrapper)
+
+
+def _sandbox_hashes(outputs):
+    found = {}
+    for o in outputs:
+        target = _in_sandbox(o["abspath"]) if _SANDBOX["dir"] else None
+        if target and os.path.isfile(target):
+            found[o["abspath"]] = (target, file_sha256(target))
+    return found
+
+
+def compare_outputs(client, outputs) -> list[dict]:
+    """Each recorded output as the replay wrote it in the sandbox: ``{path, sandbox, recorded, replayed, same}``."""
+    seen = dict(_sandbox_hashes(outputs))
+    if client is not None:
+        for found in client.run(_sandbox_hashes, outputs).values():
+            for absolute, value in found.items():
+                seen.setdefault(absolute, value)
+    report = []
+    for o in outputs:
+        where, sha = seen.get(o["abspath"], (None, None))
+        report.append({"path": o["path"], "abspath": o["abspath"], "sandbox": where, "recorded": o.get("sha256"),
+                       "replayed": sha, "same": sha is not None and sha == o.get("sha256")})
+    return report
+
+
+class OutputSandbox(WorkerPlugin):
+    """Worker plugin: :func:`install_output_sandbox` in each worker."""
+
+    name = "julius-output-sandbox"
+
+    def __init__(self, outputs, folder):
+        self.outputs, self.folder = list(outputs), folder
+
+    def setup(self, worker):
+        install_output_sandbox(self.outputs, self.folder)
+
+
+def install_redirect(files) -> None:
+    """Serve ``files`` in this process: opens of their recorded paths read what was recorded."""
+    with _lock:
+        _REDIRECT["files"] = {f["abspath"]: f for f in files}
+        relative = {}
+        for f in files:
+            if not os.path.isabs(f["path"]):
+                relative.setdefault(f["path"], []).append(f)
+        _REDIRECT["relative"] = relative
+        _REDIRECT["choice"] = {}
+        if not _REDIRECT["installed"]:
+            _open.__doc__ = _raw_open.__doc__
+            builtins.open = io.open = _open
+            os.open = _os_open
+            _patch_fsspec()
+            _REDIRECT["installed"] = True
+
+
+def _patch_fsspec():
+    try:
+        from fsspec.implementations.local import LocalFileSystem
+    except ImportError:
+        return
+    for name in ("_open", "info"):
+        original = getattr(LocalFileSystem, name)
+
+        def wrapper(self, path, *args, __original=original, **kwargs):
+            stripped = self._strip_protocol(path)
+            resolved = resolve(stripped)
+            return __original(self, resolved if resolved is not stripped else path, *args, **kwargs)
+
+        setattr(LocalFileSystem, name, wrapper)
+
+
+# --- remote inputs ----------------------------------------------------------------------
+def remote_status(entry, **storage_options) -> str:
+    """``"unchanged"``, ``"changed"`` or ``"missing"`` for a recorded remote input (ETag, version, or hash)."""
+    import hashlib
+
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(entry["url"], **storage_options)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return "missing"
+    if entry.get("version_id"):
+        same = (info.get("VersionId") or info.get("version_id")) == entry["version_id"]
+    elif entry.get("etag"):
+        same = (info.get("ETag") or info.get("etag")) == entry["etag"]
+    else:
+        same = hashlib.sha256(fs.cat_file(path)).hexdigest() == entry.get("sha256")
+    return "unchanged" if same and info.get("size", entry.get("size")) == entry.get("size") else "changed"
+
+
+def serve_remote(client, entries, read_blob=None, storage_options=None) -> list[dict]:
+    """Check recorded remote inputs; serve the embedded ones that changed (``--data embed-remote``).
+
+    An entry holds its bytes when it has ``blob`` (the SHA-256 of the embedded copy).
+
+    Raises
+    ------
+    DataChangedError
+        A remote input changed or vanished and the recording does not hold it, named by URL.
+    """
+    report, served = [], {}
+    for entry in entries:
+        status = remote_status(entry, **(storage_options or {}))
+        if status == "unchanged":
+            report.append({"path": entry["url"], "abspath": entry["url"], "status": status, "where": []})
+            continue
+        if not entry.get("blob") or read_blob is None:
+            raise DataChangedError(
+                f"remote input {entry['url']} is {status} (recorded "
+                + (f"ETag {entry['etag']}" if entry.get("etag") else f"version {entry.get('version_id') or '?'}")
+                + "); the recording holds only its identity: record with --data embed-remote to replay it")
+        data = read_blob(entry["blob"])
+        _store_copy(entry["blob"], data)
+        if client is not None:
+            hosts = {}
+            for worker, host in client.run(socket.gethostname).items():
+                hosts.setdefault(host, worker)
+            [future] = client.scatter([data], workers=list(hosts.values()), hash=False)
+            for worker in hosts.values():
+                client.submit(_store_copy, entry["blob"], future, workers=[worker], allow_other_workers=False,
+                              pure=False).result()
+            del future
+        served[entry["url"]] = entry["blob"]
+        report.append({"path": entry["url"], "abspath": entry["url"], "status": f"{status}: served from recording",
+                       "where": ["kernel", "workers"]})
+    if served:
+        install_remote_redirect(served)
+        if client is not None:
+            client.register_plugin(ServeRemote(served))
+    return report
+
+
+def install_remote_redirect(served) -> None:
+    """Opens of these URLs (fsspec) read the served copies: ``{url: sha256}``."""
+    from fsspec.spec import AbstractFileSystem
+
+    _REDIRECT["remote"] = dict(served)
+    if _REDIRECT["remote_installed"]:
+        return
+    original = AbstractFileSystem.open
+
+    def open(self, path, mode="rb", *args, **kwargs):
+        if _REDIRECT["remote"] and "r" in mode:
+            try:
+                url = self.unstrip_protocol(self._strip_protocol(path))
+            except Exception:
+                url = None
+            sha = _REDIRECT["remote"].get(url)
+            if sha is not None:
+                return _raw_open(os.path.join(cache_dir(), sha), "rb" if "b" in mode else "r")
+        return original(self, path, mode, *args, **kwargs)
+
+    open.__doc__ = original.__doc__
+    AbstractFileSystem.open = open
+    _REDIRECT["remote_installed"] = True
+
+
+class ServeInputs(WorkerPlugin):
+    """Worker plugin: the redirect of :func:`install_redirect`, in each worker (joining ones too)."""
+
+    name = "julius-serve-inputs"
+
+    def __init__(self, files):
+        self.files = list(files)
+
+    def setup(self, worker):
+        install_redirect(self.files)
+
+
+class ServeRemote(WorkerPlugin):
+    """Worker plugin: the redirect of :func:`install_remote_redirect`."""
+
+    name = "julius-serve-remote"
+
+    def __init__(self, served):
+        self.served = dict(served)
+
+    def setup(self, worker):
+        install_remote_redirect(self.served)

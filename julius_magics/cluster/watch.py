@@ -1,0 +1,227 @@
+"""Everything a recorder needs from the Dask clusters of this kernel, in one object.
+
+While recording, :class:`ClusterWatch` adopts every client the kernel creates
+or connects to (:mod:`.adopt`), turns capture on for it on its scheduler
+(:mod:`.capture`), notes input files in the kernel and on every worker
+(:mod:`.inputs`), and hands the recorder plain data at each :meth:`drain`.
+One recording may span several clusters in turn; each is described once, when
+it is first seen.
+
+Recorder-facing API::
+
+    watch = ClusterWatch(skip=[store_root])
+    watch.start(session_client)          # adopt existing clients, note reads from now on
+    for item in watch.drain(): ...       # in order: new clusters, then each cluster's events, then files
+    data = watch.file_bytes(entry)       # bytes of an input, read where it was read
+    watch.stop(); watch.drain(final=True)
+
+Each item is a dict with ``"kind"``:
+
+- ``"cluster"``: ``spec`` (:func:`.adopt.describe_cluster`), ``client`` (its id),
+  ``captured`` and ``reason`` (a scheduler refusing the plugin), ``owned`` (the
+  julius session's own cluster), ``handle`` (the client object, not JSON);
+- the capture events of :func:`.capture.drain_capture` (``graph``, ``run``,
+  ``worker_plugin``, ``scatter``, ``fingerprints``, ``dropped``,
+  ``worker_joined``), each with ``address`` (its scheduler) and ``handle``;
+- ``"files"``: ``inputs``, ``outputs``, ``remote``, ``problems`` as
+  :func:`.inputs.drain_reads` returns them, each entry with ``reader``
+  (``"kernel"`` or a worker address) and ``address`` (its scheduler, or None).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+
+from . import adopt, capture, inputs
+
+__all__ = ["ClusterWatch"]
+
+
+class ClusterWatch:
+    """Adopted clusters, their capture and the input files read, for one recording.
+
+    Parameters
+    ----------
+    skip : iterable of str
+        Folders whose files are never inputs (the recording's store, caches).
+    hash_remote : bool
+        Hash remote inputs that have neither ETag nor version id (reads them once).
+    """
+
+    def __init__(self, skip=(), hash_remote=True, worker_environment=None, embed=True):
+        self.embed = embed
+        self.skip = tuple(str(s) for s in skip if s)
+        self.hash_remote = hash_remote
+        self.worker_environment = worker_environment   # run on each worker at adoption: {address: env}
+        self._final = []         # items drained from clusters while their client closed
+        self.clients = {}        # client id -> Adopted, in the order they came
+        self.described = set()   # client ids whose cluster item was handed out
+        self.owned = set()       # client ids of the julius session
+        self._new = []
+        self._lock = threading.Lock()
+        self.started = False
+
+    # --- adoption --------------------------------------------------------------
+    def _on_adopted(self, adopted):
+        # in the client's event-loop thread: only note it
+        with self._lock:
+            if adopted.client.id not in self.clients:
+                self.clients[adopted.client.id] = adopted
+                self._new.append(adopted)
+
+    async def _on_setup(self, client):
+        # in the client's loop, right after adoption: the notebook may close it before any drain
+        extra = {"spec": await adopt.describe_cluster_async(client)}
+        if self.worker_environment is not None:
+            extra["environments"] = await client.run(self.worker_environment)
+        return extra
+
+    async def _on_teardown(self, client):
+        """The client is closing (its comms still work): drain its cluster now, asynchronously."""
+        address = client.scheduler.address
+        others = [a.client for a in self._live() if a.address == address and a.client is not client]
+        if others:   # another client of this kernel goes on using that scheduler: drained with it later
+            return
+        marker = f"{capture.FLUSH_PREFIX}{uuid.uuid4().hex}"
+        client.submit(capture._marker, key=marker, pure=False).release()
+        events = await client.run_on_scheduler(capture._drain, 10.0, True, [marker])
+        scatters = [e for e in events if e["kind"] == "scatter"]
+        if scatters:
+            keys = [k for e in scatters for k in e.pop("key_objects")]
+            where = await client.run_on_scheduler(capture._who_has, keys)
+            values = {}
+            for key, workers in where.items():
+                if workers:
+                    got = await client.run(capture._pickled_values, [key], workers=[workers[0]])
+                    values.update(got.get(workers[0], {}))
+            for event in scatters:
+                event["values"] = {t: values[t] for t in event["keys"] if t in values}
+                if len(event["values"]) < len(event["keys"]):
+                    event["dropped"] = "scattered data was gone before it could be gathered"
+            await client.run_on_scheduler(capture._release_pinned, keys)
+        reports = await client.run(inputs.drain_reads, self.hash_remote)
+        bytes_of = {}
+        for worker, report in reports.items():   # the bytes too: the workers go away with the client
+            for entry in report["inputs"] if self.embed else ():
+                got = await client.run(inputs.read_file_chunk, entry["abspath"], 0, None, entry["sha256"],
+                                       workers=[worker])
+                bytes_of[(worker, entry["abspath"])] = got[worker]
+        items = [{**e, "address": address, "handle": None} for e in events]
+        files = self._merge([(w, address, r) for w, r in reports.items()])
+        for entry in files[0]["inputs"] if files else ():
+            entry["data"] = bytes_of.get((entry["reader"], entry["abspath"]))
+        with self._lock:
+            self._final.extend(items + files)
+            adopted = self.clients.get(client.id)
+            if adopted is not None:
+                adopted.captured_final = True
+
+    def add_client(self, client, owned=False):
+        """Adopt ``client`` now (the julius session's own client, or one made before recording)."""
+        if owned:
+            self.owned.add(client.id)
+        if client.id not in self.clients:
+            adopt.adopt(client, self._on_adopted)
+
+    def start(self, session_client=None):
+        """Adopt the session's client and every running client, note reads, adopt new clients."""
+        inputs.start_reads(skip=self.skip)
+        adopt.enable_adoption(self._on_adopted, [inputs.InputsWorkerPlugin(recording=True, skip=self.skip)],
+                              on_setup=self._on_setup, on_teardown=self._on_teardown)
+        if session_client is not None:
+            self.add_client(session_client, owned=True)
+        adopt.adopt_existing(self._on_adopted)
+        self.started = True
+
+    def stop(self):
+        """Stop adopting and noting; call :meth:`drain` with ``final`` afterwards for what is left."""
+        adopt.disable_adoption()
+        inputs.stop_reads()
+        for adopted in self._live():
+            with contextlib.suppress(Exception):
+                adopted.client.register_plugin(inputs.InputsWorkerPlugin(recording=False))
+        self.started = False
+
+    def forget(self, client):
+        """A client the kernel closed: drain it before calling this."""
+        self.clients.pop(client.id, None)
+
+    def _live(self):
+        return [a for a in self.clients.values() if a.captured and not a.asynchronous
+                and a.client.status == "running"]
+
+    # --- draining ----------------------------------------------------------------
+    def drain(self, final=False, timeout=10.0):
+        """Everything seen since the last drain, as items (see the module docstring), in order."""
+        items = []
+        with self._lock:
+            new, self._new = self._new, []
+        for adopted in new:
+            items.append(self._describe(adopted))
+        with self._lock:
+            final, self._final = self._final, []
+        items.extend(final)
+        by_scheduler = {}
+        for adopted in self._live():
+            by_scheduler.setdefault(adopted.address, []).append(adopted.client)
+        for address, clients in by_scheduler.items():
+            first, *others = clients
+            try:
+                events = capture.drain_capture(first, timeout=timeout, final=final, also_flush=others)
+            except Exception as error:   # a cluster that went away: what it held is lost
+                items.append({"kind": "dropped", "what": "cluster", "keys": [], "address": address,
+                              "reason": f"the scheduler at {address} could not be drained: {type(error).__name__}: {error}"})
+                continue
+            for event in events:
+                items.append({**event, "address": address, "handle": first})
+        items.extend(self._files(by_scheduler))
+        return items
+
+    def _describe(self, adopted):
+        item = {"kind": "cluster", "client": adopted.client.id, "captured": adopted.captured,
+                "reason": adopted.reason, "owned": adopted.client.id in self.owned, "address": adopted.address,
+                "handle": adopted.client, "spec": None}
+        item["environments"] = adopted.extra.get("environments")
+        live = adopted.captured and not adopted.asynchronous and adopted.client.status == "running"
+        if adopted.extra.get("spec") and not live:   # closed already: as it was when adopted
+            item["spec"] = adopted.extra["spec"]
+        elif live:   # now, with the workers that joined since it connected
+            try:
+                item["spec"] = adopt.describe_cluster(adopted.client)
+                if set(item["spec"]["workers"]) - set(item["environments"] or {}):
+                    item["environments"] = None   # taken again by the recorder, for every worker
+            except Exception as error:
+                item["captured"], item["reason"] = False, f"the cluster could not be described: {error}"
+        elif adopted.asynchronous and adopted.captured:
+            item["reason"] = "an asynchronous client: its graphs are captured, but the kernel cannot replay its own awaits"
+        return item
+
+    def _files(self, by_scheduler):
+        reports = [("kernel", None, inputs.drain_reads(hash_remote=self.hash_remote))]
+        for address, clients in by_scheduler.items():
+            try:
+                for worker, report in clients[0].run(inputs.drain_reads, self.hash_remote).items():
+                    reports.append((worker, address, report))
+            except Exception:
+                continue
+        return self._merge(reports)
+
+    def _merge(self, reports):
+        merged = {"kind": "files", "inputs": [], "outputs": [], "remote": [], "problems": []}
+        for reader, address, report in reports:
+            for part in ("inputs", "outputs", "remote", "problems"):
+                merged[part].extend({**entry, "reader": reader, "address": address} for entry in report[part])
+        return [merged] if any(merged[p] for p in ("inputs", "outputs", "remote", "problems")) else []
+
+    def file_bytes(self, entry) -> bytes:
+        """The bytes of an input entry, read where it was read (a worker sends them through Dask)."""
+        if entry.get("data") is not None:   # taken while its cluster closed
+            return entry["data"]
+        if entry["reader"] == "kernel":
+            return inputs.read_file_chunk(entry["abspath"], 0, None, entry["sha256"])
+        client = next(a.client for a in self._live() if a.address == entry["address"])
+        return client.submit(inputs.read_file_chunk, entry["abspath"], 0, None, entry["sha256"],
+                             workers=[entry["reader"]], allow_other_workers=False,
+                             key=f"julius-read-input-{uuid.uuid4().hex}").result()

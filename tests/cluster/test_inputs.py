@@ -1,0 +1,120 @@
+"""Input files seen where they are read: the audit hook, fsspec and pyarrow doors, real readers."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from julius_magics.cluster import inputs
+from julius_magics.cluster.inputs import drain_reads, file_sha256, start_reads, stop_reads
+
+
+@pytest.fixture
+def noting(tmp_path, monkeypatch):
+    """Reads noted for one test, from inside ``tmp_path`` (relative paths resolve there)."""
+    monkeypatch.chdir(tmp_path)
+    drain_reads()
+    assert start_reads(skip=[str(tmp_path / "store")])
+    yield tmp_path
+    stop_reads()
+    drain_reads()
+
+
+def by_path(report):
+    return {os.path.relpath(e["abspath"]): e for e in report["inputs"]}
+
+
+def test_pandas_numpy_open_and_parquet_are_seen(noting):
+    pd.DataFrame({"a": [1, 2, 3]}).to_csv("a.csv", index=False)   # written here: an output, not an input
+    os.makedirs("raw")
+    pd.DataFrame({"b": [1.5, 2.5]}).to_csv("raw/b.csv", index=False)
+    np.save("raw/x.npy", np.arange(5))
+    pd.DataFrame({"c": [1, 2]}).to_parquet("raw/c.parquet")
+    with open("raw/plain.txt", "w") as f:
+        f.write("hello")
+    drain_reads()
+    stop_reads()
+    # files that existed before: start afresh, as a recording started now would
+    start_reads()
+    assert pd.read_csv("raw/b.csv").b.sum() == 4.0
+    assert np.load("raw/x.npy").sum() == 10
+    assert pd.read_parquet("raw/c.parquet").c.sum() == 3
+    with open("raw/plain.txt") as f:
+        assert f.read() == "hello"
+    report = drain_reads()
+    got = by_path(report)
+    assert set(got) == {"raw/b.csv", "raw/x.npy", "raw/c.parquet", "raw/plain.txt"}
+    entry = got["raw/b.csv"]
+    assert entry["path"] == "raw/b.csv" and entry["cwd"] == str(noting)
+    assert entry["abspath"] == str(noting / "raw" / "b.csv")
+    assert entry["size"] == os.path.getsize("raw/b.csv")
+    assert entry["sha256"] == file_sha256("raw/b.csv")
+    assert report["problems"] == []
+
+
+def test_outputs_are_not_inputs_and_reads_before_writes_are_kept(noting):
+    with open("made.txt", "w") as f:          # created by the session
+        f.write("out")
+    with open("made.txt") as f:                # read back: still an output
+        f.read()
+    report = drain_reads()
+    assert report["inputs"] == []
+    assert [(o["path"], o["existed"]) for o in report["outputs"]] == [("made.txt", False)]
+    stop_reads()
+    with open("kept.txt", "w") as f:
+        f.write("before")
+    start_reads()
+    with open("kept.txt") as f:
+        assert f.read() == "before"
+    with open("kept.txt", "w") as f:           # overwritten after being read
+        f.write("after!")
+    report = drain_reads()
+    import hashlib
+
+    assert [(i["path"], i["sha256"]) for i in report["inputs"]] == [("kept.txt", hashlib.sha256(b"before").hexdigest())]
+    assert [(o["path"], o["existed"]) for o in report["outputs"]] == [("kept.txt", True)]
+
+
+def test_python_install_skipped_folders_and_vanished_files(noting):
+    import json  # noqa: F401
+
+    with open(os.path.join(os.path.dirname(pd.__file__), "__init__.py")) as f:   # site-packages
+        f.read(10)
+    os.makedirs("store")
+    stop_reads()
+    for name in ("store/blob", "gone.txt"):
+        with open(name, "w") as f:
+            f.write("x")
+    start_reads(skip=[str(noting / "store")])
+    for name in ("store/blob", "gone.txt"):
+        with open(name) as f:
+            f.read()
+    os.unlink("gone.txt")
+    report = drain_reads()
+    assert report["inputs"] == []
+    assert [(p["path"], p["problem"]) for p in report["problems"]] == [("gone.txt", "vanished after it was read")]
+
+
+def test_nothing_noted_when_off(tmp_path):
+    stop_reads()
+    drain_reads()
+    path = tmp_path / "f.txt"
+    path.write_text("x")
+    path.read_text()
+    assert drain_reads()["inputs"] == []
+
+
+def test_a_file_version_is_hashed_once(noting, monkeypatch):
+    stop_reads()
+    with open("big.bin", "wb") as f:
+        f.write(os.urandom(1000))
+    start_reads()
+    calls = []
+    real = inputs.hashlib.file_digest
+    monkeypatch.setattr(inputs.hashlib, "file_digest", lambda *a: calls.append(1) or real(*a))
+    for _ in range(3):
+        with open("big.bin", "rb") as f:
+            f.read()
+        drain_reads()
+    assert len(calls) == 1

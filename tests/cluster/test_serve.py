@@ -1,0 +1,125 @@
+"""Recorded inputs served on replay where the workers read them, from any folder."""
+
+import hashlib
+import os
+
+import dask
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pytest
+from distributed import Client, LocalCluster
+
+from julius_magics.cluster import capture, inputs, serve
+from julius_magics.errors import DataChangedError
+
+
+def _cluster():
+    return LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+
+
+def _record(folder):
+    """Run a small notebook's work from ``folder`` with capture and input notes on; returns events, inputs, blobs."""
+    os.chdir(folder)
+    os.makedirs("raw")
+    for i in range(3):
+        pd.DataFrame({"g": list("abc") * 5, "x": np.arange(15.0) + i}).to_csv(f"raw/part{i}.csv", index=False)
+    np.save("raw/w.npy", np.linspace(0, 1, 7))
+    inputs.start_reads()
+    with _cluster() as cluster, Client(cluster) as client:
+        client.register_plugin(inputs.InputsWorkerPlugin(recording=True))
+        capture.start_capture(client)
+        frame = dd.read_csv("raw/*.csv", blocksize=200)
+        sums = frame.groupby("g").x.sum().compute()
+        weighted = dask.delayed(lambda p: float(np.load(p).sum()))("raw/w.npy").compute()
+        events = capture.drain_capture(client, final=True)
+        reports = [inputs.drain_reads(), *client.run(inputs.drain_reads).values()]
+    inputs.stop_reads()
+    files = {}
+    for report in reports:
+        for entry in report["inputs"]:
+            files.setdefault(entry["abspath"], entry)
+    blobs = {}
+    for entry in files.values():
+        with open(entry["abspath"], "rb") as f:
+            blobs[entry["sha256"]] = f.read()
+    return events, list(files.values()), blobs, sums, weighted
+
+
+def test_replay_from_another_folder_with_the_files_gone(tmp_path):
+    here = os.getcwd()
+    try:
+        recorded = tmp_path / "project"
+        recorded.mkdir()
+        events, files, blobs, sums, weighted = _record(recorded)
+        assert sorted(os.path.relpath(f["abspath"], recorded) for f in files) == [
+            "raw/part0.csv", "raw/part1.csv", "raw/part2.csv", "raw/w.npy"]
+        assert {f["path"] for f in files} >= {"raw/w.npy"}   # the relative path, as the task wrote it
+        for name in os.listdir(recorded / "raw"):
+            os.unlink(recorded / "raw" / name)
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        os.chdir(elsewhere)
+        graphs = [e for e in events if e["kind"] == "graph"]
+        with _cluster() as cluster, Client(cluster) as client:
+            served = serve.serve_inputs(client, files, blobs.__getitem__)
+            assert {s["status"] for s in served} == {"missing: served from recording"}
+            for event in graphs:
+                assert capture.replay_graph(client, event) == event["fingerprints"]
+        assert not os.listdir(elsewhere)   # nothing written where the replay ran
+    finally:
+        os.chdir(here)
+        serve.install_redirect([])
+
+
+def test_hash_only_recording_refuses_a_changed_file_by_name(tmp_path):
+    data = tmp_path / "in.txt"
+    data.write_text("recorded")
+    entry = {"path": str(data), "abspath": str(data), "cwd": str(tmp_path), "size": data.stat().st_size,
+             "sha256": hashlib.sha256(b"recorded").hexdigest()}
+    data.write_text("changed!")
+    with _cluster() as cluster, Client(cluster) as client:
+        with pytest.raises(DataChangedError, match=r"in\.txt is changed in the kernel .*--data hash"):
+            serve.serve_inputs(client, [entry], lambda sha: b"", embedded=False)
+        # embedded: served, and every worker reads the recorded bytes at the recorded path
+        served = serve.serve_inputs(client, [entry], {entry["sha256"]: b"recorded"}.__getitem__)
+        assert served[0]["status"] == "changed: served from recording"
+        assert set(client.run(lambda p=str(data): open(p).read()).values()) == {"recorded"}
+    serve.install_redirect([])
+
+
+def test_outputs_go_to_the_sandbox_and_are_compared(tmp_path):
+    here = os.getcwd()
+    project = tmp_path / "project"
+    project.mkdir()
+    os.chdir(project)
+    try:
+        inputs.start_reads()
+        with _cluster() as cluster, Client(cluster) as client:
+            client.register_plugin(inputs.InputsWorkerPlugin(recording=True))
+            capture.start_capture(client)
+            frame = dd.from_pandas(pd.DataFrame({"x": range(20)}), npartitions=2)
+            frame.to_csv("out/part-*.csv", index=False)
+            dask.delayed(lambda: open("note.txt", "w").write("done"))().compute()
+            events = capture.drain_capture(client, final=True)
+            reports = [inputs.drain_reads(), *client.run(inputs.drain_reads).values()]
+        inputs.stop_reads()
+        outputs = [o for r in reports for o in r["outputs"]]
+        assert sorted(o["path"] for o in outputs) == sorted([str(project / "out" / "part-0.csv"),
+                                                             str(project / "out" / "part-1.csv"), "note.txt"])
+        before = {p: (project / p).read_bytes() for p in ("out/part-0.csv", "out/part-1.csv", "note.txt")}
+        for p in before:
+            (project / p).write_text("the user's own edit")
+        sandbox = tmp_path / "sandbox"
+        with _cluster() as cluster, Client(cluster) as client:
+            client.register_plugin(serve.OutputSandbox(outputs, str(sandbox)))
+            serve.install_output_sandbox(outputs, str(sandbox))
+            for event in [e for e in events if e["kind"] == "graph"]:
+                capture.replay_graph(client, event)
+            compared = serve.compare_outputs(client, outputs)
+        assert all(c["same"] for c in compared), compared
+        assert all(c["sandbox"].startswith(str(sandbox)) for c in compared)
+        assert {p: (project / p).read_text() for p in before} == {p: "the user's own edit" for p in before}
+    finally:
+        os.chdir(here)
+        serve.install_output_sandbox([], None)
