@@ -8,8 +8,10 @@ them. Sources and targets are parallelograms, edges go from dependency to
 dependent, failed nodes are red, and a small table is the legend of the workers'
 colours.
 
-The node and key-job counts in the caption are the ones ``jobdeps`` and the
-dispatch report for the same targets.
+The caption counts the whole graph. When the session's last compute of these
+targets reused nodes computed by an earlier one (``jobdeps`` and the dispatch
+leave those out), the caption says how many it ran and how many it reused, and
+the reused nodes are drawn with a dashed border, so every count agrees.
 """
 
 from __future__ import annotations
@@ -74,6 +76,10 @@ def render_dot(session, refs, max_nodes=DEFAULT_MAX_NODES):
     collapsed = len(nodes) > max_nodes
 
     caption = f"{len(nodes)} nodes in {len(jobs)} key jobs"
+    reused = _reused(session.last_plan, nodes, target_ids)
+    if reused:
+        caption += (f"; the last compute ran {len(nodes) - len(reused)} and reused {len(reused)} "
+                    f"computed earlier (dashed)")
     if collapsed:
         caption += f" (over {max_nodes} nodes: one box per key job)"
     dot = pydot.Dot(graph_type="digraph", rankdir="LR", label=caption, labelloc="t", **FONT)
@@ -88,6 +94,8 @@ def render_dot(session, refs, max_nodes=DEFAULT_MAX_NODES):
                  "tooltip": f"{nodes[nid].ref!r}" + (f" on {worker}" if worker else "")}
         if is_failed:
             attrs.update(color="red", penwidth="2")
+        elif nid in reused:
+            attrs.update(style="filled,dashed", tooltip=attrs["tooltip"] + ", computed by an earlier compute")
         return attrs
 
     if collapsed:
@@ -116,6 +124,18 @@ def render_dot(session, refs, max_nodes=DEFAULT_MAX_NODES):
     if colour:
         dot.add_node(pydot.Node("legend", shape="plaintext", style="", label=_legend(colour), **FONT))
     return dot
+
+
+def _reused(last, nodes, target_ids):
+    """Nodes of the graph that the last compute of these targets did not run: computed earlier.
+
+    ``set()`` when the last compute was of other targets (it says nothing about this graph).
+    """
+    if last is None or not target_ids <= set(last.nodes) | {t.id for t in last.targets}:
+        return set()
+    if not target_ids & set(last.nodes):
+        return set()   # the targets themselves were known: nothing of this graph ran last time
+    return {nid for nid in nodes if nid not in last.nodes}
 
 
 def _dep_ids(nodes, nid):

@@ -6,7 +6,7 @@ verb     path                                what
 GET      /julius/api/recordings              ``{"recordings": [RecordingInfo, ...]}``
 GET      /julius/api/recordings/NAME         ``{"info": RecordingInfo, "details": {...}}``
 DELETE   /julius/api/recordings/NAME         204
-GET      /julius/api/diff?a=NAME&b=NAME      ``inspect.diff`` of the two
+GET      /julius/api/diff?a=NAME&b=NAME      ``summary.diff`` of the two
 POST     /julius/api/replays                 ``{"name", "workers"?, "trust_key"?, "isolated"?}`` -> 202 job
 GET      /julius/api/replays/ID              the job: state, done/total, report
 =======  ==================================  ===========================================

@@ -893,7 +893,7 @@ export function renderDiff(d: IDiff): HTMLElement {
     tr.dataset.what = row.what;
     tr.append(h('th', '', row.what), h('td', '', row.item));
     if (row.text !== undefined) {
-      const cell = h('td');
+      const cell = h('td', 'jp-JuliusRecordings-codeCell');
       cell.colSpan = 2;
       cell.appendChild(h('pre', 'jp-JuliusRecordings-code', row.text.trimEnd()));
       tr.appendChild(cell);

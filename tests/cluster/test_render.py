@@ -97,3 +97,21 @@ def test_a_graph_not_computed_yet_is_drawn_unfilled(session):
     assert len(nodes) == 3 * 3 + 1
     assert {_fill(g) for g in nodes if "not run" in "".join(t.text or "" for t in g.iter(f"{SVG}text"))} \
         == {"#ffffff"}
+
+
+def test_nodes_reused_from_an_earlier_compute_are_counted_and_dashed(session, computed):
+    from julius_magics import ref
+
+    bigger = ref.render.total(N + 1)   # the 6 slow_adds of `computed`, and one more
+    session.compute(bigger, key_rules={"slow_add"})
+    ran = len(session.last_plan.nodes)
+    assert ran == 1 + 3    # jobdeps and the dispatch: the total, the new slow_add and its two nums
+    root = ET.fromstring(render_svg(session, bigger))
+    nodes = [g for g in _groups(root, "node") if _title(g) != "legend"]
+    total = 3 * (N + 1) + 1
+    assert len(nodes) == total
+    caption = "".join(t.text or "" for t in root.iter(f"{SVG}text"))
+    assert f"{total} nodes in " in caption
+    assert f"the last compute ran {ran} and reused {total - ran} computed earlier" in caption
+    dashed = [g for g in nodes if next(g.iter(f"{SVG}polygon")).get("stroke-dasharray")]
+    assert len(dashed) == total - ran
