@@ -309,14 +309,16 @@ def test_bisect_names_the_package_whose_version_changes_a_remote_eval_result(env
     assert all(r["take"] != ["humanize", "six", "tabulate"] for r in result["rebuilds"])
 
 
-def test_the_widget_and_the_server_replay_isolated(envs, today, tutorial_recording):
-    """The widget's `isolated` checkbox and the server manager's `isolated=True` run the same rebuilt replay."""
+def test_the_magic_the_widget_and_the_server_replay_isolated(envs, today, tutorial_recording, ip):
+    """`%replay --isolated`, the widget's `isolated` checkbox and the server's `isolated=True`: one rebuilt replay."""
     import asyncio
 
     from julius_magics.server.manager import RecordingsManager
     from julius_magics.widget import RecordingBrowser
 
     store, name, _ = tutorial_recording
+    report = ip.run_line_magic("replay", f"{name} --store {store} -n 1 --isolated")
+    assert report.verified and report.env_same and report.steps == report.total_steps > 0
     browser = RecordingBrowser(store=store, n_workers=1)
     browser.isolated.value = True
     browser.replay(name, wait=True)
