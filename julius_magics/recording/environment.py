@@ -37,7 +37,7 @@ import sys
 import sysconfig
 
 __all__ = ["capture_environment", "cluster_environments", "env_diff", "format_env_diff", "requirements",
-           "render_pins", "scrub", "scrub_text", "secret_name", "distribution_origins", "PIN_FORMATS"]
+           "render_pins", "environment_cause", "scrub", "scrub_text", "secret_name", "distribution_origins", "PIN_FORMATS"]
 
 REDACTED = "<redacted>"
 ALLOWED_ENV = frozenset({
@@ -560,6 +560,35 @@ def env_diff(recorded: dict, current: dict) -> dict:
     diff["same"] = not (diff["python"] or diff["os"] or diff["numerics"] or any(diff["packages"].values())
                         or any(diff["dask_config"].values()))
     return diff
+
+
+def environment_cause(diff: dict) -> str | None:
+    """The environment difference most likely to change results, by name (None when there is none).
+
+    For a replay's "likely cause": packages first (the changed ones by name), then Python,
+    the OS, the numerics (CPU flags, BLAS vendor, ``PYTHONHASHSEED``), then BLAS/OpenMP
+    thread counts, which change the last bits of floating-point reductions.
+
+    Examples
+    --------
+    >>> environment_cause({"packages": {"changed": {"pandas": ["2.2.3", "3.1.1"]}}})
+    'environment differs (pandas 2.2.3 -> 3.1.1)'
+    >>> environment_cause({"threads": {"blas threads": [[2], [1]]}})
+    'BLAS/OpenMP thread counts differ (blas threads [2] -> [1])'
+    """
+    packages = diff.get("packages") or {}
+    named = [f"{k} {a} -> {b}" for k, (a, b) in sorted((packages.get("changed") or {}).items())]
+    named += [f"{k} added" for k in sorted(packages.get("added") or {})]
+    named += [f"{k} removed" for k in sorted(packages.get("removed") or {})]
+    for section in ("python", "os", "numerics"):
+        named += [f"{section} {k} {a} -> {b}" for k, (a, b) in (diff.get(section) or {}).items()]
+    if named:
+        more = f", and {len(named) - 5} more" if len(named) > 5 else ""
+        return f"environment differs ({', '.join(named[:5])}{more})"
+    threads = [f"{k} {a} -> {b}" for k, (a, b) in (diff.get("threads") or {}).items()]
+    if threads:
+        return f"BLAS/OpenMP thread counts differ ({', '.join(threads)})"
+    return None
 
 
 def format_env_diff(diff: dict) -> str:

@@ -307,3 +307,32 @@ def test_bisect_names_the_package_whose_version_changes_a_remote_eval_result(env
     assert len(result["rebuilds"]) <= 4   # the second result reuses the first's probes where its path is the same
     assert result["rebuilds"][0]["take"] == [] and result["rebuilds"][0]["differs"] is False
     assert all(r["take"] != ["humanize", "six", "tabulate"] for r in result["rebuilds"])
+
+
+def test_the_magic_the_widget_and_the_server_replay_isolated(envs, today, tutorial_recording, ip):
+    """`%replay --isolated`, the widget's `isolated` checkbox and the server's `isolated=True`: one rebuilt replay."""
+    import asyncio
+
+    from julius_magics.server.manager import RecordingsManager
+    from julius_magics.widget import RecordingBrowser
+
+    store, name, _ = tutorial_recording
+    report = ip.run_line_magic("replay", f"{name} --store {store} -n 1 --isolated")
+    assert report.verified and report.env_same and report.steps == report.total_steps > 0
+    browser = RecordingBrowser(store=store, n_workers=1)
+    browser.isolated.value = True
+    browser.replay(name, wait=True)
+    assert browser.report is not None, browser.error.value
+    assert browser.report.verified and browser.report.env_same and browser.report.results > 0
+    assert "Isolated replay of " in browser.output.value and "environment as recorded" in browser.output.value
+
+    async def server_replay():
+        manager = RecordingsManager(store_url=store)
+        assert manager.replay_argv(name, 1, isolated=True)[:3] == [sys.executable, "-m",
+                                                                    "julius_magics.recording.rebuild"]
+        job = await manager.start_replay(name, workers=1, isolated=True)
+        return await manager.wait(job.id)
+
+    job = asyncio.run(server_replay())
+    assert job.report["verified"] is True and job.report["env_diff"]["same"] is True, job.as_dict()
+    assert job.report["isolated"][0]["reused"] is True   # built once, by the tests above, and cached
