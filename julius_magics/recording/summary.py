@@ -9,7 +9,8 @@ from __future__ import annotations
 import difflib
 
 from . import steps
-from .environment import env_diff, format_env_diff, requirements
+from .environment import env_diff, format_env_diff
+from .pins import requirements
 from .steps import recorded_environment
 from .store import Store
 

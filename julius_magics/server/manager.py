@@ -45,7 +45,7 @@ RUNNING, VERIFIED, FAILED, ERROR = "running", "verified", "failed", "error"
 REPLAY_COMMAND = ("-m", "julius_magics.recording.replay_job")
 #: An isolated replay (in the recording's rebuilt environment): the same JSON lines, the report
 #: with ``"isolated": [environment built, ...]`` besides.
-ISOLATED_COMMAND = ("-m", "julius_magics.recording.rebuild")
+ISOLATED_COMMAND = ("-m", "julius_magics.recording.isolated")
 
 # Lines of the child's stderr kept to explain a crash.
 _STDERR_TAIL = 20
