@@ -31,7 +31,8 @@ import sys
 import tempfile
 import time
 
-from julius_magics.recording.environment import capture_environment, requirements
+from julius_magics.recording.environment import capture_environment
+from julius_magics.recording.pins import requirements
 from julius_magics.recording.rebuild import build_environment, pin_set, replay_isolated
 
 #: 16 small pure-Python packages, (recorded version, today's version); tabulate's change alters the result.

@@ -16,13 +16,13 @@ An environment is a plain JSON-able dict::
 ``{"kind": "local", "url"}``, ``{"kind": "vcs", "vcs", "url", "commit"}`` or
 ``{"kind": "url", "url", "hashes"}``.
 
-Secrets are kept out four ways, at every depth of the Dask config and of every other
-string: environment variables come only from an allow-list; any value under a
-secret-looking name (token, secret, password, key, credential, auth, session, ...) is
-redacted whatever its length; credentials inside URLs, DSNs and query strings are cut
-out by pattern; and every ``distributed.nanny.environ`` value is redacted (it is the
-workers' environment, set by the user). Last, every string that contains a secret
-value found by the first three is redacted where else it appears.
+Secrets are kept out: environment variables come only from an allow-list, every
+``distributed.nanny.environ`` value is redacted (it is the workers' environment, set
+by the user), and the whole capture is scrubbed (:mod:`.redaction`: secret-named
+values, credentials in URLs and DSNs, and their echoes elsewhere).
+
+The recorded environment as pins (requirements, uv-lock, conda) is :mod:`.pins`;
+rebuilding it is :mod:`.rebuild`.
 """
 
 from __future__ import annotations
@@ -36,10 +36,12 @@ import re
 import sys
 import sysconfig
 
-__all__ = ["capture_environment", "cluster_environments", "env_diff", "format_env_diff", "requirements",
-           "render_pins", "environment_cause", "scrub", "scrub_text", "secret_name", "distribution_origins", "PIN_FORMATS"]
+from .redaction import REDACTED, jsonable, scrub, scrub_text, secret_name
 
-REDACTED = "<redacted>"
+__all__ = ["capture_environment", "cluster_environments", "env_diff", "format_env_diff", "environment_cause",
+           "distribution_origins", "normalize_name", "installed_version", "platform_tag", "file_path"]
+
+
 ALLOWED_ENV = frozenset({
     "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONHASHSEED", "PYTHONIOENCODING",
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE",
@@ -48,146 +50,26 @@ ALLOWED_ENV = frozenset({
     "CUDA_VISIBLE_DEVICES", "JULIUS_STORE",
 })
 
-# A name looks secret when one of its words (split at -_. and camelCase) is, or ends in, one of these.
-_SECRET_WORDS = ("token", "tokens", "secret", "secrets", "password", "passwords", "passwd", "passphrase",
-                 "key", "credential", "credentials", "auth", "authorization", "authentication", "session",
-                 "sessions", "sessionid", "private", "cookie", "cookies", "signature", "dsn")
-_SECRET_WORD_ENDS = ("token", "secret", "password", "passwd", "key", "credential", "credentials", "auth", "session")
-_WORD_SPLIT = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
 
-# scheme://userinfo@host: the userinfo (user name, token, user:password, a password holding '@')
-# runs to the last '@' before the host's '/', '?', '#' or the end.
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s?#'\"]*@")
-_SECRET_PARAM = (r"[\w.\-]*?(?:passw(?:or)?d|passwd|pwd|passphrase|token|secret|api[_\-]?key|access[_\-]?key|"
-                 r"private[_\-]?key|auth\w*|credentials?|session\w*|signature|sig)[\w.\-]*")
-# name=value in a query string, a libpq/ODBC DSN or a command line; value of any length
-_PARAM_VALUE = re.compile(r"(?i)(\b" + _SECRET_PARAM + r"\s*=\s*)(\"[^\"]*\"|'[^']*'|[^\s&;,'\"]+)")
-# "name": "value" inside JSON or YAML text
-_QUOTED_VALUE = re.compile(r"(?i)([\"']?\b" + _SECRET_PARAM + r"[\"']?\s*:\s*)(\"[^\"]*\"|'[^']*')")
-_AUTH_HEADER = re.compile(r"(?i)\b(bearer|basic|token)\s+[^\s'\",;]{8,}")
-#: Values shorter than this are not hunted for elsewhere (a password "1" would redact every "1").
-_MIN_ECHO = 4
-
-
-#: Spelled inside any name, whatever its separators and case, these always mean a secret.
-_SECRET_INSIDE = re.compile(r"passw(or)?d|passphrase|secret|credential|apikey|accesskey|privatekey|authtoken|"
-                            r"token(?!iz|is)|sessionid|sessiontoken|sessionkey")
-
-
-def secret_name(name: str) -> bool:
-    """True when a variable, config key or parameter name looks like it holds a secret.
-
-    Examples
-    --------
-    >>> [secret_name(n) for n in ("AWS_SECRET_ACCESS_KEY", "apiKey", "db.password", "tokenize", "rename-keys")]
-    [True, True, True, False, False]
-    """
-    name = str(name)
-    if _SECRET_INSIDE.search(re.sub(r"[^a-z0-9]", "", name.lower())):
-        return True
-    for word in _WORD_SPLIT.split(name):
-        word = word.lower()
-        if word in _SECRET_WORDS or (len(word) > 3 and word.endswith(_SECRET_WORD_ENDS)):
-            return True
-    return False
-
-
-def scrub_text(text: str) -> str:
-    """``text`` with credentials cut out of URLs, DSNs, query strings and auth headers."""
-    text = _URL_USERINFO.sub(r"\1" + REDACTED + "@", text)
-    text = _PARAM_VALUE.sub(r"\1" + REDACTED, text)
-    text = _QUOTED_VALUE.sub(r'\1"' + REDACTED + '"', text)
-    return _AUTH_HEADER.sub(r"\1 " + REDACTED, text)
-
-
-def _jsonable(value):
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    return repr(value)   # callables, classes... as text, so the result stays JSON-able
-
-
-def _collect_and_redact(value, secrets: set, under_secret=False, parent=""):
-    """First pass: redact values under secret names and credentials in strings; collect what was cut.
-
-    Every value of a ``nanny.environ`` mapping is hidden, whatever its name: it is the
-    workers' environment as the user set it, and a plain name can hold a secret.
-    """
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            hidden = under_secret or secret_name(k) or (parent == "nanny" and k == "environ")
-            out[k] = _collect_and_redact(v, secrets, hidden, k)
-        return out
-    if isinstance(value, list):
-        return [_collect_and_redact(v, secrets, under_secret, parent) for v in value]
-    if under_secret and value is not None and not isinstance(value, bool):
-        if isinstance(value, str) and len(value) >= _MIN_ECHO:
-            secrets.add(value)
-        return REDACTED if value != "" else value
-    if isinstance(value, str):
-        cleaned = scrub_text(value)
-        if cleaned != value:
-            secrets.update(_cut_parts(value, cleaned))
-        return cleaned
-    return value
-
-
-def _cut_parts(original: str, cleaned: str):
-    """The substrings of ``original`` that scrubbing replaced (so they can be hunted elsewhere)."""
-    pieces = [p for p in re.split(re.escape(REDACTED), cleaned)]
-    cut, pos = [], 0
-    for before, after in zip(pieces, pieces[1:]):
-        start = original.find(before, pos) + len(before) if before else pos
-        end = original.find(after, start) if after else len(original)
-        if end < 0:
-            break
-        part = original[start:end]
-        if len(part) >= _MIN_ECHO:
-            cut.append(part)
-        pos = end
-    return cut
-
-
-def _echoes(value, secrets):
-    """Second pass: every occurrence of a collected secret, anywhere, is redacted."""
-    if isinstance(value, dict):
-        return {_echoes(k, secrets): _echoes(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_echoes(v, secrets) for v in value]
-    if isinstance(value, str):
-        for s in secrets:
-            if s in value:
-                value = value.replace(s, REDACTED)
-    return value
-
-
-def scrub(tree, extra_secrets=()):
-    """A JSON-able copy of ``tree`` with every secret redacted, at every depth.
-
-    Parameters
-    ----------
-    tree : dict, list or scalar
-    extra_secrets : iterable of str
-        Values known to be secret (for example those of secret-named environment
-        variables): redacted wherever they appear.
-
-    Examples
-    --------
-    >>> scrub({"db": "postgresql://me:p@ss@host/db?password=x1", "api": {"Token": 42}, "n": 3})
-    {'db': 'postgresql://<redacted>@host/db?password=<redacted>', 'api': {'Token': '<redacted>'}, 'n': 3}
-    """
-    secrets = {s for s in extra_secrets if isinstance(s, str) and len(s) >= _MIN_ECHO}
-    cleaned = _collect_and_redact(_jsonable(tree), secrets)
-    # longest first, so a secret holding a shorter one is cut whole
-    return _echoes(cleaned, sorted(secrets, key=len, reverse=True))
-
-
-def _normalize(name: str) -> str:
+def normalize_name(name: str) -> str:
+    """A distribution's name as PEP 503 normalizes it (``Foo_Bar.baz`` -> ``foo-bar-baz``)."""
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_version(name):
+    """The version of distribution ``name`` installed in this process, or None."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def file_path(url):
+    """The local path of a ``file:`` URL (an editable or local install's origin); other text as it is."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(url or "")
+    return unquote(parsed.path) if parsed.scheme == "file" else (url or "")
 
 
 # --- distributions and where they came from ----------------------------------------
@@ -224,7 +106,7 @@ def _installed():
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"]
         if name:
-            found.setdefault(_normalize(name), dist)
+            found.setdefault(normalize_name(name), dist)
     return dict(sorted(found.items()))
 
 
@@ -354,7 +236,8 @@ def _thread_pools() -> dict:
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
 
 
-def _platform_tag() -> str:
+def platform_tag() -> str:
+    """This interpreter's platform tag, as wheels name it (``linux_x86_64``)."""
     return sysconfig.get_platform().replace("-", "_").replace(".", "_")
 
 
@@ -400,7 +283,7 @@ def _dask_config():
     """The Dask config, JSON-able, ``distributed.nanny.environ`` values redacted; and those values."""
     import dask
 
-    config = _jsonable(dask.config.config)
+    config = jsonable(dask.config.config)
     nanny = ((config.get("distributed") or {}).get("nanny") or {})
     environ = nanny.get("environ")
     hidden = []
@@ -440,7 +323,7 @@ def capture_environment() -> dict:
             "release": platform.release(),
             "platform": platform.platform(),
             "machine": platform.machine(),
-            "platform_tag": _platform_tag(),
+            "platform_tag": platform_tag(),
             "libc": f"{libc} {libc_version}".strip() or None,
         },
         "cpu": {"count": os.cpu_count(), "model": model, "flags": flags},
@@ -603,155 +486,3 @@ def format_env_diff(diff: dict) -> str:
         lines += [f"{label} removed: {k} {v}" for k, v in changes.get("removed", {}).items()]
         lines += [f"{label} changed: {k} {old} -> {new}" for k, (old, new) in changes.get("changed", {}).items()]
     return "\n".join(lines) if lines else "same environment"
-
-
-# --- pins -----------------------------------------------------------------------
-PIN_FORMATS = ("requirements", "uv-lock", "conda")
-
-
-def _origin_of(env, name):
-    return ((env.get("distributions") or {}).get(name) or {}).get("origin") or {"kind": "index"}
-
-
-def _index_urls(env):
-    """The recorded package indexes a rebuild uses: the installer's own first, the other's as extras.
-
-    uv does not read pip's config files, nor pip uv's: the main index is that of the tool
-    that installed most distributions; every other recorded index and find-links
-    location is kept, since an exact pin is found wherever it is.
-    """
-    indexes = env.get("indexes") or {}
-    uv, pip = indexes.get("uv") or {}, indexes.get("pip") or {}
-    installers = [d.get("installer") for d in (env.get("distributions") or {}).values()]
-    first, second = (uv, pip) if installers.count("uv") >= installers.count("pip") else (pip, uv)
-    index_url = first.get("index_url") or second.get("index_url") or "https://pypi.org/simple"
-    extras, links = [], []
-    for source in (first, second):
-        for url in [source.get("index_url")] + list(source.get("extra_index_urls") or []):
-            if url and url != index_url and url not in extras:
-                extras.append(url)
-        links += [u for u in source.get("find_links") or [] if u not in links]
-    return {"index_url": index_url, "extra_index_urls": extras, "find_links": links}
-
-
-def _requirement_line(name, version, origin):
-    kind = origin.get("kind")
-    if kind == "vcs":
-        commit = f"@{origin['commit']}" if origin.get("commit") else ""
-        return f"{name} @ {origin.get('vcs') or 'git'}+{origin['url']}{commit}"
-    if kind == "url":
-        hashes = "".join(f" --hash={algo}:{digest}" for algo, digest in sorted((origin.get("hashes") or {}).items()))
-        return f"{name} @ {origin['url']}{hashes}"
-    if kind in ("editable", "local"):
-        return f"# {name}=={version}  ({kind} install from {origin.get('url')}: not on an index)"
-    hashes = "".join(f" --hash={algo}:{digest}" for algo, digest in sorted((origin.get("hashes") or {}).items()))
-    return f"{name}=={version}{hashes}"
-
-
-def requirements(env: dict) -> str:
-    """Return the packages of ``env`` as pip requirements: exact pins, with hashes where known.
-
-    Editable and local installs cannot come from an index: they are listed as comments
-    that name where they were installed from. Direct URLs and VCS checkouts keep their
-    URL (and commit).
-
-    Examples
-    --------
-    >>> print(requirements({"python": {"version": "3.11.7"}, "packages": {"numpy": "2.4.6", "dask": "2026.8.0"}}))
-    # python 3.11.7
-    dask==2026.8.0
-    numpy==2.4.6
-    """
-    header = [f"# python {env.get('python', {}).get('version', '?')}"]
-    urls = _index_urls(env) if env.get("indexes") else None
-    if urls:
-        header.append(f"--index-url {urls['index_url']}")
-        header += [f"--extra-index-url {u}" for u in urls.get("extra_index_urls", [])]
-        header += [f"--find-links {u}" for u in urls.get("find_links", [])]
-    pins = [_requirement_line(name, version, _origin_of(env, name))
-            for name, version in sorted((env.get("packages") or {}).items())]
-    return "\n".join(header + pins)
-
-
-def _toml_str(text):
-    return json.dumps(str(text))   # a JSON string is a valid TOML basic string
-
-
-def uv_lock(env: dict) -> str:
-    """The packages of ``env`` in the shape of a ``uv.lock`` file (TOML, one ``[[package]]`` each).
-
-    Each package's ``source`` says where it came from: ``registry`` (the recorded index),
-    ``editable``, ``directory``/``path``, ``git`` (with its commit) or ``url``.
-    """
-    version = (env.get("python") or {}).get("version", "3")
-    minor = ".".join(version.split(".")[:2])
-    registry = _index_urls(env)["index_url"]
-    lines = ["# the recorded environment, in uv.lock's shape (julius env --format uv-lock)",
-             "version = 1", f"requires-python = {_toml_str('==' + minor + '.*')}", ""]
-    for name, ver in sorted((env.get("packages") or {}).items()):
-        origin = _origin_of(env, name)
-        kind = origin.get("kind")
-        if kind == "vcs":
-            rev = f"#{origin['commit']}" if origin.get("commit") else ""
-            source = f"{{ git = {_toml_str(origin['url'] + rev)} }}"
-        elif kind == "editable":
-            source = f"{{ editable = {_toml_str(_file_path(origin['url']))} }}"
-        elif kind == "local":
-            path = _file_path(origin["url"])
-            source = f"{{ {'directory' if os.path.isdir(path) else 'path'} = {_toml_str(path)} }}"
-        elif kind == "url":
-            source = f"{{ url = {_toml_str(origin['url'])} }}"
-        else:
-            source = f"{{ registry = {_toml_str(registry)} }}"
-        lines += ["[[package]]", f"name = {_toml_str(name)}", f"version = {_toml_str(ver)}", f"source = {source}"]
-        hashes = origin.get("hashes") or {}
-        if hashes and kind == "url":
-            algo, digest = sorted(hashes.items())[0]
-            lines.append(f"sdist = {{ url = {_toml_str(origin['url'])}, hash = {_toml_str(algo + ':' + digest)} }}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _file_path(url):
-    from urllib.parse import unquote, urlparse
-
-    parsed = urlparse(url or "")
-    return unquote(parsed.path) if parsed.scheme == "file" else (url or "")
-
-
-def conda_environment(env: dict) -> str:
-    """The packages of ``env`` as a conda ``environment.yml``.
-
-    Distributions that conda installed (``INSTALLER`` is ``conda``) are conda
-    dependencies; the rest, as pip installed them, go under ``pip:`` with their exact
-    pins (editable and local installs as comments: no index has them).
-    """
-    python = (env.get("python") or {}).get("version", "3")
-    conda, pip = [], []
-    for name, version in sorted((env.get("packages") or {}).items()):
-        dist = (env.get("distributions") or {}).get(name) or {}
-        line = _requirement_line(name, version, _origin_of(env, name))
-        if dist.get("installer") == "conda":
-            conda.append(f"  - {name}={version}")
-        elif line.startswith("#"):
-            pip.append(f"    {line}")
-        else:
-            pip.append(f"    - {line}")
-    urls = _index_urls(env)
-    options = [f"    - --index-url {urls['index_url']}"] + [f"    - --extra-index-url {u}" for u in urls.get(
-        "extra_index_urls", [])] + [f"    - --find-links {u}" for u in urls.get("find_links", [])]
-    lines = ["# the recorded environment (julius env --format conda)", "name: julius-recorded",
-             "channels:", "  - conda-forge", "dependencies:", f"  - python={python}", *conda, "  - pip", "  - pip:",
-             *options, *pip]
-    return "\n".join(lines)
-
-
-def render_pins(env: dict, fmt: str = "requirements") -> str:
-    """``env``'s packages as text in one of :data:`PIN_FORMATS`."""
-    if fmt == "requirements":
-        return requirements(env)
-    if fmt == "uv-lock":
-        return uv_lock(env)
-    if fmt == "conda":
-        return conda_environment(env)
-    raise ValueError(f"unknown pin format {fmt!r}: choose one of {', '.join(PIN_FORMATS)}")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import difflib
 
 from . import steps
+from .environment import env_diff, format_env_diff
+from .pins import requirements
 from .schema import check_step
-from .environment import env_diff, format_env_diff, requirements
 from .steps import recorded_environment
 from .store import Store
 

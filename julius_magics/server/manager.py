@@ -51,7 +51,7 @@ MAX_WORKERS_ENV = "JULIUS_MAX_REPLAY_WORKERS"
 _log = logging.getLogger("julius_magics.server")
 #: An isolated replay (in the recording's rebuilt environment): the same JSON lines, the report
 #: with ``"isolated": [environment built, ...]`` besides.
-ISOLATED_COMMAND = ("-m", "julius_magics.recording.rebuild")
+ISOLATED_COMMAND = ("-m", "julius_magics.recording.isolated")
 
 # Lines of the child's stderr kept to explain a crash.
 _STDERR_TAIL = 20

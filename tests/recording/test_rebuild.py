@@ -219,7 +219,7 @@ def test_plain_replay_names_a_changed_package_and_isolated_replay_restores_the_r
     report = last_json(plain.stdout, "report")["report"]
     assert report["env_diff"]["same"] is False
     assert report["env_diff"]["packages"]["changed"] == {"toolz": [today["packages"]["toolz"], "1.1.0"]}
-    # `julius replay --isolated --json` from that venv (the server runs the same job: recording.rebuild)
+    # `julius replay --isolated --json` from that venv (the server runs the same job: recording.isolated)
     isolated = subprocess.run([other.python, "-m", "julius_magics.cli", "--store", store, "replay", name, "--isolated",
                                "--json", "-n", "1"], capture_output=True, text=True, cwd=work, timeout=800)
     assert isolated.returncode == 0, isolated.stdout[-3000:] + isolated.stderr[-3000:]
