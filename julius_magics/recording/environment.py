@@ -433,7 +433,7 @@ def env_diff(recorded: dict, current: dict) -> dict:
         "python": fields("python", ["version", "implementation"]),
         "os": fields("os", ["system", "release", "machine", "platform_tag", "libc"]),
         "numerics": {**{f"cpu {k}": v for k, v in fields("cpu", ["flags"]).items()}, **pools("vendor"),
-                     **{f"PYTHONHASHSEED": v for v in hashseed.values()}},
+                     **{"PYTHONHASHSEED": v for v in hashseed.values()}},
         "threads": {**pools("threads"), **{"OMP_NUM_THREADS": v for v in fields("threads", ["omp_num_threads"]).values()}},
         "machine": {**fields("cpu", ["count", "model"]), **fields("memory"),
                     **{f"python.{k}": v for k, v in fields("python", ["executable"]).items()}},

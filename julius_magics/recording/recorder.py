@@ -32,7 +32,6 @@ from ..cluster.watch import ClusterWatch
 from ..errors import RecordingError
 from ..rules.registry import top_level_names
 from .environment import capture_environment
-from .journal import file_digest
 from .steps import KINDS
 from .store import Store
 
