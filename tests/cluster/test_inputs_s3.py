@@ -1,7 +1,6 @@
 """Remote inputs on a real S3-protocol server (moto on loopback): recorded by ETag, changes named, served when embedded."""
 
 import hashlib
-import io
 import subprocess
 import sys
 

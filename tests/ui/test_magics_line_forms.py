@@ -1,7 +1,6 @@
 """``%remote_eval VAR`` and ``%addrules NS VAR`` (code held in kernel variables), and syntax errors
 in remote and rule code reported as one line with the line number and a caret."""
 
-
 import pytest
 from IPython.core.error import UsageError
 
