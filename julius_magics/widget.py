@@ -42,7 +42,7 @@ from .recording.store import Store
 __all__ = ["RecordingBrowser"]
 
 _COLUMNS = ("name", "created", "steps", "size", "workers", "status", "note")
-_STATUS_COLOURS = {"verified": "#1b7f3b", "complete": "#1f4e99", "incomplete": "#a66300", "damaged": "#b00020"}
+_STATUS_COLOURS = {"verified": "#1b7f3b", "complete": "#1f4e99", "incomplete": "#a66300", "partial": "#b00020"}
 _CELL = "padding:2px 8px;text-align:left;border-bottom:1px solid #ddd"
 
 

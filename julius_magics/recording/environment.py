@@ -267,8 +267,16 @@ PROJECT_DASK_CONFIG = ("distributed.worker.multiprocessing-method",)
 VOLATILE_DASK_CONFIG = ("scheduler", "shuffle", "distributed.scheduler.http.routes") + PROJECT_DASK_CONFIG
 
 
+#: Client preloads julius itself sets while recording (``cluster.adopt``): workers started then inherit
+#: them, but they are the project's, not the user's environment.
+PROJECT_PRELOADS = ("julius_magics.cluster.adopt",)
+
+
 def _without_volatile(config):
     """The config without the keys a running process changes by itself (identical runs, identical blobs)."""
+    client = (config.get("distributed") or {}).get("client")
+    if isinstance(client, dict) and isinstance(client.get("preload"), list):
+        client["preload"] = [p for p in client["preload"] if p not in PROJECT_PRELOADS]
     for dotted in VOLATILE_DASK_CONFIG:
         *parents, last = dotted.split(".")
         node = config

@@ -21,7 +21,7 @@ import json
 import os
 import re
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from ..errors import IntegrityError, RecordingError, RecordingExistsError, RecordingNotFoundError
 from . import integrity
@@ -67,9 +67,11 @@ def entry_file(seq):
 class RecordingInfo:
     """What a store knows about one recording without opening it.
 
-    ``status`` is ``"complete"``, ``"incomplete"`` (its writer never closed it)
-    or ``"verified"`` (complete, and a replay by you or a key you trust matched
-    it). ``key_id`` is the fingerprint of the author's key; ``trusted`` says
+    ``status`` is ``"complete"``, ``"incomplete"`` (its writer never closed it),
+    ``"partial"`` (closed, but capture missed something: never verified) or
+    ``"verified"`` (complete, and a replay by you or a key you trust matched
+    it). ``results`` holds the headline results (label -> value) of its labelled
+    targets. ``key_id`` is the fingerprint of the author's key; ``trusted`` says
     whether it is yours or one you trust. The ``size`` of an incomplete
     recording counts its journal and parts only.
     """
@@ -85,6 +87,7 @@ class RecordingInfo:
     key_id: str
     signed_by_me: bool
     trusted: bool = False
+    results: dict = field(default_factory=dict)
 
     def as_dict(self):
         """Return the fields as a JSON-friendly dict."""
@@ -127,21 +130,20 @@ def read_info(files, name, raw, verified_raw, key, trusted, legacy_hmac=False):
         tree = files.tree(files.path(name))
         steps = sum(1 for rel in tree if ENTRY_PATTERN.match(rel))
         size = sum(size for rel, size in tree.items() if rel not in (MANIFEST, VERIFIED, CLOSED))
-    elif check_sidecar(verified_raw, name, raw, key, trusted) is not None:
+    elif not meta.get("partial") and check_sidecar(verified_raw, name, raw, key, trusted) is not None:
         status = "verified"
+    return _info(name, body, steps, size, status, mine, mine or body["key_id"] in trusted)
+
+
+def _info(name, manifest, steps, size, status, mine, trusted):
+    """The :class:`RecordingInfo` of a verified manifest; a closed partial recording lists as ``partial``."""
+    meta = manifest["meta"]
+    if status == "complete" and meta.get("partial"):
+        status = "partial"
     return RecordingInfo(
-        name=name,
-        created=body["created"],
-        steps=steps,
-        size=size,
-        workers=meta.get("workers"),
-        status=status,
-        note=meta.get("note") or "",
-        data_mode=meta.get("data_mode", "embed"),
-        key_id=body["key_id"],
-        signed_by_me=mine,
-        trusted=mine or body["key_id"] in trusted,
-    )
+        name=name, created=manifest["created"], steps=steps, size=size, workers=meta.get("workers"),
+        status=status, note=meta.get("note") or "", data_mode=meta.get("data_mode", "embed"),
+        key_id=manifest["key_id"], signed_by_me=mine, trusted=trusted, results=dict(meta.get("results") or {}))
 
 
 def new_manifest(name, meta, key):
@@ -409,15 +411,12 @@ class Recording:
         self.trusted = verified.trusted
         manifest = verified.manifest
         status = manifest["status"]
-        if status == "complete" and verified.verified is not None:
+        if status == "complete" and verified.verified is not None and not manifest["meta"].get("partial"):
             status = "verified"
-        self.info = RecordingInfo(
-            name=self.name, created=manifest["created"], steps=len(self.steps),
-            size=manifest["size"] if manifest["status"] == "complete" else sum(
-                source.tree().get(rel, 0) for rel in verified.files if rel not in (MANIFEST, VERIFIED, CLOSED)),
-            workers=manifest["meta"].get("workers"), status=status, note=manifest["meta"].get("note") or "",
-            data_mode=manifest["meta"].get("data_mode", "embed"), key_id=manifest["key_id"],
-            signed_by_me=verified.signed_by_me, trusted=verified.trusted)
+        size = manifest["size"] if status != "incomplete" else sum(
+            source.tree().get(rel, 0) for rel in verified.files if rel not in (MANIFEST, VERIFIED, CLOSED))
+        self.info = _info(self.name, manifest, len(self.steps), size, status, verified.signed_by_me,
+                          verified.trusted)
 
     def __repr__(self):
         return f"<Recording {self.name!r} steps={len(self.steps)} status={self.info.status}>"

@@ -38,6 +38,7 @@ from .store import Store
 __all__ = ["Recorder", "active_recorder"]
 
 _ACTIVE = {"recorder": None}
+HEADLINES = 8   # labelled results kept in the manifest for lists (the latest ones)
 
 
 def active_recorder():
@@ -79,6 +80,7 @@ class Recorder:
             "julius_version": _version(),
         })
         self.partial = []        # reasons the recording is partial
+        self.headlines = {}      # label -> value of the labelled targets computed (the manifest's "results")
         self.captured = {"clusters": 0, "graphs": 0, "results": 0, "files": 0, "outputs": 0}
         self.watch = ClusterWatch(skip=_own_folders(self.store), hash_remote=True,
                                   worker_environment=environment_now, embed=data != "hash")
@@ -266,12 +268,21 @@ class Recorder:
         for nid, result in results.items():
             result["label"] = plan.nodes[nid].ref.display() if nid in plan.nodes else None
             result["target"] = nid in target_ids
+        self._note_headlines(payload["targets"], results)
         self._step("dispatch", {
             "targets": [{"id": r.id, "key": r.key, "label": r.label} for r in payload["targets"]],
             "key_rules": payload["key_rules"], "seed": self.session.seed,
             "nodes": len(plan.nodes), "jobs": len(plan.jobs), "results": results, "seconds": payload["seconds"],
         }, {"targets": cloudpickle.dumps(list(payload["targets"])),
             "jobs": cloudpickle.dumps([plan.nodes[j].ref for j in plan.jobs if j in plan.nodes])})
+
+    def _note_headlines(self, targets, results):
+        """Labelled targets' values in the manifest, so lists show them without opening the journal."""
+        for r in targets:
+            if r.label and r.id in results and results[r.id].get("describe") is not None:
+                self.headlines[r.label] = str(results[r.id]["describe"])[:80]
+        if self.headlines:
+            self.writer.update_meta(results=dict(list(self.headlines.items())[-HEADLINES:]))
 
     # --- end -------------------------------------------------------------------------
     def stop(self):

@@ -14,13 +14,15 @@ export interface IRecordingInfo {
   steps: number;
   size: number;
   workers: number | null;
-  status: string; // 'complete' | 'incomplete' | 'verified' | 'damaged' (and what the server adds)
+  status: string; // 'complete' | 'incomplete' | 'partial' | 'verified'
   note: string | null;
   data_mode: string | null;
   key_id: string | null;
   signed_by_me: boolean | null;
-  /** Headline results (target label → value), when the manifest holds them. */
-  results?: { [label: string]: string };
+  /** Signed by you or by a key you trust. */
+  trusted: boolean;
+  /** Headline results: label → value of the recording's labelled targets. */
+  results: { [label: string]: string };
 }
 
 /** One journal step. Mirrors Python `summary.details()["steps"][i]`. */
