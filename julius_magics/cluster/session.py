@@ -36,6 +36,7 @@ from ..rules.graph import expand, paused_gc, plan_jobs
 from ..rules.node import REMOTE_NAMESPACE, NodeRef
 from ..rules.registry import RULES, top_level_names
 from ..fingerprint import fingerprint_and_describe
+from ..progress import progress_bar
 from . import capture
 from .capture import capture_plugins, install_capture
 from .worker import HISTORY_KEY, JuliusWorkerPlugin, apply_history, exec_remote, run_key_job
@@ -439,8 +440,6 @@ def _wait_with_progress(futures, what, show=True):
     it closes, so a saved notebook keeps no stale ``julius compute: 5%|...`` text.
     """
     from distributed import as_completed, wait
-    from tqdm.auto import tqdm
-    from tqdm.notebook import tqdm as notebook_tqdm
 
     if not show or len(futures) < 2 or os.environ.get("JULIUS_NO_PROGRESS"):
         wait(futures)
@@ -451,23 +450,9 @@ def _wait_with_progress(futures, what, show=True):
     except TimeoutError:
         pass
     pending = [f for f in futures if not f.done()]
-    done = len(futures) - len(pending)
-    if not issubclass(tqdm, notebook_tqdm):
-        with tqdm(total=len(futures), initial=done, desc=f"julius {what}", unit="job", leave=False) as bar:
-            for _ in as_completed(pending):
-                bar.update(1)
-        return
-    from IPython.display import display
-
-    bar = tqdm(total=len(futures), initial=done, desc=f"julius {what}", unit="job", leave=False, display=False)
-    handle = display(bar.container, display_id=True)
-    try:
+    with progress_bar(len(futures), f"julius {what}", "job", initial=len(futures) - len(pending), leave=False) as bar:
         for _ in as_completed(pending):
             bar.update(1)
-    finally:
-        bar.close()
-        if handle is not None:
-            handle.update({"text/plain": ""}, raw=True)
 
 
 _SESSION = None

@@ -26,10 +26,10 @@ import platform
 import sys
 
 import cloudpickle
-from tqdm.auto import tqdm
 
 from ..cluster.watch import ClusterWatch
 from ..errors import RecordingError
+from ..progress import progress_bar
 from ..rules.registry import top_level_names
 from .environment import capture_environment
 from .steps import KINDS
@@ -194,8 +194,8 @@ class Recorder:
             if (e["host"], e["abspath"], e["sha256"]) not in seen:
                 seen.add((e["host"], e["abspath"], e["sha256"]))
                 todo.append(e)
-        with tqdm(total=sum(e["size"] for e in todo), desc="julius data snapshot", unit="B", unit_scale=True,
-                  delay=1.0, leave=False, disable=not todo) as bar:
+        with progress_bar(sum(e["size"] for e in todo), "julius data snapshot", "B", unit_scale=True,
+                          delay=1.0, leave=False, disable=not todo) as bar:
             for entry in todo:
                 self.files[(entry["host"], entry["abspath"], entry["sha256"])] = entry["size"]
                 if embed:

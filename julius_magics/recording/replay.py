@@ -26,6 +26,7 @@ from ..cluster.adopt import start_like
 from ..cluster.session import Session
 from ..errors import DataChangedError, EnvironmentMismatchError
 from ..rules.registry import RuleBook
+from ..progress import progress_bar
 from . import steps as step_kinds
 from .environment import capture_environment, env_diff, format_env_diff
 from .journal import file_digest
@@ -64,12 +65,11 @@ class ProgressBar:
     def __init__(self, name):
         self.name = name
         self.bar = None
+        self._open = contextlib.ExitStack()
 
     def __call__(self, event):
-        from tqdm.auto import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=event.total, desc=f"replay {self.name}", unit="step")
+        if self.bar is None:   # the total is known from the first event
+            self.bar = self._open.enter_context(progress_bar(event.total, f"replay {self.name}", "step"))
         self.bar.n = event.done
         self.bar.set_postfix_str(event.message, refresh=True)
 
@@ -77,8 +77,7 @@ class ProgressBar:
         return self
 
     def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
+        self._open.close()
 
 
 class ReplayReport:
