@@ -72,10 +72,11 @@ def _replay_rebuilt(args):
     if args.address:
         raise JuliusError("--isolated and --bisect-env start their own cluster on the rebuilt interpreter: "
                           "leave out --address")
-    if args.trust_key or args.legacy_hmac:   # recording/rebuild.py takes no trust_key / legacy_hmac yet
-        raise ValueError("--isolated and --bisect-env replay only recordings signed by you or a trusted key: "
-                         "leave out --trust-key and --legacy-hmac (or `julius trust add` the author's key)")
-    options = dict(store=_store(args), n_workers=args.workers, python_install=args.python_install)
+    if args.legacy_hmac:   # the rebuilt environment's replay reads julius-recording/2 only
+        raise ValueError("--isolated and --bisect-env replay julius-recording/2 recordings: leave out --legacy-hmac "
+                         "(export and import the recording under a new name to sign it anew)")
+    options = dict(store=_store(args), n_workers=args.workers, trust_key=args.trust_key,
+                   python_install=args.python_install)
 
     def emit(event):
         print(json.dumps(event, default=str), flush=True)

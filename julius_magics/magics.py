@@ -320,11 +320,10 @@ def _replay_isolated(args):
 
     if args.address:
         raise UsageError("--isolated starts its own cluster on the rebuilt interpreter: leave out --address")
-    if args.trust_key or args.legacy_hmac:   # recording/rebuild.py takes no trust_key / legacy_hmac yet
-        raise UsageError("--isolated replays only recordings signed by you or a trusted key: leave out "
-                         "--trust-key and --legacy-hmac (or `julius trust add` the author's key)")
+    if args.legacy_hmac:   # the rebuilt environment's replay reads julius-recording/2 only
+        raise UsageError("--isolated replays julius-recording/2 recordings: leave out --legacy-hmac")
     with recording.ProgressBar(args.name) as bar:
-        return replay_isolated(args.name, store=args.store, n_workers=args.workers,
+        return replay_isolated(args.name, store=args.store, n_workers=args.workers, trust_key=args.trust_key,
                                python_install=args.python_install, build_progress=False,
                                progress=lambda done, total, message: bar(Progress(done, total, message)),
                                log=print)

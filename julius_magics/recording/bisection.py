@@ -34,7 +34,7 @@ def _result_step(recording, node):
     raise RebuildError(f"recording {recording.name!r} holds no result of node {node!r}")
 
 
-def replay_until(name, nodes, store=None, trust=False, n_workers=None):
+def replay_until(name, nodes, store=None, trust_key=None, n_workers=None):
     """Replay recording ``name`` only up to the last step that computes one of ``nodes``; which still match?
 
     The steps after it are not replayed. Runs in this process (inside a rebuilt
@@ -53,7 +53,7 @@ def replay_until(name, nodes, store=None, trust=False, n_workers=None):
 
     nodes = [nodes] if isinstance(nodes, str) else list(nodes)
     store = Store.coerce(store)
-    recording = store.open(name, trust=trust)
+    recording = store.open(name, trust_key=trust_key)
     upto = max(_result_step(recording, node) for node in nodes)
     report = ReplayReport(name)
     mapping = prepare_inputs(recording, report)
@@ -128,7 +128,7 @@ def _versions(env, name):
     return (env.get("packages") or {}).get(name)
 
 
-def bisect_environment(name, store=None, trust=False, n_workers=None, python_install=False, root=None,
+def bisect_environment(name, store=None, trust_key=None, n_workers=None, python_install=False, root=None,
                        today_report=None, isolated=None, log=None, max_results=10):
     """Find, per result that differs in today's replay, which package change alters it.
 
@@ -142,7 +142,7 @@ def bisect_environment(name, store=None, trust=False, n_workers=None, python_ins
 
     Parameters
     ----------
-    name, store, trust, n_workers, python_install, root
+    name, store, trust_key, n_workers, python_install, root
         As for :func:`replay_isolated`.
     today_report : dict, optional
         Today's replay report, if already run (else it is run, in a subprocess of this Python).
@@ -158,9 +158,9 @@ def bisect_environment(name, store=None, trust=False, n_workers=None, python_ins
     BisectReport
     """
     say = log or (lambda text: None)
-    store, recording, kernel, workers = recorded_environments(name, store, trust)
+    store, recording, kernel, workers = recorded_environments(name, store, trust_key)
     url = store.url
-    options = (["-n", str(n_workers)] if n_workers else []) + (["--trust"] if trust else [])
+    options = (["-n", str(n_workers)] if n_workers else []) + (["--trust-key", trust_key] if trust_key else [])
     if today_report is None:
         say("replaying in today's environment")
         today_report = run_job(job_command(sys.executable, None, [name, "--store", url, *options]))
@@ -177,7 +177,7 @@ def bisect_environment(name, store=None, trust=False, n_workers=None, python_ins
     node, label = nodes[0], labels[nodes[0]]
     if isolated is None:
         say("replaying in the recorded environment (--isolated)")
-        isolated = replay_isolated(name, store, n_workers, trust, python_install, root=root, build_progress=False)
+        isolated = replay_isolated(name, store, n_workers, trust_key, python_install, root=root, build_progress=False)
     rebuilds = [{"n": 1, "take": [], "differs": not isolated.verified, "error": None,
                  "reused": isolated.environments[0].reused, "seconds": sum(e.seconds for e in isolated.environments),
                  "replay_seconds": (isolated.report.get("timings") or {}).get("replay") or 0.0}]
@@ -208,7 +208,7 @@ def bisect_environment(name, store=None, trust=False, n_workers=None, python_ins
                 + (f"import multiprocessing; multiprocessing.set_executable({envs[1].python!r})\n"
                    if len(envs) > 1 else "")
                 + "from julius_magics.recording.bisection import _probe_main\n"
-                f"sys.exit(_probe_main({[url, name, list(wanted), n_workers, trust]!r}))")
+                f"sys.exit(_probe_main({[url, name, list(wanted), n_workers, trust_key]!r}))")
         try:
             outcome, error = run_job([envs[0].python, "-c", code])["differs"], None
         except JuliusError as e:
@@ -256,10 +256,10 @@ def _probe_main(args):
     """A bisection's probe, run in a rebuilt environment: one JSON ``report`` line on stdout."""
     import contextlib
 
-    url, name, nodes, n_workers, trust = args
+    url, name, nodes, n_workers, trust_key = args
     try:
         with contextlib.redirect_stdout(sys.stderr):   # only the event on stdout
-            result = replay_until(name, nodes, url, trust, n_workers)
+            result = replay_until(name, nodes, url, trust_key, n_workers)
     except JuliusError as e:
         print(json.dumps({"event": "error", "message": str(e)}), flush=True)
         return 1

@@ -8,7 +8,7 @@ the report's ``env_diff`` is then against the rebuilt environment and must be em
 :func:`run_isolated_job` is the same as a JSON-lines job, and this module is its entry
 point (the server runs it)::
 
-    python -m julius_magics.recording.isolated NAME [--store URL] [-n N] [--trust] [--python-install]
+    python -m julius_magics.recording.isolated NAME [--store URL] [-n N] [--trust-key FP] [--python-install]
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class IsolatedReplay:
     __str__ = summary
 
 
-def replay_isolated(name, store=None, n_workers=None, trust=False, python_install=False, progress=None,
+def replay_isolated(name, store=None, n_workers=None, trust_key=None, python_install=False, progress=None,
                     build_progress=True, root=None, cwd=None, log=None):
     """Replay recording ``name`` inside its rebuilt environment.
 
@@ -139,8 +139,8 @@ def replay_isolated(name, store=None, n_workers=None, trust=False, python_instal
     store : Store, str or None
     n_workers : int, optional
         Workers of the replay's LocalCluster (default: as recorded).
-    trust : bool
-        As for ``replay``.
+    trust_key : str, optional
+        As for ``replay``: one more key to accept for this recording.
     python_install : bool
         Let uv install a missing Python minor.
     progress : callable, optional
@@ -159,7 +159,7 @@ def replay_isolated(name, store=None, n_workers=None, trust=False, python_instal
     IsolatedReplay
     """
     say = log or (lambda text: None)
-    store, recording, kernel, workers = recorded_environments(name, store, trust)
+    store, recording, kernel, workers = recorded_environments(name, store, trust_key)
     kernel_pins, worker_pins = environments_for(kernel, workers)
     envs = []
     with tempfile.TemporaryDirectory(prefix="julius-wheels-") as wheel_dir:
@@ -175,8 +175,8 @@ def replay_isolated(name, store=None, n_workers=None, trust=False, python_instal
     argv = [name, "--store", store.url]
     if n_workers:
         argv += ["-n", str(n_workers)]
-    if trust:
-        argv.append("--trust")
+    if trust_key:
+        argv += ["--trust-key", trust_key]
     worker_python = envs[1].python if len(envs) > 1 else None
     report = run_job(job_command(envs[0].python, worker_python, argv), progress, cwd)
     return IsolatedReplay(name, report, envs)
@@ -206,7 +206,7 @@ def run_isolated_job(name, write, **options):
 
 
 def main(argv=None):
-    """``python -m julius_magics.recording.isolated NAME [--store URL] [-n N] [--trust] [--python-install]``."""
+    """``python -m julius_magics.recording.isolated NAME [--store URL] [-n N] [--trust-key FP] [--python-install]``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m julius_magics.recording.isolated",
@@ -214,7 +214,7 @@ def main(argv=None):
     parser.add_argument("name")
     parser.add_argument("--store", default=None)
     parser.add_argument("-n", "--workers", type=int, default=None)
-    parser.add_argument("--trust", action="store_true")
+    parser.add_argument("--trust-key", default=None, metavar="FINGERPRINT")
     parser.add_argument("--python-install", action="store_true")
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
@@ -228,7 +228,7 @@ def main(argv=None):
     import contextlib
 
     with contextlib.redirect_stdout(sys.stderr):   # only events on stdout
-        return run_isolated_job(args.name, write, store=args.store, n_workers=args.workers, trust=args.trust,
+        return run_isolated_job(args.name, write, store=args.store, n_workers=args.workers, trust_key=args.trust_key,
                                 python_install=args.python_install)
 
 

@@ -126,13 +126,16 @@ def environments_for(kernel, workers, take=None, today=None):
 
 
 
-def recorded_environments(name, store, trust):
-    """``(store, recording, kernel environment, {worker address: environment})`` of recording ``name``."""
+def recorded_environments(name, store, trust_key=None, any_signer=False):
+    """``(store, recording, kernel environment, {worker address: environment})`` of recording ``name``.
+
+    ``trust_key`` and ``any_signer`` as for :meth:`Store.open` (``any_signer`` only where nothing is unpickled).
+    """
     from .steps import recorded_environment
     from .store import Store
 
     store = Store.coerce(store)
-    recording = store.open(name, trust=trust)
+    recording = store.open(name, trust_key=trust_key, any_signer=any_signer)
     kernel, workers = recorded_environment(recording)
     if kernel is None:
         raise RebuildError(f"recording {name!r} holds no environment to rebuild")
@@ -293,7 +296,7 @@ def recorded_pins(name, store=None, fmt="requirements", which="kernel"):
     which : str
         ``kernel``, or a worker's address (as ``julius show`` lists them).
     """
-    _, recording, kernel, workers = recorded_environments(name, store, True)   # JSON only: nothing is unpickled
+    _, recording, kernel, workers = recorded_environments(name, store, any_signer=True)   # JSON only: nothing is unpickled
     env = kernel if which == "kernel" else workers.get(which)
     if env is None:
         raise RebuildError(f"recording {name!r} has no environment of {which!r}: kernel or one of "
