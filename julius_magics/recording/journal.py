@@ -143,7 +143,7 @@ def _info(name, manifest, steps, size, status, mine, trusted):
     return RecordingInfo(
         name=name, created=manifest["created"], steps=steps, size=size, workers=meta.get("workers"),
         status=status, note=meta.get("note") or "", data_mode=meta.get("data_mode", "embed"),
-        key_id=manifest["key_id"], signed_by_me=mine, trusted=trusted, results=dict(meta.get("results") or {}))
+        key_id=manifest["key_id"], signed_by_me=mine, trusted=trusted, results=dict(meta.get("headlines") or {}))
 
 
 def new_manifest(name, meta, key):

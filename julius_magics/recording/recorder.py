@@ -80,7 +80,7 @@ class Recorder:
             "julius_version": _version(),
         })
         self.partial = []        # reasons the recording is partial
-        self.headlines = {}      # label -> value of the labelled targets computed (the manifest's "results")
+        self.headlines = {}      # label -> value of the labelled targets computed (the manifest meta's "headlines")
         self.captured = {"clusters": 0, "graphs": 0, "results": 0, "files": 0, "outputs": 0}
         self.watch = ClusterWatch(skip=_own_folders(self.store), hash_remote=True,
                                   worker_environment=environment_now, embed=data != "hash")
@@ -282,7 +282,7 @@ class Recorder:
             if r.label and r.id in results and results[r.id].get("describe") is not None:
                 self.headlines[r.label] = str(results[r.id]["describe"])[:80]
         if self.headlines:
-            self.writer.update_meta(results=dict(list(self.headlines.items())[-HEADLINES:]))
+            self.writer.update_meta(headlines=dict(list(self.headlines.items())[-HEADLINES:]))
 
     # --- end -------------------------------------------------------------------------
     def stop(self):

@@ -31,7 +31,7 @@ _META = {
         "note": {"type": ["string", "null"]},
         "data_mode": {"type": "string"},
         "workers": {"type": ["integer", "null"], "minimum": 0},
-        "results": {"type": "object", "additionalProperties": {"type": "string"}},
+        "headlines": {"type": "object", "additionalProperties": {"type": "string"}},
         "partial": {"type": "boolean"},
     },
 }

@@ -59,9 +59,19 @@ export interface IRecordedResult {
   describe: string | null;
 }
 
+/** Who signed a recording. Mirrors Python `summary.signer()`. */
+export interface ISigner {
+  key_id: string;
+  by_me: boolean;
+  trusted: boolean;
+  /** "you", or the name given in your trusted keys. */
+  name: string | null;
+}
+
 /** `GET /julius/api/recordings/NAME`. Mirrors Python `summary.details()`. */
 export interface IRecordingDetails {
   info: IRecordingInfo;
+  signer: ISigner;
   meta: { [key: string]: unknown };
   steps: IStepSummary[];
   environment: IEnvironmentSummary | null;

@@ -61,8 +61,11 @@ def recorded(store, session):
 def test_recording_models(store, recorded):
     a, b = recorded
     assert_mirrors("IRecordingInfo", store.info(a).as_dict())
+    assert set(store.info(a).results) == {"clock"}   # the labelled target's value, for the list's column
+    assert store.info(a).results["clock"].startswith("int ")
     details = describe(a, store)
     assert_mirrors("IRecordingDetails", details)
+    assert_mirrors("ISigner", details["signer"])
     assert_mirrors("IStepSummary", details["steps"][0])
     assert details["environment"] is not None
     assert_mirrors("IEnvironmentSummary", details["environment"])
@@ -125,5 +128,5 @@ def test_every_interface_marked_as_a_mirror_is_checked():
     text = API_TS.read_text()
     marked = set(re.findall(r"Mirrors Python[^\n]*\*/\nexport interface (\w+)", text))
     checked = {"IRecordingInfo", "IStepSummary", "IEnvironmentSummary", "IDataFile", "IRecordedResult",
-               "IRecordingDetails", "IMismatch", "IReplayReport", "IReplayJob", "IDataDiff", "IResultDiff", "IDiff"}
+               "IRecordingDetails", "ISigner", "IMismatch", "IReplayReport", "IReplayJob", "IDataDiff", "IResultDiff", "IDiff"}
     assert marked == checked
