@@ -329,7 +329,7 @@ def test_the_magic_the_widget_and_the_server_replay_isolated(envs, today, tutori
     async def server_replay():
         manager = RecordingsManager(store_url=store)
         assert manager.replay_argv(name, 1, isolated=True)[:3] == [sys.executable, "-m",
-                                                                    "julius_magics.recording.rebuild"]
+                                                                    "julius_magics.recording.isolated"]
         job = await manager.start_replay(name, workers=1, isolated=True)
         return await manager.wait(job.id)
 
