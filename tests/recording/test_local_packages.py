@@ -7,6 +7,7 @@ install (``uv pip install -e``) on the kernel's ``sys.path``, built into a wheel
 import json
 import os
 import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -100,6 +101,14 @@ def test_record_with_local_packages_embeds_a_wheel_once_and_warns_of_one_that_ca
     assert set(found) == set(wheels) and os.path.basename(found["jm-localpkg"]) == filename
     with open(found["jm-localpkg"], "rb") as f, open(wheel, "rb") as g:
         assert f.read() == g.read()
+    # where jm-localpkg is not installed (another process), `julius replay --isolated` takes it from its wheel
+    # and refuses, by name and before building anything, the package that has none
+    out = subprocess.run([sys.executable, "-m", "julius_magics.cli", "--store", store.url, "replay", "withpkgs",
+                          "--isolated", "-n", "1"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={**os.environ, "JULIUS_ENVS": str(tmp_path / "envs")})
+    assert out.returncode != 0
+    assert "jm-unbuildable 1.0 was an editable install" in out.stderr and "holds no wheel" in out.stderr, out.stderr
+    assert "jm-localpkg" not in out.stderr and "Traceback" not in out.stderr
 
 
 def test_without_the_option_nothing_is_embedded(ip, recordings, local_packages, tmp_path, capsys):
