@@ -37,18 +37,27 @@ def editable_package(root, name, source):
 
 
 @pytest.fixture
-def local_packages(tmp_path, monkeypatch):
-    """``jm-localpkg`` (builds) and ``jm-unbuildable`` (its source broken since it was installed), editable."""
+def local_package(tmp_path, monkeypatch):
+    """``jm-localpkg``, installed editable on this process's ``sys.path`` (not another process's)."""
     monkeypatch.setenv("UV_CACHE_DIR", REAL_UV_CACHE)
     # julius-magics is an editable install in a development venv: it is built too, but without its
     # JupyterLab build hook, which would write into the checkout
     monkeypatch.setenv("HATCH_BUILD_NO_HOOKS", "true")
     good = editable_package(tmp_path / "pkgs", "jm-localpkg", "ANSWER = 42\n")
-    broken = editable_package(tmp_path / "pkgs", "jm-unbuildable", "X = 1\n")
-    (broken / "pyproject.toml").write_text("[project\nthis is not TOML\n")
     monkeypatch.syspath_prepend(str(tmp_path / "pkgs" / "site"))
     monkeypatch.syspath_prepend(str(good))
-    return good, broken
+    return good
+
+
+@pytest.fixture
+def local_packages(local_package, tmp_path):
+    """``jm-localpkg`` (builds) and ``jm-unbuildable`` (its source broken since it was installed), editable."""
+    broken = editable_package(tmp_path / "pkgs", "jm-unbuildable", "X = 1\n")
+    (broken / "pyproject.toml").write_text("[project\nthis is not TOML\n")
+    import importlib
+
+    importlib.invalidate_caches()
+    return local_package, broken
 
 
 def environment_steps(store, name):
@@ -109,6 +118,7 @@ def test_record_with_local_packages_embeds_a_wheel_once_and_warns_of_one_that_ca
     assert out.returncode != 0
     assert "jm-unbuildable 1.0 was an editable install" in out.stderr and "holds no wheel" in out.stderr, out.stderr
     assert "jm-localpkg" not in out.stderr and "Traceback" not in out.stderr
+    assert len([line for line in out.stderr.splitlines() if "jm-unbuildable" in line]) == 1
 
 
 def test_without_the_option_nothing_is_embedded(ip, recordings, local_packages, tmp_path, capsys):
@@ -124,3 +134,27 @@ def test_without_the_option_nothing_is_embedded(ip, recordings, local_packages, 
     steps = environment_steps(store, "nopkgs")
     assert steps and all("wheels" not in s.data for s in steps)
     assert recorded_wheels(store.open("nopkgs"), str(tmp_path / "found")) == {}
+
+
+def test_an_isolated_replay_installs_the_local_package_from_its_embedded_wheel(ip, recordings, local_package,
+                                                                                tmp_path):
+    store = recordings
+    run(ip, "%cluster start -n 1")
+    try:
+        run(ip, f"%record start fromwheel --store {store.url} --with-local-packages")
+        run(ip, "from julius_magics import ref, compute\nvalue = compute(ref.mr.reducer(-3, abs))")
+        run(ip, "%record stop")
+    finally:
+        run(ip, "%cluster stop")
+    # another process, where jm-localpkg is not installed: the rebuilt environment takes it from the wheel
+    out = subprocess.run([sys.executable, "-m", "julius_magics.cli", "--store", store.url, "replay", "fromwheel",
+                          "--isolated", "--json", "-n", "1"], capture_output=True, text=True, timeout=280,
+                         cwd=tmp_path, env={**os.environ, "JULIUS_ENVS": str(tmp_path / "envs")})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads(out.stdout.splitlines()[-1])["report"]
+    assert report["verified"] is True and report["env_diff"]["same"] is True, report["env_diff"]
+    rebuilt = report["isolated"][0]["python"]
+    check = subprocess.run([rebuilt, "-I", "-c", "import jm_localpkg; print(jm_localpkg.ANSWER, jm_localpkg.__file__)"],
+                           capture_output=True, text=True, timeout=60)
+    answer, where = check.stdout.split()
+    assert answer == "42" and where.startswith(str(tmp_path / "envs")), check.stdout + check.stderr
