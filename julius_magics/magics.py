@@ -89,8 +89,10 @@ RECORD_CELL = _parser("%%record", "Record one cell.")
 RECORD_CELL.add_argument("name")
 for _p in (RECORD, RECORD_CELL):
     _p.add_argument("--store", default=None, help="store URL (default: $JULIUS_STORE or ~/.julius/recordings)")
-    _p.add_argument("--data", choices=["embed", "hash"], default="embed",
-                    help="embed input files (default) or keep only their hashes")
+    _p.add_argument("--data", choices=["embed", "hash", "embed-remote"], default="embed",
+                    help="embed input files (default), keep only their hashes, or embed remote inputs too")
+    _p.add_argument("--with-local-packages", action="store_true",
+                    help="embed wheels of the editable/local installs (for `julius replay --isolated`)")
     _p.add_argument("--note", default=None, help="a note kept with the recording")
 
 RECORDINGS = _parser("%recordings", "List the recordings of a store.")
@@ -233,11 +235,12 @@ class JuliusMagics(Magics):
     @line_cell_magic
     @_usage_errors
     def record(self, line, cell=None):
-        """%record start NAME [--store URL] [--data embed|hash] [--note TEXT] | %record stop
-        | %%record NAME [...]: record one cell."""
+        """%record start NAME [--store URL] [--data embed|hash|embed-remote] [--with-local-packages] [--note TEXT]
+        | %record stop | %%record NAME [...]: record one cell."""
         if cell is not None:
             args = _parse(RECORD_CELL, line)
-            recorder = recording.start(self.session, args.name, store=args.store, data=args.data, note=args.note)
+            recorder = recording.start(self.session, args.name, store=args.store, data=args.data, note=args.note,
+                                       with_local_packages=args.with_local_packages)
             try:
                 result = self.shell.run_cell(cell)
                 recorder.add_cell(cell)
@@ -258,7 +261,8 @@ class JuliusMagics(Magics):
             return None
         if not args.name:
             raise UsageError("%record start needs a name, e.g. %record start fraud-v1")
-        recording.start(self.session, args.name, store=args.store, data=args.data, note=args.note)
+        recording.start(self.session, args.name, store=args.store, data=args.data, note=args.note,
+                        with_local_packages=args.with_local_packages)
         self.shell.events.register("post_run_cell", self._record_cell)
         self._hooked = True
         print(f"Recording {args.name!r}: every cell until `%record stop` is journaled.")

@@ -20,9 +20,13 @@ def format_size(n):
         n /= 1000
 
 
-def start(session, name, store=None, data="embed", note=None):
-    """Start recording ``session`` into a new recording ``name``; returns the ``Recorder``."""
-    return Recorder(session, name, store=store, data=data, note=note)
+def start(session, name, store=None, data="embed", note=None, with_local_packages=False):
+    """Start recording ``session`` into a new recording ``name``; returns the ``Recorder``.
+
+    ``with_local_packages`` embeds wheels of the kernel's editable and local installs
+    (``%record start --with-local-packages``), for replays in the rebuilt environment.
+    """
+    return Recorder(session, name, store=store, data=data, note=note, with_local_packages=with_local_packages)
 
 
 def stop():

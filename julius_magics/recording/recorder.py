@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 
 import cloudpickle
 
@@ -31,7 +32,7 @@ from ..cluster.watch import ClusterWatch
 from ..errors import RecordingError
 from ..progress import progress_bar
 from ..rules.registry import top_level_names
-from .environment import capture_environment
+from .environment import capture_environment, file_path
 from .steps import KINDS
 from .store import Store
 
@@ -62,9 +63,12 @@ class Recorder:
         Embed the input files' bytes (content-addressed), or only their hashes;
         ``embed-remote`` embeds remote inputs (``s3://``...) too.
     note : str, optional
+    with_local_packages : bool
+        Build wheels of the kernel's editable and local installs and embed them in the
+        recording's first ``environment`` step, for ``julius replay --isolated``.
     """
 
-    def __init__(self, session, name, store=None, data="embed", note=None):
+    def __init__(self, session, name, store=None, data="embed", note=None, with_local_packages=False):
         if data not in ("embed", "hash", "embed-remote"):
             raise ValueError(f"--data must be 'embed', 'hash' or 'embed-remote', not {data!r}")
         if active_recorder() is not None:
@@ -73,6 +77,8 @@ class Recorder:
         self.store = Store.coerce(store)
         self.name = name
         self.data_mode = data
+        self.with_local_packages = with_local_packages
+        self.wheels_embedded = False   # wheels go into the first environment step only
         self.files = {}          # path -> (size, sha) recorded so far
         self.steps = 0
         self.writer = self.store.create(name, meta={
@@ -244,20 +250,58 @@ class Recorder:
         self._partial(reason)
 
     def _record_environment(self, client, environments=None):
-        kernel = self.writer.add_blob(_json_env(environment_now()))
+        kernel_env = environment_now()
+        kernel = self.writer.add_blob(_json_env(kernel_env))
         if environments is None:
             environments = client.run(environment_now)
         workers = {w: self.writer.add_blob(_json_env(env)) for w, env in environments.items()}
-        self._step("environment", {"kernel": kernel, "workers": workers})
+        self._step("environment", {"kernel": kernel, "workers": workers, **self._local_wheels(kernel_env)})
+
+    def _local_wheels(self, kernel_env):
+        """``{"wheels": {name: {filename, sha256}}}`` the first time, with ``--with-local-packages``; else ``{}``.
+
+        One wheel per editable or local install of the kernel, built from its source
+        folder.  One that cannot be built is named in a one-line warning: the recording
+        goes on without it (an isolated replay then needs it installed at its version).
+        """
+        if not self.with_local_packages or self.wheels_embedded:
+            return {}
+        from .pins import RebuildError
+        from .venvs import build_local_wheels
+
+        self.wheels_embedded = True
+        local = {name: dist for name, dist in (kernel_env.get("distributions") or {}).items()
+                 if (dist.get("origin") or {}).get("kind") in ("editable", "local")}
+        versions = kernel_env.get("packages") or {}
+        wheels = {}
+        with progress_bar(len(local), "julius local package wheels", "wheel", delay=1.0, leave=False,
+                          disable=not local) as bar:
+            for name, dist in sorted(local.items()):
+                why = None
+                # tempfile's own names: the file hooks never take julius's reads of it for inputs
+                with tempfile.TemporaryDirectory() as out_dir:
+                    try:
+                        for built, path in build_local_wheels({"distributions": {name: dist}}, out_dir).items():
+                            wheels[built] = {"filename": os.path.basename(path), "sha256": self.writer.add_blob(path)}
+                    except RebuildError as error:
+                        why = str(error)
+                if why is None and name not in wheels:
+                    why = f"its source {file_path(dist['origin'].get('url'))} is not a folder to build a wheel from"
+                if why is not None:
+                    bar.write(f"julius: warning: {name} is not embedded ({why}); an isolated replay needs {name} "
+                              f"{versions.get(name, '')} installed here", file=sys.stderr)   # on its own line
+                bar.update(1)
+        return {"wheels": wheels}
 
     def _record_cluster(self, spec):
         self.session.start_capture()
         self.captured["clusters"] += 1
         self._step("cluster", {**spec, "seed": self.session.seed})
-        kernel = self.writer.add_blob(_json_env(environment_now()))
+        kernel_env = environment_now()
+        kernel = self.writer.add_blob(_json_env(kernel_env))
         workers = {w: self.writer.add_blob(_json_env(env))
                    for w, env in self.session.run_on_workers(environment_now).items()}
-        self._step("environment", {"kernel": kernel, "workers": workers})
+        self._step("environment", {"kernel": kernel, "workers": workers, **self._local_wheels(kernel_env)})
         self.writer.update_meta(workers=spec.get("n_workers"))
 
     def _record_dispatch(self, payload):

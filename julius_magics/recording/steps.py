@@ -188,7 +188,9 @@ KINDS = {k.name: k for k in [
     StepKind(
         "environment",
         {"kernel": "blob SHA-256 of the kernel's environment JSON",
-         "workers": "`{address: blob SHA-256}` (identical environments share one blob)"},
+         "workers": "`{address: blob SHA-256}` (identical environments share one blob)",
+         "wheels": "`{name: {filename, sha256}}`: wheels of the kernel's editable/local installs, as blobs "
+                   "(`--with-local-packages`; first environment step only)"},
         summarise=lambda d: f"kernel and {len(d['workers'])} workers",
     ),
     StepKind(
