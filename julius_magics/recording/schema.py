@@ -115,7 +115,9 @@ _STRINGS = {"type": "array", "items": _STR}
 STEP_SCHEMAS = {
     "cluster": _object(n_workers=_NULL_INT, threads_per_worker=_NULL_INT, seed=_NULL_INT, mode=_NULL_STR),
     "environment": _object(["kernel", "workers"], kernel=_SHA,
-                           workers={"type": "object", "additionalProperties": _SHA}),
+                           workers={"type": "object", "additionalProperties": _SHA},
+                           wheels={"type": "object", "additionalProperties": _object(["filename", "sha256"],
+                                                                                     filename=_STR, sha256=_SHA)}),
     "remote_eval": _object(["source"], source=_STR, push={"type": ["array", "null"], "items": _STR},
                            failed={"type": "boolean"}),
     "cell": _object(["source"], source=_STR),
