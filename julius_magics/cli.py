@@ -48,7 +48,8 @@ def cmd_show(args):
 def cmd_replay(args):
     if args.isolated or args.bisect_env:   # in rebuilt environments: recording.rebuild
         return _replay_rebuilt(args)
-    from .recording.replay import ProgressBar, replay
+    from .recording.replay import replay
+    from .recording.report import ProgressBar
     from .recording.replay_job import run
 
     from .recording.verdict import exit_status
@@ -67,7 +68,7 @@ def cmd_replay(args):
 def _replay_rebuilt(args):
     """``--isolated`` (replay in the recording's rebuilt environment) and ``--bisect-env``."""
     from .recording import rebuild
-    from .recording.replay import Progress, ProgressBar
+    from .recording.report import Progress, ProgressBar
 
     if args.address:
         raise JuliusError("--isolated and --bisect-env start their own cluster on the rebuilt interpreter: "

@@ -360,7 +360,7 @@ class RecordingBrowser(widgets.VBox):
         try:
             if self.isolated.value:
                 from .recording.rebuild import replay_isolated
-                from .recording.replay import Progress
+                from .recording.report import Progress
 
                 report = replay_isolated(name, store=self.store, n_workers=self.n_workers, trust_key=self.trust_key,
                                          build_progress=False, log=lambda text: self._on_progress(Progress(0, 1, text)),

@@ -37,7 +37,7 @@ from ..rules.node import REMOTE_NAMESPACE, NodeRef
 from ..rules.registry import RULES, top_level_names
 from ..fingerprint import fingerprint_and_describe
 from ..progress import progress_bar
-from . import capture
+from . import capture, resubmit
 from .capture import capture_plugins, install_capture
 from .worker import HISTORY_KEY, JuliusWorkerPlugin, apply_history, exec_remote, run_key_job
 
@@ -377,7 +377,7 @@ class Session:
         """``{worker address: function(*args)}`` run on every worker (``Client.run``)."""
         return self.require_client().run(function, *args)
 
-    # --- plain Dask work, captured and replayed (see ``cluster.capture``) ------------
+    # --- plain Dask work, captured and replayed (see ``cluster.capture``, ``cluster.resubmit``)
     def start_capture(self):
         """Journal the plain Dask work of this session's client from now on."""
         capture.start_capture(self.require_client())
@@ -392,11 +392,11 @@ class Session:
 
     def replay_graph(self, event, with_descriptions=False):
         """Submit a captured graph again; ``{key: fingerprint}`` (or ``(fingerprint, description)``)."""
-        return capture.replay_graph(self.require_client(), event, with_descriptions=with_descriptions)
+        return resubmit.replay_graph(self.require_client(), event, with_descriptions=with_descriptions)
 
     def replay_run(self, event):
         """Run a captured ``client.run`` call again."""
-        capture.replay_run(self.require_client(), event)
+        resubmit.replay_run(self.require_client(), event)
 
     def register_plugin(self, plugin, name):
         """Register a worker plugin (e.g. ``UploadFile``) on the cluster."""

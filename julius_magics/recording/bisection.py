@@ -48,7 +48,8 @@ def replay_until(name, nodes, store=None, trust_key=None, n_workers=None):
     from ..cluster.session import Session
     from ..rules.registry import RuleBook
     from . import steps as step_kinds
-    from .replay import ReplayReport, _Context, prepare_inputs
+    from .replay import _Context, prepare_inputs
+    from .report import ReplayReport
     from .store import Store
 
     nodes = [nodes] if isinstance(nodes, str) else list(nodes)

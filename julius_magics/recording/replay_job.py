@@ -7,7 +7,7 @@ Usage::
 Standard output carries one JSON object a line, in this order:
 
 ``{"event": "progress", "done": int, "total": int, "message": str}``
-    zero or more: :class:`~julius_magics.recording.replay.Progress` events;
+    zero or more: :class:`~julius_magics.recording.report.Progress` events;
 ``{"event": "report", "report": ReplayReport.as_dict()}``
     once, when the replay ran (verified or not);
 ``{"event": "error", "message": str}``
@@ -28,7 +28,8 @@ import sys
 from dataclasses import dataclass
 
 from ..errors import JuliusError
-from .replay import Progress, replay
+from .replay import replay
+from .report import Progress
 from .verdict import error_status, exit_status
 
 __all__ = ["Report", "Error", "Progress", "read_event", "run", "main"]

@@ -116,7 +116,7 @@ def _replay_graph(context, step):
 
 def _replay_run(context, step):
     if hasattr(context, "client_for"):
-        from ..cluster.capture import replay_run
+        from ..cluster.resubmit import replay_run
 
         replay_run(context.client_for(step.data.get("address")), dict(step.data, function=context.part(step, "function")))
         return

@@ -39,7 +39,7 @@ from functools import partial
 from ..errors import UntrustedRecordingError
 from ..recording.integrity import untrusted_message
 from ..recording.keys import check_fingerprint
-from ..recording.replay import Progress
+from ..recording.report import Progress
 from ..recording.replay_job import Error, Report, read_event
 from ..recording.store import Store, validate_name
 

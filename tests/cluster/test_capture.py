@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from distributed import Client, LocalCluster, get_client
 
-from julius_magics.cluster import capture
+from julius_magics.cluster import capture, resubmit
 from julius_magics.cluster.capture import (
-    capture_plugins, capture_stats, drain_capture, install_capture, key_text,
-    replay_graph, replay_run, start_capture, stop_capture,
+    capture_plugins, capture_stats, drain_capture, install_capture, key_text, start_capture, stop_capture,
 )
+from julius_magics.cluster.resubmit import replay_graph, replay_run
 from julius_magics.fingerprint import fingerprint
 
 
@@ -278,7 +278,7 @@ def test_scattered_data_captured_and_replayed(captured, fresh):
     assert np.array_equal(value, data)
     mapped = graphs(events)
     assert all(e["scattered"] == scatter["keys"] for e in mapped)
-    held = capture.replay_scatter(fresh, scatter, scatter["values"])
+    held = resubmit.replay_scatter(fresh, scatter, scatter["values"])
     replayed = {}
     for event in mapped:
         replayed.update(replay_graph(fresh, event))
@@ -297,7 +297,7 @@ def test_submit_graph_together_holds_shared_results(captured, fresh):
     events = graphs(drain_capture(captured, final=True))
     pending, held = {}, []
     for event in events:
-        fps, keep = capture.submit_graph(fresh, event, hold=True)
+        fps, keep = resubmit.submit_graph(fresh, event, hold=True)
         pending.update(fps)
         held += keep
     results = dict(zip(pending, (r[0] for r in fresh.gather(list(pending.values())))))
@@ -314,7 +314,7 @@ def test_graph_batch_replays_futures_in_flight_together(captured, fresh):
     events = graphs(drain_capture(captured, final=True))
     assert len(events) == 50
     started = time.monotonic()
-    batch = capture.GraphBatch(fresh)
+    batch = resubmit.GraphBatch(fresh)
     for event in events:
         batch.submit(event)
     done = batch.gather()

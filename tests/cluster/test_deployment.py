@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from distributed import Client
 
-from julius_magics.cluster import capture, serve
+from julius_magics.cluster import resubmit, serve
 from julius_magics.cluster.watch import ClusterWatch
 from tests.recording.store_contract import free_port, wait_for_port
 
@@ -115,7 +115,7 @@ def test_worker_only_files_recorded_and_served_on_a_fresh_deployment(tmp_path):
             second.wait(client)
             served = serve.serve_inputs(client, files, blobs.__getitem__)
             assert {s["status"] for s in served} == {"missing: served from recording"}
-            assert capture.replay_graph(client, graphs[0]) == graphs[0]["fingerprints"]
+            assert resubmit.replay_graph(client, graphs[0]) == graphs[0]["fingerprints"]
     finally:
         second.stop()
         serve.install_redirect([])

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from distributed import Client, LocalCluster
 
-from julius_magics.cluster import capture, inputs, serve
+from julius_magics.cluster import capture, inputs, resubmit, serve
 from julius_magics.errors import DataChangedError
 
 
@@ -65,7 +65,7 @@ def test_replay_from_another_folder_with_the_files_gone(tmp_path):
             served = serve.serve_inputs(client, files, blobs.__getitem__)
             assert {s["status"] for s in served} == {"missing: served from recording"}
             for event in graphs:
-                assert capture.replay_graph(client, event) == event["fingerprints"]
+                assert resubmit.replay_graph(client, event) == event["fingerprints"]
         assert not os.listdir(elsewhere)   # nothing written where the replay ran
     finally:
         os.chdir(here)
@@ -115,7 +115,7 @@ def test_outputs_go_to_the_sandbox_and_are_compared(tmp_path):
             client.register_plugin(serve.OutputSandbox(outputs, str(sandbox)))
             serve.install_output_sandbox(outputs, str(sandbox))
             for event in [e for e in events if e["kind"] == "graph"]:
-                capture.replay_graph(client, event)
+                resubmit.replay_graph(client, event)
             compared = serve.compare_outputs(client, outputs)
         assert all(c["same"] for c in compared), compared
         assert all(c["sandbox"].startswith(str(sandbox)) for c in compared)

@@ -1,0 +1,427 @@
+"""The scheduler and worker plugins that capture the work reaching a Dask cluster.
+
+:class:`CapturePlugin` (on the scheduler) journals graphs, ``client.run`` calls,
+scatters and plugin registrations; :class:`FingerprintWorkerPlugin` (on each
+worker, installed by the scheduler plugin) fingerprints the wanted keys where
+they are computed.  What they journal, and the events the kernel drains, are
+described in :mod:`.capture`, which turns capture on and off from the kernel.
+
+Both plugins are pickled to the scheduler by reference (this module's import
+path), so the scheduler's Python must have julius_magics installed.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import concurrent.futures
+import logging
+import pickle
+import pickletools
+import time
+
+import cloudpickle
+from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
+
+from ..fingerprint import describe, fingerprint
+
+__all__ = [
+    "PLUGIN_NAME",
+    "CapturePlugin",
+    "FingerprintWorkerPlugin",
+    "key_text",
+]
+
+logger = logging.getLogger(__name__)
+
+PLUGIN_NAME = "julius-capture"
+WORKER_PLUGIN_NAME = "julius-fingerprint"
+ANNOTATION = "julius-fingerprint"
+TOPIC = "julius-fingerprint"
+INTERNAL_PREFIX = "julius-"
+INTERNAL_MODULE = "julius_magics."
+FLUSH_PREFIX = "julius-flush-"
+FLUSH_SECONDS = 5.0
+HOLDER = "julius-capture-holder"   # the scheduler-side "client" that pins scattered data
+
+
+def key_text(key) -> str:
+    """Return the JSON-safe string form of a Dask key.
+
+    Strings stay as they are; tuple keys become their ``repr``.
+
+    Examples
+    --------
+    >>> key_text("x-1a2b")
+    'x-1a2b'
+    >>> key_text(("x-1a2b", 0, 1))
+    "('x-1a2b', 0, 1)"
+    """
+    return key if isinstance(key, str) else repr(key)
+
+
+def _is_internal_key(key) -> bool:
+    first = key[0] if isinstance(key, tuple) and key else key
+    return isinstance(first, str) and first.startswith(INTERNAL_PREFIX)
+
+
+def _pickled_global(data: bytes) -> str | None:
+    """Return ``module.name`` of the first global a pickle refers to, without unpickling it.
+
+    A module-level function pickles as a reference to its global, so this is
+    its qualified name; a function cloudpickled by value starts with
+    cloudpickle's own globals.
+    """
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                strings.append(arg)
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                return f"{strings[-2]}.{strings[-1]}"
+            elif opcode.name == "GLOBAL":
+                return arg.replace(" ", ".")
+    except Exception:  # not a pickle we can read: not internal
+        return None
+    return None
+
+
+class CapturePlugin(SchedulerPlugin):
+    """Scheduler plugin that journals graphs, scatters, ``client.run`` calls and plugin registrations.
+
+    Parameters
+    ----------
+    capturing : bool, optional
+        Start with capture on (default off: see :func:`start_capture`).
+    clients : iterable of str, optional
+        Only these clients' graphs and scatters are journaled (default: every client's).
+    """
+
+    name = PLUGIN_NAME
+
+    def __init__(self, capturing: bool = False, clients=()):
+        self.capturing = capturing
+        self.clients = set(clients)   # empty: every client's work is journaled
+        self._reset()
+
+    def _reset(self):
+        self.scheduler = None
+        self.events: list[dict] = []
+        self.seq = 0
+        # key text -> events whose wanted key it is, until its fingerprint arrives
+        self.wanted: dict[str, list[dict]] = {}
+        # wanted keys computed whose fingerprint has not arrived yet
+        self.awaiting: set[str] = set()
+        self.latest_fingerprints: dict[str, tuple[str, str]] = {}
+        self.unserialized: list[tuple] = []
+        self.drained: set[int] = set()   # ids of graph events already handed to the kernel
+        self.late: dict[int, dict] = {}  # graph seq -> fingerprints that came after its drain
+        self.pinned: dict = {}           # scattered key -> event seq (held until drained)
+        self.flushed: set = set()        # drain markers that arrived
+        self.executor = None
+        self.stats = {"graphs": 0, "tasks": 0, "scatters": 0, "dropped": 0, "hook_seconds_max": 0.0,
+                      "hook_seconds_total": 0.0, "serialize_seconds_total": 0.0}
+
+    def __getstate__(self):
+        # Sent to the scheduler by ``client.register_plugin``: only the settings travel.
+        return {"capturing": self.capturing, "clients": sorted(self.clients)}
+
+    def __setstate__(self, state):
+        self.capturing = state["capturing"]
+        self.clients = set(state.get("clients", ()))
+        self._reset()
+
+    def _journaled(self, client) -> bool:
+        if not self.capturing or not client or client.startswith("Client-worker-"):
+            return False
+        return not self.clients or client in self.clients
+
+    # --- lifecycle -------------------------------------------------------------
+    async def start(self, scheduler):
+        self.scheduler = scheduler
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="julius-capture")
+        handlers = scheduler.handlers
+        for op, wrap in (("broadcast", self._wrap_broadcast), ("register_worker_plugin", self._wrap_plugin(False)),
+                         ("register_nanny_plugin", self._wrap_plugin(True)), ("update_data", self._wrap_update_data)):
+            original = getattr(handlers[op], "__julius_original__", handlers[op])
+            wrapped = wrap(original)
+            wrapped.__julius_original__ = original
+            handlers[op] = wrapped
+        # Scheduler.scatter calls self.update_data directly, not through the handler.
+        scheduler.update_data = handlers["update_data"]
+        # Not through the wrapped handler: our own plugin is not journalled.
+        await scheduler.register_worker_plugin(None, pickle.dumps(FingerprintWorkerPlugin()), WORKER_PLUGIN_NAME, idempotent=True)
+
+    async def close(self):
+        if self.scheduler is not None:
+            for op in ("broadcast", "register_worker_plugin", "register_nanny_plugin", "update_data"):
+                original = getattr(self.scheduler.handlers[op], "__julius_original__", None)
+                if original is not None:
+                    self.scheduler.handlers[op] = original
+            self.scheduler.__dict__.pop("update_data", None)
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def _new_event(self, kind: str, **fields) -> dict:
+        self.seq += 1
+        event = {"kind": kind, "seq": self.seq, "time": time.time(), **fields}
+        self.events.append(event)
+        return event
+
+    # --- graphs ------------------------------------------------------------------
+    def update_graph(self, scheduler, *, client, keys, tasks, annotations=None, priority=None, stimulus_id=None, **kwargs):
+        for key in keys:   # a drain's marker: everything this client sent before it has arrived
+            if isinstance(key, str) and key.startswith(FLUSH_PREFIX):
+                self.flushed.add(key)
+                return
+        if not self._journaled(client):
+            return
+        started = time.perf_counter()
+        state = scheduler.tasks
+        specs = {}
+        for key in tasks:
+            ts = state.get(key)
+            if ts is not None and ts.run_spec is not None and not _is_internal_key(key):
+                specs[key] = ts.run_spec
+        wanted = [k for k in keys if not _is_internal_key(k)]
+        if not wanted:
+            return
+        # Dependencies submitted earlier (persisted collections, futures passed as
+        # arguments) join the graph so that it recomputes on its own; scattered data
+        # (no run spec) is named, and replayed from its scatter step.
+        scattered = set()
+        frontier = [dep for key in specs for dep in state[key].dependencies if dep.key not in specs]
+        while frontier:
+            dep = frontier.pop()
+            if dep.key in specs:
+                continue
+            if dep.run_spec is None:
+                scattered.add(key_text(dep.key))
+            else:
+                specs[dep.key] = dep.run_spec
+                frontier.extend(d for d in dep.dependencies if d.key not in specs)
+        for key in wanted:   # a wanted key may itself be scattered data (client.compute of a future)
+            ts = state.get(key)
+            if ts is not None and ts.run_spec is None and key not in specs:
+                scattered.add(key_text(key))
+        event = self._new_event("graph", client=client, keys=[key_text(k) for k in wanted], ntasks=len(specs),
+                                specs=None, fingerprints={}, descriptions={}, scattered=sorted(scattered))
+        for key in wanted:
+            ts = state.get(key)
+            if ts is None:
+                continue
+            if ts.state == "memory" or key not in specs:
+                # Computed before this graph: its fingerprint, if known, is the earlier one.
+                known = self.latest_fingerprints.get(key_text(key))
+                if known:
+                    event["fingerprints"][key_text(key)], event["descriptions"][key_text(key)] = known
+                elif key_text(key) in self.wanted:   # still running for an earlier graph
+                    self.wanted[key_text(key)].append(event)
+            else:
+                ts.annotations = {**(ts.annotations or {}), ANNOTATION: True}
+                self.wanted.setdefault(key_text(key), []).append(event)
+        # pickled when drained, in a thread: not while the graph runs, when the GIL it would
+        # take is the scheduler's (it cost ~10 % of a 20k-task graph's time)
+        self.unserialized.append((event, wanted, specs))
+        elapsed = time.perf_counter() - started
+        self.stats["graphs"] += 1
+        self.stats["tasks"] += len(specs)
+        self.stats["hook_seconds_total"] += elapsed
+        self.stats["hook_seconds_max"] = max(self.stats["hook_seconds_max"], elapsed)
+
+    def _serialize(self, jobs):
+        started = time.perf_counter()
+        for event, wanted, specs in jobs:
+            try:
+                event["specs"] = cloudpickle.dumps({"keys": wanted, "specs": specs}, protocol=5)
+            except Exception as error:   # kept as a dropped graph: the recording says it is partial
+                event["dropped"] = f"its run specs could not be pickled: {type(error).__name__}: {error}"
+                self.stats["dropped"] += 1
+        self.stats["serialize_seconds_total"] += time.perf_counter() - started
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if not self.wanted:
+            return
+        if finish == "memory" and start == "processing":
+            text = key_text(key)
+            if text in self.wanted:
+                self.awaiting.add(text)
+        elif finish in ("erred", "released", "forgotten") and start != "memory":
+            # never computed (failed or cancelled): no result to wait for
+            text = key_text(key)
+            if text in self.wanted and text not in self.awaiting:
+                del self.wanted[text]
+
+    def log_event(self, topic, msg):
+        if topic != TOPIC:
+            return
+        text, fp, summary = msg["key"], msg["fingerprint"], msg["description"]
+        self.latest_fingerprints[text] = (fp, summary)
+        self.awaiting.discard(text)
+        for event in self.wanted.pop(text, ()):
+            if id(event) in self.drained:   # the kernel has it already: sent as a late fingerprint
+                late = self.late.setdefault(event["seq"], {"fingerprints": {}, "descriptions": {}})
+                late["fingerprints"][text], late["descriptions"][text] = fp, summary
+            else:
+                event["fingerprints"][text] = fp
+                event["descriptions"][text] = summary
+
+    # --- scattered data ----------------------------------------------------------
+    def _wrap_update_data(self, original):
+        def update_data(*args, who_has, nbytes, client=None, **kwargs):
+            result = original(*args, who_has=who_has, nbytes=nbytes, client=client, **kwargs)
+            if self._journaled(client):
+                keys = list(who_has)
+                # pinned until the kernel gathered them: a future released meanwhile stays capturable
+                self.scheduler.client_desires_keys(keys=keys, client=HOLDER)
+                event = self._new_event("scatter", client=client, keys=[key_text(k) for k in keys], key_objects=keys,
+                                        nbytes={key_text(k): nbytes.get(k, -1) for k in keys}, values=None)
+                for key in keys:
+                    self.pinned[key] = event["seq"]
+                self.stats["scatters"] += 1
+            return result
+
+        return update_data
+
+    # --- client.run and plugin registrations -----------------------------------
+    def _wrap_broadcast(self, original):
+        async def broadcast(**kwargs):
+            msg = kwargs.get("msg") or {}
+            if self.capturing and msg.get("op") in ("run", "run_coroutine"):
+                name = _pickled_global(msg.get("function", b""))
+                if not (name or "").startswith(INTERNAL_MODULE):
+                    payload = {part: msg.get(part) for part in ("function", "args", "kwargs")}
+                    self._new_event(
+                        "run",
+                        client=None,
+                        name=name or "<dynamic function>",
+                        workers=list(kwargs.get("workers") or []) or None,
+                        nanny=bool(kwargs.get("nanny")),
+                        wait=bool(msg.get("wait", True)),
+                        function=pickle.dumps(payload, protocol=5),
+                    )
+            return await original(**kwargs)
+
+        return broadcast
+
+    def _wrap_plugin(self, nanny: bool):
+        def wrap(original):
+            async def register(comm=None, *, plugin, name, **kwargs):
+                if self.capturing and not str(name).startswith(INTERNAL_PREFIX):
+                    self._new_event("worker_plugin", name=name, nanny=nanny, plugin=bytes(plugin))
+                return await original(comm, plugin=plugin, name=name, **kwargs)
+
+            return register
+
+        return wrap
+
+    def add_worker(self, scheduler, worker):
+        if self.capturing:
+            self._new_event("worker_joined", worker=worker)
+
+    # --- draining ------------------------------------------------------------------
+    def _still_running(self, text) -> bool:
+        """Whether a wanted key may still bring a fingerprint (it is computing or queued)."""
+        if text in self.awaiting:
+            return True
+        ts = self.scheduler.tasks.get(_key_from_text(text, self.scheduler.tasks))
+        return ts is not None and ts.state in ("waiting", "processing", "queued", "no-worker")
+
+    async def drain(self, timeout: float, final: bool = False, markers=()) -> list[dict]:
+        """Return and forget the events so far, every graph with its pickled specs.
+
+        Events and unpickled specs are taken together, before anything is awaited, so a
+        graph arriving meanwhile waits whole for the next drain.  Waits (at most
+        ``timeout`` seconds) for the fingerprints of the drained graphs' keys that are
+        computed; with ``final``, for every key still computing too, and what never came
+        is returned as a ``dropped`` event.  Keys still computing otherwise come later,
+        as ``fingerprints`` events.  ``markers`` are keys of marker graphs the kernel's
+        clients sent just before (:func:`drain_capture`): their arrival means every
+        graph those clients sent earlier has arrived too.
+        """
+        deadline = time.monotonic() + timeout
+        flush_deadline = time.monotonic() + FLUSH_SECONDS
+        while not set(markers) <= self.flushed and time.monotonic() < flush_deadline:
+            await asyncio.sleep(0.002)
+        self.flushed -= set(markers)
+        events, self.events = self.events, []
+        jobs, self.unserialized = self.unserialized, []
+        if jobs:
+            await asyncio.wrap_future(self.executor.submit(self._serialize, jobs))
+        mine = {id(e) for e in events if e["kind"] == "graph"}
+        self.drained |= mine
+
+        def waiting_for():
+            return [t for t, evs in self.wanted.items() if any(id(e) in self.drained for e in evs)
+                    and (t in self.awaiting or (final and self._still_running(t)))]
+
+        while waiting_for() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for event in events:
+            if event["kind"] == "graph":
+                event["pending"] = sorted(set(event["keys"]) - set(event["fingerprints"]))
+        for seq, late in sorted(self.late.items()):
+            events.append({"kind": "fingerprints", "seq": seq, "time": time.time(), "graph": seq, **late})
+        self.late = {}
+        if final:
+            lost = sorted(t for t, evs in self.wanted.items() if any(id(e) in self.drained for e in evs)
+                          and self._still_running(t))
+            if lost:
+                self.stats["dropped"] += len(lost)
+                events.append({"kind": "dropped", "seq": self.seq, "time": time.time(), "what": "fingerprints",
+                               "keys": lost, "reason": f"no fingerprint within {timeout:g} s of the end of the recording"})
+            self.wanted = {}
+            self.awaiting = set()
+            self.drained = set()
+        else:   # forget drained events whose keys all came
+            alive = {id(e) for evs in self.wanted.values() for e in evs}
+            self.drained &= alive
+        return events
+
+    def release_pinned(self, keys) -> None:
+        """Let scattered keys go once their values were gathered (or could not be)."""
+        known = [k for k in keys if k in self.pinned]
+        for k in known:
+            del self.pinned[k]
+        known = [k for k in known if k in self.scheduler.tasks]
+        if known and HOLDER in self.scheduler.clients:
+            self.scheduler.client_releases_keys(keys=known, client=HOLDER, stimulus_id=f"julius-release-{time.time()}")
+
+
+def _key_from_text(text, tasks):
+    """The Dask key whose :func:`key_text` is ``text`` (string keys are their text)."""
+    if text in tasks:
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+class FingerprintWorkerPlugin(WorkerPlugin):
+    """Worker plugin: fingerprints each marked key that finishes executing, in a thread."""
+
+    name = WORKER_PLUGIN_NAME
+
+    def setup(self, worker):
+        self.worker = worker
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="julius-fingerprint")
+
+    def teardown(self, worker):
+        self.executor.shutdown(wait=False)
+
+    def transition(self, key, start, finish, **kwargs):
+        if finish != "memory" or start != "executing":
+            return
+        ts = self.worker.state.tasks.get(key)
+        if ts is None or not ts.annotations or ANNOTATION not in ts.annotations:
+            return
+        value = self.worker.data[key]
+        self.executor.submit(self._send, key, value)
+
+    def _send(self, key, value):
+        try:
+            msg = {"key": key_text(key), "fingerprint": fingerprint(value), "description": describe(value)}
+        except Exception as error:  # an unhashable value must not break the worker
+            msg = {"key": key_text(key), "fingerprint": f"error: {type(error).__name__}: {error}", "description": type(value).__name__}
+        self.worker.log_event(TOPIC, msg)

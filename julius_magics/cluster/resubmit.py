@@ -1,0 +1,166 @@
+"""Replay of captured Dask work on another cluster.
+
+The events that :func:`.capture.drain_capture` journals (``graph``, ``scatter``,
+``run``) are sent again, as they were, to a client's cluster (usually a fresh
+one); the wanted keys of each graph are fingerprinted where they are computed,
+so that the replayed results can be compared with the recorded fingerprints.
+
+Kernel-facing API::
+
+    replay_graph(other_client, event) -> {key: fingerprint}
+    submit_graph(other_client, event, hold=True) -> ({key: future}, held futures)
+    batch = GraphBatch(other_client); batch.submit(event); batch.gather(); batch.release()
+    replay_scatter(other_client, event, values) -> futures
+    replay_run(other_client, event)
+
+Only events of a verified recording may be replayed: their payloads are
+unpickled here.
+"""
+
+from __future__ import annotations
+
+import pickle
+import uuid
+
+import cloudpickle
+
+from ..errors import JuliusError
+from ..fingerprint import fingerprint_and_describe
+from .capture_plugin import INTERNAL_PREFIX, _key_from_text, key_text
+
+__all__ = ["submit_graph", "replay_graph", "GraphBatch", "replay_scatter", "replay_run"]
+
+
+def submit_graph(client, event: dict, hold: bool = False):
+    """Send a captured graph to ``client``'s cluster without waiting for it.
+
+    Its wanted keys are fingerprinted there.  Scattered data it depends on must be
+    in memory already (:func:`replay_scatter`).
+
+    Parameters
+    ----------
+    client : distributed.Client
+    event : dict
+        A ``"graph"`` event (with its ``specs`` bytes).
+    hold : bool, optional
+        Also return futures of the wanted keys themselves, so that later graphs that
+        depend on them reuse the values instead of recomputing them.
+
+    Returns
+    -------
+    (dict, list)
+        ``{key_text: future of (fingerprint, description)}`` and the held futures.
+    """
+    from dask.task_spec import Task, TaskRef
+
+    if event.get("kind") != "graph" or not event.get("specs"):
+        raise JuliusError(f"Captured graph {event.get('seq')} cannot be replayed: "
+                          + (event.get("dropped") or "it has no run specs") + ".")
+    captured = cloudpickle.loads(event["specs"])
+    graph = dict(captured["specs"])
+    scattered = set(event.get("scattered") or ())
+    missing = [key_text(k) for k in captured["keys"] if k not in graph and key_text(k) not in scattered]
+    if missing:
+        raise JuliusError(f"Captured graph {event.get('seq')} cannot be replayed: no run spec for {', '.join(missing[:5])}.")
+    targets = {}
+    run_id = uuid.uuid4().hex  # fresh keys: a replayed graph may be replayed again on the same cluster
+    for i, key in enumerate(captured["keys"]):
+        fp_key = f"{INTERNAL_PREFIX}replay-fingerprint-{run_id}-{i}"
+        graph[fp_key] = Task(fp_key, fingerprint_and_describe, TaskRef(key))
+        targets[fp_key] = key_text(key)
+    wanted = list(targets) + ([k for k in captured["keys"] if k in captured["specs"]] if hold else [])
+    futures = client.get(graph, wanted, sync=False)
+    return dict(zip(targets.values(), futures)), futures[len(targets):]
+
+
+def replay_graph(client, event: dict, *, with_descriptions: bool = False) -> dict:
+    """Recompute a captured graph on ``client``'s cluster and fingerprint its wanted keys there.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        Usually a client of a fresh cluster.
+    event : dict
+        A ``"graph"`` event from :func:`drain_capture`.
+    with_descriptions : bool, optional
+        Return ``{key: (fingerprint, description)}`` instead.
+
+    Returns
+    -------
+    dict
+        ``{key_text: fingerprint}`` of the wanted keys.
+    """
+    futures, _ = submit_graph(client, event)
+    results = client.gather(list(futures.values()))
+    return {text: (tuple(result) if with_descriptions else result[0]) for text, result in zip(futures, results)}
+
+
+class GraphBatch:
+    """Captured graphs replayed together, as they were in flight together when recorded.
+
+    Each :meth:`submit` sends a graph at once (in the recorded order); :meth:`gather`
+    waits for all of them and returns what each replayed.  The wanted keys stay
+    held until :meth:`release`, so a later graph of the batch that depends on them
+    reuses the values instead of recomputing them.
+    """
+
+    def __init__(self, client):
+        self.client = client
+        self.pending = []   # (event, {key: future} or None, failure text or None)
+        self.held = []
+
+    def __len__(self):
+        return len(self.pending)
+
+    def submit(self, event) -> None:
+        try:
+            futures, held = submit_graph(self.client, event, hold=True)
+        except Exception as error:
+            self.pending.append((event, None, f"the graph failed on replay: {type(error).__name__}: {error}"))
+            return
+        self.held.extend(held)
+        self.pending.append((event, futures, None))
+
+    def gather(self) -> list:
+        """``[(event, {key_text: (fingerprint, description)}, failure or None)]`` in submission order."""
+        done = []
+        for event, futures, failure in self.pending:
+            if futures is None:
+                done.append((event, {}, failure))
+                continue
+            try:
+                results = self.client.gather(list(futures.values()))
+                done.append((event, {k: tuple(r) for k, r in zip(futures, results)}, None))
+            except Exception as error:
+                done.append((event, {}, f"the graph failed on replay: {type(error).__name__}: {error}"))
+        self.pending = []
+        return done
+
+    def release(self) -> None:
+        self.held = []
+
+
+def replay_scatter(client, event: dict, values: dict):
+    """Scatter recorded data again, under its recorded keys; returns the futures (keep them).
+
+    Parameters
+    ----------
+    event : dict
+        A ``"scatter"`` event (its ``keys``).
+    values : dict
+        ``{key_text: cloudpickle bytes}`` of the values (only from a verified recording).
+    """
+    data = {_key_from_text(text, ()) if text.startswith("(") else text: cloudpickle.loads(values[text])
+            for text in event["keys"]}
+    return client.scatter(data, hash=False)
+
+
+def replay_run(client, event: dict):
+    """Repeat a captured ``client.run`` call on ``client``'s cluster; return its results by worker."""
+    if event.get("kind") != "run":
+        raise JuliusError(f"replay_run needs a captured run event, got kind={event.get('kind')!r} (seq {event.get('seq')}).")
+    payload = pickle.loads(event["function"])
+    function = pickle.loads(payload["function"])
+    args = pickle.loads(payload["args"]) if payload.get("args") else ()
+    kwargs = pickle.loads(payload["kwargs"]) if payload.get("kwargs") else {}
+    return client.run(function, *args, nanny=event.get("nanny", False), wait=event.get("wait", True), **kwargs)

@@ -1,0 +1,161 @@
+"""What a replay reports: its progress events, a progress bar fed by them, and its outcome.
+
+:class:`Progress` is the one stream of typed events a replay hands to its
+``progress`` callable (:class:`ProgressBar` shows it in a terminal or
+notebook; :mod:`.replay_job` writes it as JSON lines for the server);
+:class:`ReplayReport` is what :func:`.replay.replay` returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+
+from ..progress import progress_bar
+from .environment import format_env_diff
+
+__all__ = ["Progress", "ProgressBar", "ReplayReport"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One event of a replay's progress: ``done`` of ``total`` steps, and what is happening.
+
+    ``done`` is 0 while data and environment are checked and the cluster starts.
+    """
+
+    done: int
+    total: int
+    message: str
+
+    def as_dict(self):
+        """``{"event": "progress", "done", "total", "message"}`` (the JSON line of :mod:`.replay_job`)."""
+        return {"event": "progress", **asdict(self)}
+
+
+class ProgressBar:
+    """A tqdm bar (a widget in notebooks, text in terminals) fed by :class:`Progress` events.
+
+    Examples
+    --------
+    >>> with ProgressBar("demo") as bar:   # doctest: +SKIP
+    ...     report = replay("demo", progress=bar)
+    """
+
+    def __init__(self, name):
+        self.name = name
+        self.bar = None
+        self._open = contextlib.ExitStack()
+
+    def __call__(self, event):
+        if self.bar is None:   # the total is known from the first event
+            self.bar = self._open.enter_context(progress_bar(event.total, f"replay {self.name}", "step"))
+        self.bar.n = event.done
+        self.bar.set_postfix_str(event.message, refresh=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._open.close()
+
+
+class ReplayReport:
+    """What a replay did and whether it reproduced.
+
+    Attributes
+    ----------
+    name : str
+    steps : int
+        Steps replayed.
+    verified : bool
+        True when every recorded result fingerprint matched.
+    results : int
+        Results compared.
+    mismatches : list of dict
+        ``node`` (node id or Dask key), ``label``, ``recorded``, ``replayed`` (fingerprints),
+        ``recorded_value``, ``replayed_value`` (short descriptions), ``cause``.
+    env_diff : dict
+        Differences between the recorded and the replay environment (``same`` when none).
+    data : list of dict
+        Input files: ``path``, ``status`` ("unchanged", "served from recording").
+    timings : dict
+        Seconds: ``cluster``, ``replay``, ``compute`` (of dispatches), ``recorded_compute``.
+    partial : list of str
+        Why the recording is partial (capture dropped something); empty when it is not.
+    session : Session or None
+        The replay's session: stopped, unless ``replay(..., keep=True)`` (then the caller's).
+    """
+
+    def __init__(self, name):
+        self.name = name
+        self.steps = 0
+        self.total_steps = 0
+        self.results = 0
+        self.mismatches = []
+        self.env_diff = {}
+        self.data = []
+        self.complete = True
+        self.partial = []   # why capture missed something, from the recording's meta: never verified
+        self.timings = {"cluster": 0.0, "replay": 0.0, "compute": 0.0, "recorded_compute": 0.0}
+        self.session = None
+
+    @property
+    def verified(self):
+        """True only for a complete, not partial recording, replayed to its end, whose every result matched."""
+        return (self.complete and not self.partial and self.results > 0 and not self.mismatches
+                and self.steps == self.total_steps)
+
+    def as_dict(self):
+        return {"name": self.name, "steps": self.steps, "total_steps": self.total_steps, "complete": self.complete,
+                "verified": self.verified, "results": self.results, "mismatches": self.mismatches,
+                "env_diff": self.env_diff, "data": self.data, "timings": self.timings}
+
+    def summary(self):
+        """A few lines for people."""
+        head = (f"Replay of {self.name!r}: {self.steps}/{self.total_steps} steps, "
+                f"{self.results} results compared -> "
+                + ("VERIFIED: every result fingerprint matched" if self.verified else "NOT VERIFIED"))
+        lines = [head]
+        if not self.complete:
+            matched = "every result matched" if not self.mismatches else "some results differ"
+            lines.append(f"  reproduced up to step {self.steps} of an incomplete recording ({matched}): its kernel "
+                         "stopped while recording, so what came after is unknown")
+        if self.results == 0:
+            lines.append("  the recording holds no results to compare")
+        lines.extend(_capture_lines(self))
+        for m in self.mismatches:
+            lines.append(f"  differs: {m['label'] or m['node']} ({m['node']}): recorded {m['recorded_value']} "
+                         f"[{m['recorded'][:12]}], replayed {m['replayed_value']} [{(m['replayed'] or '-')[:12]}]"
+                         f"\n    likely cause: {m['cause']}")
+        served = [d["path"] for d in self.data if d["status"] != "unchanged"]
+        if served:
+            lines.append(f"  {len(served)} input file(s) missing or changed here, served from the recording: "
+                         + ", ".join(served))
+        if not self.env_diff.get("same", True):
+            lines.append("  environment differs:\n" + _indent(format_env_diff(self.env_diff)))
+        t = self.timings
+        lines.append(f"  time: cluster {t['cluster']:.1f}s, replay {t['replay']:.1f}s "
+                     f"(compute {t['compute']:.1f}s; recorded {t['recorded_compute']:.1f}s)")
+        return "\n".join(lines)
+
+    __str__ = summary
+
+    def __repr__(self):
+        return self.summary()
+
+
+def _indent(text, prefix="    "):
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+def _capture_lines(report):
+    lines = []
+    if report.partial:
+        lines.append("  the recording is partial (not everything could be captured): " + "; ".join(report.partial[:3]))
+    for note in getattr(report, "cluster_notes", []):
+        lines.append(f"  likely cause of float differences: {note}")
+    if getattr(report, "sandbox", None) and getattr(report, "outputs", None):
+        lines.append(f"  {len(report.outputs)} output file(s) written to the sandbox {report.sandbox}, "
+                     f"{sum(o['same'] for o in report.outputs)} identical to the recorded ones")
+    return lines
