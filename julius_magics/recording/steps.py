@@ -21,7 +21,7 @@ from typing import Callable
 
 from ..errors import JuliusError, RemoteError
 
-__all__ = ["StepKind", "KINDS", "kind_of", "summary", "results", "recorded_environment", "format_table"]
+__all__ = ["StepKind", "KINDS", "kind_of", "summary", "results", "input_files", "recorded_environment", "format_table"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class StepKind:
     results : callable or None
         ``results(data) -> {node id or key: {"label", "fp", "describe"}}``: the
         recorded results a replay must reproduce.
+    inputs : bool
+        Its ``files`` are input files read while recording (``julius show``'s and
+        ``julius diff``'s data).
     """
 
     name: str
@@ -52,6 +55,7 @@ class StepKind:
     summarise: Callable = None
     replay: Callable | None = None
     results: Callable | None = None
+    inputs: bool = False
 
 
 # --- summaries ---------------------------------------------------------------------
@@ -285,7 +289,7 @@ KINDS = {k.name: k for k in [
         {"files": "`[{path, abspath, cwd, size, sha256, reader, host, embedded}]`: files read by any code, where "
                   "it ran (`reader`: kernel or a worker's address; `path` as the code wrote it; embedded: the bytes "
                   "are the store blob of that SHA-256)"},
-        summarise=_files,
+        summarise=_files, inputs=True,
     ),
     StepKind(
         "remote_inputs",
@@ -304,6 +308,7 @@ KINDS = {k.name: k for k in [
         {"files": "`[{path, size, sha256, embedded}]`: input files read by nodes "
                   "(embedded: the bytes are the store blob of that SHA-256)"},
         summarise=lambda d: ", ".join(f"{f['path']} ({f['size']:,} B)" for f in d["files"]),
+        inputs=True,
     ),
 ]}
 
@@ -326,6 +331,12 @@ def results(step):
     """``{node id or key: {"label", "fp", "describe"}}`` recorded in ``step`` (``{}`` for most kinds)."""
     kind = KINDS.get(step.kind)
     return kind.results(step.data) if kind is not None and kind.results is not None else {}
+
+
+def input_files(step):
+    """The input files ``step`` recorded (``[]`` for kinds that record none)."""
+    kind = KINDS.get(step.kind)
+    return list(step.data.get("files") or []) if kind is not None and kind.inputs else []
 
 
 def recorded_environment(recording):

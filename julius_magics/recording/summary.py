@@ -53,7 +53,7 @@ def _results(recording):
 
 
 def _files(recording):
-    return {f["path"]: f for s in recording.steps if s.kind == "data" for f in s.data["files"]}
+    return {f["path"]: f for s in recording.steps for f in steps.input_files(s)}
 
 
 def details(name, store=None, legacy_hmac=False):
