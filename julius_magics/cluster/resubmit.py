@@ -107,7 +107,7 @@ class GraphBatch:
     def __init__(self, client):
         self.client = client
         self.pending = []   # (event, {key: future} or None, failure text or None)
-        self.held = []
+        self.held = []      # futures of the wanted keys, and of their fingerprints once gathered
 
     def __len__(self):
         return len(self.pending)
@@ -129,6 +129,7 @@ class GraphBatch:
                 done.append((event, {}, failure))
                 continue
             try:
+                self.held.extend(futures.values())
                 results = self.client.gather(list(futures.values()))
                 done.append((event, {k: tuple(r) for k, r in zip(futures, results)}, None))
             except Exception as error:
@@ -137,7 +138,11 @@ class GraphBatch:
         return done
 
     def release(self) -> None:
-        self.held = []
+        """Let the cluster forget the batch's keys, before this returns: a graph submitted again
+        under the same keys (the replay's non-determinism re-check) is computed anew."""
+        held, self.held = self.held, []
+        if held:
+            self.client.cancel(held)
 
 
 def replay_scatter(client, event: dict, values: dict):

@@ -273,6 +273,7 @@ class _CaptureContext(_Context):
         self.batches = {}        # id(client) -> (GraphBatch, [graph steps])
         self.later = []          # fingerprints steps, compared once their graph is
         self.values = {}         # (recorded address, graph seq) -> {key: (fp, description)}
+        self.recomputes = {}     # (recorded address, graph seq) -> recompute(key), for the re-check
         self.scattered = []      # futures of replayed scatters, held until the end
         self.inputs, self.outputs, self.remote = [], [], []
         report.cluster_notes = list(getattr(session, "cluster_notes", []))
@@ -374,19 +375,21 @@ class _CaptureContext(_Context):
             t0 = time.monotonic()
             done = batch.gather()
             self.report.timings["compute"] += time.monotonic() - t0
+            batch.release()   # before any re-check: a held key would give the re-check its own value back
             for step, (event, replayed, failure) in zip(submitted, done):
-                self.values[(step.data.get("address"), step.data.get("seq"))] = replayed
-
                 def recompute(key, event=event, client=batch.client):
                     return resubmit.replay_graph(client, event).get(key)
 
-                self.compare(step, replayed, None if failure else recompute, failure=failure)
+                graph = (step.data.get("address"), step.data.get("seq"))
+                self.values[graph] = replayed
+                self.recomputes[graph] = None if failure else recompute
+                self.compare(step, replayed, self.recomputes[graph], failure=failure)
             submitted.clear()
-            batch.release()
         later, self.later = self.later, []
         for step in later:
-            replayed = self.values.get((step.data.get("address"), step.data.get("graph")))
-            self.compare(step, replayed or {}, None,
+            graph = (step.data.get("address"), step.data.get("graph"))
+            replayed = self.values.get(graph)
+            self.compare(step, replayed or {}, self.recomputes.get(graph),
                          failure=None if replayed is not None else "its graph was not replayed")
 
     def close(self):
