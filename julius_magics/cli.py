@@ -267,7 +267,7 @@ def build_parser():
     p = add("key", cmd_key, "your public key and its fingerprint (the key is created on first use)")
     p.add_argument("--public", action="store_true", help="only the public key line, e.g. `julius key --public > me.pub`")
     p = add("trust", None, "the public keys whose recordings you trust")
-    trust = p.add_subparsers(dest="trust_command", required=True)
+    trust = p.add_subparsers(dest="trust_command", required=True, help="add a public key, or list the trusted keys")
     t = trust.add_parser("add", help="trust the public key in FILE.pub (as `julius key --public` writes it)")
     t.set_defaults(fn=cmd_trust_add)
     t.add_argument("file")
