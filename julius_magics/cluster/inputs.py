@@ -21,7 +21,8 @@ file version) waits for :func:`drain_reads`.
 Left out: the Python installation (prefixes, site-packages, the standard
 library), system folders (``/usr``, ``/etc``, ``/proc``...), hidden folders of
 the home directory, Dask's scratch space, temporary files (``tmp*`` under the
-temporary directory), code (``.py``, ``.pyc``, ``.so``), folders given to
+temporary directory, and julius's own ``julius-*`` ones: wheels built for a
+recording, copies of inputs), code (``.py``, ``.pyc``, ``.so``), folders given to
 :func:`start_reads` (the recording's store), and files the session created:
 outputs are not inputs.  A file read and later overwritten is hashed before
 it is overwritten.
@@ -59,6 +60,7 @@ CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".so", ".pyd", ".pth", ".dist-info")
 SYSTEM_DIRS = ("/proc/", "/sys/", "/dev/", "/etc/", "/usr/", "/lib/", "/lib64/", "/bin/", "/sbin/", "/run/",
                "/var/lib/", "/var/cache/")
 REMOTE_PROTOCOLS_LOCAL = {"file", "local"}
+TEMP_PREFIX = "julius-"   # julius names its temporary files and folders so: never inputs
 
 
 class _State:
@@ -268,6 +270,7 @@ def _skip_roots(extra) -> tuple:
     prefixes.update(SYSTEM_DIRS)
     prefixes.add(os.path.join(home, "."))          # ~/.cache, ~/.config, ~/.julius, ~/.ipython...
     prefixes.add(os.path.join(temp, "tmp"))        # tempfile's names
+    prefixes.add(os.path.join(temp, TEMP_PREFIX))  # julius's own: wheels built for a recording, input copies
     return tuple(sorted(prefixes))
 
 

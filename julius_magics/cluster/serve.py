@@ -35,6 +35,7 @@ from __future__ import annotations
 import builtins
 import io
 import os
+import pathlib
 import socket
 import threading
 
@@ -231,15 +232,22 @@ def _os_open(path, flags, *args, **kwargs):
 
 
 # --- outputs go to a sandbox ---------------------------------------------------------------
-_SANDBOX = {"dir": None, "outputs": {}, "relative": {}, "dirs": set()}
+# outputs: abspath -> entry; dirs: their folders (a new file there is an output too); folders: those
+# folders and their parents (folders a graph makes on the way); relative: relative output paths and
+# their relative folders -> the absolute path they meant when recorded
+_SANDBOX = {"dir": None, "outputs": {}, "dirs": set(), "folders": set(), "relative": {}, "patched": False}
 
 
 def _in_sandbox(absolute):
     return os.path.join(_SANDBOX["dir"], absolute.lstrip(os.sep))
 
 
-def sandboxed(file):
-    """Where a replay writes ``file``: recorded outputs and relative paths go into the sandbox."""
+def sandboxed(file, folder=False):
+    """Where a replay writes ``file`` (or makes the folder ``file``, with ``folder``).
+
+    Recorded outputs, new files in their folders, those folders and their parents, and any
+    relative path go into the sandbox; anything else (a temporary file) is left alone.
+    """
     if isinstance(file, int) or not _SANDBOX["dir"]:
         return file
     try:
@@ -249,55 +257,68 @@ def sandboxed(file):
     if os.path.abspath(text).startswith(os.path.join(_SANDBOX["dir"], "")):
         return file
     if not os.path.isabs(text):
-        entries = _SANDBOX["relative"].get(text)
-        absolute = entries[0]["abspath"] if entries else os.path.join(_SANDBOX["dir"], "cwd", text)
+        absolute = _SANDBOX["relative"].get(os.path.normpath(text)) or os.path.join(_SANDBOX["dir"], "cwd", text)
     else:
-        absolute = text
-        if absolute not in _SANDBOX["outputs"] and os.path.dirname(absolute) not in _SANDBOX["dirs"]:
+        absolute = os.path.abspath(text)
+        known = (absolute in _SANDBOX["folders"]) if folder else (
+            absolute in _SANDBOX["outputs"] or os.path.dirname(absolute) in _SANDBOX["dirs"])
+        if not known:
             return file   # not something the recording wrote (a temporary file): left alone
     target = _in_sandbox(absolute)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
+    _raw_makedirs(os.path.dirname(target), exist_ok=True)
     return target
 
 
 def install_output_sandbox(outputs, folder) -> None:
     """Writes of the recorded ``outputs`` (and of any relative path) go under ``folder`` in this process.
 
-    ``outputs`` are recorded output entries (``path, abspath, cwd``); ``None`` for ``folder``
-    switches the sandbox off.
+    So do the folders they are written in, made by ``os.mkdir``, ``os.makedirs``,
+    ``pathlib.Path.mkdir`` or fsspec.  ``outputs`` are recorded output entries
+    (``path, abspath, cwd``); ``None`` for ``folder`` switches the sandbox off.
     """
     with _lock:
         _SANDBOX["dir"] = os.path.abspath(folder) if folder else None
         _SANDBOX["outputs"] = {o["abspath"]: o for o in outputs}
+        _SANDBOX["dirs"] = {os.path.dirname(o["abspath"]) for o in outputs}
+        _SANDBOX["folders"] = {parent for d in _SANDBOX["dirs"] for parent in _parents(d)}
         relative = {}
         for o in outputs:
             if not os.path.isabs(o["path"]):
-                relative.setdefault(o["path"], []).append(o)
+                path, absolute = os.path.normpath(o["path"]), o["abspath"]
+                while path and path != os.curdir:   # the file, then each folder it is in
+                    relative.setdefault(path, absolute)
+                    path, absolute = os.path.dirname(path), os.path.dirname(absolute)
         _SANDBOX["relative"] = relative
-        _SANDBOX["dirs"] = {os.path.dirname(o["abspath"]) for o in outputs}
         if not _REDIRECT["installed"]:
             install_redirect([])
-        _patch_fsspec_dirs()
+        if not _SANDBOX["patched"]:   # fsspec's local mkdir/makedirs call these too
+            os.mkdir, os.makedirs, pathlib.Path.mkdir = _mkdir, _makedirs, _path_mkdir
+            _SANDBOX["patched"] = True
 
 
-def _patch_fsspec_dirs():
-    try:
-        from fsspec.implementations.local import LocalFileSystem
-    except ImportError:
-        return
-    if getattr(LocalFileSystem.makedirs, "__julius_original__", None):
-        return
-    for name in ("makedirs", "mkdir"):
-        original = getattr(LocalFileSystem, name)
+def _parents(folder):
+    """``folder`` and the folders above it, short of the root."""
+    while os.path.dirname(folder) != folder:
+        yield folder
+        folder = os.path.dirname(folder)
 
-        def wrapper(self, path, *args, __original=original, **kwargs):
-            stripped = self._strip_protocol(path)
-            if _SANDBOX["dir"] and stripped in _SANDBOX["dirs"]:
-                path = _in_sandbox(stripped)
-            return __original(self, path, *args, **kwargs)
 
-        wrapper.__julius_original__ = original
-        setattr(LocalFileSystem, name, wrapper)
+_raw_mkdir, _raw_makedirs, _raw_path_mkdir = os.mkdir, os.makedirs, pathlib.Path.mkdir
+
+
+def _mkdir(path, *args, **kwargs):
+    return _raw_mkdir(sandboxed(path, folder=True), *args, **kwargs)
+
+
+def _makedirs(name, *args, **kwargs):
+    # os.makedirs makes missing parents by calling os.mkdir and itself: those are in the sandbox already
+    return _raw_makedirs(sandboxed(name, folder=True), *args, **kwargs)
+
+
+def _path_mkdir(self, *args, **kwargs):
+    target = sandboxed(self, folder=True)
+    # the sandbox's own Path: its exist_ok check (is_dir) looks there too
+    return _raw_path_mkdir(self if target is self else type(self)(target), *args, **kwargs)
 
 
 def _sandbox_hashes(outputs):

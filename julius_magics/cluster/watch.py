@@ -12,7 +12,7 @@ Recorder-facing API::
     watch = ClusterWatch(skip=[store_root])
     watch.start(session_client)          # adopt existing clients, note reads from now on
     for item in watch.drain(): ...       # in order: new clusters, then each cluster's events, then files
-    data = watch.file_bytes(entry)       # bytes of an input, read where it was read
+    chunks = watch.file_chunks(entry)    # an input's bytes in chunks, read where it was read
     watch.stop(); watch.drain(final=True)
 
 Each item is a dict with ``"kind"``:
@@ -31,12 +31,17 @@ Each item is a dict with ``"kind"``:
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 import threading
 import uuid
 
 from . import adopt, capture, inputs
 
-__all__ = ["ClusterWatch"]
+__all__ = ["ClusterWatch", "SNAPSHOT_CHUNK"]
+
+SNAPSHOT_CHUNK = 32 << 20   # bytes of an input fetched from its reader at a time: memory stays bounded
+SPILL_PREFIX = f"{inputs.TEMP_PREFIX}snapshot-"   # a julius temp name: the file hooks never take it for an input
 
 
 class ClusterWatch:
@@ -52,6 +57,7 @@ class ClusterWatch:
 
     def __init__(self, skip=(), hash_remote=True, worker_environment=None, embed=True):
         self.embed = embed
+        self.chunk_size = SNAPSHOT_CHUNK
         self.skip = tuple(str(s) for s in skip if s)
         self.hash_remote = hash_remote
         self.worker_environment = worker_environment   # run on each worker at adoption: {address: env}
@@ -102,16 +108,14 @@ class ClusterWatch:
                     event["dropped"] = "scattered data was gone before it could be gathered"
             await client.run_on_scheduler(capture._release_pinned, keys)
         reports = await client.run(inputs.drain_reads, self.hash_remote)
-        bytes_of = {}
+        spilled = {}
         for worker, report in reports.items():   # the bytes too: the workers go away with the client
             for entry in report["inputs"] if self.embed else ():
-                got = await client.run(inputs.read_file_chunk, entry["abspath"], 0, None, entry["sha256"],
-                                       workers=[worker])
-                bytes_of[(worker, entry["abspath"])] = got[worker]
+                spilled[(worker, entry["abspath"])] = await self._spill(client, worker, entry)
         items = [{**e, "address": address, "handle": None} for e in events]
         files = self._merge([(w, address, r) for w, r in reports.items()])
         for entry in files[0]["inputs"] if files else ():
-            entry["data"] = bytes_of.get((entry["reader"], entry["abspath"]))
+            entry["spill"] = spilled.get((entry["reader"], entry["abspath"]))
         with self._lock:
             self._final.extend(items + files)
             adopted = self.clients.get(client.id)
@@ -215,13 +219,69 @@ class ClusterWatch:
                 merged[part].extend({**entry, "reader": reader, "address": address} for entry in report[part])
         return [merged] if any(merged[p] for p in ("inputs", "outputs", "remote", "problems")) else []
 
-    def file_bytes(self, entry) -> bytes:
-        """The bytes of an input entry, read where it was read (a worker sends them through Dask)."""
-        if entry.get("data") is not None:   # taken while its cluster closed
-            return entry["data"]
-        if entry["reader"] == "kernel":
-            return inputs.read_file_chunk(entry["abspath"], 0, None, entry["sha256"])
+    async def _spill(self, client, worker, entry):
+        """Copy an input from a closing cluster's worker to a kernel temp file, a chunk at a time.
+
+        Returns the file's path, or the error that stopped the copy (the recorder names it).
+        """
+        fd, path = tempfile.mkstemp(prefix=SPILL_PREFIX)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for offset in range(0, max(entry["size"], 1), self.chunk_size):
+                    got = await client.run(inputs.read_file_chunk, entry["abspath"], offset, self.chunk_size,
+                                           workers=[worker])
+                    f.write(got[worker])
+        except Exception as error:
+            os.unlink(path)
+            return error
+        return path
+
+    def file_chunks(self, entry):
+        """The bytes of an input entry, in chunks of :attr:`chunk_size`, read where it was read.
+
+        A worker sends them through Dask one chunk at a time (the next one is asked for
+        while the kernel writes the last), so a file of any size never sits whole in the
+        kernel.  Nothing is checked here: the store checks the SHA-256 before it commits.
+        """
+        spill = entry.get("spill")
+        if isinstance(spill, Exception):   # its cluster closed before the bytes could be copied
+            raise spill
+        if spill is not None or entry["reader"] == "kernel":   # a local file: the copy, or what the kernel read
+            try:
+                for offset in range(0, entry["size"], self.chunk_size):
+                    yield inputs.read_file_chunk(spill or entry["abspath"], offset, self.chunk_size)
+            finally:
+                self.discard(entry)
+            return
         client = next(a.client for a in self._live() if a.address == entry["address"])
-        return client.submit(inputs.read_file_chunk, entry["abspath"], 0, None, entry["sha256"],
-                             workers=[entry["reader"]], allow_other_workers=False,
-                             key=f"julius-read-input-{uuid.uuid4().hex}").result()
+
+        def ask(offset):
+            return client.submit(inputs.read_file_chunk, entry["abspath"], offset, self.chunk_size,
+                                 workers=[entry["reader"]], allow_other_workers=False,
+                                 key=f"julius-read-input-{uuid.uuid4().hex}")
+
+        offsets = iter(range(0, entry["size"], self.chunk_size))
+        pending = None
+        try:
+            following = next(offsets, None)
+            pending = ask(following) if following is not None else None
+            while pending is not None:
+                following = next(offsets, None)
+                current, pending = pending, ask(following) if following is not None else None
+                chunk = current.result()
+                current.release()
+                yield chunk
+        finally:
+            if pending is not None:
+                pending.release()
+
+    def discard(self, entry):
+        """Let go of an input's copy taken while its cluster closed (not embedded after all)."""
+        spill = entry.pop("spill", None)
+        if isinstance(spill, str):
+            with contextlib.suppress(OSError):
+                os.unlink(spill)
+
+    def file_bytes(self, entry) -> bytes:
+        """The whole bytes of a (small) input entry: :meth:`file_chunks` joined."""
+        return b"".join(self.file_chunks(entry))

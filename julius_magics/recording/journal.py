@@ -197,25 +197,45 @@ def write_verified(files, name, summary, key, where):
     files.write(files.path(name, VERIFIED), integrity.seal(body, key))
 
 
-def put_blob(files, data):
-    """Store ``data`` (bytes or a file path) once per store; return its SHA-256 and size.
+def put_blob(files, data, sha256=None, size=None):
+    """Store ``data`` once per store; return its SHA-256 and size.
 
-    Files are streamed, never read whole into memory.
+    ``data`` is bytes, a file path or an iterable of byte chunks (a stream: ``sha256``
+    and ``size`` are then required). Files and streams are never held whole in memory.
+    With ``sha256`` known, a blob the store already holds is not read again, and the
+    bytes are hashed while they are written: a blob whose bytes do not hash to
+    ``sha256`` is never committed (``IntegrityError``, nothing left behind).
     """
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = bytes(data)
         sha, size = sha256_hex(data), len(data)
+        if sha256 is not None and sha != sha256:
+            raise IntegrityError(f"data of {size} bytes has SHA-256 {sha[:12]}…, expected {sha256[:12]}….")
         target = files.path(BLOBS, sha)
         if files.size(target) != size:
             files.write(target, data)
         return sha, size
-    path = os.fspath(data)
-    with open(path, "rb") as f:
-        sha, size = integrity.hash_stream(integrity.read_chunks(f))
-    target = files.path(BLOBS, sha)
-    if files.size(target) != size:
+    if isinstance(data, (str, os.PathLike)):
+        path = os.fspath(data)
+        if sha256 is None:
+            size, sha256 = file_digest(path)
+        if size is None:
+            size = os.path.getsize(path)
         with open(path, "rb") as f:
-            files.write_chunks(target, checked(integrity.read_chunks(f), sha, f"file {path}"))
+            return _put_stream(files, integrity.read_chunks(f), sha256, size, f"file {path}")
+    if sha256 is None or size is None:
+        raise ValueError("a stream of chunks is stored under its known SHA-256 and size: pass sha256= and size=")
+    return _put_stream(files, data, sha256, size, f"a stream of {size} bytes")
+
+
+def _put_stream(files, chunks, sha, size, where):
+    """Write ``chunks`` as blob ``sha`` unless the store holds it; checked before it appears."""
+    target = files.path(BLOBS, sha)
+    try:
+        if files.size(target) != size:
+            files.write_chunks(target, checked(chunks, sha, where, size))
+    finally:
+        getattr(chunks, "close", lambda: None)()   # a stream not consumed (blob already stored) is let go
     return sha, size
 
 
@@ -226,10 +246,17 @@ def file_digest(path):
     return size, sha
 
 
-def checked(chunks, sha, where):
-    """Pass ``chunks`` through, raising ``IntegrityError`` at the end if their SHA-256 is not ``sha``."""
+def checked(chunks, sha, where, size=None):
+    """Pass ``chunks`` through, raising ``IntegrityError`` at the end if their SHA-256 is not ``sha``.
+
+    With ``size``, more bytes than that raise at once (a file growing while it is copied).
+    """
     h = hashlib.sha256()
+    seen = 0
     for chunk in chunks:
+        seen += len(chunk)
+        if size is not None and seen > size:
+            raise IntegrityError(f"{where} changed while it was being copied (more than {size} bytes).")
         h.update(chunk)
         yield chunk
     if h.hexdigest() != sha:
@@ -325,14 +352,17 @@ class RecordingWriter:
             self._manifest["size"] += len(raw)
             return seq
 
-    def add_blob(self, data):
-        """Store data (bytes or a file path, streamed) once per store; return its SHA-256 hex.
+    def add_blob(self, data, sha256=None, size=None):
+        """Store data once per store; return its SHA-256 hex.
 
-        The blob belongs to this recording from the next step on (or from :meth:`close`).
+        ``data`` is bytes, a file path or an iterable of byte chunks with its ``sha256``
+        and ``size`` (see :func:`put_blob`: streamed, and checked against ``sha256``
+        before the blob is committed). The blob belongs to this recording from the
+        next step on (or from :meth:`close`).
         """
         with self._lock:
             self._check_open()
-        sha, size = put_blob(self.store.files, data)
+        sha, size = put_blob(self.store.files, data, sha256, size)
         self.add_stored_blob(sha, size)
         return sha
 

@@ -193,6 +193,8 @@ class Recorder:
 
     def _record_files(self, item):
         """Inputs read anywhere (hashed where read; embedded from there), outputs, remote inputs, problems."""
+        from ..errors import IntegrityError
+
         embed = self.data_mode in ("embed", "embed-remote")
         new = []
         todo, seen = [], set(self.files)
@@ -200,21 +202,23 @@ class Recorder:
             if (e["host"], e["abspath"], e["sha256"]) not in seen:
                 seen.add((e["host"], e["abspath"], e["sha256"]))
                 todo.append(e)
+            else:
+                self.watch.discard(e)
         with progress_bar(sum(e["size"] for e in todo), "julius data snapshot", "B", unit_scale=True,
                           delay=1.0, leave=False, disable=not todo) as bar:
             for entry in todo:
                 self.files[(entry["host"], entry["abspath"], entry["sha256"])] = entry["size"]
-                if embed:
+                if embed:   # streamed from where it was read, checked against its SHA-256 before it is stored
+                    source = entry["abspath"] if entry["reader"] == "kernel" else self.watch.file_chunks(entry)
                     try:
-                        data = self.watch.file_bytes(entry) if entry["reader"] != "kernel" else None
-                        sha = self.writer.add_blob(data if data is not None else entry["abspath"])
+                        self.writer.add_blob(source, sha256=entry["sha256"], size=entry["size"])
+                    except IntegrityError:
+                        self._record_problem(entry, "changed after it was read, before it was stored")
+                        continue
                     except Exception as error:
                         self._record_problem(entry, f"could not be read for the recording: {error}")
                         continue
-                    if sha != entry["sha256"]:
-                        self._record_problem(entry, "changed after it was read, before it was stored")
-                        continue
-                entry.pop("data", None)
+                self.watch.discard(entry)
                 new.append({k: entry.get(k) for k in ("path", "abspath", "cwd", "size", "sha256", "reader", "host")}
                            | {"embedded": embed})
                 bar.update(entry["size"])

@@ -118,3 +118,25 @@ def test_a_file_version_is_hashed_once(noting, monkeypatch):
             f.read()
         drain_reads()
     assert len(calls) == 1
+
+
+def test_julius_own_temporary_folders_are_not_inputs(noting):
+    """Wheels built for ``--with-local-packages`` (``julius-wheels-*``) and copies of inputs are julius's reads."""
+    import tempfile
+
+    from julius_magics.recording import venvs
+
+    stop_reads()
+    with tempfile.TemporaryDirectory(prefix="julius-wheels-") as wheels, \
+            tempfile.TemporaryDirectory(prefix="project-") as project:
+        for folder in (wheels, project):
+            with open(os.path.join(folder, "pkg-1.0-py3-none-any.whl"), "wb") as f:
+                f.write(b"PK wheel")
+        start_reads()
+        for folder in (wheels, project):
+            with open(os.path.join(folder, "pkg-1.0-py3-none-any.whl"), "rb") as f:
+                f.read()
+        report = drain_reads()
+    assert [os.path.dirname(e["abspath"]) for e in report["inputs"]] == [project]
+    # the names julius gives its own temporary folders are the ones skipped
+    assert "julius-wheels-" in open(venvs.__file__).read() and "julius-wheels-".startswith(inputs.TEMP_PREFIX)

@@ -1,0 +1,204 @@
+"""Recording a plain Dask notebook costs <= 5 % over not recording it; its replay serves every file.
+
+Usage::
+
+    python benchmarks/bench_plain_recording.py [--csv-mb 120] [--parquet-mb 90] [--tasks 20000] [--rounds 1]
+
+Two notebooks that never call julius, each with its own ``LocalCluster`` (2 worker
+processes, 1 thread each), run side by side in one process, unrecorded and recorded
+(``recording.start`` / ``recording.stop``, ``--data embed``: the input bytes are
+snapshotted), alternating in both orders (plain first, then recorded first), each
+recorded round into a fresh store:
+
+- **files**: ``dd.read_csv`` and ``dd.read_parquet`` over >= 200 MB of CSV and Parquet
+  (generated in a temporary folder outside the checkout), read by the workers, with a
+  few reductions over them (every CSV file is read twice); the notebook's time runs from
+  its first line to its last (cluster start and close included) plus, when recorded,
+  ``%record start`` and ``%record stop`` and the drains at its cells' ends, where the
+  files are hashed and their bytes streamed into the store;
+- **futures**: N tiny tasks (``client.map`` of half, a ``client.submit`` loop of the
+  other half), gathered once.
+
+Then the files are deleted and the last files recording is replayed: every file is served
+from the recording.  Prints recorded / unrecorded per workload, replay / original compute,
+and what the snapshot cost beside hashing and storing the same bytes once.
+"""
+
+import argparse
+import glob
+import hashlib
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+FILES_CELL = """
+import dask, dask.dataframe as dd
+from distributed import Client, LocalCluster
+cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+client = Client(cluster)
+t0 = time.monotonic()
+csv = dd.read_csv(f"{data}/csv/*.csv", blocksize="32MB")
+table = dd.read_parquet(f"{data}/parquet")
+means, total, rows = dask.compute(csv.groupby("g").x.mean(), table.y.sum(), table.shape[0])
+spread = float((csv.x - csv.y).abs().max().compute())   # the CSV files read a second time
+seconds = time.monotonic() - t0
+"""
+
+FUTURES_CELL = """
+from distributed import Client, LocalCluster
+cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+client = Client(cluster)
+t0 = time.monotonic()
+mapped = client.map(inc, range(tasks // 2))
+looped = [client.submit(inc, i, key=f"inc-loop-{i}") for i in range(tasks - tasks // 2)]
+total = sum(client.gather(mapped + looped))
+seconds = time.monotonic() - t0
+"""
+
+CLOSE_CELL = """
+client.close()
+cluster.close()
+"""
+
+
+def inc(x):
+    return x + 1
+
+
+def make_data(folder, csv_mb, parquet_mb):
+    """CSV files of about 15 MB and Parquet files of about 15 MB (random floats: incompressible)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    os.makedirs(f"{folder}/csv")
+    os.makedirs(f"{folder}/parquet")
+    rows = 300_000
+    for i in range(max(1, round(csv_mb / 15))):
+        pd.DataFrame({"g": rng.integers(0, 50, rows), "x": rng.random(rows), "y": rng.random(rows),
+                      "z": rng.normal(size=rows)}).to_csv(f"{folder}/csv/part-{i:03d}.csv", index=False)
+    for i in range(max(1, round(parquet_mb / 15))):
+        pd.DataFrame({"a": rng.integers(0, 1 << 40, rows), "y": rng.random(rows), "w": rng.normal(size=rows),
+                      "v": rng.random(rows), "u": rng.random(rows), "t": rng.random(rows)}).to_parquet(
+            f"{folder}/parquet/part-{i:03d}.parquet", compression=None)
+    return sorted(glob.glob(f"{folder}/csv/*") + glob.glob(f"{folder}/parquet/*"))
+
+
+def run_notebook(cells, namespace, store=None, name=None):
+    """Run ``cells`` as a notebook does; recorded into ``store`` as ``name`` when given.
+
+    Returns (notebook seconds, the cells' own compute seconds, snapshot seconds, worker hashes).
+    """
+    from julius_magics import recording
+    from julius_magics.cluster import inputs
+    from julius_magics.cluster.session import Session
+
+    snapshot, hashes = 0.0, None
+    t0 = time.monotonic()
+    recorder = recording.start(Session(), name, store=store) if name else None
+    for i, cell in enumerate(cells):
+        if i == len(cells) - 1 and recorder is not None:   # before the close: how many hashes each worker took
+            hashes = sum(namespace["client"].run(lambda: len(inputs._S.hashes)).values())
+        exec(cell, namespace)
+        if recorder is not None:
+            t = time.monotonic()
+            recorder.add_cell(cell)   # what %record does at each cell's end: drain, hash, snapshot
+            snapshot += time.monotonic() - t
+    if recorder is not None:
+        recording.stop()
+    return time.monotonic() - t0, namespace["seconds"], snapshot, hashes
+
+
+def hash_and_store_once(files, folder):
+    """The floor of a snapshot: each file's bytes hashed and written (with fsync) once."""
+    os.makedirs(folder)
+    t0 = time.monotonic()
+    for path in files:
+        with open(path, "rb") as src, open(os.path.join(folder, os.path.basename(path)), "wb") as dst:
+            h = hashlib.sha256()
+            while chunk := src.read(32 << 20):
+                h.update(chunk)
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+    return time.monotonic() - t0
+
+
+def side_by_side(label, cells, namespace, work, rounds):
+    from julius_magics.recording.store import Store
+
+    plain, recorded, computes, snapshots = [], [], {"plain": [], "recorded": []}, []
+    hashes, last = None, None
+    for r in range(rounds):
+        for order in (("plain", "recorded"), ("recorded", "plain")):
+            for side in order:
+                ns = dict(namespace)
+                if side == "plain":
+                    total, compute, _, _ = run_notebook(cells, ns)
+                    plain.append(total)
+                else:
+                    last = (Store(f"{work}/store-{label}-{len(recorded)}"), f"{label}-{len(recorded)}")
+                    total, compute, snapshot, hashes = run_notebook(cells, ns, *last)
+                    recorded.append(total)
+                    snapshots.append(snapshot)
+                computes[side].append(compute)
+                print(f"  {label} {side:8s} notebook {total:7.2f} s, its compute {compute:7.2f} s"
+                      + (f", snapshot at the cells' ends {snapshots[-1]:.2f} s" if side == "recorded" else ""),
+                      flush=True)
+    ratio = statistics.mean(recorded) / statistics.mean(plain)
+    print(f"{label}: recorded / unrecorded = {ratio:.3f} (notebook, means of {len(plain)}; target <= 1.05); "
+          f"compute alone {statistics.mean(computes['recorded']) / statistics.mean(computes['plain']):.3f}")
+    return last, computes, snapshots, hashes
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--csv-mb", type=float, default=120)
+    parser.add_argument("--parquet-mb", type=float, default=90)
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of (plain, recorded, recorded, plain)")
+    parser.add_argument("--skip-futures", action="store_true")
+    args = parser.parse_args()
+
+    from julius_magics import recording
+
+    work = tempfile.mkdtemp(prefix="bench-plain-")   # not tempfile's tmp* names: those are never inputs
+    try:
+        data = f"{work}/data"
+        files = make_data(data, args.csv_mb, args.parquet_mb)
+        size = sum(os.path.getsize(f) for f in files)
+        print(f"data: {len(files)} files, {size / 1e6:.0f} MB ({len(glob.glob(f'{data}/csv/*'))} CSV, "
+              f"{len(glob.glob(f'{data}/parquet/*'))} Parquet); load {os.getloadavg()}", flush=True)
+        (store, name), computes, snapshots, hashes = side_by_side(
+            "files", [FILES_CELL, CLOSE_CELL], {"data": data, "time": time}, work, args.rounds)
+        floor = hash_and_store_once(files, f"{work}/floor")
+        print(f"snapshot (drains at the cells' ends: worker hashing + streaming into the store) "
+              f"{statistics.mean(snapshots):.2f} s vs hashing and storing the bytes once {floor:.2f} s: "
+              f"{statistics.mean(snapshots) / floor:.2f}x; file versions hashed by the workers {hashes} "
+              f"for {len(files)} files (each CSV file read twice)")
+        rec = store.open(name)
+        embedded = [f for s in rec.steps if s.kind == "inputs" for f in s.data["files"]]
+        print(f"recording: {len(embedded)} input files embedded, {rec.info.size / 1e6:.0f} MB")
+        shutil.rmtree(data)
+        t0 = time.monotonic()
+        report = recording.replay(name, store=store)
+        wall = time.monotonic() - t0
+        served = {d["status"] for d in report.data}
+        replayed = wall - report.timings["cluster"]
+        original = statistics.mean(computes["recorded"])
+        print(f"replay with every file served ({served}): {wall:.2f} s, without its cluster start "
+              f"{report.timings['cluster']:.2f} s: {replayed:.2f} s, verified={report.verified}, "
+              f"results={report.results}")
+        print(f"files: replay / original compute = {replayed / original:.3f} (target <= 1.05); load {os.getloadavg()}")
+        if not args.skip_futures:
+            side_by_side("futures", [FUTURES_CELL, CLOSE_CELL], {"tasks": args.tasks, "inc": inc, "time": time},
+                         work, args.rounds)
+            print(f"load {os.getloadavg()}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
