@@ -162,6 +162,8 @@ def main():
     parser.add_argument("--skip-futures", action="store_true")
     args = parser.parse_args()
 
+    import tqdm.notebook  # noqa: F401  (a kernel has IPython and ipywidgets imported: not the recording's cost)
+
     from julius_magics import recording
 
     work = tempfile.mkdtemp(prefix="bench-plain-")   # not tempfile's tmp* names: those are never inputs
