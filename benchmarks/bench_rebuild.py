@@ -15,9 +15,17 @@ Then a bisection of 16 changed packages: a ``%%remote_eval`` result that depends
 one of them (tabulate's list of table formats), the other 15 changed without effect.
 Its rebuilds are reported with their times (target: at most 6).
 
+With ``--warm-rounds N``, only the warm case, N rounds side by side, each round alternating
+(from the command line, as a user runs them, each a fresh process): the plain replay
+``julius replay NAME --json``; ``julius replay NAME --isolated --json``; and the isolated
+replay from this process, its job as before (``-m replay_job``), with jsonschema's slow
+optional imports kept out, and with the preloaded worker fork server as well. Each line
+gives the replay's own timings (its cluster start, its computes) and, by difference, the
+job's process start and imports.
+
 Usage::
 
-    python benchmarks/bench_rebuild.py [--skip-cold] [--skip-pip] [--skip-bisect]
+    python benchmarks/bench_rebuild.py [--skip-cold] [--skip-pip] [--skip-bisect] [--warm-rounds N]
 
 Targets (issue 10): cold <= 90 s, uv cache warm <= 25 s, warm <= 10 s, each until verified.
 """
@@ -94,6 +102,57 @@ def isolated(name, store, root, cache=None):
     return {"total": total, "build": build, "replay": total - build, "reused": result.environments[0].reused}
 
 
+def cli_replay(store, name, work, *extra):
+    """``julius replay NAME --json [extra]`` as a user runs it: wall seconds and the replay's timings."""
+    t0 = time.perf_counter()
+    out = run([sys.executable, "-m", "julius_magics.cli", "--store", store, "replay", name, "--json", *extra], cwd=work)
+    wall = time.perf_counter() - t0
+    report = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")][-1]["report"]
+    assert report["verified"] and report["env_diff"]["same"], report["env_diff"]
+    return wall, report["timings"]
+
+
+def job_replay(name, store, root, work, variant):
+    """The isolated replay from this process, its job started as ``variant`` says."""
+    from julius_magics.recording import isolated as iso
+
+    command = iso.job_command
+    if variant == "old job (-m replay_job)":
+        iso.job_command = lambda python, worker_python, argv, preload: [python, "-m",
+                                                                       "julius_magics.recording.replay_job", *argv]
+    try:
+        t0 = time.perf_counter()
+        result = iso.replay_isolated(name, store, build_progress=False, root=root, cwd=work,
+                                     preload_workers=variant.endswith("+ preloaded fork server"))
+        wall = time.perf_counter() - t0
+    finally:
+        iso.job_command = command
+    assert result.verified and result.env_same, result.summary()
+    return wall, result.report["timings"]
+
+
+def warm_rounds(name, store, root, work, rounds):
+    """The warm isolated replay and the plain one, alternated ``rounds`` times."""
+    isolated(name, store, root)   # built once (uv's cache warm)
+    os.environ["JULIUS_ENVS"] = root
+    cases = {"plain: julius replay --json": lambda: cli_replay(store, name, work),
+             "isolated: julius replay --isolated --json": lambda: cli_replay(store, name, work, "--isolated"),
+             **{v: (lambda v=v: job_replay(name, store, root, work, v))
+                for v in ("old job (-m replay_job)", "job, slow imports kept out",
+                          "job, slow imports kept out + preloaded fork server")}}
+    seen = {case: [] for case in cases}
+    for i in range(rounds):
+        for case, fn in cases.items():
+            wall, t = fn()
+            seen[case].append(wall)
+            print(f"round {i + 1} {case:<52} {wall:5.1f} s: cluster start {t['cluster']:4.1f} s, computes "
+                  f"{t['compute']:4.1f} s (recorded {t['recorded_compute']:4.1f} s), replay {t['replay']:4.1f} s, "
+                  f"process start + imports + exit {wall - t['replay']:4.1f} s", flush=True)
+    for case, walls in seen.items():
+        walls.sort()
+        print(f"median {case:<52} {walls[len(walls) // 2]:5.1f} s  (min {walls[0]:.1f}, max {walls[-1]:.1f})")
+
+
 def pip_install(env, work):
     venv = os.path.join(work, "pip-venv")
     lines = [line for line in requirements(env).splitlines() if line and not line.startswith("#")]
@@ -127,6 +186,8 @@ def main():
     parser.add_argument("--skip-cold", action="store_true")
     parser.add_argument("--skip-pip", action="store_true")
     parser.add_argument("--skip-bisect", action="store_true")
+    parser.add_argument("--warm-rounds", type=int, default=0, metavar="N",
+                        help="only the warm case: N rounds of plain and isolated replays side by side")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="bench-rebuild-")
     try:
@@ -136,6 +197,8 @@ def main():
         name = next(e for e in os.listdir(store) if e.startswith("fraud-demo-"))
         env = capture_environment()
         print(f"tutorial recording {name}: {len(env['packages'])} pins, python {env['python']['version']}")
+        if args.warm_rounds:
+            return warm_rounds(name, store, os.path.join(work, "envs"), work, args.warm_rounds)
         figures = {}
         if not args.skip_cold:
             cache = os.path.join(work, "uv-cache-cold")

@@ -41,7 +41,7 @@ from . import capture, resubmit
 from .capture import capture_plugins, install_capture
 from .worker import HISTORY_KEY, JuliusWorkerPlugin, apply_history, exec_remote, run_key_job
 
-__all__ = ["Session", "get_session", "set_session", "prepare_workers"]
+__all__ = ["Session", "get_session", "set_session", "prepare_workers", "worker_start_environ"]
 
 log = logging.getLogger(__name__)
 _START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
@@ -458,20 +458,57 @@ def _wait_with_progress(futures, what, show=True):
 _SESSION = None
 
 
-def prepare_workers():
+def prepare_workers(sys_path=None):
     """Start the process that worker processes are forked from, ahead of the first cluster.
 
-    ``%load_ext`` calls this.  The process starts in the background (this call only
-    spawns it) and imports distributed, pandas and julius's worker code, so the first
-    ``%cluster start`` forks ready workers instead of waiting for those imports in
-    each of them.  Nothing happens with the ``spawn`` start method.
+    ``%load_ext`` and the replay job call this.  The process starts in the background
+    (this call only spawns it) and imports distributed, pandas and julius's worker code,
+    so the first ``%cluster start`` forks ready workers instead of waiting for those
+    imports in each of them.  Nothing happens with the ``spawn`` start method.
+
+    It starts with the variables a nanny sets before it spawns a worker
+    (:func:`worker_start_environ`): forked workers inherit its hash seed and its
+    already loaded BLAS, so they must be those a spawned worker would have (one BLAS
+    thread, ``PYTHONHASHSEED``), not the kernel's.
+
+    ``sys_path`` is the workers' import path when they run in another environment
+    (``multiprocessing.set_executable``): the server imports from the path of the
+    process that starts it, not from its own interpreter's.
     """
     if _START_METHOD != "forkserver":
         return
+    import sys
     from multiprocessing import forkserver
 
     forkserver.set_forkserver_preload(["distributed", "numpy", "pandas", __name__.rpartition(".")[0] + ".worker"])
-    forkserver.ensure_running()
+    start_env = worker_start_environ()
+    saved_env, saved_path = {k: os.environ.get(k) for k in start_env}, list(sys.path)
+    os.environ.update(start_env)   # the server process is spawned with this process's environment
+    if sys_path is not None:
+        sys.path[:] = sys_path
+    try:
+        forkserver.ensure_running()
+    finally:
+        sys.path[:] = saved_path
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def worker_start_environ():
+    """The variables a nanny sets before it starts a worker process (``distributed.nanny.pre-spawn-environ``).
+
+    As ``distributed.Nanny`` does: those of the config, and a fixed ``PYTHONHASHSEED``
+    unless one is set (dask's consistent hashing across workers needs one).
+    """
+    import distributed  # noqa: F401  -- loads distributed's own config defaults
+
+    env = {k: str(v) for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}).items()}
+    if env.get("PYTHONHASHSEED") in (None, "0"):
+        env["PYTHONHASHSEED"] = "6640"   # distributed's own choice (Nanny.__init__)
+    return env
 
 
 def get_session():

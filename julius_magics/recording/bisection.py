@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ..errors import JuliusError
 from .environment import capture_environment
-from .isolated import job_command, replay_isolated, run_job
+from .isolated import job_command, replay_isolated, run_job, workers_code
 from .pins import RebuildError, environments_for, recorded_environments
 from .venvs import build_environment
 
@@ -205,11 +205,9 @@ def bisect_environment(name, store=None, trust_key=None, n_workers=None, python_
         if worker_pins is not None:
             envs.append(build_environment(worker_pins, None, python_install, False, root))
         t0 = time.monotonic()
-        code = ("import sys\n"
-                + (f"import multiprocessing; multiprocessing.set_executable({envs[1].python!r})\n"
-                   if len(envs) > 1 else "")
-                + "from julius_magics.recording.bisection import _probe_main\n"
-                f"sys.exit(_probe_main({[url, name, list(wanted), n_workers, trust_key]!r}))")
+        code = "\n".join(["import sys", *workers_code(envs[1].python if len(envs) > 1 else None),
+                          "from julius_magics.recording.bisection import _probe_main",
+                          f"sys.exit(_probe_main({[url, name, list(wanted), n_workers, trust_key]!r}))"])
         try:
             outcome, error = run_job([envs[0].python, "-c", code])["differs"], None
         except JuliusError as e:

@@ -23,20 +23,61 @@ from dataclasses import dataclass
 from ..errors import JuliusError
 from .environment import format_env_diff
 from .pins import environments_for, recorded_environments
-from .venvs import build_environment, envs_root, recorded_wheels
+from .venvs import build_environment, check_platform, envs_root, recorded_wheels
 
-__all__ = ["replay_isolated", "IsolatedReplay", "run_isolated_job", "run_job", "job_command", "main"]
+__all__ = ["replay_isolated", "IsolatedReplay", "run_isolated_job", "run_job", "job_command", "workers_code",
+           "import_path", "main"]
 
 
-def job_command(python, worker_python, argv):
-    """The replay job (``julius_magics.recording.replay_job``) on ``python``, its workers on ``worker_python``."""
+#: Optional format checkers jsonschema imports if they are installed, that take seconds to
+#: import (rfc3987_syntax builds a grammar, isoduration loads arrow): julius's schemas check no
+#: ``format``, so the replay job imports jsonschema without them (and user code may import them later).
+SLOW_FORMAT_CHECKERS = ("rfc3987_syntax", "isoduration")
+
+
+def import_path(python):
+    """The ``sys.path`` of ``python`` (as a ``-c`` program sees it)."""
+    out = subprocess.run([python, "-c", "import json, sys; print(json.dumps(sys.path))"], capture_output=True,
+                         text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    if out.returncode != 0:
+        raise JuliusError(f"the rebuilt Python {python} does not start: {(out.stderr.strip() or '?').splitlines()[-1]}")
+    return json.loads(out.stdout)
+
+
+def workers_code(worker_python, preload=False):
+    """Lines of Python that make a job's workers run on ``worker_python`` (None: on the job's own).
+
+    They are forked from a server started on ``worker_python`` with that environment's
+    import path (``prepare_workers``): ``multiprocessing.set_executable`` alone would run
+    the workers' interpreter on the job's ``sys.path``. ``preload`` starts the server
+    in any case.
+    """
+    if not worker_python and not preload:
+        return []
+    code = ["from julius_magics.cluster.session import prepare_workers"]
     if not worker_python:
-        return [python, "-m", "julius_magics.recording.replay_job", *argv]
-    code = ("import sys, multiprocessing\n"
-            f"multiprocessing.set_executable({worker_python!r})   # the workers' own environment\n"
-            "from julius_magics.recording.replay_job import main\n"
-            f"sys.exit(main({argv!r}))")
-    return [python, "-c", code]
+        return code + ["prepare_workers()"]
+    return code + ["import multiprocessing",
+                   f"multiprocessing.set_executable({worker_python!r})   # the workers' own environment",
+                   f"prepare_workers(sys_path={import_path(worker_python)!r})"]
+
+
+def job_command(python, worker_python, argv, preload_workers=False):
+    """The replay job (``julius_magics.recording.replay_job``) on ``python``, its workers on ``worker_python``.
+
+    ``preload_workers``: start the workers' fork server first, while the job reads the recording
+    (:func:`workers_code`).
+    """
+    code = ["import sys",
+            f"kept_out = [m for m in {SLOW_FORMAT_CHECKERS!r} if m not in sys.modules]",
+            "sys.modules.update(dict.fromkeys(kept_out))   # imported as missing: jsonschema skips them",
+            *workers_code(worker_python, preload_workers),
+            "from julius_magics.recording.replay_job import main",
+            "for m in kept_out:",
+            "    if sys.modules.get(m, 0) is None:",
+            "        del sys.modules[m]",
+            f"sys.exit(main({argv!r}))"]
+    return [python, "-c", "\n".join(code)]
 
 
 def run_job(command, progress=None, cwd=None):
@@ -130,7 +171,7 @@ class IsolatedReplay:
 
 
 def replay_isolated(name, store=None, n_workers=None, trust_key=None, python_install=False, progress=None,
-                    build_progress=True, root=None, cwd=None, log=None):
+                    build_progress=True, root=None, cwd=None, log=None, preload_workers=False):
     """Replay recording ``name`` inside its rebuilt environment.
 
     Parameters
@@ -153,6 +194,8 @@ def replay_isolated(name, store=None, n_workers=None, trust_key=None, python_ins
         Folder the replay runs in (relative input paths resolve against it).
     log : callable, optional
         ``log(text)`` before and after each environment is built.
+    preload_workers : bool
+        Start the replay job's worker fork server first (:func:`job_command`).
 
     Returns
     -------
@@ -161,6 +204,8 @@ def replay_isolated(name, store=None, n_workers=None, trust_key=None, python_ins
     say = log or (lambda text: None)
     store, recording, kernel, workers = recorded_environments(name, store, trust_key)
     kernel_pins, worker_pins = environments_for(kernel, workers)
+    for pins in filter(None, (kernel_pins, worker_pins)):
+        check_platform(pins)   # every pin set, before any is built
     envs = []
     with tempfile.TemporaryDirectory(prefix="julius-wheels-") as wheel_dir:
         wheels = recorded_wheels(recording, wheel_dir)
@@ -178,7 +223,7 @@ def replay_isolated(name, store=None, n_workers=None, trust_key=None, python_ins
     if trust_key:
         argv += ["--trust-key", trust_key]
     worker_python = envs[1].python if len(envs) > 1 else None
-    report = run_job(job_command(envs[0].python, worker_python, argv), progress, cwd)
+    report = run_job(job_command(envs[0].python, worker_python, argv, preload_workers), progress, cwd)
     return IsolatedReplay(name, report, envs)
 
 

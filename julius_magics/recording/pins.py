@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 
 from ..errors import JuliusError
-from .environment import capture_environment, distribution_origins, file_path, installed_version
+from .environment import capture_environment, distribution_origins, installed_version
 
 __all__ = ["RebuildError", "PinSet", "pin_set", "environments_for", "recorded_environments", "index_urls",
            "PIN_FORMATS", "requirements", "uv_lock", "conda_environment", "render_pins", "recorded_pins"]
@@ -210,43 +209,16 @@ def requirements(env: dict) -> str:
     return "\n".join(header + pins)
 
 
-def _toml_str(text):
-    return json.dumps(str(text))   # a JSON string is a valid TOML basic string
-
-
 def uv_lock(env: dict) -> str:
-    """The packages of ``env`` in the shape of a ``uv.lock`` file (TOML, one ``[[package]]`` each).
+    """The packages of ``env`` as a lock that uv installs (PEP 751 ``pylock.toml``: ``uv pip sync``).
 
-    Each package's ``source`` says where it came from: ``registry`` (the recorded index),
-    ``editable``, ``directory``/``path``, ``git`` (with its commit) or ``url``.
+    uv resolves the exact pins on the recorded indexes, so the lock holds each file's
+    URL and sha256 hash; the index must be reachable. Editable and local installs are
+    named in its header, not locked (:func:`.venvs.lock_pins`).
     """
-    version = (env.get("python") or {}).get("version", "3")
-    minor = ".".join(version.split(".")[:2])
-    registry = index_urls(env)["index_url"]
-    lines = ["# the recorded environment, in uv.lock's shape (julius env --format uv-lock)",
-             "version = 1", f"requires-python = {_toml_str('==' + minor + '.*')}", ""]
-    for name, ver in sorted((env.get("packages") or {}).items()):
-        origin = _origin_of(env, name)
-        kind = origin.get("kind")
-        if kind == "vcs":
-            rev = f"#{origin['commit']}" if origin.get("commit") else ""
-            source = f"{{ git = {_toml_str(origin['url'] + rev)} }}"
-        elif kind == "editable":
-            source = f"{{ editable = {_toml_str(file_path(origin['url']))} }}"
-        elif kind == "local":
-            path = file_path(origin["url"])
-            source = f"{{ {'directory' if os.path.isdir(path) else 'path'} = {_toml_str(path)} }}"
-        elif kind == "url":
-            source = f"{{ url = {_toml_str(origin['url'])} }}"
-        else:
-            source = f"{{ registry = {_toml_str(registry)} }}"
-        lines += ["[[package]]", f"name = {_toml_str(name)}", f"version = {_toml_str(ver)}", f"source = {source}"]
-        hashes = origin.get("hashes") or {}
-        if hashes and kind == "url":
-            algo, digest = sorted(hashes.items())[0]
-            lines.append(f"sdist = {{ url = {_toml_str(origin['url'])}, hash = {_toml_str(algo + ':' + digest)} }}")
-        lines.append("")
-    return "\n".join(lines)
+    from .venvs import lock_pins   # venvs builds on this module
+
+    return lock_pins(pin_set(env))
 
 
 def conda_environment(env: dict) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from .environment import distribution_origins, file_path, installed_version, normalize_name, platform_tag
 from .pins import PinSet, RebuildError
 
-__all__ = ["build_environment", "BuiltEnvironment", "check_platform", "find_python", "build_local_wheels",
+__all__ = ["build_environment", "BuiltEnvironment", "check_platform", "find_python", "build_local_wheels", "lock_pins",
            "embed_local_wheels", "recorded_wheels", "uv_binary", "envs_root", "PINS_FILE"]
 
 PINS_FILE = "julius-pins.json"
@@ -129,9 +129,11 @@ def find_python(version, install=False):
 
 
 def _last_error(lines):
-    """The most specific line of a uv failure: its last ``cause:``, else its ``error:`` line."""
+    """A uv failure in one line: its first and last ``cause:`` (what it tried, why it failed), else its ``error:``."""
     useful = [line.strip(" ×╰─▶│") for line in lines if line.strip(" ×╰─▶│")]
     causes = [line[len("cause:"):].strip() for line in useful if line.startswith("cause:")]
+    if len(causes) > 1:
+        return f"{causes[0]}: {causes[-1]}"
     errors = [line for line in useful if line.lower().startswith("error")]
     return (causes or errors or useful or ["no message"])[-1]
 
@@ -178,26 +180,24 @@ def _copy_installed(name, version, site_packages):
 
 
 def _freeze(venv):
-    """``{name: version}`` of what the venv's Python imports (its own "pip freeze")."""
+    """``{name: version}`` of what the venv's Python imports (its own "pip freeze"), or None when it cannot run.
+
+    Read from its site-packages in this process (what ``python -I`` of the venv finds
+    there), without starting its interpreter: a reused environment costs no process.
+    """
+    import glob
+    import importlib.metadata
+
     python = os.path.join(venv, "bin", "python")
-    if not os.path.exists(python):
+    sites = glob.glob(os.path.join(venv, "lib", "python*", "site-packages"))
+    if not os.path.exists(python) or len(sites) != 1:   # a dangling interpreter link, or not one Python
         return None
-    code = ("import importlib.metadata as m, json, re\n"
-            "seen = {}\n"
-            "for d in m.distributions():\n"
-            "    n = d.metadata['Name']\n"
-            "    if n: seen.setdefault(re.sub(r'[-_.]+', '-', n).lower(), d.version)\n"
-            "print(json.dumps(seen))")
-    try:
-        out = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if out.returncode != 0:
-        return None
-    try:
-        return json.loads(out.stdout)
-    except ValueError:
-        return None
+    seen = {}
+    for dist in importlib.metadata.distributions(path=sites):
+        name = dist.metadata["Name"]
+        if name:
+            seen.setdefault(normalize_name(name), dist.version)
+    return seen
 
 
 def _install_error(lines, pins, urls):
@@ -222,6 +222,70 @@ def _install_error(lines, pins, urls):
         name = normalize_name(not_found.group(1))
         return f"cannot install {name} {pins.packages.get(name, '?')}: not found on {where}"
     return f"uv could not install the recorded pins from {where}: {_last_error(lines)}"
+
+
+def _index_args(urls):
+    """uv's options for the recorded indexes: every one searched for each exact pin."""
+    args = ["--index-url", urls["index_url"], "--index-strategy", "unsafe-best-match"]
+    for url in urls.get("extra_index_urls", []):
+        args += ["--extra-index-url", url]
+    for url in urls.get("find_links", []):
+        args += ["--find-links", url]
+    return args
+
+
+def _uv_platform(platform):
+    """uv's ``--python-platform`` for a recorded platform (None when it has no name for it)."""
+    system, machine = platform.get("system"), platform.get("machine")
+    if system == "Linux" and machine:
+        libc = platform.get("libc") or ""
+        if libc.startswith("musl"):
+            return f"{machine}-unknown-linux-musl"
+        version = _libc_version(libc)
+        return f"{machine}-manylinux_{version[0]}_{version[1]}" if version else f"{machine}-unknown-linux-gnu"
+    if system == "Darwin" and machine:
+        return f"{'aarch64' if machine == 'arm64' else machine}-apple-darwin"
+    if system == "Windows":
+        return {"AMD64": "x86_64-pc-windows-msvc", "ARM64": "aarch64-pc-windows-msvc"}.get(machine)
+    return None
+
+
+def lock_pins(pins):
+    """``pins`` as a PEP 751 lock (``pylock.toml``) that uv installs: ``uv pip sync pylock.toml``.
+
+    uv resolves the exact pins, without their dependencies, on the recorded indexes for
+    the recorded Python and platform, and writes each package's files with the
+    index's URLs and sha256 hashes. Editable and local installs cannot be locked (no
+    index has them): they are listed in the header, and left out.
+
+    Raises
+    ------
+    RebuildError
+        The index is unreachable or a pin is not on it: one line naming the package,
+        the version and the index.
+    """
+    local = sorted(n for n, o in pins.origins.items() if o.get("kind") in ("editable", "local"))
+    lines = [_requirement(n, v, pins.origins.get(n)) for n, v in sorted(pins.packages.items()) if n not in local]
+    urls = pins.indexes or {"index_url": "https://pypi.org/simple"}
+    with tempfile.TemporaryDirectory(prefix="julius-lock-") as tmp:
+        requirements, out = os.path.join(tmp, "requirements.txt"), os.path.join(tmp, "pylock.toml")
+        with open(requirements, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        args = [uv_binary(), "pip", "compile", "--no-config", "--no-deps", "--no-header", "--format", "pylock.toml",
+                "--python-version", pins.python or pins.minor, *_index_args(urls), "-q", "-o", out, requirements]
+        target = _uv_platform(pins.platform)
+        if target:
+            args[args.index("--python-version"):args.index("--python-version")] = ["--python-platform", target]
+        rc, _, err = _run(args)
+        if rc != 0:
+            raise RebuildError(_install_error(err, pins, urls))
+        with open(out, encoding="utf-8") as f:
+            body = f.read()
+    header = [f"# the recorded environment as a PEP 751 lock (julius env --format uv-lock): Python {pins.python}"
+              f"{', ' + target if target else ''}; install it with `uv pip sync pylock.toml`"]
+    header += [f"# {n}=={pins.packages[n]}  ({pins.origins[n]['kind']} install from {pins.origins[n].get('url')}: "
+               "not on an index, not locked)" for n in local]
+    return "\n".join(header) + "\n" + body
 
 
 @dataclass
@@ -312,11 +376,7 @@ def build_environment(pins, local_wheels=None, python_install=False, progress=Tr
                 f.write("\n".join(lines) + "\n")
             urls = pins.indexes or {"index_url": "https://pypi.org/simple"}
             args = [uv, "pip", "install", "--no-config", "--no-deps", "--python", os.path.join(venv, "bin", "python"),
-                    "--index-url", urls["index_url"], "--index-strategy", "unsafe-best-match", "-r", requirements]
-            for url in urls.get("extra_index_urls", []):
-                args += ["--extra-index-url", url]
-            for url in urls.get("find_links", []):
-                args += ["--find-links", url]
+                    *_index_args(urls), "-r", requirements]
             rc, _, err = _run(args, progress=progress)
             if rc != 0:
                 raise RebuildError(_install_error(err, pins, urls))

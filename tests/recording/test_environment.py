@@ -248,3 +248,34 @@ def test_env_diff_and_format():
     machine_only = json.loads(json.dumps(recorded))
     machine_only["memory"]["total"] = 1
     assert env_diff(recorded, machine_only)["same"] is True
+
+
+PRELOADED_WORKER = """
+import json
+from julius_magics.cluster.session import Session, prepare_workers
+from julius_magics.recording.environment import capture_environment
+prepare_workers()   # as %load_ext does: workers are forked from a preloaded server
+s = Session()
+s.start(n_workers=1)
+try:
+    seen = s.run_on_workers(lambda: (hash("julius"), capture_environment()))
+finally:
+    s.stop()
+print(json.dumps(list(seen.values())[0]))
+"""
+
+
+def test_workers_forked_from_the_preloaded_server_start_as_spawned_workers_do():
+    """Forked workers inherit the server's hash seed and loaded BLAS: they must be the nanny's, as recorded."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHASHSEED", "OMP_NUM_THREADS",
+                                                            "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", PRELOADED_WORKER], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    hashed, worker = json.loads(out.stdout.splitlines()[-1])
+    seeded = subprocess.run([sys.executable, "-c", "print(hash('julius'))"], capture_output=True, text=True,
+                            env={**env, "PYTHONHASHSEED": "6640"}, timeout=60)
+    assert worker["python"]["hashseed"] == "6640" and hashed == int(seeded.stdout)   # the seed it says it has
+    assert [p["num_threads"] for p in worker["threads"]["blas"]] == [1]   # the nanny's one BLAS thread

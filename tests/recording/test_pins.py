@@ -1,7 +1,9 @@
-"""Pins of a recorded environment: requirements, uv-lock and conda, honest about origins."""
+"""Pins of a recorded environment: requirements and conda, honest about origins.
+
+The uv-lock form is written by uv from the index: ``test_isolated_envs`` installs it with uv.
+"""
 
 import platform
-import tomllib
 
 import dask
 import pytest
@@ -33,12 +35,6 @@ def test_pin_formats_are_honest_about_origins():
     assert f"wheelpkg @ https://files.example/wheelpkg-2.0.whl --hash=sha256:{'ab' * 32}" in text
     assert any(line.startswith("# mylib==0.3.0  (editable install from file:///home/me/mylib") for line in text)
     assert "--extra-index-url https://extra.example/simple" in text
-    lock = tomllib.loads(render_pins(ORIGINS_ENV, "uv-lock"))
-    sources = {p["name"]: (p["version"], p["source"]) for p in lock["package"]}
-    assert sources["dask"] == ("2026.8.0", {"registry": "https://pypi.org/simple"})
-    assert sources["mylib"] == ("0.3.0", {"editable": "/home/me/mylib"})
-    assert sources["tool"] == ("1.2", {"git": "https://github.com/o/tool#0123abcd"})
-    assert lock["requires-python"] == "==3.11.*"
     conda = render_pins(ORIGINS_ENV, "conda").splitlines()
     assert "  - python=3.11.7" in conda and "  - condapkg=1.0" in conda and "    - dask==2026.8.0" in conda
     assert conda.index("  - condapkg=1.0") < conda.index("  - pip:")
