@@ -40,7 +40,7 @@ total = float(df[df.y > 3].x.sum().compute())
 picked = df.sample(frac=0.3).compute()            # no seed: Dask draws one per partition, in the client
 picked_again = df.sample(frac=0.3).compute()
 """,
-    ], {"total": 2061.0}, ("picked", "picked_again"), 4),
+    ], {"total": 2121.0}, ("picked", "picked_again"), 4),
     "array": ([
         """
 x = da.random.random((200, 50), chunks=(50, 50))  # no seed
@@ -52,7 +52,7 @@ trace, norm = dask.compute(da.diag(y @ y.T).sum(), da.linalg.norm(y))
         """
 again = da.random.random((200, 50), chunks=(50, 50))[:2].compute()
 """,
-    ], {"trace": 3600.0, "norm": 60.0}, ("first_rows", "again"), 4),
+    ], {"trace": 3600.0, "norm": 60.0}, ("first_rows", "again"), 5),
     "delayed": ([
         """
 @dask.delayed
