@@ -8,10 +8,6 @@ replays the graphs with the files served from the recording: same fingerprints.
 """
 
 import os
-import shutil
-import signal
-import subprocess
-import sys
 
 import dask
 import pandas as pd
@@ -20,61 +16,9 @@ from distributed import Client
 
 from julius_magics.cluster import resubmit, serve
 from julius_magics.cluster.watch import ClusterWatch
-from tests.recording.store_contract import free_port, wait_for_port
+from tests.support import UNSHARE_REASON, WRITE_CSV_PARTS, Deployment, unshare_works
 
-
-def _unshare_works():
-    if not shutil.which("unshare") or os.geteuid() != 0:
-        return False
-    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
-    return probe.returncode == 0
-
-
-pytestmark = pytest.mark.skipif(not _unshare_works(), reason="needs root and `unshare --mount` (private tmpfs per worker)")
-
-WRITE_FILES = """
-import os, sys
-import pandas as pd
-folder = sys.argv[1]
-os.makedirs(os.path.join(folder, "data"), exist_ok=True)
-for i in range(2):
-    pd.DataFrame({"x": range(i, i + 10)}).to_csv(os.path.join(folder, "data", f"part{i}.csv"), index=False)
-"""
-
-
-class Deployment:
-    """A scheduler and workers started as separate processes (own sessions), stopped by process group."""
-
-    def __init__(self, private, with_files):
-        self.port = free_port()
-        self.procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                                        "--port", str(self.port), "--dashboard-address", ":0"],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
-        wait_for_port(self.port)
-        for _ in range(2):
-            setup = f"mkdir -p {private} && mount -t tmpfs none {private}"
-            if with_files:
-                setup += f" && {sys.executable} -c '{WRITE_FILES}' {private}"
-            worker = (f"{setup} && exec {sys.executable} -m distributed.cli.dask_worker tcp://127.0.0.1:{self.port} "
-                      f"--nworkers 1 --nthreads 1 --no-dashboard")
-            self.procs.append(subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", worker],
-                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                               start_new_session=True))
-        self.address = f"tcp://127.0.0.1:{self.port}"
-
-    def wait(self, client):
-        client.wait_for_workers(2, timeout=60)
-
-    def stop(self):
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+pytestmark = pytest.mark.skipif(not unshare_works(), reason=UNSHARE_REASON)
 
 
 def _read_sum(path):
@@ -86,7 +30,7 @@ def test_worker_only_files_recorded_and_served_on_a_fresh_deployment(tmp_path):
     private.mkdir()
     paths = [str(private / "data" / f"part{i}.csv") for i in range(2)]
     watch = ClusterWatch()
-    first = Deployment(private, with_files=True)
+    first = Deployment(private, WRITE_CSV_PARTS)
     try:
         watch.start()
         with Client(first.address) as client:   # the notebook's own client: adopted by the preload
@@ -109,7 +53,7 @@ def test_worker_only_files_recorded_and_served_on_a_fresh_deployment(tmp_path):
     [cluster] = [i for i in items if i["kind"] == "cluster"]
     assert cluster["spec"]["n_workers"] == 2 and cluster["spec"]["cluster"] is None
 
-    second = Deployment(private, with_files=False)
+    second = Deployment(private)
     try:
         with Client(second.address) as client:
             second.wait(client)
