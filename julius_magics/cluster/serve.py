@@ -4,11 +4,12 @@ A replay may run on another machine, from another folder, on workers that
 cannot see the kernel's disk.  For every recorded input, each worker (and the
 kernel) checks its own view: the file at its recorded absolute path, or, for a
 relative path, at the recorded working directory joined with it.  A file that
-is missing or changed there is served from the recording: the kernel reads
-the blob (verified) and pushes it through Dask to one worker per host, which
-stores it content-addressed in ``~/.julius/cache`` of that host; an opener
-patched into every process (``open``, ``io.open``, ``os.open``, fsspec's local
-files) then reads the copy instead.  Relative paths resolve against the
+is missing or changed there is served from the recording: the kernel copies
+the blob (verified, streamed) into ``~/.julius/cache`` of its host, named by
+its SHA-256, and pushes it through Dask to one worker per host whose workers do
+not see that copy (another host); an opener patched into every process
+(``open``, ``io.open``, ``os.open``, fsspec's local files) then reads the copy
+instead.  Relative paths resolve against the
 recorded working directory, so a replay from any folder reads what the
 recording read.
 
@@ -20,7 +21,7 @@ landed there against the recorded hashes.
 Kernel-facing API::
 
     plan = check_inputs(client, files)          # {abspath: {worker or "kernel": status}}
-    served = serve_inputs(client, files, read_blob, embedded=True)
+    served = serve_inputs(client, files, read_blob, embedded=True, copy_blob=recording.blob_to_file)
     # -> [{"path", "abspath", "status", "where"}]; DataChangedError when a file
     #    changed or is missing and the recording holds only its hash
 
@@ -93,7 +94,7 @@ def check_inputs(client, files) -> dict:
     return {f["abspath"]: {who: view["status"][f["abspath"]] for who, view in views.items()} for f in files}
 
 
-def serve_inputs(client, files, read_blob, embedded=True, progress=None) -> list[dict]:
+def serve_inputs(client, files, read_blob, embedded=True, progress=None, copy_blob=None) -> list[dict]:
     """Make every recorded input readable as recorded, in the kernel and on every worker.
 
     Parameters
@@ -108,6 +109,9 @@ def serve_inputs(client, files, read_blob, embedded=True, progress=None) -> list
         a callable is asked per entry.
     progress : callable, optional
         ``progress(entry)`` for each file served.
+    copy_blob : callable, optional
+        ``copy_blob(sha256, path)`` writes a blob to a local file, streamed and verified before
+        ``path`` appears (``Recording.blob_to_file``): the kernel's copy never sits whole in memory.
 
     Returns
     -------
@@ -123,7 +127,8 @@ def serve_inputs(client, files, read_blob, embedded=True, progress=None) -> list
     """
     plan = check_inputs(client, files)
     hosts = client.run(socket.gethostname) if client is not None else {}
-    report = []
+    here = socket.gethostname()
+    report, todo = [], []
     for entry in files:
         views = plan[entry["abspath"]]
         bad = {who: status for who, status in views.items() if status != "unchanged"}
@@ -138,15 +143,21 @@ def serve_inputs(client, files, read_blob, embedded=True, progress=None) -> list
                 + (f" ({entry['abspath']})" if entry["abspath"] != entry["path"] else "") + f" is {status} "
                 f"{'in the kernel' if who == 'kernel' else 'on worker ' + who} (recorded SHA-256 "
                 f"{entry['sha256'][:16]}…) and the recording holds only its hash (--data hash): restore the file to replay")
-        data = read_blob(entry["sha256"])
-        if "kernel" in bad:
-            _store_copy(entry["sha256"], data)
+        todo.append((entry, bad))
+    # one copy in this host's cache, streamed from the recording when it can be: the kernel's, and
+    # that of the workers here that see the same cache
+    for entry, bad in todo:
+        if "kernel" in bad or any(hosts.get(who) == here for who in bad):
+            _kernel_copy(entry["sha256"], read_blob, copy_blob)
+    shas = [entry["sha256"] for entry, _ in todo]
+    sees = client.run(_have_copies, shas) if client is not None and todo else {}
+    for entry, bad in todo:   # workers that do not see a copy get the bytes through Dask, once per host
         by_host = {}
         for who in bad:
-            if who != "kernel":
+            if who != "kernel" and not sees.get(who, {}).get(entry["sha256"]):
                 by_host.setdefault(hosts.get(who), who)
-        if by_host and client is not None:
-            [future] = client.scatter([data], workers=list(by_host.values()), hash=False)
+        if by_host:
+            [future] = client.scatter([read_blob(entry["sha256"])], workers=list(by_host.values()), hash=False)
             for worker in by_host.values():
                 client.submit(_store_copy, entry["sha256"], future, workers=[worker], allow_other_workers=False,
                               pure=False).result()
@@ -160,6 +171,22 @@ def serve_inputs(client, files, read_blob, embedded=True, progress=None) -> list
     if client is not None:
         client.register_plugin(ServeInputs(files))
     return report
+
+
+def _have_copies(shas) -> dict:
+    """``{sha256: whether this process sees a served copy}``: workers sharing the kernel's cache need none sent."""
+    return {sha: os.path.isfile(os.path.join(cache_dir(), sha)) for sha in shas}
+
+
+def _kernel_copy(sha, read_blob, copy_blob=None) -> str:
+    """Blob ``sha`` in this host's cache: streamed by ``copy_blob(sha, path)`` (verified), else from its bytes."""
+    target = os.path.join(cache_dir(), sha)
+    if os.path.isfile(target):
+        return target
+    if copy_blob is None:
+        return _store_copy(sha, read_blob(sha))
+    copy_blob(sha, target)
+    return target
 
 
 def _store_copy(sha, data) -> str:

@@ -123,3 +123,31 @@ def test_outputs_go_to_the_sandbox_and_are_compared(tmp_path):
     finally:
         os.chdir(here)
         serve.install_output_sandbox([], None)
+
+
+def test_workers_sharing_the_kernels_cache_are_served_from_its_streamed_copy(tmp_path):
+    data = os.urandom(3000)   # new bytes: no copy of them in the cache yet
+    path = tmp_path / "gone.bin"
+    entry = {"path": str(path), "abspath": str(path), "cwd": str(tmp_path), "size": len(data),
+             "sha256": hashlib.sha256(data).hexdigest()}
+    copied = []
+
+    def copy_blob(sha, target):   # as Recording.blob_to_file: the file appears whole, verified
+        copied.append(sha)
+        with open(f"{target}.tmp", "wb") as f:
+            f.write(data)
+        os.replace(f"{target}.tmp", target)
+
+    def never(sha):
+        raise AssertionError("the blob's bytes were read whole: every process here sees the kernel's copy")
+
+    try:
+        with _cluster() as cluster, Client(cluster) as client:
+            served = serve.serve_inputs(client, [entry], never, copy_blob=copy_blob)
+            assert served[0]["status"] == "missing: served from recording"
+            assert sorted(served[0]["where"]) == sorted(["kernel", *client.run(lambda: 0)])
+            assert copied == [entry["sha256"]]
+            read = client.run(lambda p=str(path): hashlib.sha256(open(p, "rb").read()).hexdigest())
+            assert set(read.values()) == {entry["sha256"]}
+    finally:
+        serve.install_redirect([])
