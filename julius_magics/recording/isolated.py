@@ -158,7 +158,7 @@ class IsolatedReplay:
 
 
 def replay_isolated(name, store=None, n_workers=None, trust_key=None, python_install=False, progress=None,
-                    build_progress=True, root=None, cwd=None, log=None, preload_workers=False):
+                    build_progress=True, root=None, cwd=None, log=None, preload_workers=True):
     """Replay recording ``name`` inside its rebuilt environment.
 
     Parameters
@@ -182,7 +182,9 @@ def replay_isolated(name, store=None, n_workers=None, trust_key=None, python_ins
     log : callable, optional
         ``log(text)`` before and after each environment is built.
     preload_workers : bool
-        Start the replay job's worker fork server first (:func:`job_command`).
+        Start the replay job's worker fork server first, so that it imports the workers'
+        modules while the job imports its own and reads the recording (:func:`job_command`;
+        ``benchmarks/bench_rebuild.py --warm-rounds`` measures both ways).
 
     Returns
     -------

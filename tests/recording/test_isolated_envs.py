@@ -100,7 +100,7 @@ def test_workers_with_other_pins_run_on_their_own_rebuilt_interpreter(envs, toda
     ("3.4.10", r"No download found for request: cpython-3\.4"),                # uv has no build of it
     ("3.14.0", r"127\.0\.0\.1:9"),                                            # its download is unreachable
 ])
-def test_a_missing_python_is_installed_only_when_asked_and_says_why_it_cannot_be(today, tmp_path, version, why):  # noqa: F811
+def test_a_missing_python_is_installed_only_when_asked_and_says_why_not(today, tmp_path, version, why):  # noqa: F811
     minor = version.rsplit(".", 1)[0]
     kernel = json.loads(json.dumps(today))
     kernel["python"]["version"] = version
