@@ -19,9 +19,9 @@ With ``--warm-rounds N``, only the warm case, N rounds side by side, each round 
 (from the command line, as a user runs them, each a fresh process): the plain replay
 ``julius replay NAME --json``; ``julius replay NAME --isolated --json``; and the isolated
 replay from this process, its job as before (``-m replay_job``), with jsonschema's slow
-optional imports kept out, and with the preloaded worker fork server as well. Each line
-gives the replay's own timings (its cluster start, its computes) and, by difference, the
-job's process start and imports.
+optional imports kept out, and with the preloaded worker fork server as well (the default).
+Each line gives the replay's own timings (its cluster start, its computes) and, by
+difference, the job's process start and imports.
 
 Usage::
 
@@ -123,7 +123,7 @@ def job_replay(name, store, root, work, variant):
     try:
         t0 = time.perf_counter()
         result = iso.replay_isolated(name, store, build_progress=False, root=root, cwd=work,
-                                     preload_workers=variant.endswith("+ preloaded fork server"))
+                                     preload_workers=variant.endswith("+ preloaded fork server (default)"))
         wall = time.perf_counter() - t0
     finally:
         iso.job_command = command
@@ -139,7 +139,7 @@ def warm_rounds(name, store, root, work, rounds):
              "isolated: julius replay --isolated --json": lambda: cli_replay(store, name, work, "--isolated"),
              **{v: (lambda v=v: job_replay(name, store, root, work, v))
                 for v in ("old job (-m replay_job)", "job, slow imports kept out",
-                          "job, slow imports kept out + preloaded fork server")}}
+                          "job, slow imports kept out + preloaded fork server (default)")}}
     seen = {case: [] for case in cases}
     for i in range(rounds):
         for case, fn in cases.items():

@@ -41,7 +41,8 @@ from . import capture, resubmit
 from .capture import capture_plugins, install_capture
 from .worker import HISTORY_KEY, JuliusWorkerPlugin, apply_history, exec_remote, run_key_job
 
-__all__ = ["Session", "get_session", "set_session", "prepare_workers", "worker_start_environ"]
+__all__ = ["Session", "get_session", "set_session", "prepare_workers", "worker_start_environ",
+           "run_workers_on"]
 
 log = logging.getLogger(__name__)
 _START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
@@ -458,7 +459,7 @@ def _wait_with_progress(futures, what, show=True):
 _SESSION = None
 
 
-def prepare_workers(sys_path=None):
+def prepare_workers():
     """Start the process that worker processes are forked from, ahead of the first cluster.
 
     ``%load_ext`` and the replay job call this.  The process starts in the background
@@ -470,31 +471,51 @@ def prepare_workers(sys_path=None):
     (:func:`worker_start_environ`): forked workers inherit its hash seed and its
     already loaded BLAS, so they must be those a spawned worker would have (one BLAS
     thread, ``PYTHONHASHSEED``), not the kernel's.
-
-    ``sys_path`` is the workers' import path when they run in another environment
-    (``multiprocessing.set_executable``): the server imports from the path of the
-    process that starts it, not from its own interpreter's.
     """
     if _START_METHOD != "forkserver":
         return
-    import sys
     from multiprocessing import forkserver
 
     forkserver.set_forkserver_preload(["distributed", "numpy", "pandas", __name__.rpartition(".")[0] + ".worker"])
     start_env = worker_start_environ()
-    saved_env, saved_path = {k: os.environ.get(k) for k in start_env}, list(sys.path)
+    saved_env = {k: os.environ.get(k) for k in start_env}
     os.environ.update(start_env)   # the server process is spawned with this process's environment
-    if sys_path is not None:
-        sys.path[:] = sys_path
     try:
         forkserver.ensure_running()
     finally:
-        sys.path[:] = saved_path
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def run_workers_on(python):
+    """Make the worker processes this process starts from now on run on ``python``, in its environment.
+
+    ``multiprocessing.set_executable`` alone is not enough: every process it starts
+    (the fork server included) is handed this process's ``sys.path``, so the other
+    interpreter would import this environment's packages. They are handed ``python``'s
+    own import path instead. For a process that only runs julius's jobs (an isolated
+    replay with the workers' own environment): it changes how ``multiprocessing``
+    starts every process here.
+    """
+    import json
+    import subprocess
+    from multiprocessing import spawn
+
+    out = subprocess.run([python, "-c", "import json, sys; print(json.dumps(sys.path))"], capture_output=True,
+                         text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    if out.returncode != 0:
+        raise JuliusError(f"the workers' Python {python} does not start: "
+                          f"{(out.stderr.strip() or 'no message').splitlines()[-1]}")
+    sys_path, own = json.loads(out.stdout), spawn.get_preparation_data
+
+    def preparation_data(name):
+        return {**own(name), "sys_path": list(sys_path)}
+
+    multiprocessing.set_executable(python)
+    spawn.get_preparation_data = preparation_data   # what popen_spawn and popen_forkserver send each child
 
 
 def worker_start_environ():

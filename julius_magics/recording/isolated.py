@@ -26,7 +26,7 @@ from .pins import environments_for, recorded_environments
 from .venvs import build_environment, check_platform, envs_root, recorded_wheels
 
 __all__ = ["replay_isolated", "IsolatedReplay", "run_isolated_job", "run_job", "job_command", "workers_code",
-           "import_path", "main"]
+           "main"]
 
 
 #: Optional format checkers jsonschema imports if they are installed, that take seconds to
@@ -35,31 +35,18 @@ __all__ = ["replay_isolated", "IsolatedReplay", "run_isolated_job", "run_job", "
 SLOW_FORMAT_CHECKERS = ("rfc3987_syntax", "isoduration")
 
 
-def import_path(python):
-    """The ``sys.path`` of ``python`` (as a ``-c`` program sees it)."""
-    out = subprocess.run([python, "-c", "import json, sys; print(json.dumps(sys.path))"], capture_output=True,
-                         text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
-    if out.returncode != 0:
-        raise JuliusError(f"the rebuilt Python {python} does not start: {(out.stderr.strip() or '?').splitlines()[-1]}")
-    return json.loads(out.stdout)
-
-
 def workers_code(worker_python, preload=False):
     """Lines of Python that make a job's workers run on ``worker_python`` (None: on the job's own).
 
-    They are forked from a server started on ``worker_python`` with that environment's
-    import path (``prepare_workers``): ``multiprocessing.set_executable`` alone would run
-    the workers' interpreter on the job's ``sys.path``. ``preload`` starts the server
-    in any case.
+    ``preload`` starts the fork server they come from first (``prepare_workers``).
     """
-    if not worker_python and not preload:
-        return []
-    code = ["from julius_magics.cluster.session import prepare_workers"]
-    if not worker_python:
-        return code + ["prepare_workers()"]
-    return code + ["import multiprocessing",
-                   f"multiprocessing.set_executable({worker_python!r})   # the workers' own environment",
-                   f"prepare_workers(sys_path={import_path(worker_python)!r})"]
+    code = []
+    if worker_python:
+        code += ["from julius_magics.cluster.session import run_workers_on",
+                 f"run_workers_on({worker_python!r})   # the workers' own environment"]
+    if preload:
+        code += ["from julius_magics.cluster.session import prepare_workers", "prepare_workers()"]
+    return code
 
 
 def job_command(python, worker_python, argv, preload_workers=False):
@@ -171,7 +158,7 @@ class IsolatedReplay:
 
 
 def replay_isolated(name, store=None, n_workers=None, trust_key=None, python_install=False, progress=None,
-                    build_progress=True, root=None, cwd=None, log=None, preload_workers=False):
+                    build_progress=True, root=None, cwd=None, log=None, preload_workers=True):
     """Replay recording ``name`` inside its rebuilt environment.
 
     Parameters
@@ -195,7 +182,9 @@ def replay_isolated(name, store=None, n_workers=None, trust_key=None, python_ins
     log : callable, optional
         ``log(text)`` before and after each environment is built.
     preload_workers : bool
-        Start the replay job's worker fork server first (:func:`job_command`).
+        Start the replay job's worker fork server first, so that it imports the workers'
+        modules while the job imports its own and reads the recording (:func:`job_command`;
+        ``benchmarks/bench_rebuild.py --warm-rounds`` measures both ways).
 
     Returns
     -------

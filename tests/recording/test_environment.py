@@ -272,7 +272,8 @@ def test_workers_forked_from_the_preloaded_server_start_as_spawned_workers_do():
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHASHSEED", "OMP_NUM_THREADS",
                                                             "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-    out = subprocess.run([sys.executable, "-c", PRELOADED_WORKER], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run([sys.executable, "-c", PRELOADED_WORKER], capture_output=True, text=True, env=env,
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     hashed, worker = json.loads(out.stdout.splitlines()[-1])
     seeded = subprocess.run([sys.executable, "-c", "print(hash('julius'))"], capture_output=True, text=True,

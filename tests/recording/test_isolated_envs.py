@@ -52,11 +52,9 @@ def julius(*args, cwd=None, env=None):
 
 # --- (a) the workers' own environment ------------------------------------------------------
 TWO_ENVS_SCRIPT = """
-import multiprocessing
-from julius_magics.cluster.session import prepare_workers
-from julius_magics.recording.isolated import import_path
-multiprocessing.set_executable({worker_python!r})   # the workers run in another environment than the kernel
-prepare_workers(sys_path=import_path({worker_python!r}))
+from julius_magics.cluster.session import run_workers_on
+run_workers_on({worker_python!r})   # the workers run in another environment than the kernel
+import json
 import julius_magics as jm
 from julius_magics import recording
 from julius_magics.cluster.session import get_session
@@ -64,16 +62,13 @@ session = get_session()
 recording.start(session, "two-envs", store={store!r})
 session.start(n_workers=2)
 session.remote_eval('''
-import importlib.metadata, json, os, re, sys, toolz
-with open(os.path.join({seen!r}, str(os.getpid())), "w") as f:
-    json.dump({{"executable": sys.executable, "prefix": sys.prefix,
-               "packages": {{re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(): d.version
-                            for d in importlib.metadata.distributions()}}}}, f)
-def toolz_version():
-    return toolz.__version__
+import importlib.metadata, re, sys
+def worker_site():
+    return [sys.executable, sys.prefix, sorted((re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower(), d.version)
+                                               for d in importlib.metadata.distributions())]
 ''')
-session.add_rules("w", "def toolz():\\n    return ApplyFn(toolz_version)()")
-print("RESULT", session.compute(jm.ref.w.toolz(label="w:toolz")))
+session.add_rules("w", "def where():\\n    return ApplyFn(worker_site)()")
+print("RESULT", json.dumps(session.compute(jm.ref.w.where(label="w:where"))))
 recording.stop()
 session.stop()
 """
@@ -84,25 +79,19 @@ def test_workers_with_other_pins_run_on_their_own_rebuilt_interpreter(envs, toda
     workers_pins = pin_set(today)
     workers_pins.packages["toolz"] = "1.1.0"
     workers_env = build_environment(workers_pins, progress=False, root=envs)
-    store, seen = str(tmp_path / "store"), tmp_path / "seen"
-    seen.mkdir()
-    out = python_json(sys.executable, TWO_ENVS_SCRIPT.format(worker_python=workers_env.python, store=store,
-                                                             seen=str(seen)), cwd=tmp_path)
-    assert "RESULT 1.1.0" in out.stdout, out.stdout[-2000:]
-    for entry in seen.iterdir():
-        entry.unlink()   # the recording's workers wrote theirs: only the replay's now
+    store = str(tmp_path / "store")
+    out = python_json(sys.executable, TWO_ENVS_SCRIPT.format(worker_python=workers_env.python, store=store),
+                      cwd=tmp_path)
+    executable, prefix, packages = json.loads(out.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    # recorded on workers in their own environment: toolz 1.1.0 there, today's in the kernel
+    assert (executable, prefix, dict(packages)) == (workers_env.python, workers_env.path, workers_pins.packages)
 
-    result = replay_isolated("two-envs", store, root=str(tmp_path / "rebuilt"), build_progress=False, cwd=tmp_path)
+    result = replay_isolated("two-envs", store, root=envs, build_progress=False, cwd=tmp_path)
+    # the replayed value is compared with that one: the same interpreter, prefix and packages
     assert result.verified and result.env_same and result.results == 1, result.summary()
-    kernel_env, worker_env = result.environments
+    kernel_env, worker_env = result.environments   # one environment per distinct pin set
     assert kernel_env.key == pin_set(today).key and worker_env.key == workers_pins.key != kernel_env.key
-    assert not kernel_env.reused and not worker_env.reused   # one environment per distinct pin set, built
-    workers = [json.loads(p.read_text()) for p in seen.iterdir()]
-    assert len(workers) == 2
-    for worker in workers:
-        assert os.path.realpath(worker["prefix"]) == os.path.realpath(worker_env.path)
-        assert worker["executable"] == worker_env.python
-        assert worker["packages"] == worker_env.pins.packages   # the workers' pins, toolz 1.1.0 among them
+    assert worker_env.path == workers_env.path   # cached by the hash of its pins
     assert fresh_freeze(kernel_env.python)["toolz"] == today["packages"]["toolz"]
 
 
@@ -111,7 +100,7 @@ def test_workers_with_other_pins_run_on_their_own_rebuilt_interpreter(envs, toda
     ("3.4.10", r"No download found for request: cpython-3\.4"),                # uv has no build of it
     ("3.14.0", r"127\.0\.0\.1:9"),                                            # its download is unreachable
 ])
-def test_a_missing_python_is_installed_only_when_asked_and_says_why_it_cannot_be(today, tmp_path, version, why):  # noqa: F811
+def test_a_missing_python_is_installed_only_when_asked_and_says_why_not(today, tmp_path, version, why):  # noqa: F811
     minor = version.rsplit(".", 1)[0]
     kernel = json.loads(json.dumps(today))
     kernel["python"]["version"] = version
