@@ -100,7 +100,7 @@ import pandas as pd
 def read_sum(path):
     return int(pd.read_csv(path).x.sum())
 
-total = dask.delayed(sum)([dask.delayed(read_sum)(f"{folder}/data/part{i}.csv") for i in range(2)]).compute()
+total = dask.delayed(sum)([dask.delayed(read_sum)(f"{folder}/data/part{{i}}.csv") for i in range(2)]).compute()
 """
 REMOTE_READ = """%%remote_eval
 with open("{folder}/data/part1.csv") as f:
@@ -181,7 +181,9 @@ def test_s3_inputs_recorded_by_etag_a_changed_object_named_and_embedded_bytes_se
 
     client.put_object(Bucket=BUCKET, Key="e2e/a.csv", Body=b"x\n100\n")   # the object changes
     refused = julius(store, "replay", "s3-hash", cwd=tmp_path)
-    assert refused.returncode == 2 and refused.stdout == ""
-    [line] = refused.stderr.splitlines()
+    assert refused.returncode == 2 and refused.stdout == "", refused.stdout + refused.stderr
+    lines = refused.stderr.splitlines()
+    assert len(lines) == 1, refused.stderr
+    [line] = lines
     assert line.startswith(f"julius replay: remote input {url} is changed") and "--data embed-remote" in line
     assert replayed_verified(store, "s3-embedded", cwd=tmp_path) == 1

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from julius_magics.recording import steps
 from julius_magics.recording.store import Store
 from julius_magics.recording.verdict import EXIT_INCOMPLETE
 from tests.support import julius
@@ -85,8 +86,8 @@ def test_a_recording_spanning_a_kernel_crash_lists_every_step_before_it(kernel, 
     assert kinds.count("graph") == 3 and "cluster" in kinds and "environment" in kinds
     cells = [s.data["source"] for s in rec.steps if s.kind == "cell"]
     assert cells == CELLS[2:]   # every cell after %record start, the last one too
-    results = sorted(r["describe"] for s in rec.steps if s.kind == "graph" for r in s.data["results"].values())
-    assert results == sorted(["6", "12", "45"])
+    results = sorted(r["describe"] for s in rec.steps for r in steps.results(s).values())
+    assert results == ["int 12", "int 6", "int64 45"]
 
     shown = julius(store, "show", "crashed")
     assert shown.returncode == 0, shown.stderr
