@@ -52,7 +52,7 @@ from .capture import PLUGIN_NAME, CapturePlugin, _has_plugin, _set_capturing
 
 __all__ = ["Adopted", "PRELOAD", "enable_adoption", "disable_adoption", "adoption_enabled", "adopt",
            "adopt_existing", "without_preload", "dask_setup", "dask_teardown", "describe_cluster", "describe_cluster_async", "process_facts", "threadpool_counts",
-           "ThreadpoolLimits", "shape_differences", "start_like", "drain_unreproducible", "unreproducible_note"]
+           "ThreadpoolLimits", "SHAPE", "shape_differences", "start_like", "drain_unreproducible", "unreproducible_note"]
 
 PRELOAD = __name__
 _CONFIG = "distributed.client.preload"
@@ -69,8 +69,8 @@ _FEEDS = {
     "semaphore_acquire": ("Semaphore", "acquired from the kernel: tasks that wait on it follow the kernel's timing"),
     "multi_lock_acquire": ("MultiLock", "acquired from the kernel: tasks that wait on it follow the kernel's timing"),
 }
-ASYNCHRONOUS = ("an asynchronous client: the recorder cannot drain its work from the kernel's thread, so what "
-                "it computed is not recorded")
+ASYNCHRONOUS = ("an asynchronous client: the recorder cannot drain it from the kernel's thread, so its work is "
+                "recorded only if it closes before the recording stops, and never in step with the kernel's")
 
 
 def unreproducible_note(what, name, reason, address=None, client=None, op=None) -> dict:
@@ -386,6 +386,9 @@ class ThreadpoolLimits(WorkerPlugin):
         self._limits = threadpool_limits(limits=limits) if limits else None
 
 
+SHAPE = ("workers in processes", "threads per worker")   # how the cluster runs tasks, beyond the thread pools
+
+
 def shape_differences(recorded: dict, actual: dict) -> dict:
     """How a cluster computes, where ``actual`` differs from ``recorded`` (two :func:`describe_cluster` specs).
 
@@ -408,8 +411,8 @@ def shape_differences(recorded: dict, actual: dict) -> dict:
         counts = [(w.get("threadpools") or {}).get(api) for w in (spec.get("workers") or {}).values()]
         return max((c for c in counts if c), default=None)
 
-    pairs = {"workers in processes": (recorded.get("processes"), actual.get("processes")),
-             "threads per worker": (recorded.get("threads_per_worker"), actual.get("threads_per_worker")),
+    pairs = {SHAPE[0]: (recorded.get("processes"), actual.get("processes")),
+             SHAPE[1]: (recorded.get("threads_per_worker"), actual.get("threads_per_worker")),
              **{f"workers' {api.replace('blas', 'BLAS').replace('openmp', 'OpenMP')} threads": (pool(recorded, api), pool(actual, api))
                 for api in ("blas", "openmp")}}
     return {name: [old, new] for name, (old, new) in pairs.items() if old is not None and new is not None and old != new}

@@ -419,7 +419,8 @@ class FingerprintWorkerPlugin(WorkerPlugin):
         self.executor.shutdown(wait=False)
 
     def transition(self, key, start, finish, **kwargs):
-        if finish != "memory" or start != "executing":
+        # long-running: a task that seceded (worker_client, get_client) finishes from there
+        if finish != "memory" or start not in ("executing", "long-running"):
             return
         ts = self.worker.state.tasks.get(key)
         if ts is None or not ts.annotations or ANNOTATION not in ts.annotations or key not in self.worker.data:

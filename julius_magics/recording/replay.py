@@ -22,7 +22,7 @@ import time
 import cloudpickle
 
 from ..cluster import resubmit, serve
-from ..cluster.adopt import start_like
+from ..cluster.adopt import SHAPE, start_like
 from ..cluster.session import Session
 from ..errors import DataChangedError, EnvironmentMismatchError
 from ..rules.registry import RuleBook
@@ -74,12 +74,28 @@ def prepare_inputs(recording, report):
 
 
 def _cause(env, nondeterministic):
-    """The likely cause of a differing result, by name: the re-check, then the environment's differences
-    (packages, Python, OS, numerics, then thread counts and the cluster's shape), else what is outside."""
+    """The likely cause of a differing result, by name.
+
+    The re-check first; then a cluster that runs tasks otherwise than recorded (threads or
+    processes, threads per worker: the replay could not match them); then the
+    environment's differences (:func:`.environment.environment_cause`: packages, Python,
+    OS, numerics, BLAS/OpenMP thread counts); else what lies outside the recording.
+
+    Examples
+    --------
+    >>> _cause({"threads": {"threads per worker": [2, 1], "blas threads": [[2], [1]]}}, False)
+    'the cluster runs tasks otherwise (threads per worker 2 -> 1); BLAS/OpenMP thread counts differ (blas threads [2] -> [1])'
+    >>> _cause({"python": {"version": ["3.11.7", "3.12.1"]}, "same": False}, False)
+    'environment differs (python version 3.11.7 -> 3.12.1)'
+    """
     if nondeterministic:
         return "non-deterministic operation: computing the node twice in the replay gave different values"
-    return environment_cause(env) or ("code or data outside the recording changed (a module imported or a "
-                                      "file read directly, not through the rules)")
+    threads = env.get("threads") or {}
+    shape = [f"{name} {old} -> {new}" for name, (old, new) in threads.items() if name in SHAPE]
+    rest = environment_cause({**env, "threads": {k: v for k, v in threads.items() if k not in SHAPE}})
+    named = [f"the cluster runs tasks otherwise ({', '.join(shape)})" if shape else None, rest]
+    return "; ".join(n for n in named if n) or ("code or data outside the recording changed (a module imported "
+                                                "or a file read directly, not through the rules)")
 
 
 class _Context:

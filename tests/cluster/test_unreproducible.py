@@ -78,6 +78,7 @@ def test_coordination_objects_fed_from_the_kernel_are_reported_and_the_recording
     assert "Lock shared: acquired from the kernel" in printed
     shown = summary.format_details(summary.details("fed", store=store))
     assert "NOT REPRODUCIBLE (Variable factor): set from the kernel" in shown
+    assert "partial (a replay will not verify): Queue jobs: items put" in shown
     report = recording.replay("fed", store=store)
     assert not report.verified and "the recording is partial" in report.summary()
 

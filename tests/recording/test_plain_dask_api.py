@@ -100,6 +100,7 @@ from_dataset = int((back.x * 2).sum().compute())        # a later graph on the d
 first = client.submit(lambda: 21)
 second = client.submit(lambda v: v * 2, first)          # a future passed into a later graph
 third = dask.delayed(lambda a, b: a + b)(first, second).compute()
+doubled = second.result()
 client.unpublish_dataset("numbers")
 client.close()
 cluster.close()
@@ -108,7 +109,7 @@ cluster.close()
 
 def test_published_dataset_and_futures_passed_into_later_graphs(store):
     ns = record(store, "datasets", DATASETS_AND_FUTURES)
-    assert ns["from_dataset"] == 870 and ns["second"].status == "finished" and ns["third"] == 63
+    assert (ns["from_dataset"], ns["doubled"], ns["third"]) == (870, 42, 63)
     report = replayed(store, "datasets")
     assert report.results >= 3 + 1 + 1   # the persisted partitions, the sum, and each later graph
 
@@ -118,14 +119,14 @@ import time
 from distributed import Client, LocalCluster, as_completed
 
 def slow(i):
-    time.sleep(0.2 * (4 - i))   # the first submitted finishes last, when the tasks run side by side
+    time.sleep(0.4 * (4 - i))   # the first submitted finishes last, when the tasks run side by side
     return i * 10
 
 cluster = LocalCluster(n_workers=4, threads_per_worker=1, processes=False, dashboard_address=":0")
 client = Client(cluster)
-futures = [client.submit(slow, i) for i in range(4)]
-arrived = [future.result() for future in as_completed(futures)]
-mapped = client.gather(client.map(slow, [3, 2]))
+arrived = [future.result() for future in as_completed(client.map(slow, range(4)))]
+submitted = [client.submit(slow, i) for i in (3.5, 4)]    # futures submitted in a loop, gathered once
+looped = client.gather(submitted)
 client.close()
 cluster.close()
 '''
@@ -138,7 +139,7 @@ def _finish_order(dask_scheduler=None):
 
 def test_as_completed_compared_by_key_whatever_the_arrival_order(store):
     ns = record(store, "as-completed", AS_COMPLETED)
-    assert ns["arrived"] == [30, 20, 10, 0] and ns["mapped"] == [10, 20]   # four workers: last submitted first
+    assert ns["arrived"] == [30, 20, 10, 0] and ns["looped"] == [35.0, 40]   # four workers: last submitted first
     rec = store.open("as-completed")
     recorded = [key for s in rec.steps if s.kind == "graph" for key in s.data["keys"]][:4]
     report = replayed(store, "as-completed", n_workers=1, keep=True)   # one worker: in submission order
