@@ -174,6 +174,8 @@ def enable_adoption(on_adopted, worker_plugins=(), on_setup=None, on_teardown=No
     a cluster the notebook closes itself).
     """
     with _lock:
+        if _STATE["on_adopted"] is None:
+            _NOTES.clear()   # a recording's notes are its own
         _STATE["worker_plugins"] = tuple(worker_plugins)
         _STATE["on_setup"], _STATE["on_teardown"] = on_setup, on_teardown
         if _STATE["on_adopted"] is None:
