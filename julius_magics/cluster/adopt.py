@@ -17,7 +17,7 @@ Kernel-facing API::
     disable_adoption()
     spec = describe_cluster(client)   # workers, threads, memory, processes, BLAS/OpenMP threads
     ThreadpoolLimits(blas=2, openmp=2)   # worker plugin: the recorded thread counts, on replay
-    client, cluster, notes = start_like(spec, n_workers=None, address=None)   # replay's cluster
+    client, cluster, differences = start_like(spec, n_workers=None, address=None)   # replay's cluster
 
 ``on_adopted`` runs in the client's event-loop thread: it must be quick and must
 not call the client's blocking methods (queue the client, look at it later).
@@ -25,6 +25,16 @@ not call the client's blocking methods (queue the client, look at it later).
 A scheduler that refuses the plugin (``distributed.scheduler.pickle: False``,
 a scheduler without julius installed) leaves ``Adopted.captured`` False with
 the reason; a one-line warning is printed to stderr.
+
+Work a replay cannot reproduce is noted, never dropped: each adopted client's
+scheduler calls that feed a ``Queue``, ``Variable``, ``Event``, ``Lock``,
+``Semaphore`` or ``MultiLock`` from the kernel (outside any graph) are noted
+and handed out by :func:`drain_unreproducible`.  They are watched on the
+kernel's side, on the adopted client's scheduler connection: the scheduler's
+``event_set``, ``semaphore_acquire`` and ``multi_lock_acquire`` handlers are
+not told which client calls them (distributed 2026.8), and the same calls from
+tasks (through their workers' clients, never adopted) are part of the graphs,
+which reproduce them.
 """
 
 from __future__ import annotations
@@ -42,12 +52,73 @@ from .capture import PLUGIN_NAME, CapturePlugin, _has_plugin, _set_capturing
 
 __all__ = ["Adopted", "PRELOAD", "enable_adoption", "disable_adoption", "adoption_enabled", "adopt",
            "adopt_existing", "without_preload", "dask_setup", "dask_teardown", "describe_cluster", "describe_cluster_async", "process_facts", "threadpool_counts",
-           "ThreadpoolLimits", "start_like"]
+           "ThreadpoolLimits", "SHAPE", "shape_differences", "start_like", "drain_unreproducible", "unreproducible_note"]
 
 PRELOAD = __name__
 _CONFIG = "distributed.client.preload"
 _STATE = {"on_adopted": None, "previous": None, "worker_plugins": (), "on_setup": None, "on_teardown": None}
 _lock = threading.Lock()
+_NOTES: dict = {}   # (address, what, name) -> unreproducible note, until drained
+
+# scheduler operations that feed coordination objects: what they feed and why a replay cannot repeat it
+_FEEDS = {
+    "queue_put": ("Queue", "items put into it from the kernel reach tasks outside any graph"),
+    "variable_set": ("Variable", "set from the kernel: tasks that read it see a value outside any graph"),
+    "event_set": ("Event", "set or cleared from the kernel: tasks that wait on it follow the kernel's timing"),
+    "event_clear": ("Event", "set or cleared from the kernel: tasks that wait on it follow the kernel's timing"),
+    "semaphore_acquire": ("Semaphore", "acquired from the kernel: tasks that wait on it follow the kernel's timing"),
+    "multi_lock_acquire": ("MultiLock", "acquired from the kernel: tasks that wait on it follow the kernel's timing"),
+}
+ASYNCHRONOUS = ("an asynchronous client: the recorder cannot drain it from the kernel's thread, so its work is "
+                "recorded only if it closes before the recording stops, and never in step with the kernel's")
+
+
+def unreproducible_note(what, name, reason, address=None, client=None, op=None) -> dict:
+    """The data of an ``unreproducible`` step: what it was, its name, why a replay cannot repeat it."""
+    return {"what": what, "name": name, "reason": reason, "address": address, "client": client, "op": op}
+
+
+def _note(note):
+    with _lock:
+        key = (note["address"], note["what"], note["name"])
+        if key in _NOTES:
+            _NOTES[key]["count"] += 1
+        else:
+            _NOTES[key] = {**note, "count": 1}
+
+
+def drain_unreproducible() -> list[dict]:
+    """The unreproducible work noted since the last call (:func:`unreproducible_note` dicts, with ``count``)."""
+    with _lock:
+        notes = list(_NOTES.values())
+        _NOTES.clear()
+    return notes
+
+
+def _watch_coordination(client):
+    """Note the kernel's own calls that feed coordination objects, on ``client``'s scheduler connection."""
+    rpc, address = client.scheduler, _address(client)
+    if vars(rpc).get("_julius_watched"):   # not getattr: the rpc answers every name with a remote call
+        return
+    leases = {}   # semaphore name -> max leases (a Lock is a Semaphore of one lease)
+
+    def watched(op, send):
+        def call(*args, **kwargs):
+            what, reason = _FEEDS[op] if op in _FEEDS else (None, None)
+            if op == "semaphore_register":
+                leases[kwargs.get("name")] = kwargs.get("max_leases")
+            elif what is not None and _STATE["on_adopted"] is not None:
+                name = kwargs.get("name") or ", ".join(map(str, kwargs.get("locks") or ()))
+                if what == "Semaphore" and leases.get(name) == 1:
+                    what = "Lock"
+                _note(unreproducible_note(what, name, reason, address, client.id, op))
+            return send(*args, **kwargs)
+
+        return call
+
+    for op in (*_FEEDS, "semaphore_register"):
+        setattr(rpc, op, watched(op, getattr(rpc, op)))
+    rpc._julius_watched = True
 
 
 @dataclasses.dataclass
@@ -103,6 +174,8 @@ def enable_adoption(on_adopted, worker_plugins=(), on_setup=None, on_teardown=No
     a cluster the notebook closes itself).
     """
     with _lock:
+        if _STATE["on_adopted"] is None:
+            _NOTES.clear()   # a recording's notes are its own
         _STATE["worker_plugins"] = tuple(worker_plugins)
         _STATE["on_setup"], _STATE["on_teardown"] = on_setup, on_teardown
         if _STATE["on_adopted"] is None:
@@ -160,7 +233,10 @@ async def dask_setup(client):
         await client.run_on_scheduler(_set_capturing, True, client.id)
         for plugin in _STATE["worker_plugins"]:
             await client.register_plugin(plugin)
+        _watch_coordination(client)
         adopted = Adopted(client, _address(client), True, None, bool(client._asynchronous))
+        if adopted.asynchronous:
+            _note(unreproducible_note("asynchronous client", client.id, ASYNCHRONOUS, adopted.address, client.id))
         if _STATE["on_setup"] is not None:
             adopted.extra = await _STATE["on_setup"](client) or {}
     except Exception as error:
@@ -190,6 +266,7 @@ def adopt(client, on_adopted=None, worker_plugins=None) -> Adopted:
         client.run_on_scheduler(_set_capturing, True, client.id)
         for plugin in _STATE["worker_plugins"] if worker_plugins is None else worker_plugins:
             client.register_plugin(plugin)
+        _watch_coordination(client)
         adopted = Adopted(client, _address(client), True)
         client._julius_adopted = True
     except Exception as error:
@@ -311,6 +388,38 @@ class ThreadpoolLimits(WorkerPlugin):
         self._limits = threadpool_limits(limits=limits) if limits else None
 
 
+SHAPE = ("workers in processes", "threads per worker")   # how the cluster runs tasks, beyond the thread pools
+
+
+def shape_differences(recorded: dict, actual: dict) -> dict:
+    """How a cluster computes, where ``actual`` differs from ``recorded`` (two :func:`describe_cluster` specs).
+
+    Threads or processes, threads per worker and the workers' BLAS/OpenMP thread counts
+    change the last bits of floating-point reductions; the worker count does not.
+
+    Returns
+    -------
+    dict
+        ``{name: [recorded, actual]}``, as :func:`~julius_magics.recording.environment.env_diff`'s
+        ``threads`` section.
+
+    Examples
+    --------
+    >>> shape_differences({"processes": False, "threads_per_worker": 2, "workers": {}},
+    ...                   {"processes": True, "threads_per_worker": 2, "workers": {}})
+    {'workers in processes': [False, True]}
+    """
+    def pool(spec, api):
+        counts = [(w.get("threadpools") or {}).get(api) for w in (spec.get("workers") or {}).values()]
+        return max((c for c in counts if c), default=None)
+
+    pairs = {SHAPE[0]: (recorded.get("processes"), actual.get("processes")),
+             SHAPE[1]: (recorded.get("threads_per_worker"), actual.get("threads_per_worker")),
+             **{f"workers' {api.replace('blas', 'BLAS').replace('openmp', 'OpenMP')} threads": (pool(recorded, api), pool(actual, api))
+                for api in ("blas", "openmp")}}
+    return {name: [old, new] for name, (old, new) in pairs.items() if old is not None and new is not None and old != new}
+
+
 def start_like(spec, n_workers=None, address=None):
     """A client of a cluster shaped like a recorded ``spec`` (:func:`describe_cluster`).
 
@@ -320,15 +429,14 @@ def start_like(spec, n_workers=None, address=None):
 
     Returns
     -------
-    (distributed.Client, LocalCluster or None, list of str)
+    (distributed.Client, LocalCluster or None, dict)
         The client (not the default one), the cluster to close (None at ``address``)
-        and notes on what could not be matched (e.g. other thread counts).
+        and what could not be matched (:func:`shape_differences`: e.g. other thread counts).
     """
     import logging
 
     from distributed import Client, LocalCluster
 
-    notes = []
     if address:
         client, cluster = Client(address, set_as_default=False, timeout="10s"), None
         client._julius_no_adopt = True
@@ -350,8 +458,4 @@ def start_like(spec, n_workers=None, address=None):
     openmp = max((c.get("openmp") or 0 for c in counts), default=0) or None
     if blas or openmp:
         client.register_plugin(ThreadpoolLimits(blas=blas, openmp=openmp))
-        now = client.run(threadpool_counts)
-        for worker, got in now.items():
-            if blas and got.get("blas") not in (None, blas):
-                notes.append(f"worker {worker} runs BLAS on {got.get('blas')} threads, recorded {blas}")
-    return client, cluster, notes
+    return client, cluster, shape_differences(spec, describe_cluster(client))

@@ -56,6 +56,9 @@ Each event is a dict, JSON-able except its ``bytes`` payload:
     (``persist``, futures still running at a cell's end): "later collected".
 ``{"kind": "worker_joined", "seq", "time", "worker"}``
     a worker that joined while capturing (its environment is still to record).
+``{"kind": "unreproducible", "seq", "time", "client", "what", "name", "op", "reason"}``
+    work a replay cannot repeat (an actor: its method calls never reach the
+    scheduler): a recording holding one is *partial*.
 ``{"kind": "dropped", "seq", "time", "what", "keys", "reason"}``
     something capture could not keep (a final drain's fingerprints that never
     came, specs that would not pickle): a recording holding one is *partial*.

@@ -43,6 +43,8 @@ INTERNAL_MODULE = "julius_magics."
 FLUSH_PREFIX = "julius-flush-"
 FLUSH_SECONDS = 5.0
 HOLDER = "julius-capture-holder"   # the scheduler-side "client" that pins scattered data
+ACTOR_REASON = ("an actor: its state lives on one worker and its method calls go straight to that worker, "
+                "never through the scheduler, so they are not captured")
 
 
 def key_text(key) -> str:
@@ -186,6 +188,10 @@ class CapturePlugin(SchedulerPlugin):
         wanted = [k for k in keys if not _is_internal_key(k)]
         if not wanted:
             return
+        actors = sorted(key_text(k) for k in specs if state[k].actor)
+        if actors:   # its state lives on one worker, and its method calls go there, not through the scheduler
+            self._new_event("unreproducible", client=client, what="actor", name=", ".join(actors[:5]), op="submit",
+                            reason=ACTOR_REASON)
         # Dependencies submitted earlier (persisted collections, futures passed as
         # arguments) join the graph so that it recomputes on its own; scattered data
         # (no run spec) is named, and replayed from its scatter step.
@@ -209,6 +215,8 @@ class CapturePlugin(SchedulerPlugin):
         for key in wanted:
             ts = state.get(key)
             if ts is None:
+                continue
+            if ts.actor:   # no value to fingerprint (reported as unreproducible above)
                 continue
             if ts.state == "memory" or key not in specs:
                 # Computed before this graph: its fingerprint, if known, is the earlier one.
@@ -411,10 +419,11 @@ class FingerprintWorkerPlugin(WorkerPlugin):
         self.executor.shutdown(wait=False)
 
     def transition(self, key, start, finish, **kwargs):
-        if finish != "memory" or start != "executing":
+        # long-running: a task that seceded (worker_client, get_client) finishes from there
+        if finish != "memory" or start not in ("executing", "long-running"):
             return
         ts = self.worker.state.tasks.get(key)
-        if ts is None or not ts.annotations or ANNOTATION not in ts.annotations:
+        if ts is None or not ts.annotations or ANNOTATION not in ts.annotations or key not in self.worker.data:
             return
         value = self.worker.data[key]
         self.executor.submit(self._send, key, value)

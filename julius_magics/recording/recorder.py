@@ -28,6 +28,7 @@ import tempfile
 
 import cloudpickle
 
+from ..cluster.adopt import drain_unreproducible
 from ..cluster.watch import ClusterWatch
 from ..errors import RecordingError
 from ..progress import progress_bar
@@ -111,6 +112,8 @@ class Recorder:
         """Journal what the clusters and the file hooks saw since the last step."""
         for item in self.watch.drain(final=final):
             self._record_item(item)
+        for note in drain_unreproducible():   # seen in the kernel: coordination objects fed from here, async clients
+            self._record_unreproducible(note)
 
     def on_event(self, event, payload):
         """Session observer: one step per action."""
@@ -166,6 +169,8 @@ class Recorder:
         elif kind == "dropped":
             self._step("dropped", _jsonable({**item, "kind": kind}))
             self._partial(item["reason"])
+        elif kind == "unreproducible":   # seen on the scheduler: actors
+            self._record_unreproducible(item)
         elif kind == "worker_joined":
             env = {}
             with contextlib.suppress(Exception):
@@ -185,6 +190,11 @@ class Recorder:
                     self._partial(f"graph {item['seq']}: {item['dropped']}")
             elif kind == "fingerprints":
                 self.captured["results"] += len(item.get("fingerprints", {}))
+
+    def _record_unreproducible(self, note):
+        """Work a replay cannot repeat: journaled with what it was and why; the recording is partial."""
+        self._step("unreproducible", _jsonable({**note, "kind": "unreproducible"}))
+        self._partial(f"{note['what']} {note['name']}: {note['reason']}")
 
     def _partial(self, reason):
         if reason and reason not in self.partial:
@@ -362,7 +372,9 @@ class Recorder:
         if not (c["clusters"] or c["graphs"] or c["results"]):
             text += "\njulius: warning: nothing reached a Dask cluster while recording: the replay will have nothing to verify"
         if self.partial:
-            text += f"\njulius: warning: the recording is partial: {'; '.join(self.partial[:3])}"
+            more = f"\n  and {len(self.partial) - 8} more" if len(self.partial) > 8 else ""
+            text += ("\njulius: warning: the recording is partial (it will not verify):\n  "
+                     + "\n  ".join(self.partial[:8]) + more)
         return text
 
     def abort(self):

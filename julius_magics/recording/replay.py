@@ -22,12 +22,12 @@ import time
 import cloudpickle
 
 from ..cluster import resubmit, serve
-from ..cluster.adopt import start_like
+from ..cluster.adopt import SHAPE, start_like
 from ..cluster.session import Session
 from ..errors import DataChangedError, EnvironmentMismatchError
 from ..rules.registry import RuleBook
 from . import steps as step_kinds
-from .environment import capture_environment, env_diff, format_env_diff
+from .environment import capture_environment, env_diff, environment_cause, format_env_diff
 from .journal import file_digest
 from .report import Progress, ProgressBar, ReplayReport
 from .steps import recorded_environment
@@ -74,14 +74,28 @@ def prepare_inputs(recording, report):
 
 
 def _cause(env, nondeterministic):
+    """The likely cause of a differing result, by name.
+
+    The re-check first; then a cluster that runs tasks otherwise than recorded (threads or
+    processes, threads per worker: the replay could not match them); then the
+    environment's differences (:func:`.environment.environment_cause`: packages, Python,
+    OS, numerics, BLAS/OpenMP thread counts); else what lies outside the recording.
+
+    Examples
+    --------
+    >>> _cause({"threads": {"threads per worker": [2, 1], "blas threads": [[2], [1]]}}, False)
+    'the cluster runs tasks otherwise (threads per worker 2 -> 1); BLAS/OpenMP thread counts differ (blas threads [2] -> [1])'
+    >>> _cause({"python": {"version": ["3.11.7", "3.12.1"]}, "same": False}, False)
+    'environment differs (python version 3.11.7 -> 3.12.1)'
+    """
     if nondeterministic:
         return "non-deterministic operation: computing the node twice in the replay gave different values"
-    if not env.get("same", True):
-        changed = env.get("packages", {}).get("changed", {})
-        names = ", ".join(sorted(changed)[:5]) if changed else "python/os"
-        return f"environment differs ({names})"
-    return ("code or data outside the recording changed (a module imported or a file read directly, "
-            "not through the rules)")
+    threads = env.get("threads") or {}
+    shape = [f"{name} {old} -> {new}" for name, (old, new) in threads.items() if name in SHAPE]
+    rest = environment_cause({**env, "threads": {k: v for k, v in threads.items() if k not in SHAPE}})
+    named = [f"the cluster runs tasks otherwise ({', '.join(shape)})" if shape else None, rest]
+    return "; ".join(n for n in named if n) or ("code or data outside the recording changed (a module imported "
+                                                "or a file read directly, not through the rules)")
 
 
 class _Context:
@@ -225,12 +239,24 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
 
 
 def _compare_environments(report, session, recorded_kernel, recorded_workers):
+    """The kernel's differences, or the first worker's when the kernel's are none; the workers' thread
+    counts (where results are computed) either way."""
     report.env_diff = env_diff(recorded_kernel, capture_environment())
     workers_now = list(session.run_on_workers(capture_environment).values())
-    if report.env_diff.get("same", True) and recorded_workers and workers_now:
+    if recorded_workers and workers_now:
         worker_diff = env_diff(next(iter(recorded_workers.values())), workers_now[0])
-        if not worker_diff.get("same", True):
+        if report.env_diff.get("same", True) and not worker_diff.get("same", True):
             report.env_diff = worker_diff
+        else:
+            report.env_diff["threads"] = {**report.env_diff.get("threads", {}),
+                                          **{f"workers' {k}": v for k, v in worker_diff.get("threads", {}).items()}}
+
+
+def _note_shape(report, differences):
+    """A cluster built with other thread counts than recorded: named in the report and as a likely cause."""
+    for name, (recorded, replayed) in differences.items():
+        report.cluster_notes.append(f"{name}: recorded {recorded}, replayed with {replayed}")
+    report.env_diff["threads"] = {**report.env_diff.get("threads", {}), **differences}
 
 
 # --- plain Dask work: clusters of the recorded shape, graphs in flight together, files ------------
@@ -248,10 +274,10 @@ def _start_first_cluster(session, steps, spec, n_workers, address):
     """
     adopted = next((s.data for s in steps if s.kind == "adopted_cluster" and s.data.get("spec")), None)
     if not spec and adopted is not None:
-        client, cluster, notes = start_like(adopted["spec"], n_workers=n_workers, address=address)
+        client, cluster, differences = start_like(adopted["spec"], n_workers=n_workers, address=address)
         session.adopt(client, cluster, {"mode": "adopted", "n_workers": adopted["spec"].get("n_workers"),
                                         "address": client.scheduler.address})
-        session.cluster_notes = notes
+        session.cluster_differences = differences
         return adopted["address"]
     if address:
         session.connect(address)
@@ -276,7 +302,8 @@ class _CaptureContext(_Context):
         self.recomputes = {}     # (recorded address, graph seq) -> recompute(key), for the re-check
         self.scattered = []      # futures of replayed scatters, held until the end
         self.inputs, self.outputs, self.remote = [], [], []
-        report.cluster_notes = list(getattr(session, "cluster_notes", []))
+        report.cluster_notes = []
+        _note_shape(report, getattr(session, "cluster_differences", {}))
 
     # --- set-up ---------------------------------------------------------------------
     def prepare(self):
@@ -333,10 +360,10 @@ class _CaptureContext(_Context):
         if self.address:   # --address: every recorded cluster replays there
             self.clients[d["address"]] = self.default
             return
-        client, cluster, notes = start_like(d["spec"], n_workers=self.n_workers)
+        client, cluster, differences = start_like(d["spec"], n_workers=self.n_workers)
         self.owned.append((client, cluster))
         self.clients[d["address"]] = client
-        self.report.cluster_notes.extend(notes)
+        _note_shape(self.report, differences)
         self._serve(client)
 
     def submit_graph(self, step):

@@ -279,6 +279,13 @@ KINDS = {k.name: k for k in [
         summarise=lambda d: f"NOT CAPTURED ({d.get('what')}): {d.get('reason')}",
     ),
     StepKind(
+        "unreproducible",
+        {"kind": "", "seq": "", "time": "", "what": "asynchronous client, actor, Queue, Variable, Event, Lock, "
+         "Semaphore or MultiLock", "name": "its name (a key for an actor, a client id)", "op": "the call seen",
+         "count": "how many such calls", "reason": "why a replay cannot repeat it", "client": "", "address": ""},
+        summarise=lambda d: f"NOT REPRODUCIBLE ({d.get('what')} {d.get('name')}): {d.get('reason')}",
+    ),
+    StepKind(
         "worker_joined",
         {"kind": "", "seq": "", "time": "", "address": "its scheduler's", "worker": "",
          "environment": "blob SHA-256 of its environment JSON"},

@@ -85,6 +85,9 @@ def format_details(details):
              f"{info['workers']} workers, created {info['created']}" + (f" -- {info['note']}" if info["note"] else "")]
     if details.get("signer"):
         lines.append(format_signer(details["signer"]))
+    meta = details.get("meta") or {}
+    if meta.get("partial"):
+        lines.append("partial (a replay will not verify): " + "; ".join(meta.get("partial_reasons") or ["see the steps"]))
     lines.append("steps:")
     lines += [f"  {s['seq']:>3} {s['kind']:<12} {s['summary']}" for s in details["steps"]]
     env = details["environment"]

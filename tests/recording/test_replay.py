@@ -180,3 +180,47 @@ def test_worker_plugins_registered_while_recording_are_registered_again_on_repla
     assert "worker_plugin" in [s.kind for s in store.open("plugin").steps]
     report = recording.replay("plugin", store=store)
     assert report.verified and report.results >= 1
+
+
+THREADS_NOTEBOOK = '''
+import numpy as np
+from distributed import Client, LocalCluster, get_worker
+
+def blas_sum(seed):   # a BLAS-heavy reduction: its last bits may follow the thread counts
+    a = np.random.default_rng(seed).standard_normal((300, 300))
+    return float((a @ a.T).sum())
+
+def threads_here():   # a result that follows the cluster's shape, whatever the BLAS does
+    return get_worker().state.nthreads
+
+cluster = LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0")
+client = Client(cluster)
+reduced = client.submit(blas_sum, 1).result()
+threads = client.submit(threads_here, pure=False).result()
+client.close()
+cluster.close()
+'''
+
+
+def test_other_thread_counts_on_replay_are_named_as_the_likely_cause(tmp_path):
+    """Recorded on threads in the kernel (2 per worker), replayed on a worker process with 1 thread."""
+    from distributed import LocalCluster
+
+    store = Store(tmp_path / "store")
+    recorder = recording.start(Session(), "threads", store=store)
+    namespace = {}
+    exec(compile(THREADS_NOTEBOOK, "<threads>", "exec"), namespace)
+    recorder.add_cell(THREADS_NOTEBOOK)
+    recording.stop()
+    assert namespace["threads"] == 2
+    spec = next(s.data["spec"] for s in store.open("threads").steps if s.kind == "adopted_cluster")
+    assert (spec["processes"], spec["threads_per_worker"]) == (False, 2)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as other:
+        report = recording.replay("threads", store=store, address=other.scheduler_address)
+    assert not report.verified
+    assert report.env_diff["threads"]["threads per worker"] == [2, 1]
+    assert report.env_diff["threads"]["workers in processes"] == [False, True]
+    (cause,) = {m["cause"] for m in report.mismatches if m["replayed_value"] == "int 1"}   # threads_here
+    assert "threads per worker 2 -> 1" in cause and "workers in processes False -> True" in cause
+    assert cause.startswith("the cluster runs tasks otherwise (") and "python" not in cause
+    assert "threads per worker: recorded 2, replayed with 1" in report.summary()

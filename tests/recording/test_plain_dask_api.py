@@ -1,0 +1,153 @@
+"""Each of plain Dask's ways to send work, recorded unchanged and replayed verified (values asserted)."""
+
+import pytest
+
+from julius_magics import recording
+from julius_magics.cluster.session import Session
+from julius_magics.recording.store import Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(tmp_path / "store")
+
+
+def record(store, name, source):
+    """Run ``source`` as a notebook cell while recording ``name``; returns the notebook's namespace."""
+    recorder = recording.start(Session(), name, store=store)
+    namespace = {}
+    try:
+        exec(compile(source, f"<{name}>", "exec"), namespace)
+        recorder.add_cell(source)
+    finally:
+        info = recording.stop()
+    assert info.status == "complete"
+    return namespace
+
+
+def replayed(store, name, **options):
+    report = recording.replay(name, store=store, **options)
+    assert report.verified, report.summary()
+    return report
+
+
+SEVERAL_WAIT_RUN_PLUGINS = '''
+import os
+import dask, dask.array as da, dask.bag as db, dask.dataframe as dd, pandas as pd
+from distributed import Client, LocalCluster, wait
+from distributed.diagnostics.plugin import NannyPlugin, WorkerPlugin
+
+class Scale(WorkerPlugin):
+    """Gives each worker a factor that later tasks read."""
+    def __init__(self, factor):
+        self.factor = factor
+    def setup(self, worker):
+        worker.julius_test_factor = self.factor
+
+class Shift(NannyPlugin):
+    """Sets a variable in each nanny's environment (for workers it starts later; no restart here)."""
+    def setup(self, nanny):
+        nanny.env["JULIUS_TEST_SHIFT"] = "1000"
+
+def set_offset(value, dask_worker=None):
+    dask_worker.julius_test_offset = value
+
+def scaled(x):
+    from distributed import get_worker
+    w = get_worker()
+    return x * w.julius_test_factor + w.julius_test_offset
+
+cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+client = Client(cluster)
+client.register_plugin(Shift())                                     # a nanny plugin
+client.register_plugin(Scale(3))                                    # a worker plugin
+client.run(set_offset, 7)
+frame = dd.from_pandas(pd.DataFrame({"g": list("ab") * 10, "x": range(20)}), npartitions=4)
+array = da.arange(100, chunks=10)
+bag = db.from_sequence(range(10), npartitions=3)
+sums, total, odd = dask.compute(frame.groupby("g").x.sum(), array.sum(), bag.filter(lambda v: v % 2).sum())
+futures = client.map(scaled, range(5))
+wait(futures)
+after_wait = client.gather(futures)
+nanny_env = set(client.run(lambda dask_worker=None: dask_worker.env.get("JULIUS_TEST_SHIFT"), nanny=True).values())
+client.close()
+cluster.close()
+'''
+
+
+def test_dask_compute_of_several_wait_client_run_and_plugins(store):
+    ns = record(store, "several", SEVERAL_WAIT_RUN_PLUGINS)
+    assert ns["sums"].to_dict() == {"a": 90, "b": 100} and ns["total"] == 4950 and ns["odd"] == 25
+    assert ns["after_wait"] == [7, 10, 13, 16, 19] and ns["nanny_env"] == {"1000"}
+    rec = store.open("several")
+    kinds = [s.kind for s in rec.steps]
+    assert kinds.count("worker_plugin") == 2 and kinds.count("run") == 2
+    assert {s.data["nanny"] for s in rec.steps if s.kind == "worker_plugin"} == {True, False}
+    report = replayed(store, "several")
+    assert report.results == 3 + 5   # three collections at once, five mapped futures
+
+
+DATASETS_AND_FUTURES = '''
+import dask, dask.dataframe as dd, pandas as pd
+from distributed import Client, LocalCluster
+
+cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+client = Client(cluster)
+frame = dd.from_pandas(pd.DataFrame({"x": range(30)}), npartitions=3).persist()
+client.publish_dataset(numbers=frame)
+back = client.get_dataset("numbers")
+from_dataset = int((back.x * 2).sum().compute())        # a later graph on the dataset gotten back
+first = client.submit(lambda: 21)
+second = client.submit(lambda v: v * 2, first)          # a future passed into a later graph
+third = dask.delayed(lambda a, b: a + b)(first, second).compute()
+doubled = second.result()
+client.unpublish_dataset("numbers")
+client.close()
+cluster.close()
+'''
+
+
+def test_published_dataset_and_futures_passed_into_later_graphs(store):
+    ns = record(store, "datasets", DATASETS_AND_FUTURES)
+    assert (ns["from_dataset"], ns["doubled"], ns["third"]) == (870, 42, 63)
+    report = replayed(store, "datasets")
+    assert report.results >= 3 + 1 + 1   # the persisted partitions, the sum, and each later graph
+
+
+AS_COMPLETED = '''
+import time
+from distributed import Client, LocalCluster, as_completed
+
+def slow(i):
+    time.sleep(0.4 * (4 - i))   # the first submitted finishes last, when the tasks run side by side
+    return i * 10
+
+cluster = LocalCluster(n_workers=4, threads_per_worker=1, processes=False, dashboard_address=":0")
+client = Client(cluster)
+arrived = [future.result() for future in as_completed(client.map(slow, range(4)))]
+submitted = [client.submit(slow, i) for i in (3.5, 4)]    # futures submitted in a loop, gathered once
+looped = client.gather(submitted)
+client.close()
+cluster.close()
+'''
+
+
+def _finish_order(dask_scheduler=None):
+    """Keys of ``slow`` tasks in the order they reached memory (the scheduler's transition log)."""
+    return [t[0] for t in dask_scheduler.transition_log if t[2] == "memory" and str(t[0]).startswith("slow-")]
+
+
+def test_as_completed_compared_by_key_whatever_the_arrival_order(store):
+    ns = record(store, "as-completed", AS_COMPLETED)
+    assert ns["arrived"] == [30, 20, 10, 0] and ns["looped"] == [35.0, 40]   # four workers: last submitted first
+    rec = store.open("as-completed")
+    (loop,) = [s for s in rec.steps if s.kind == "graph" and len(s.data["keys"]) == 4]
+    value_of = {key: int(text.split()[-1]) for key, text in loop.data["descriptions"].items()}   # "int 30"
+    report = replayed(store, "as-completed", n_workers=1, keep=True)   # one worker: one task after another
+    try:
+        finished = report.session.client.run_on_scheduler(_finish_order)
+    finally:
+        report.session.stop()
+    replay_arrival = [value_of[key] for key in finished if key in value_of]
+    assert sorted(replay_arrival) == [0, 10, 20, 30] and replay_arrival != ns["arrived"]   # another order
+    assert report.results == 4 + 2
