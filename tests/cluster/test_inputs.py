@@ -136,3 +136,23 @@ def test_julius_own_temporary_folders_are_not_inputs(noting):
                 f.read()
         report = drain_reads()
     assert [os.path.dirname(e["abspath"]) for e in report["inputs"]] == [project]
+
+
+def test_parquet_read_on_a_worker_is_seen_though_the_worker_imports_pyarrow_after_the_hooks(tmp_path, monkeypatch):
+    import sys
+
+    import dask.dataframe as dd
+    from distributed import Client, LocalCluster
+
+    monkeypatch.chdir(tmp_path)
+    pd.DataFrame({"c": range(10)}).to_parquet("t.parquet")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        client.register_plugin(inputs.InputsWorkerPlugin(recording=True))
+        # the hooks did not import pyarrow.dataset (seconds): it is wrapped when the worker imports it
+        assert client.run(lambda: "pyarrow.dataset" in sys.modules) == {w: False for w in client.run(lambda: 0)}
+        assert dd.read_parquet("t.parquet").c.sum().compute() == 45
+        [report] = client.run(inputs.drain_reads).values()
+        client.register_plugin(inputs.InputsWorkerPlugin(recording=False))
+    assert [(e["path"], e["size"]) for e in report["inputs"]] == [(str(tmp_path / "t.parquet"),
+                                                                   os.path.getsize(tmp_path / "t.parquet"))]
