@@ -333,7 +333,8 @@ class _CaptureContext(_Context):
     def _serve(self, client):
         if self.inputs:
             served = serve.serve_inputs(client, self.inputs, self.recording.blob,
-                                        embedded=lambda f: f.get("embedded", False))
+                                        embedded=lambda f: f.get("embedded", False),
+                                        copy_blob=self.recording.blob_to_file)
             known = {d["path"] for d in self.report.data}
             self.report.data.extend(d for d in served if d["path"] not in known)
         if self.remote:
