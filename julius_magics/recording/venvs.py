@@ -271,12 +271,11 @@ def lock_pins(pins):
         requirements, out = os.path.join(tmp, "requirements.txt"), os.path.join(tmp, "pylock.toml")
         with open(requirements, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
-        args = [uv_binary(), "pip", "compile", "--no-config", "--no-deps", "--no-header", "--format", "pylock.toml",
-                "--python-version", pins.python or pins.minor, *_index_args(urls), "-q", "-o", out, requirements]
         target = _uv_platform(pins.platform)
-        if target:
-            args[args.index("--python-version"):args.index("--python-version")] = ["--python-platform", target]
-        rc, _, err = _run(args)
+        rc, _, err = _run([uv_binary(), "pip", "compile", "--no-config", "--no-deps", "--no-header", "--format",
+                           "pylock.toml", "--python-version", pins.python or pins.minor,
+                           *(["--python-platform", target] if target else []), *_index_args(urls), "-q", "-o", out,
+                           requirements])
         if rc != 0:
             raise RebuildError(_install_error(err, pins, urls))
         with open(out, encoding="utf-8") as f:

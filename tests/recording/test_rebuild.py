@@ -251,6 +251,11 @@ def test_recorded_pins_and_one_environment_per_distinct_pin_set(today, tutorial_
                           "conda"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and f"    - toolz=={today['packages']['toolz']}" in out.stdout.splitlines()
     assert f"  - python={today['python']['version']}" in out.stdout.splitlines()
+    # a fresh recording's workers do not differ from its kernel by julius's own settings
+    shown = subprocess.run([sys.executable, "-m", "julius_magics.cli", "--store", store, "show", name],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "environment: Python " in shown.stdout, shown.stderr
+    assert "workers differ from the kernel" not in shown.stdout, shown.stdout
     with pytest.raises(RebuildError, match="has no environment of 'tcp://nowhere:1'"):
         recorded_pins(name, store, "conda", which="tcp://nowhere:1")
     same = {"tcp://a:1": today, "tcp://b:2": today}
