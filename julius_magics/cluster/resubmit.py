@@ -20,6 +20,7 @@ unpickled here.
 from __future__ import annotations
 
 import pickle
+import time
 import uuid
 
 import cloudpickle
@@ -108,11 +109,14 @@ class GraphBatch:
         self.client = client
         self.pending = []   # (event, {key: future} or None, failure text or None)
         self.held = []      # futures of the wanted keys, and of their fingerprints once gathered
+        self.started = None  # when the first graph of the batch was sent: the batch's compute runs from then
 
     def __len__(self):
         return len(self.pending)
 
     def submit(self, event) -> None:
+        if not self.pending:
+            self.started = time.monotonic()
         try:
             futures, held = submit_graph(self.client, event, hold=True)
         except Exception as error:
@@ -122,18 +126,26 @@ class GraphBatch:
         self.pending.append((event, futures, None))
 
     def gather(self) -> list:
-        """``[(event, {key_text: (fingerprint, description)}, failure or None)]`` in submission order."""
+        """``[(event, {key_text: (fingerprint, description)}, failure or None)]`` in submission order.
+
+        One gather for the whole batch: a round trip per graph costs more than a small
+        graph computes (500 futures: seconds).  A graph that failed is told by its
+        futures' status once the gather returns.
+        """
+        submitted = [f for _, futures, _ in self.pending if futures for f in futures.values()]
+        self.held.extend(submitted)
+        results = self.client.gather(submitted, errors="skip")
+        values = dict(zip((f.key for f in submitted if f.status == "finished"), results))
         done = []
         for event, futures, failure in self.pending:
+            failed = [f for f in (futures or {}).values() if f.key not in values]
             if futures is None:
                 done.append((event, {}, failure))
-                continue
-            try:
-                self.held.extend(futures.values())
-                results = self.client.gather(list(futures.values()))
-                done.append((event, {k: tuple(r) for k, r in zip(futures, results)}, None))
-            except Exception as error:
+            elif failed:
+                error = failed[0].exception()
                 done.append((event, {}, f"the graph failed on replay: {type(error).__name__}: {error}"))
+            else:
+                done.append((event, {k: tuple(values[f.key]) for k, f in futures.items()}, None))
         self.pending = []
         return done
 

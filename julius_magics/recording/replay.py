@@ -400,9 +400,11 @@ class _CaptureContext(_Context):
     def flush(self):
         """Wait for the graphs submitted so far and compare their results (and later ones)."""
         for batch, submitted in list(self.batches.values()):
-            t0 = time.monotonic()
+            if not len(batch):
+                continue
+            started = batch.started
             done = batch.gather()
-            self.report.timings["compute"] += time.monotonic() - t0
+            self.report.timings["compute"] += time.monotonic() - started   # from the first submit, as recorded
             batch.release()   # before any re-check: a held key would give the re-check its own value back
             for step, (event, replayed, failure) in zip(submitted, done):
                 def recompute(key, event=event, client=batch.client):
