@@ -105,7 +105,7 @@ total = dask.delayed(sum)([dask.delayed(read_sum)(f"{folder}/data/part{{i}}.csv"
 REMOTE_READ = """%%remote_eval
 with open("{folder}/data/part1.csv") as f:
     header = f.readline().strip()
-print(f"header={header}")
+print(f"header={{header}}")
 """
 
 
