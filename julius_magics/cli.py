@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 
 from .errors import JuliusError
@@ -49,7 +51,6 @@ def cmd_replay(args):
     if args.isolated or args.bisect_env:   # in rebuilt environments: recording.rebuild
         return _replay_rebuilt(args)
     from .recording.replay import replay
-    from .recording.report import ProgressBar
     from .recording.replay_job import run
 
     from .recording.verdict import exit_status
@@ -59,16 +60,32 @@ def cmd_replay(args):
     if args.json:   # the JSON lines of ``python -m julius_magics.recording.replay_job``
         return run(args.name, lambda event: print(json.dumps(event.as_dict(), default=str), flush=True),
                    **options)
-    with ProgressBar(args.name) as bar:
+    with _progress_bar(args.name) as bar:
         report = replay(args.name, progress=bar, **options)
     print(report.summary())
     return exit_status(report)
 
 
+@contextlib.contextmanager
+def _progress_bar(name):
+    """A replay's progress bar on a terminal; none where nobody watches (a pipe, a log, ``JULIUS_NO_PROGRESS``).
+
+    The bar's carriage-return updates would otherwise fill a captured stderr, where an
+    error must stay the one line that says what went wrong.
+    """
+    if os.environ.get("JULIUS_NO_PROGRESS") or not sys.stderr.isatty():
+        yield None
+        return
+    from .recording.report import ProgressBar
+
+    with ProgressBar(name) as bar:
+        yield bar
+
+
 def _replay_rebuilt(args):
     """``--isolated`` (replay in the recording's rebuilt environment) and ``--bisect-env``."""
     from .recording import rebuild
-    from .recording.report import Progress, ProgressBar
+    from .recording.report import Progress
 
     if args.address:
         raise JuliusError("--isolated and --bisect-env start their own cluster on the rebuilt interpreter: "
@@ -93,9 +110,10 @@ def _replay_rebuilt(args):
         return 0 if result.culprits else 1
     if args.json:   # the replay job's JSON lines, the report with the environments built
         return min(rebuild.run_isolated_job(args.name, emit, **options), 1)
-    with ProgressBar(args.name) as bar:
-        result = rebuild.replay_isolated(args.name, progress=lambda done, total, message: bar(
-            Progress(done, total, message)), log=lambda text: print(text, file=sys.stderr, flush=True), **options)
+    with _progress_bar(args.name) as bar:
+        progress = None if bar is None else (lambda done, total, message: bar(Progress(done, total, message)))
+        result = rebuild.replay_isolated(args.name, progress=progress,
+                                         log=lambda text: print(text, file=sys.stderr, flush=True), **options)
     print(result.summary())
     return 0 if result.verified else 1
 

@@ -105,12 +105,13 @@ total = dask.delayed(sum)([dask.delayed(read_sum)(f"{folder}/data/part{{i}}.csv"
 REMOTE_READ = """%%remote_eval
 with open("{folder}/data/part1.csv") as f:
     header = f.readline().strip()
+print(f"header={{header}}")
 """
 
 
 @pytest.mark.skipif(not unshare_works(), reason=UNSHARE_REASON)
 def test_a_deployment_with_worker_only_files_recorded_and_replayed_on_a_fresh_one_and_on_a_local_cluster(
-        ip, tmp_path, monkeypatch):
+        ip, tmp_path, monkeypatch, capsys):
     private, store = tmp_path / "private", tmp_path / "store"
     private.mkdir()
     monkeypatch.chdir(tmp_path)
@@ -122,6 +123,7 @@ def test_a_deployment_with_worker_only_files_recorded_and_replayed_on_a_fresh_on
                                              DEPLOYED.format(folder=private)])
         run(ip, "%cluster stop")
     assert ip.user_ns["total"] == 45 + 55
+    assert capsys.readouterr().out.count("header=x") == 2   # each worker read its own file
 
     rec = Store(store).open("deployed")
     assert rec.info.status == "complete" and "partial" not in rec.meta
@@ -137,8 +139,8 @@ def test_a_deployment_with_worker_only_files_recorded_and_replayed_on_a_fresh_on
         with Client(fresh.address) as client:
             fresh.wait(client)
         results = replayed_verified(store, "deployed", "--address", fresh.address, cwd=elsewhere)
-    assert results >= 1
-    assert replayed_verified(store, "deployed", cwd=elsewhere) == results   # a LocalCluster of the recorded shape
+    assert results == 1
+    assert replayed_verified(store, "deployed", cwd=elsewhere) == 1   # on a LocalCluster of the recorded shape
 
 
 S3_NOTEBOOK = """
@@ -182,8 +184,6 @@ def test_s3_inputs_recorded_by_etag_a_changed_object_named_and_embedded_bytes_se
     client.put_object(Bucket=BUCKET, Key="e2e/a.csv", Body=b"x\n100\n")   # the object changes
     refused = julius(store, "replay", "s3-hash", cwd=tmp_path)
     assert refused.returncode == 2 and refused.stdout == "", refused.stdout + refused.stderr
-    lines = refused.stderr.splitlines()
-    assert len(lines) == 1, refused.stderr
-    [line] = lines
+    [line] = refused.stderr.splitlines()   # no progress bar where nobody watches: the error, one line
     assert line.startswith(f"julius replay: remote input {url} is changed") and "--data embed-remote" in line
     assert replayed_verified(store, "s3-embedded", cwd=tmp_path) == 1
