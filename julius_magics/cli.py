@@ -280,7 +280,8 @@ def build_parser():
     p = add("env", cmd_env, "the recorded environment as requirements.txt pins")
     p.add_argument("name", help="the recording's name")
     p.add_argument("--format", choices=("requirements", "uv-lock", "conda"), default="requirements",
-                   help="pins for pip (exact, with hashes where known), uv.lock's shape, or a conda environment.yml")
+                   help="pins for pip (exact, with hashes where known), a PEP 751 lock that uv installs "
+                        "(uv pip sync pylock.toml; needs the recorded index), or a conda environment.yml")
     legacy(p)
     p = add("key", cmd_key, "your public key and its fingerprint (the key is created on first use)")
     p.add_argument("--public", action="store_true", help="only the public key line, e.g. `julius key --public > me.pub`")

@@ -29,12 +29,6 @@ __all__ = ["replay_isolated", "IsolatedReplay", "run_isolated_job", "run_job", "
            "main"]
 
 
-#: Optional format checkers jsonschema imports if they are installed, that take seconds to
-#: import (rfc3987_syntax builds a grammar, isoduration loads arrow): julius's schemas check no
-#: ``format``, so the replay job imports jsonschema without them (and user code may import them later).
-SLOW_FORMAT_CHECKERS = ("rfc3987_syntax", "isoduration")
-
-
 def workers_code(worker_python, preload=False):
     """Lines of Python that make a job's workers run on ``worker_python`` (None: on the job's own).
 
@@ -56,13 +50,8 @@ def job_command(python, worker_python, argv, preload_workers=False):
     (:func:`workers_code`).
     """
     code = ["import sys",
-            f"kept_out = [m for m in {SLOW_FORMAT_CHECKERS!r} if m not in sys.modules]",
-            "sys.modules.update(dict.fromkeys(kept_out))   # imported as missing: jsonschema skips them",
             *workers_code(worker_python, preload_workers),
             "from julius_magics.recording.replay_job import main",
-            "for m in kept_out:",
-            "    if sys.modules.get(m, 0) is None:",
-            "        del sys.modules[m]",
             f"sys.exit(main({argv!r}))"]
     return [python, "-c", "\n".join(code)]
 

@@ -13,12 +13,32 @@ JSON objects except the few ``meta`` fields the readers show.
 
 from __future__ import annotations
 
-import jsonschema
+import sys
 
 from ..errors import IntegrityError, RecordingError
 from .integrity import FORMAT, FORMATS, LEGACY_FORMAT
 
 __all__ = ["check", "check_format", "SCHEMAS", "STEP_SCHEMAS"]
+
+#: Optional format checkers jsonschema imports when they are installed, which take seconds to
+#: import (rfc3987_syntax builds a grammar: 2.5 s here; isoduration loads arrow). julius's schemas
+#: check no ``format``, so jsonschema is imported without them; user code may still import them.
+SLOW_FORMAT_CHECKERS = ("rfc3987_syntax", "isoduration")
+
+
+def _import_jsonschema():
+    kept_out = [m for m in SLOW_FORMAT_CHECKERS if m not in sys.modules]
+    sys.modules.update(dict.fromkeys(kept_out))   # seen as missing: jsonschema leaves their checkers out
+    try:
+        import jsonschema
+    finally:
+        for m in kept_out:
+            if sys.modules.get(m, 0) is None:
+                del sys.modules[m]
+    return jsonschema
+
+
+jsonschema = _import_jsonschema()
 
 _SHA = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _SIZE = {"type": "integer", "minimum": 0}
