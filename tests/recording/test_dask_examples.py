@@ -19,6 +19,8 @@ from julius_magics.recording import steps
 from julius_magics.recording.store import Store
 from tests.support import julius, record_cells, replayed_verified
 
+pytestmark = pytest.mark.usefixtures("fresh_session")
+
 CLUSTER = """
 import dask, dask.array as da, dask.bag as db, dask.dataframe as dd, numpy as np, pandas as pd
 from distributed import Client, LocalCluster, as_completed, wait

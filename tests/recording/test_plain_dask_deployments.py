@@ -28,6 +28,8 @@ from tests.recording.test_plain_dask import NOTEBOOK, _project
 from tests.support import (UNSHARE_REASON, WRITE_CSV_PARTS, Deployment, julius, record_cells, replayed_verified, run,
                            unshare_works)
 
+pytestmark = pytest.mark.usefixtures("fresh_session")
+
 # test_plain_dask's notebook, its client connected to a scheduler that another process runs
 CONNECTED = (NOTEBOOK.replace('cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, '
                               'dashboard_address=":0")\nclient = Client(cluster)', 'client = Client("{address}")')
