@@ -125,3 +125,62 @@ class Deployment:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+# --- outputs written by captured graphs, replayed into a sandbox (the cluster layer's tests) -----
+def two_worker_cluster():
+    from distributed import LocalCluster
+
+    return LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+
+
+def capture_outputs(work, kernel_too=False):
+    """Run ``work(client)`` on a fresh capturing cluster with reads and writes noted: (graph events, outputs).
+
+    ``kernel_too``: the kernel's own writes count too (a dataframe's ``to_csv`` makes its folder here).
+    """
+    from distributed import Client
+
+    from julius_magics.cluster import capture, inputs
+
+    inputs.start_reads()
+    try:
+        with two_worker_cluster() as cluster, Client(cluster) as client:
+            client.register_plugin(inputs.InputsWorkerPlugin(recording=True))
+            capture.start_capture(client)
+            work(client)
+            events = capture.drain_capture(client, final=True)
+            reports = [*([inputs.drain_reads()] if kernel_too else []), *client.run(inputs.drain_reads).values()]
+    finally:
+        inputs.stop_reads()
+    return [e for e in events if e["kind"] == "graph"], [o for r in reports for o in r["outputs"]]
+
+
+def replay_outputs(graphs, outputs, sandbox, kernel_too=False):
+    """Replay captured ``graphs`` on a fresh cluster, their writes of ``outputs`` sandboxed: the comparison."""
+    from distributed import Client
+
+    from julius_magics.cluster import resubmit, serve
+
+    with two_worker_cluster() as cluster, Client(cluster) as client:
+        client.register_plugin(serve.OutputSandbox(outputs, str(sandbox)))
+        if kernel_too:
+            serve.install_output_sandbox(outputs, str(sandbox))
+        for graph in graphs:
+            resubmit.replay_graph(client, graph)
+        return serve.compare_outputs(client, outputs)
+
+
+def record_notebook(store, name, source):
+    """Run ``source`` as one notebook cell while recording ``name`` in ``store``: (namespace, RecordingInfo)."""
+    from julius_magics import recording
+    from julius_magics.cluster.session import Session
+
+    recorder = recording.start(Session(), name, store=store)
+    namespace = {}
+    try:
+        exec(compile(source, f"<{name}>", "exec"), namespace)
+        recorder.add_cell(source)
+    finally:
+        info = recording.stop()
+    return namespace, info

@@ -5,13 +5,9 @@ import pathlib
 import shutil
 
 import dask
-from distributed import Client, LocalCluster
 
-from julius_magics.cluster import capture, inputs, resubmit, serve
-
-
-def _cluster():
-    return LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+from julius_magics.cluster import serve
+from tests.support import capture_outputs, replay_outputs
 
 
 def test_folders_made_by_replayed_graphs_go_to_the_sandbox(tmp_path):
@@ -29,30 +25,21 @@ def test_folders_made_by_replayed_graphs_go_to_the_sandbox(tmp_path):
             f.write("c")
         return "written"
 
+    def work(client):
+        assert dask.delayed(write_reports)(str(project / "abs")).compute() == "written"
+
     here = os.getcwd()
     project = tmp_path / "project"
     (project / "abs").mkdir(parents=True)
     os.chdir(project)
     try:
-        inputs.start_reads()
-        with _cluster() as cluster, Client(cluster) as client:
-            client.register_plugin(inputs.InputsWorkerPlugin(recording=True))
-            capture.start_capture(client)
-            assert dask.delayed(write_reports)(str(project / "abs")).compute() == "written"
-            events = capture.drain_capture(client, final=True)
-            reports = client.run(inputs.drain_reads).values()
-        inputs.stop_reads()
-        outputs = [o for r in reports for o in r["outputs"]]
+        graphs, outputs = capture_outputs(work)
         assert sorted(o["path"] for o in outputs) == sorted(["out/parts/a.txt", "plots/b.txt",
                                                              str(project / "abs" / "tables" / "c.txt")])
         for made in ("out", "plots", "abs/tables"):   # the folders the notebook made: gone before the replay
             shutil.rmtree(project / made)
         sandbox = tmp_path / "sandbox"
-        with _cluster() as cluster, Client(cluster) as client:
-            client.register_plugin(serve.OutputSandbox(outputs, str(sandbox)))
-            for event in [e for e in events if e["kind"] == "graph"]:
-                resubmit.replay_graph(client, event)
-            compared = serve.compare_outputs(client, outputs)
+        compared = replay_outputs(graphs, outputs, sandbox)
         assert all(c["same"] for c in compared), compared
         assert all(c["sandbox"].startswith(str(sandbox)) for c in compared)
         assert sorted(os.listdir(project)) == ["abs"] and os.listdir(project / "abs") == []

@@ -12,6 +12,7 @@ from distributed import Client, LocalCluster
 
 from julius_magics.cluster import capture, inputs, resubmit, serve
 from julius_magics.errors import DataChangedError
+from tests.support import capture_outputs, replay_outputs
 
 
 def _cluster():
@@ -89,34 +90,24 @@ def test_hash_only_recording_refuses_a_changed_file_by_name(tmp_path):
 
 
 def test_outputs_go_to_the_sandbox_and_are_compared(tmp_path):
+    def write(client):
+        frame = dd.from_pandas(pd.DataFrame({"x": range(20)}), npartitions=2)
+        frame.to_csv("out/part-*.csv", index=False)
+        dask.delayed(lambda: open("note.txt", "w").write("done"))().compute()
+
     here = os.getcwd()
     project = tmp_path / "project"
     project.mkdir()
     os.chdir(project)
     try:
-        inputs.start_reads()
-        with _cluster() as cluster, Client(cluster) as client:
-            client.register_plugin(inputs.InputsWorkerPlugin(recording=True))
-            capture.start_capture(client)
-            frame = dd.from_pandas(pd.DataFrame({"x": range(20)}), npartitions=2)
-            frame.to_csv("out/part-*.csv", index=False)
-            dask.delayed(lambda: open("note.txt", "w").write("done"))().compute()
-            events = capture.drain_capture(client, final=True)
-            reports = [inputs.drain_reads(), *client.run(inputs.drain_reads).values()]
-        inputs.stop_reads()
-        outputs = [o for r in reports for o in r["outputs"]]
+        graphs, outputs = capture_outputs(write, kernel_too=True)
         assert sorted(o["path"] for o in outputs) == sorted([str(project / "out" / "part-0.csv"),
                                                              str(project / "out" / "part-1.csv"), "note.txt"])
         before = {p: (project / p).read_bytes() for p in ("out/part-0.csv", "out/part-1.csv", "note.txt")}
         for p in before:
             (project / p).write_text("the user's own edit")
         sandbox = tmp_path / "sandbox"
-        with _cluster() as cluster, Client(cluster) as client:
-            client.register_plugin(serve.OutputSandbox(outputs, str(sandbox)))
-            serve.install_output_sandbox(outputs, str(sandbox))
-            for event in [e for e in events if e["kind"] == "graph"]:
-                resubmit.replay_graph(client, event)
-            compared = serve.compare_outputs(client, outputs)
+        compared = replay_outputs(graphs, outputs, sandbox, kernel_too=True)
         assert all(c["same"] for c in compared), compared
         assert all(c["sandbox"].startswith(str(sandbox)) for c in compared)
         assert {p: (project / p).read_text() for p in before} == {p: "the user's own edit" for p in before}

@@ -3,9 +3,9 @@
 import pytest
 
 from julius_magics import recording
-from julius_magics.cluster.session import Session
 from julius_magics.recording import summary
 from julius_magics.recording.store import Store
+from tests.support import record_notebook
 
 
 @pytest.fixture
@@ -15,13 +15,7 @@ def store(tmp_path):
 
 def record(store, name, source, capsys):
     """Run ``source`` while recording ``name``; returns (namespace, what ``%record stop`` printed)."""
-    recorder = recording.start(Session(), name, store=store)
-    namespace = {}
-    try:
-        exec(compile(source, f"<{name}>", "exec"), namespace)
-        recorder.add_cell(source)
-    finally:
-        recording.stop()
+    namespace, _ = record_notebook(store, name, source)
     return namespace, capsys.readouterr().out
 
 

@@ -3,8 +3,8 @@
 import pytest
 
 from julius_magics import recording
-from julius_magics.cluster.session import Session
 from julius_magics.recording.store import Store
+from tests.support import record_notebook
 
 
 @pytest.fixture
@@ -14,13 +14,7 @@ def store(tmp_path):
 
 def record(store, name, source):
     """Run ``source`` as a notebook cell while recording ``name``; returns the notebook's namespace."""
-    recorder = recording.start(Session(), name, store=store)
-    namespace = {}
-    try:
-        exec(compile(source, f"<{name}>", "exec"), namespace)
-        recorder.add_cell(source)
-    finally:
-        info = recording.stop()
+    namespace, info = record_notebook(store, name, source)
     assert info.status == "complete"
     return namespace
 
