@@ -30,7 +30,7 @@ import cloudpickle
 
 from ..cluster.adopt import drain_unreproducible
 from ..cluster.watch import ClusterWatch
-from ..errors import RecordingError
+from ..errors import IntegrityError, RecordingError
 from ..progress import progress_bar
 from ..rules.registry import top_level_names
 from .environment import capture_environment, file_path
@@ -203,8 +203,6 @@ class Recorder:
 
     def _record_files(self, item):
         """Inputs read anywhere (hashed where read; embedded from there), outputs, remote inputs, problems."""
-        from ..errors import IntegrityError
-
         embed = self.data_mode in ("embed", "embed-remote")
         new = []
         todo, seen = [], set(self.files)
