@@ -101,23 +101,27 @@ def _origin(dist) -> dict:
 
 
 def _installed():
-    """``{name: dist}`` of the distributions Python imports (the first one found on ``sys.path``)."""
+    """``{name: (version, dist)}`` of the distributions Python imports (the first one found on ``sys.path``).
+
+    Each ``METADATA`` is parsed once (``dist.version`` would parse it again: ~0.1 s for 180 distributions).
+    """
     found = {}
     for dist in importlib.metadata.distributions():
-        name = dist.metadata["Name"]
+        metadata = dist.metadata
+        name = metadata["Name"]
         if name:
-            found.setdefault(normalize_name(name), dist)
+            found.setdefault(normalize_name(name), (metadata["Version"], dist))
     return dict(sorted(found.items()))
 
 
 def _packages(installed=None) -> dict[str, str]:
-    return {name: dist.version for name, dist in (installed or _installed()).items()}
+    return {name: version for name, (version, _) in (installed or _installed()).items()}
 
 
 def distribution_origins(installed=None) -> dict[str, dict]:
     """``{name: {"installer", "origin"}}`` of every installed distribution."""
     out = {}
-    for name, dist in (installed or _installed()).items():
+    for name, (_, dist) in (installed or _installed()).items():
         try:
             installer = (dist.read_text("INSTALLER") or "").strip() or None
         except OSError:
