@@ -41,8 +41,8 @@ from . import capture, resubmit
 from .capture import capture_plugins, install_capture
 from .worker import HISTORY_KEY, JuliusWorkerPlugin, apply_history, exec_remote, run_key_job
 
-__all__ = ["Session", "get_session", "set_session", "prepare_workers", "worker_start_environ",
-           "run_workers_on"]
+__all__ = ["Session", "get_session", "set_session", "prepare_workers", "stop_worker_server",
+           "worker_start_environ", "run_workers_on"]
 
 log = logging.getLogger(__name__)
 _START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
@@ -488,6 +488,24 @@ def prepare_workers():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def stop_worker_server():
+    """End the worker fork server (:func:`prepare_workers`) now, once every cluster of this process is closed.
+
+    For a process about to exit: left to stop by itself, the server finalises its modules
+    (a second) while it holds this process's output open, and whoever reads that output
+    to its end waits for it.
+    """
+    if _START_METHOD != "forkserver":
+        return
+    import signal
+    from multiprocessing import forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if pid:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)   # it handles no SIGTERM: it ends at once
 
 
 def run_workers_on(python):

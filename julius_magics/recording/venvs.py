@@ -298,6 +298,11 @@ class BuiltEnvironment:
     seconds: float
     pins: PinSet
 
+    @property
+    def pycache(self):
+        """Where the processes of replays on this Python keep their bytecode (``PYTHONPYCACHEPREFIX``)."""
+        return os.path.join(self.path, "pycache")
+
     def as_dict(self):
         return {"path": self.path, "python": self.python, "key": self.key, "reused": self.reused,
                 "seconds": round(self.seconds, 2), "packages": len(self.pins.packages)}
