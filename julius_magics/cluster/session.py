@@ -459,13 +459,14 @@ def _wait_with_progress(futures, what, show=True):
 _SESSION = None
 
 
-def prepare_workers():
+def prepare_workers(modules=()):
     """Start the process that worker processes are forked from, ahead of the first cluster.
 
     ``%load_ext`` and the replay job call this.  The process starts in the background
     (this call only spawns it) and imports distributed, pandas and julius's worker code,
-    so the first ``%cluster start`` forks ready workers instead of waiting for those
-    imports in each of them.  Nothing happens with the ``spawn`` start method.
+    and ``modules`` (names of other modules the workers will need), so the first
+    ``%cluster start`` forks ready workers instead of waiting for those imports in each
+    of them.  Nothing happens with the ``spawn`` start method.
 
     It starts with the variables a nanny sets before it spawns a worker
     (:func:`worker_start_environ`): forked workers inherit its hash seed and its
@@ -476,7 +477,8 @@ def prepare_workers():
         return
     from multiprocessing import forkserver
 
-    forkserver.set_forkserver_preload(["distributed", "numpy", "pandas", __name__.rpartition(".")[0] + ".worker"])
+    forkserver.set_forkserver_preload(["distributed", "numpy", "pandas", __name__.rpartition(".")[0] + ".worker",
+                                       *modules])
     start_env = worker_start_environ()
     saved_env = {k: os.environ.get(k) for k in start_env}
     os.environ.update(start_env)   # the server process is spawned with this process's environment

@@ -32,14 +32,17 @@ __all__ = ["replay_isolated", "IsolatedReplay", "run_isolated_job", "run_job", "
 def workers_code(worker_python, preload=False):
     """Lines of Python that make a job's workers run on ``worker_python`` (None: on the job's own).
 
-    ``preload`` starts the fork server they come from first (``prepare_workers``).
+    ``preload`` starts the fork server they come from first (``prepare_workers``), with the module
+    of the replay's environment comparison imported (each worker would import it, the recording
+    package with it, while the replay waits).
     """
     code = []
     if worker_python:
         code += ["from julius_magics.cluster.session import run_workers_on",
                  f"run_workers_on({worker_python!r})   # the workers' own environment"]
     if preload:
-        code += ["from julius_magics.cluster.session import prepare_workers", "prepare_workers()"]
+        code += ["from julius_magics.cluster.session import prepare_workers",
+                 "prepare_workers(['julius_magics.recording.environment'])"]
     return code
 
 
