@@ -145,9 +145,11 @@ def warm_rounds(name, store, root, work, rounds):
         for case, fn in cases.items():
             wall, t = fn()
             seen[case].append(wall)
-            print(f"round {i + 1} {case:<52} {wall:5.1f} s: cluster start {t['cluster']:4.1f} s, computes "
-                  f"{t['compute']:4.1f} s (recorded {t['recorded_compute']:4.1f} s), replay {t['replay']:4.1f} s, "
-                  f"process start + imports + exit {wall - t['replay']:4.1f} s", flush=True)
+            print(f"round {i + 1} {case:<52} {wall:5.1f} s: replay {t['replay']:4.1f} s = open {t.get('open', 0):3.1f} "
+                  f"+ cluster start {t['cluster']:3.1f} + environment {t.get('environment', 0):3.1f} + computes "
+                  f"{t['compute']:3.1f} (recorded {t['recorded_compute']:3.1f}) + close {t.get('close', 0):3.1f} "
+                  f"+ the rest; outside it (processes' start, imports, env check, exit) {wall - t['replay']:3.1f} s",
+                  flush=True)
     for case, walls in seen.items():
         walls.sort()
         print(f"median {case:<52} {walls[len(walls) // 2]:5.1f} s  (min {walls[0]:.1f}, max {walls[-1]:.1f})")

@@ -41,8 +41,8 @@ from . import capture, resubmit
 from .capture import capture_plugins, install_capture
 from .worker import HISTORY_KEY, JuliusWorkerPlugin, apply_history, exec_remote, run_key_job
 
-__all__ = ["Session", "get_session", "set_session", "prepare_workers", "worker_start_environ",
-           "run_workers_on"]
+__all__ = ["Session", "get_session", "set_session", "prepare_workers", "stop_worker_server",
+           "worker_start_environ", "run_workers_on"]
 
 log = logging.getLogger(__name__)
 _START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
@@ -459,13 +459,14 @@ def _wait_with_progress(futures, what, show=True):
 _SESSION = None
 
 
-def prepare_workers():
+def prepare_workers(modules=()):
     """Start the process that worker processes are forked from, ahead of the first cluster.
 
     ``%load_ext`` and the replay job call this.  The process starts in the background
     (this call only spawns it) and imports distributed, pandas and julius's worker code,
-    so the first ``%cluster start`` forks ready workers instead of waiting for those
-    imports in each of them.  Nothing happens with the ``spawn`` start method.
+    and ``modules`` (names of other modules the workers will need), so the first
+    ``%cluster start`` forks ready workers instead of waiting for those imports in each
+    of them.  Nothing happens with the ``spawn`` start method.
 
     It starts with the variables a nanny sets before it spawns a worker
     (:func:`worker_start_environ`): forked workers inherit its hash seed and its
@@ -476,7 +477,8 @@ def prepare_workers():
         return
     from multiprocessing import forkserver
 
-    forkserver.set_forkserver_preload(["distributed", "numpy", "pandas", __name__.rpartition(".")[0] + ".worker"])
+    forkserver.set_forkserver_preload(["distributed", "numpy", "pandas", __name__.rpartition(".")[0] + ".worker",
+                                       *modules])
     start_env = worker_start_environ()
     saved_env = {k: os.environ.get(k) for k in start_env}
     os.environ.update(start_env)   # the server process is spawned with this process's environment
@@ -488,6 +490,24 @@ def prepare_workers():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def stop_worker_server():
+    """End the worker fork server (:func:`prepare_workers`) now, once every cluster of this process is closed.
+
+    For a process about to exit: left to stop by itself, the server finalises its modules
+    (a second) while it holds this process's output open, and whoever reads that output
+    to its end waits for it.
+    """
+    if _START_METHOD != "forkserver":
+        return
+    import signal
+    from multiprocessing import forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    if pid:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)   # it handles no SIGTERM: it ends at once
 
 
 def run_workers_on(python):

@@ -209,7 +209,7 @@ def bisect_environment(name, store=None, trust_key=None, n_workers=None, python_
                           "from julius_magics.recording.bisection import _probe_main",
                           f"sys.exit(_probe_main({[url, name, list(wanted), n_workers, trust_key]!r}))"])
         try:
-            outcome, error = run_job([envs[0].python, "-c", code])["differs"], None
+            outcome, error = run_job([envs[0].python, "-c", code], pycache=envs[0].pycache)["differs"], None
         except JuliusError as e:
             outcome, error = None, str(e)
         rebuilds.append({"n": len(rebuilds) + 1, "take": list(take), "differs": (outcome or {}).get(wanted[0]),

@@ -25,21 +25,24 @@ from .environment import format_env_diff
 from .pins import environments_for, recorded_environments
 from .venvs import build_environment, check_platform, envs_root, recorded_wheels
 
-__all__ = ["replay_isolated", "IsolatedReplay", "run_isolated_job", "run_job", "job_command", "workers_code",
-           "main"]
+__all__ = ["replay_isolated", "IsolatedReplay", "run_isolated_job", "run_job", "job_command", "job_environ",
+           "workers_code", "main"]
 
 
 def workers_code(worker_python, preload=False):
     """Lines of Python that make a job's workers run on ``worker_python`` (None: on the job's own).
 
-    ``preload`` starts the fork server they come from first (``prepare_workers``).
+    ``preload`` starts the fork server they come from first (``prepare_workers``), with the module
+    of the replay's environment comparison imported (each worker would import it, the recording
+    package with it, while the replay waits).
     """
     code = []
     if worker_python:
         code += ["from julius_magics.cluster.session import run_workers_on",
                  f"run_workers_on({worker_python!r})   # the workers' own environment"]
     if preload:
-        code += ["from julius_magics.cluster.session import prepare_workers", "prepare_workers()"]
+        code += ["from julius_magics.cluster.session import prepare_workers",
+                 "prepare_workers(['julius_magics.recording.environment'])"]
     return code
 
 
@@ -49,31 +52,51 @@ def job_command(python, worker_python, argv, preload_workers=False):
     ``preload_workers``: start the workers' fork server first, while the job reads the recording
     (:func:`workers_code`).
     """
-    code = ["import sys",
-            *workers_code(worker_python, preload_workers),
-            "from julius_magics.recording.replay_job import main",
-            f"sys.exit(main({argv!r}))"]
+    code = [*workers_code(worker_python, preload_workers),
+            "from julius_magics.recording.replay_job import exit_now, main",
+            f"exit_now(main({argv!r}))"]
     return [python, "-c", "\n".join(code)]
 
 
-def run_job(command, progress=None, cwd=None):
-    """Run a JSON-lines replay job; returns the ``report`` event's report (raises on an ``error`` event)."""
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=cwd,
-                            env={k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")})
+def job_environ(pycache=None):
+    """The variables a replay job runs with: this process's, without its virtualenv and import path.
+
+    ``pycache``: the folder where the job's processes (the job, its fork server, its workers)
+    keep the bytecode of what they import, for a rebuilt environment (its own folder). Compiling
+    the thousand modules a replay imports costs seconds in each process (sklearn alone several);
+    kept there, the next replay starts from bytecode, also where ``PYTHONDONTWRITEBYTECODE`` is
+    set (containers), and no source tree gets a ``__pycache__``.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    if pycache:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = pycache
+    return env
+
+
+def run_job(command, progress=None, cwd=None, pycache=None):
+    """Run a JSON-lines replay job; returns the ``report`` event's report (raises on an ``error`` event).
+
+    ``pycache``: where its processes keep their bytecode (:func:`job_environ`).
+    """
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=cwd, env=job_environ(pycache))
     report, error = None, None
-    for line in proc.stdout:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue   # a library's own print
-        if not isinstance(event, dict):
-            continue
-        if event.get("event") == "progress" and progress:
-            progress(event.get("done", 0), event.get("total", 0), event.get("message", ""))
-        elif event.get("event") == "report":
-            report = event.get("report")
-        elif event.get("event") == "error":
-            error = event.get("message")
+    with proc.stdout:
+        for line in proc.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue   # a library's own print
+            if not isinstance(event, dict):
+                continue
+            if event.get("event") == "progress" and progress:
+                progress(event.get("done", 0), event.get("total", 0), event.get("message", ""))
+            elif event.get("event") == "report":
+                report = event.get("report")
+            elif event.get("event") == "error":
+                error = event.get("message")
+            if report is not None or error is not None:
+                break   # the last event: the job's worker processes may hold its output open a while longer
     proc.wait()
     if error:
         raise JuliusError(error)
@@ -201,7 +224,8 @@ def replay_isolated(name, store=None, n_workers=None, trust_key=None, python_ins
     if trust_key:
         argv += ["--trust-key", trust_key]
     worker_python = envs[1].python if len(envs) > 1 else None
-    report = run_job(job_command(envs[0].python, worker_python, argv, preload_workers), progress, cwd)
+    report = run_job(job_command(envs[0].python, worker_python, argv, preload_workers), progress, cwd,
+                     pycache=envs[0].pycache)
     return IsolatedReplay(name, report, envs)
 
 

@@ -208,12 +208,15 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
     session = Session(rulebook=RuleBook(), seed=spec.get("seed", 0), progress=False)
     report.session = session
     t0 = time.monotonic()
+    report.timings["open"] = t0 - started
     first_address = _start_first_cluster(session, steps, spec, n_workers, address)
     report.timings["cluster"] = time.monotonic() - t0
     with contextlib.ExitStack() as cleanup:
-        cleanup.callback(session.stop)
+        cleanup.callback(_timed, report, "close", session.stop)
         if recorded_kernel is not None:   # compared with a client active, as when it was recorded
+            t0 = time.monotonic()
             _compare_environments(report, session, recorded_kernel, recorded_workers)
+            report.timings["environment"] = time.monotonic() - t0
             if strict_env and not report.env_diff.get("same", True):
                 raise EnvironmentMismatchError(
                     f"--strict-env: the environment differs from recording {name!r}:\n"
@@ -238,11 +241,23 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
     return report
 
 
+def _timed(report, name, fn):
+    t0 = time.monotonic()
+    try:
+        fn()
+    finally:
+        report.timings[name] = time.monotonic() - t0
+
+
 def _compare_environments(report, session, recorded_kernel, recorded_workers):
     """The kernel's differences, or the first worker's when the kernel's are none; the workers' thread
     counts (where results are computed) either way."""
-    report.env_diff = env_diff(recorded_kernel, capture_environment())
-    workers_now = list(session.run_on_workers(capture_environment).values())
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:   # the kernel's own while the workers capture theirs
+        on_workers = pool.submit(session.run_on_workers, capture_environment)
+        report.env_diff = env_diff(recorded_kernel, capture_environment())
+        workers_now = list(on_workers.result().values())
     if recorded_workers and workers_now:
         worker_diff = env_diff(next(iter(recorded_workers.values())), workers_now[0])
         if report.env_diff.get("same", True) and not worker_diff.get("same", True):

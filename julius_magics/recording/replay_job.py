@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ from .replay import replay
 from .report import Progress
 from .verdict import error_status, exit_status
 
-__all__ = ["Report", "Error", "Progress", "read_event", "run", "main"]
+__all__ = ["Report", "Error", "Progress", "read_event", "run", "main", "exit_now"]
 
 
 @dataclass(frozen=True)
@@ -111,5 +112,23 @@ def main(argv=None):
             return 2
 
 
+def exit_now(status):
+    """End the job's process with ``status`` at once: its output flushed, its exit handlers run.
+
+    Its replay is over and its cluster closed: the interpreter's teardown (a second or so
+    of finalising every module) and the worker fork server's own would only delay whoever
+    reads the job's output to its end.
+    """
+    import atexit
+
+    from ..cluster.session import stop_worker_server
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    stop_worker_server()
+    atexit._run_exitfuncs()   # multiprocessing's remove its temporary folder
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -80,7 +80,9 @@ class ReplayReport:
     data : list of dict
         Input files: ``path``, ``status`` ("unchanged", "served from recording").
     timings : dict
-        Seconds: ``cluster``, ``replay``, ``compute`` (of dispatches), ``recorded_compute``.
+        Seconds: ``replay`` (all of it), of which ``open`` (the recording, its checks and inputs),
+        ``cluster`` (its start), ``environment`` (the comparison), ``compute`` (of dispatches and
+        graphs; as recorded: ``recorded_compute``) and ``close`` (the cluster's).
     partial : list of str
         Why the recording is partial (capture dropped something); empty when it is not.
     session : Session or None
@@ -97,7 +99,8 @@ class ReplayReport:
         self.data = []
         self.complete = True
         self.partial = []   # why capture missed something, from the recording's meta: never verified
-        self.timings = {"cluster": 0.0, "replay": 0.0, "compute": 0.0, "recorded_compute": 0.0}
+        self.timings = {"open": 0.0, "cluster": 0.0, "environment": 0.0, "replay": 0.0, "compute": 0.0,
+                        "recorded_compute": 0.0, "close": 0.0}
         self.session = None
 
     @property

@@ -200,6 +200,29 @@ def _freeze(venv):
     return seen
 
 
+def _installed_names(venv):
+    """``{name: version}`` as the venv's ``NAME-VERSION.dist-info`` folders say (None when unclear).
+
+    What :func:`_freeze` reads from each one's metadata, from the folder names alone (a
+    hundredth of the time): installers name them after the metadata, so when they hold
+    exactly the pins, so does the metadata. Two folders of one name, or any other oddity:
+    None, and the metadata decides.
+    """
+    import glob
+
+    sites = glob.glob(os.path.join(venv, "lib", "python*", "site-packages"))
+    if not os.path.exists(os.path.join(venv, "bin", "python")) or len(sites) != 1:
+        return None
+    seen = {}
+    for entry in os.listdir(sites[0]):
+        if entry.endswith((".dist-info", ".egg-info")):
+            name, _, version = entry.rpartition(".")[0].partition("-")
+            if not version or normalize_name(name) in seen:
+                return None
+            seen[normalize_name(name)] = version
+    return seen
+
+
 def _install_error(lines, pins, urls):
     """One line naming the package, the version and the index, from uv's failure output."""
     text = "\n".join(lines)
@@ -298,6 +321,11 @@ class BuiltEnvironment:
     seconds: float
     pins: PinSet
 
+    @property
+    def pycache(self):
+        """Where the processes of replays on this Python keep their bytecode (``PYTHONPYCACHEPREFIX``)."""
+        return os.path.join(self.path, "pycache")
+
     def as_dict(self):
         return {"path": self.path, "python": self.python, "key": self.key, "reused": self.reused,
                 "seconds": round(self.seconds, 2), "packages": len(self.pins.packages)}
@@ -334,7 +362,7 @@ def build_environment(pins, local_wheels=None, python_install=False, progress=Tr
     os.makedirs(root, exist_ok=True)
     target = os.path.join(root, pins.key)
     if os.path.isdir(target):
-        if _freeze(target) == pins.packages:
+        if pins.packages in (_installed_names(target), _freeze(target)):   # the first is quick, the second exact
             return BuiltEnvironment(target, os.path.join(target, "bin", "python"), pins.key, True,
                                     time.monotonic() - started, pins)
         _discard(target, root)   # changed since it was built: never reused

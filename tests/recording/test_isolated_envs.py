@@ -74,7 +74,7 @@ session.stop()
 """
 
 
-def test_workers_with_other_pins_run_on_their_own_rebuilt_interpreter(envs, today, tmp_path):  # noqa: F811
+def test_workers_with_other_pins_run_on_their_own_rebuilt_interpreter(envs, today, tmp_path, monkeypatch):  # noqa: F811
     assert today["packages"]["toolz"] != "1.1.0"
     workers_pins = pin_set(today)
     workers_pins.packages["toolz"] = "1.1.0"
@@ -86,10 +86,20 @@ def test_workers_with_other_pins_run_on_their_own_rebuilt_interpreter(envs, toda
     # recorded on workers in their own environment: toolz 1.1.0 there, today's in the kernel
     assert (executable, prefix, dict(packages)) == (workers_env.python, workers_env.path, workers_pins.packages)
 
+    job_tmp = tmp_path / "job-tmp"   # the replay job's (and its fork server's) temporary folders
+    job_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(job_tmp))
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     result = replay_isolated("two-envs", store, root=envs, build_progress=False, cwd=tmp_path)
     # the replayed value is compared with that one: the same interpreter, prefix and packages
     assert result.verified and result.env_same and result.results == 1, result.summary()
     kernel_env, worker_env = result.environments   # one environment per distinct pin set
+    # the job's processes kept what they compiled in the environment's folder, PYTHONDONTWRITEBYTECODE or not
+    compiled = {os.path.basename(f) for _, _, files in os.walk(kernel_env.pycache) for f in files}
+    tag = sys.implementation.cache_tag
+    assert {f"session.{tag}.pyc", f"scheduler.{tag}.pyc"} <= compiled   # julius's own, distributed's
+    # ended at once after its report, yet with its exit handlers: multiprocessing's folder removed
+    assert [e for e in os.listdir(job_tmp) if e.startswith("pymp-")] == []
     assert kernel_env.key == pin_set(today).key and worker_env.key == workers_pins.key != kernel_env.key
     assert worker_env.path == workers_env.path   # cached by the hash of its pins
     assert fresh_freeze(kernel_env.python)["toolz"] == today["packages"]["toolz"]

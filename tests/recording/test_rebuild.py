@@ -87,6 +87,10 @@ def test_a_pin_set_is_built_exactly_and_reused_only_while_its_freeze_matches(env
     assert out.stdout.split()[:3] == ["1.17.0", "1.1.0", platform.python_version()]
     again = build_environment(pins, progress=False, root=envs)
     assert again.reused and again.path == built.path
+    # its dist-info folders' names say what its metadata says, in a glance
+    from julius_magics.recording.venvs import _freeze, _installed_names
+
+    assert _installed_names(built.path) == _freeze(built.path) == pins.packages
     # tampered: its freeze no longer matches, so it is rebuilt, never reused
     site = os.path.join(built.path, "lib", f"python{pins.minor}", "site-packages")
     for entry in os.listdir(site):

@@ -1,5 +1,6 @@
 """``python -m julius_magics.recording.replay_job``: one replay, its typed events as JSON lines."""
 
+import os
 import subprocess
 import sys
 
@@ -23,6 +24,17 @@ def test_replay_job_writes_progress_then_the_report(clock, recordings):
     assert [e.done for e in progress] == list(range(clock.steps + 1))
     assert type(report) is Report and report.report["name"] == "clock" and report.report["verified"] is False
     assert report.report["mismatches"][0]["label"] == "clock"
+
+
+def test_replay_job_ends_at_its_report_with_its_exit_handlers_run(clock, recordings, tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "julius_magics.recording.replay_job", "clock", "--store",
+                           recordings.url, "-n", "1"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(tmp)})
+    assert proc.returncode == 1 and type(read_event(proc.stdout.splitlines()[-1])) is Report, proc.stderr
+    # its cluster's worker fork server stopped, multiprocessing's temporary folder removed (dask's own stays)
+    assert [e for e in os.listdir(tmp) if e.startswith("pymp-")] == []
 
 
 def test_replay_job_reports_an_error_in_one_line(recordings):
