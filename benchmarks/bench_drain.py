@@ -2,10 +2,11 @@
 
 Usage::
 
-    python benchmarks/bench_drain.py [--graphs 3000] [--rounds 1] [--open-steps 10000] [--profile]
+    python benchmarks/bench_drain.py [--graphs 3000] [--map 0] [--rounds 1] [--open-steps 10000] [--profile]
 
 A recorder (``recording.start``) adopts a ``LocalCluster`` (2 worker processes); each
-round submits N tiny futures in a loop (N captured graphs), gathers them, then drains
+round submits N tiny futures in a loop (N captured graphs; with ``--map M``, one
+``client.map`` of M tasks first, as ``bench_plain_recording.py`` does), gathers them, then drains
 them as a cell's end does (``Recorder.add_cell``), timed: once as the recorder does it
 today, once with the drain inside ``writer.batch()`` (the one-line change proposed for
 ``Recorder._drain``), in alternating order. The scheduler's part (the ``drain_capture``
@@ -40,10 +41,11 @@ def drain_in_a_batch(recorder):
     return _drain
 
 
-def timed_drain(recorder, client, n, batch, salt, profile=False):
+def timed_drain(recorder, client, n, batch, salt, profile=False, mapped=0):
     from julius_magics.cluster import capture, watch
 
-    futures = [client.submit(inc, i, key=f"inc-{salt}-{i}") for i in range(n)]
+    futures = client.map(inc, range(mapped), key=[f"map-{salt}-{i}" for i in range(mapped)]) if mapped else []
+    futures += [client.submit(inc, i, key=f"inc-{salt}-{i}") for i in range(n)]
     client.gather(futures)
     scheduler = []
     real = capture.drain_capture
@@ -107,6 +109,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--graphs", type=int, default=3000, help="futures submitted (graphs captured) a drain")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of (step at a time, batch), alternating")
+    parser.add_argument("--map", type=int, default=0, help="tasks of one client.map graph submitted too")
     parser.add_argument("--open-steps", type=int, default=10_000)
     parser.add_argument("--profile", action="store_true", help="print the top of a cProfile of each drain")
     args = parser.parse_args()
@@ -136,7 +139,7 @@ def main():
                 for batch in (modes if r % 2 == 0 else modes[::-1]):
                     pickled = capture.capture_stats(client)["serialize_seconds_total"]
                     elapsed, scheduler = timed_drain(recorder, client, args.graphs, batch, f"{r}-{batch}",
-                                                     args.profile)
+                                                     args.profile, args.map)
                     pickled = capture.capture_stats(client)["serialize_seconds_total"] - pickled
                     results[batch].append(elapsed)
                     print(f"round {r} {'batch        ' if batch else 'step by step '} drain of {args.graphs} graphs "

@@ -280,7 +280,8 @@ def flush_to_disk(paths):
                 return
         finally:
             os.close(fd)
-    for path in [*paths, *sorted({os.path.dirname(p) for p in paths})]:
+    folders = sorted({os.path.dirname(p) for p in paths}) if os.name == "posix" else []   # renames made durable
+    for path in [*paths, *folders]:
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -291,7 +292,7 @@ def flush_to_disk(paths):
 def _find_syncfs():
     try:
         return ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):   # not Linux
+    except (OSError, AttributeError, TypeError):   # not Linux
         return None
 
 
