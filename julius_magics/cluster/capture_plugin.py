@@ -360,7 +360,10 @@ class CapturePlugin(SchedulerPlugin):
         self.drained |= mine
 
         def waiting_for():
-            return [t for t, evs in self.wanted.items() if any(id(e) in self.drained for e in evs)
+            # polled on the event loop: unless final, only keys computed whose fingerprint is on its
+            # way can qualify, not every wanted key (thousands of futures still running)
+            keys = self.wanted if final else [t for t in self.awaiting if t in self.wanted]
+            return [t for t in keys if any(id(e) in self.drained for e in self.wanted[t])
                     and (t in self.awaiting or (final and self._still_running(t)))]
 
         while waiting_for() and time.monotonic() < deadline:

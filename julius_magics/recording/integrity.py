@@ -221,29 +221,54 @@ def canonical(obj):
     ValueError
         ``obj`` is not plain JSON (NaN, infinity, bytes, objects, non-string keys).
     """
+    return _plain_dumps(obj).encode("utf-8")
+
+
+def _plain_dumps(obj):
+    """The canonical text of ``obj``, refusing what JSON cannot give back as it was (ValueError)."""
     try:
-        text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _text(obj)
     except (TypeError, ValueError, RecursionError) as error:
         raise ValueError(f"not plain JSON data: {error}") from None
-    # json.dumps silently turns int/float/bool keys into strings: refuse them,
+    # json.dumps silently turns int/float/bool/None keys into strings: refuse them,
     # or the data read back would differ from the data written.
-    if not _same_json(obj, json.loads(text)):
-        raise ValueError("not plain JSON data: dictionary keys must be strings")
-    return text.encode("utf-8")
+    if isinstance(obj, (dict, list, tuple)):
+        _check_keys(obj)
+    return text
+
+
+def _check_keys(obj):
+    """Raise ``ValueError`` if a dict anywhere in ``obj`` (JSON-encodable, so acyclic) has a non-string key."""
+    todo = [obj]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if not isinstance(k, str):
+                    raise ValueError("not plain JSON data: dictionary keys must be strings")
+                if isinstance(v, (dict, list, tuple)):
+                    todo.append(v)
+        elif isinstance(item, (list, tuple)):
+            todo.extend(v for v in item if isinstance(v, (dict, list, tuple)))
 
 
 def _dumps(obj):
-    """``canonical`` of a value read by ``json.loads`` (plain JSON by construction: no round-trip check)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    """``canonical`` of a value read by ``json.loads`` (plain JSON by construction: no key check)."""
+    return _text(obj).encode("utf-8")
 
 
-def _same_json(a, b):
-    """True when ``a`` and ``b`` are equal as JSON (tuples equal lists)."""
-    if isinstance(a, (list, tuple)) and isinstance(b, list):
-        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
-    return a == b
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_text = _ENCODER.encode   # json.dumps with these options, without making an encoder each call
+
+
+def _joined(fields, leave_out=()):
+    """Canonical bytes of a dict from the canonical ``"key":value`` text of each of its fields.
+
+    ``json.dumps(sort_keys=True)`` writes a dict as its fields in key order joined by commas,
+    so a document is encoded once, and its signed and hashed forms (without ``signature``
+    or ``digest``) are joined from the same pieces.
+    """
+    return ("{" + ",".join(fields[k] for k in sorted(fields) if k not in leave_out) + "}").encode("utf-8")
 
 
 # --- sealing -------------------------------------------------------------------
@@ -257,15 +282,25 @@ def seal(body, key):
         reader can name the signer before checking anything.
     key : SigningKey
     """
+    return seal_with_digest(body, key)[0]
+
+
+def seal_with_digest(body, key):
+    """:func:`seal`, and the document's ``digest`` (what the next journal entry chains on): ``(bytes, str)``."""
     if body.get("key_id") != key.fingerprint:
         raise ValueError(f"sealing needs key_id {key.fingerprint!r} in the body, not {body.get('key_id')!r}")
     if any(field in body for field in SEAL_FIELDS + ("mac",)):
         raise ValueError(f"a body to seal may not carry {SEAL_FIELDS + ('mac',)}")
-    canonical(body)   # plain JSON, or ValueError: what is added below is plain strings
-    document = {**body, "public_key": key.public_b64}
-    document["signature"] = base64.b64encode(key.sign(_dumps(document))).decode("ascii")
-    document["digest"] = sha256_hex(_dumps(document))
-    return _dumps(document) + b"\n"
+    if not all(isinstance(k, str) for k in body):
+        raise ValueError("not plain JSON data: dictionary keys must be strings")
+    # each field encoded once (plain JSON, or ValueError); the signed, hashed and written forms are joined from them
+    fields = {k: f"{_text(k)}:{_plain_dumps(v)}" for k, v in body.items()}
+    fields["public_key"] = f'"public_key":{_text(key.public_b64)}'
+    signature = base64.b64encode(key.sign(_joined(fields))).decode("ascii")
+    fields["signature"] = f'"signature":"{signature}"'
+    digest = sha256_hex(_joined(fields))
+    fields["digest"] = f'"digest":"{digest}"'
+    return _joined(fields) + b"\n", digest
 
 
 def document_digest(raw):
@@ -274,6 +309,7 @@ def document_digest(raw):
 
 
 def _parse(raw, where):
+    """The document of sealed bytes ``raw`` whose bytes and digest are exact, and its fields' canonical text."""
     try:
         document = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -282,15 +318,15 @@ def _parse(raw, where):
             or not isinstance(document.get("digest"), str):
         raise IntegrityError(f"{where} lacks its signature fields (corrupt or not a recording).")
     try:
-        exact = _dumps(document) + b"\n" == raw
+        fields = {k: f"{_text(k)}:{_text(v)}" for k, v in document.items()}
+        exact = _joined(fields) + b"\n" == raw
     except (ValueError, RecursionError):
         exact = False
     if not exact:
         raise IntegrityError(f"{where} was changed: its bytes are not the ones written.")
-    digest = document.pop("digest")
-    if sha256_hex(_dumps(document)) != digest:
+    if sha256_hex(_joined(fields, ("digest",))) != document["digest"]:
         raise IntegrityError(f"{where} was changed: its SHA-256 does not match.")
-    return document
+    return document, fields
 
 
 def _accepted(fp, trust):
@@ -337,9 +373,15 @@ def unseal(raw, where, key, trust=False, legacy_hmac=False):
         Signed with a key that ``trust`` does not accept, or a legacy HMAC
         document without ``legacy_hmac``.
     """
-    document = _parse(raw, where)
+    return unseal_with_digest(raw, where, key, trust, legacy_hmac)[:2]
+
+
+def unseal_with_digest(raw, where, key, trust=False, legacy_hmac=False):
+    """:func:`unseal`, and the document's ``digest``: ``(body, signed_by_me, digest)``."""
+    document, fields = _parse(raw, where)
+    digest = document.pop("digest")
     if "mac" in document and "signature" not in document:
-        return _unseal_legacy(document, where, key, legacy_hmac)
+        return (*_unseal_legacy(document, where, key, legacy_hmac), digest)
     signer = document["key_id"]
     try:
         public_raw = base64.b64decode(document.get("public_key"), validate=True)
@@ -349,16 +391,15 @@ def unseal(raw, where, key, trust=False, legacy_hmac=False):
         raise IntegrityError(f"{where} lacks a readable public key or signature (corrupt or not a recording).") from None
     if fingerprint(public_raw) != signer:
         raise IntegrityError(f"{where} was changed: its key_id is not the fingerprint of its public key.")
-    signed = {k: v for k, v in document.items() if k != "signature"}
     try:
-        public_key.verify(signature, _dumps(signed))
+        public_key.verify(signature, _joined(fields, ("signature", "digest")))
     except InvalidSignature:
         raise IntegrityError(f"{where} was changed: its signature does not match its key {signer}.") from None
     mine = signer == key.fingerprint
     if not mine and not _accepted(signer, trust):
         raise UntrustedRecordingError(untrusted_message(where, signer, key.fingerprint))
-    body = {k: v for k, v in signed.items() if k != "public_key"}
-    return body, mine
+    body = {k: v for k, v in document.items() if k not in ("public_key", "signature")}
+    return body, mine, digest
 
 
 def untrusted_message(where, signer, mine):

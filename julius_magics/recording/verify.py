@@ -14,6 +14,7 @@ import warnings
 
 from ..errors import IntegrityError, JuliusError, RecordingNotFoundError
 from . import integrity, schema
+from .files import LocalFiles
 from .integrity import sha256_hex
 from .journal import (BLOBS, CLOSED, ENTRY_PATTERN, KNOWN_FILE, MANIFEST, PART_PATTERN, SHA_PATTERN, VERIFIED, Step,
                       entry_file)
@@ -82,13 +83,18 @@ class StoreSource(Source):
         self.files = files
         self.name = name
         self.location = location
+        self._local = isinstance(files, LocalFiles)
 
     def tree(self):
         return self.files.tree(self.files.path(self.name))
 
     def read(self, rel):
+        path = self.files.path(self.name, rel)
         try:
-            return self.files.read(self.files.path(self.name, rel))
+            if self._local:   # a third of opening a recording of small steps went into fsspec's open
+                with open(path, "rb") as f:
+                    return f.read()
+            return self.files.read(path)
         except FileNotFoundError:
             raise IntegrityError(f"Recording '{self.name}': {rel} disappeared while being read.") from None
 
@@ -142,10 +148,11 @@ def verify(source, name, key, trust, legacy_hmac=False, trusted=None):
         complete = manifest["status"] != "incomplete"
         _check_closed(source, tree, manifest, key, legacy_hmac, where)
         count = _check_listing(tree, manifest, complete, where)
-        steps, files, blobs = _check_journal(source, name, manifest, count, complete, key, legacy_hmac, where)
+        steps, files, blobs, hashed = _check_journal(source, tree, name, manifest, count, complete, key,
+                                                     legacy_hmac, where)
         if complete:
             blobs = _check_manifest_lists(tree, manifest, files, blobs, where)
-        _check_contents(source, tree, files, blobs, where)
+        _check_contents(source, tree, files, blobs, where, hashed)
         verified = check_sidecar(source.read(VERIFIED) if VERIFIED in tree else None, name, manifest_raw, key,
                                  trusted)
         for rel in (VERIFIED, CLOSED):
@@ -198,18 +205,29 @@ def _check_listing(tree, manifest, complete, where):
     if others:
         raise IntegrityError(f"{where}: unexpected file {others[0]}.")
     stored_entries = {rel for rel in tree if ENTRY_PATTERN.match(rel)}
-    count = manifest["steps"] if complete else len(stored_entries)
+    if complete:
+        count = manifest["steps"]
+    else:   # up to the first gap: what a writer left when it died (a crash can lose the last entries only)
+        count = next(seq for seq in range(1, len(stored_entries) + 2) if entry_file(seq) not in stored_entries) - 1
     for seq in range(1, count + 1):
         if entry_file(seq) not in stored_entries:
             raise IntegrityError(f"{where}: journal entry {seq} is missing.")
-    extra = sorted(stored_entries - {entry_file(seq) for seq in range(1, count + 1)})
-    if extra:
-        raise IntegrityError(f"{where}: unexpected {extra[0]} (the journal has {count} entries).")
     if len(manifest["journal"]) != manifest["steps"]:
         raise IntegrityError(f"{where}: manifest lists {len(manifest['journal'])} entries for {manifest['steps']} steps.")
     if count < manifest["steps"]:   # an incomplete manifest signs the steps it had: none can be dropped
         raise IntegrityError(f"{where}: journal entry {count + 1} is missing (the manifest has {manifest['steps']}).")
+    extra = sorted(stored_entries - {entry_file(seq) for seq in range(1, count + 1)})
+    if extra and complete:
+        raise IntegrityError(f"{where}: unexpected {extra[0]} (the journal has {count} entries).")
+    if extra:
+        _stop_warning(where, count + 1, "is missing", count)
     return count
+
+
+def _stop_warning(where, seq, what, count):
+    """One line: the journal of an incomplete recording is read up to entry ``seq``, not including it."""
+    warnings.warn(f"{where}: journal entry {seq} {what} (as a writer stopped while writing it leaves it): "
+                  f"read as incomplete with {count} steps, without it and any after it.", UserWarning, stacklevel=4)
 
 
 def _check_closed(source, tree, manifest, key, legacy_hmac, where):
@@ -232,16 +250,30 @@ def _check_closed(source, tree, manifest, key, legacy_hmac, where):
                              f"the manifest {manifest['steps']} at {manifest['closed']}.")
 
 
-def _check_journal(source, name, manifest, count, complete, key, legacy_hmac, where):
-    """Each entry: hashed as the manifest says, sealed with its key, chained; returns steps, files, blobs."""
-    steps, files, blobs = [], {MANIFEST: None}, {}
+def _check_journal(source, tree, name, manifest, count, complete, key, legacy_hmac, where):
+    """Each entry: hashed as the manifest says, sealed with its key, chained; returns steps, files, blobs, hashed.
+
+    In an incomplete recording, the journal ends before an entry after those the manifest
+    signs that is torn (not JSON: cut short by a power loss inside a batch) or names a part
+    that is missing or torn, with a warning: a crash leaves nothing worse, and whoever could
+    change such an entry could as well have deleted it. ``hashed`` are the parts hashed here.
+    """
+    steps, files, blobs, hashed = [], {MANIFEST: None}, {}, set()
     prev = integrity.chain_start(name, manifest["created"], format=manifest["format"])
     for seq in range(1, count + 1):
         rel = entry_file(seq)
         raw = source.read(rel)
-        if seq <= manifest["steps"] and sha256_hex(raw) != manifest["journal"][seq - 1]:
+        signed = seq <= manifest["steps"]
+        if signed and sha256_hex(raw) != manifest["journal"][seq - 1]:
             raise IntegrityError(f"{where}: journal entry {seq} was changed (SHA-256 differs from the manifest).")
-        body, _ = integrity.unseal(raw, f"{where}: journal entry {seq}", key, True, legacy_hmac)
+        try:
+            body, _, digest = integrity.unseal_with_digest(raw, f"{where}: journal entry {seq}", key, True,
+                                                           legacy_hmac)
+        except IntegrityError:
+            if signed or complete or not _torn(raw):
+                raise
+            _stop_warning(where, seq, "is torn", seq - 1)
+            break
         if body["key_id"] != manifest["key_id"]:
             raise IntegrityError(f"{where}: journal entry {seq} is signed with another key than the manifest.")
         schema.check(body, "entry", f"{where}: journal entry {seq}")
@@ -250,17 +282,33 @@ def _check_journal(source, name, manifest, count, complete, key, legacy_hmac, wh
                                  f"the manifest {manifest['format']!r}.")
         if body["seq"] != seq or body["prev"] != prev:
             raise IntegrityError(f"{where}: journal entry {seq} is out of order (the chain is broken).")
-        prev = json.loads(raw)["digest"]
         for part_name, sha in body["parts"].items():
             if not SHA_PATTERN.match(sha):
                 raise IntegrityError(f"{where}: journal entry {seq} names part {part_name!r} by a bad hash.")
-            files[f"parts/{sha}"] = sha
+        if not (signed or complete):
+            torn = [sha for sha in body["parts"].values()
+                    if f"parts/{sha}" not in tree or source.part_sha(f"parts/{sha}") != sha]
+            if torn:
+                _stop_warning(where, seq, f"names part {torn[0][:12]}…, which is missing or torn", seq - 1)
+                break
+            hashed.update(f"parts/{sha}" for sha in body["parts"].values())
+        prev = digest
+        files.update((f"parts/{sha}", sha) for sha in body["parts"].values())
         blobs.update(body["blobs"])
         files[rel] = sha256_hex(raw)
         steps.append(Step(seq, body["kind"], body["data"], tuple(body["parts"])))
     if complete and manifest["chain_head"] != prev:
         raise IntegrityError(f"{where}: the journal does not end where the manifest says.")
-    return steps, files, blobs
+    return steps, files, blobs, hashed
+
+
+def _torn(raw):
+    """Whether the bytes of an entry are cut short or blank (a write torn by a power loss), not a document."""
+    try:
+        json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return True
+    return False
 
 
 def _check_manifest_lists(tree, manifest, files, blobs, where):
@@ -276,10 +324,10 @@ def _check_manifest_lists(tree, manifest, files, blobs, where):
     return dict(manifest["blobs"])
 
 
-def _check_contents(source, tree, files, blobs, where):
-    """Every part and blob exists and hashes to its name (and size)."""
+def _check_contents(source, tree, files, blobs, where, hashed=()):
+    """Every part and blob exists and hashes to its name (and size); parts in ``hashed`` were checked already."""
     for rel, sha in files.items():
-        if rel.startswith("parts/"):
+        if rel.startswith("parts/") and rel not in hashed:
             if rel not in tree:
                 raise IntegrityError(f"{where}: {rel} is missing.")
             if source.part_sha(rel) != sha:

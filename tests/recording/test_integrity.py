@@ -62,6 +62,27 @@ def test_seal_and_unseal_round_trip_and_name_the_signer():
     assert set(json.loads(raw)) == set(body) | {"public_key", "signature", "digest"}
 
 
+def test_a_sealed_document_is_its_canonical_json_and_its_digest_is_what_it_says():
+    """The seal encodes each field once and joins them: the bytes are still exactly canonical(document)."""
+    me = integrity.load_key()
+    body = {**BODY, "key_id": me.fingerprint, "data": {"é": [1.5, {"z": None, "a": "\u2028\"x"}], "b": (1, 2)}}
+    raw, digest = integrity.seal_with_digest(body, me)
+    document = json.loads(raw)
+    assert raw == integrity.canonical(document) + b"\n" and digest == document["digest"]
+    assert integrity.unseal_with_digest(raw, "doc", me) == ({**body, "data": {**body["data"], "b": [1, 2]}}, True,
+                                                            digest)
+
+
+@pytest.mark.parametrize("bad", [{1: "one"}, {"a": [{"b": {2: 3}}]}, {"a": ({True: 1},)}, {"a": {None: 1}},
+                                 {"a": float("nan")}, {"a": b"bytes"}, {"a": object()}])
+def test_only_plain_json_is_sealed(bad):
+    me = integrity.load_key()
+    with pytest.raises(ValueError, match="^not plain JSON data: "):
+        integrity.seal({**BODY, "key_id": me.fingerprint, "data": bad}, me)
+    with pytest.raises(ValueError, match="^not plain JSON data: "):
+        integrity.canonical(bad)
+
+
 def test_a_strangers_signature_is_refused_unless_trusted_by_fingerprint():
     me, stranger = integrity.load_key(), integrity.SigningKey.generate()
     raw = sealed(stranger)
