@@ -18,7 +18,8 @@ noted with the path as the code wrote it, its absolute path, the reader's
 working directory, size, modification time, device and inode.
 
 **Snapshots.**  Each file version read is snapshotted once, in a background
-thread of the process that read it, in one pass: read, SHA-256 and, with a
+thread of the process that read it, from the next :func:`drain_reads` on (not
+beside the tasks still reading), in one pass: read, SHA-256 and, with a
 sink this process can see (a :class:`~julius_magics.recording.files.BlobSink`
 given to :func:`start_reads`: the recording's local store, checked by a probe),
 written straight into the store.  Without one, it is only hashed, and the bytes
@@ -26,7 +27,7 @@ go to the store later, through Dask (:func:`read_file_chunk`).  Processes of one
 host that read the same version share one snapshot: a host-wide claim (a lock
 file under the temporary directory, per recording ``token``) lets one of them
 do it and the others take its result.  :func:`drain_reads` hands out the
-snapshots done so far; a later one (or one that ``wait``\ s) the rest.
+snapshots done so far; a later call (or one with ``wait``) the rest.
 
 Left out: the Python installation (prefixes, site-packages, the standard
 library), system folders (``/usr``, ``/etc``, ``/proc``...), hidden folders of
@@ -34,8 +35,8 @@ the home directory, Dask's scratch space, temporary files (``tmp*`` under the
 temporary directory, and julius's own ``julius-*`` ones: wheels built for a
 recording, copies of inputs), code (``.py``, ``.pyc``, ``.so``), folders given to
 :func:`start_reads` (the recording's store), and files the session created:
-outputs are not inputs.  A file read and later overwritten is hashed before
-it is overwritten.
+outputs are not inputs.  A file read and later overwritten is snapshotted
+before it is overwritten.
 
 Kernel-facing API::
 
@@ -45,6 +46,7 @@ Kernel-facing API::
     stop_reads()
     client.register_plugin(InputsWorkerPlugin(recording=True, skip=[...], sink=sink, token=token))
     client.run(drain_reads)         # what each worker read
+    end_claims()                    # after the last drain, in every process
     read_file_chunk(abspath, offset, size, sha256)   # bytes, on the worker that read it
 """
 
@@ -151,11 +153,10 @@ def _note_path(text, reading, writing):
                 st = os.stat(absolute)
             except OSError:
                 return   # the open itself will fail
-            if stat.S_ISREG(st.st_mode):
-                snapshot = _S.reads[absolute] = _Snapshot({
+            if stat.S_ISREG(st.st_mode):   # snapshotted from the next drain on
+                _S.reads[absolute] = _Snapshot({
                     "path": text, "abspath": absolute, "cwd": os.getcwd(), "size": st.st_size,
                     "mtime_ns": st.st_mtime_ns, "dev": st.st_dev, "ino": st.st_ino})
-                _enqueue(snapshot)
     finally:
         _S.local.busy = False
 
@@ -176,7 +177,7 @@ class _Snapshot:
         self.note = note
         self.generation = _S.generation
         self.result = None    # {"sha256", "stored"} or {"problem"}
-        self.deferred = False
+        self.queued = self.deferred = False
         self._lock = threading.Lock()
 
     def run(self, blocking=True) -> bool:
@@ -323,12 +324,16 @@ def claiming(path):
         yield
 
 
-def _enqueue(snapshot):
+def _enqueue(snapshots):
+    if not snapshots:
+        return
     with _S.wake:
         if _S.thread is None or not _S.thread.is_alive():
             _S.thread = threading.Thread(target=_snapshots, name="julius-snapshots", daemon=True)
             _S.thread.start()
-        _S.queue.append(snapshot)
+        for snapshot in snapshots:
+            snapshot.queued = True
+            _S.queue.append(snapshot)
         _S.wake.notify()
 
 
@@ -606,8 +611,14 @@ def drain_reads(hash_remote: bool = True, wait: bool = True) -> dict:
         this recording (files read through by its snapshots, their bytes, wall and CPU time,
         versions another process snapshotted).
     """
-    if wait:
-        for snapshot in list(_S.reads.values()):
+    # snapshots start at a drain, not while the tasks that read the files still run beside them
+    fresh = [s for s in list(_S.reads.values()) if not s.queued]
+    for snapshot in fresh:
+        if _identity(snapshot.note) in _S.versions:   # a version snapshotted before: at once
+            snapshot.run()
+    _enqueue([s for s in fresh if s.result is None])
+    if wait:   # helps the background thread, from the other end of the queue
+        for snapshot in reversed(list(_S.reads.values())):
             snapshot.run()
     done = [(a, s) for a, s in list(_S.reads.items()) if s.result is not None]
     for absolute, _ in done:

@@ -235,7 +235,10 @@ class ClusterWatch:
                   "stats": {}}
         for reader, address, report in reports:
             for part in ("inputs", "outputs", "remote", "problems"):
-                merged[part].extend({**entry, "reader": reader, "address": address} for entry in report[part])
+                for entry in report[part]:   # a threads cluster's workers read in the kernel's own process
+                    ours = entry.get("pid") == os.getpid()
+                    merged[part].append({**entry, "reader": "kernel" if ours else reader,
+                                         "address": None if ours else address})
             merged["pending"] += report.get("pending", 0)
             merged["stats"][reader] = report.get("stats", {})
         snapshotted = any(s.get("passes") or s.get("shared") for s in merged["stats"].values())

@@ -26,7 +26,7 @@ from fsspec.implementations.local import LocalFileSystem
 __all__ = ["Files", "LocalFiles", "ObjectFiles", "BlobSink", "open_files", "TMP"]
 
 TMP = "_tmp"
-HASHED_CHUNK = 4 << 20   # bytes read, hashed and written at a time by write_hashed
+HASHED_CHUNK = 8 << 20   # bytes read, hashed and written at a time by write_hashed (few GIL switches)
 PROBE_PREFIX = "probe-"
 # exclusive puts on memory:// (and other back-ends without conditional writes) check, then write
 _EXCLUSIVE_LOCK = threading.Lock()

@@ -58,10 +58,10 @@ def test_a_file_larger_than_a_chunk_read_on_a_worker_is_embedded_in_chunks(proje
         import tqdm.notebook  # noqa: F401  (imported in a kernel already: its code is not the snapshot's memory)
 
         tracemalloc.start()
-        recorder.add_cell("client.submit(read_on_a_worker, 'big.bin').result()")   # drains: the snapshot
+        recorder.add_cell("client.submit(read_on_a_worker, 'big.bin').result()")   # its snapshot starts
+        info = recording.stop()   # waits for it, then streams the bytes from the worker
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    info = recording.stop()
     assert info.status == "complete"
     assert peak < SIZE / 2   # a few chunks at a time, never the whole file
     rec = store.open("big")
@@ -105,8 +105,8 @@ def test_a_file_changed_while_it_is_snapshotted_makes_the_recording_partial(proj
     recorder.watch.file_chunks = changed_after_the_first_chunk
     with cluster() as c, Client(c) as client:
         client.submit(read_on_a_worker, "big.bin", pure=False).result()
-        recorder.add_cell("client.submit(read_on_a_worker, 'big.bin').result()")
-    info = recording.stop()
+        recorder.add_cell("client.submit(read_on_a_worker, 'big.bin').result()")   # its snapshot starts
+        info = recording.stop()   # waits for it, then streams the bytes from the worker
     out, err = capfd.readouterr()
     assert "julius: warning: input file big.bin changed after it was read, before it was stored" in err
     assert info.status == "partial"
