@@ -6,8 +6,8 @@ Usage::
 
 An audit hook cannot be removed, so each case runs in its own fresh process:
 no hook at all, the hook installed with recording off (every process that loaded
-julius after a recording), and recording on (noting the read; hashing waits for
-the drain and is measured separately).  Each opens and closes one existing
+julius after a recording), and recording on (noting the read; its snapshot, one
+pass in a background thread, is measured by ``bench_plain_recording.py``).  Each opens and closes one existing
 file N times (``open(path, "rb")``) and a local fsspec file; prints the best of
 ``--repeat`` in µs per open and the differences.  Target: at most 20 µs more per
 open when not recording.

@@ -14,14 +14,17 @@ recorded round into a fresh store:
   (generated in a temporary folder outside the checkout), read by the workers, with a
   few reductions over them (every CSV file is read twice); the notebook's time runs from
   its first line to its last (cluster start and close included) plus, when recorded,
-  ``%record start`` and ``%record stop`` and the drains at its cells' ends, where the
-  files are hashed and their bytes streamed into the store;
+  ``%record start`` and ``%record stop`` and the drains at its cells' ends; the files are
+  snapshotted (read once, hashed and stored) in the background by the processes that read
+  them, from the drain at the cell's end on, and the cluster's close waits for those not done;
 - **futures**: N tiny tasks (``client.map`` of half, a ``client.submit`` loop of the
   other half), gathered once.
 
 Then the files are deleted and the last files recording is replayed: every file is served
 from the recording.  Prints recorded / unrecorded per workload, replay / original compute,
-and what the snapshot cost beside hashing and storing the same bytes once.
+what the drains blocked the cells' ends for, and the snapshot's own time (the readers'
+background seconds, and its passes over the files) beside hashing and storing the same
+bytes once.
 """
 
 import argparse
@@ -89,21 +92,22 @@ def make_data(folder, csv_mb, parquet_mb):
 def run_notebook(cells, namespace, store=None, name=None):
     """Run ``cells`` as a notebook does; recorded into ``store`` as ``name`` when given.
 
-    Returns (notebook seconds, the cells' own compute seconds, drain seconds, worker hashes).
+    Returns (notebook seconds, the cells' own compute seconds, drain seconds, snapshot stats by reader,
+    CPU seconds of the kernel and the workers until the close: a cost that other loads on the machine
+    change less than wall time).
     """
     from julius_magics import recording
-    from julius_magics.cluster import inputs
     from julius_magics.cluster.session import Session
 
-    drains, hashes = 0.0, None
-    t0 = time.monotonic()
+    drains, workers_cpu = 0.0, 0.0
+    t0, cpu0 = time.monotonic(), time.process_time()
     recorder = recording.start(Session(), name, store=store) if name else None
-    if recorder is not None:   # the input files' part of the drains (hashing where read, storing), timed apart
+    if recorder is not None:   # the input files' part of the drains (collecting snapshots, storing), timed apart
         recorder.watch._files = _timed(recorder.watch._files, SNAPSHOT)
         recorder._record_files = _timed(recorder._record_files, SNAPSHOT)
     for i, cell in enumerate(cells):
-        if i == len(cells) - 1 and recorder is not None:   # before the close: how many hashes each worker took
-            hashes = sum(namespace["client"].run(lambda: len(inputs._S.hashes)).values())
+        if i == len(cells) - 1:   # before the close: the workers' CPU seconds, since they started
+            workers_cpu = sum(namespace["client"].run(time.process_time).values())
         exec(cell, namespace)
         if recorder is not None:
             t = time.monotonic()
@@ -111,10 +115,11 @@ def run_notebook(cells, namespace, store=None, name=None):
             drains += time.monotonic() - t
     if recorder is not None:
         recording.stop()
-    return time.monotonic() - t0, namespace["seconds"], drains, hashes
+    cpu = time.process_time() - cpu0 + workers_cpu
+    return time.monotonic() - t0, namespace["seconds"], drains, getattr(recorder, "snapshots", None), cpu
 
 
-SNAPSHOT = []   # seconds of the drains' file parts: reads hashed where they were read, bytes streamed and stored
+SNAPSHOT = []   # seconds of the drains' file parts (the cells' ends wait for these, not for the snapshots)
 
 
 def _timed(method, into):
@@ -128,9 +133,9 @@ def _timed(method, into):
 
 
 def hash_and_store_once(files, folder):
-    """The floor of a snapshot: each file's bytes hashed and written (with fsync) once."""
+    """The floor of a snapshot: each file's bytes hashed and written (with fsync) once; (wall, CPU) seconds."""
     os.makedirs(folder)
-    t0 = time.monotonic()
+    t0, cpu = time.monotonic(), time.process_time()
     for path in files:
         with open(path, "rb") as src, open(os.path.join(folder, os.path.basename(path)), "wb") as dst:
             h = hashlib.sha256()
@@ -139,35 +144,47 @@ def hash_and_store_once(files, folder):
                 dst.write(chunk)
             dst.flush()
             os.fsync(dst.fileno())
-    return time.monotonic() - t0
+    return time.monotonic() - t0, time.process_time() - cpu
 
 
 def side_by_side(label, cells, namespace, work, rounds):
     from julius_magics.recording.store import Store
 
-    plain, recorded, computes, snapshots = [], [], {"plain": [], "recorded": []}, []
-    hashes, last = None, None
+    plain, recorded, computes, snapshots, stats = [], [], {"plain": [], "recorded": []}, [], []
+    cpus = {"plain": [], "recorded": []}
+    last = None
     for r in range(rounds):
         for order in (("plain", "recorded"), ("recorded", "plain")):
             for side in order:
                 ns = dict(namespace)
                 if side == "plain":
-                    total, compute, _, _ = run_notebook(cells, ns)
+                    total, compute, _, _, cpu = run_notebook(cells, ns)
                     plain.append(total)
                 else:
                     last = (Store(f"{work}/store-{label}-{len(recorded)}"), f"{label}-{len(recorded)}")
                     SNAPSHOT.clear()
-                    total, compute, drains, hashes = run_notebook(cells, ns, *last)
+                    total, compute, drains, by_reader, cpu = run_notebook(cells, ns, *last)
                     recorded.append(total)
                     snapshots.append(sum(SNAPSHOT))
+                    stats.append(by_reader)
                 computes[side].append(compute)
-                print(f"  {label} {side:8s} notebook {total:7.2f} s, its compute {compute:7.2f} s"
-                      + (f", drains at the cells' ends {drains:.2f} s, of which input files {snapshots[-1]:.2f} s"
-                         if side == "recorded" else "") + f"; load {os.getloadavg()[0]:.1f}", flush=True)
+                cpus[side].append(cpu)
+                print(f"  {label} {side:8s} notebook {total:7.2f} s, its compute {compute:7.2f} s, CPU {cpu:6.2f} s"
+                      + (f", drains at the cells' ends {drains:.2f} s, of which input files {snapshots[-1]:.2f} s; "
+                         f"snapshots in the readers {_seconds(stats[-1])}" if side == "recorded" else "")
+                      + f"; load {os.getloadavg()[0]:.1f}", flush=True)
     ratio = statistics.mean(recorded) / statistics.mean(plain)
     print(f"{label}: recorded / unrecorded = {ratio:.3f} (notebook, means of {len(plain)}; target <= 1.05); "
-          f"compute alone {statistics.mean(computes['recorded']) / statistics.mean(computes['plain']):.3f}")
-    return last, computes, snapshots, hashes
+          f"compute alone {statistics.mean(computes['recorded']) / statistics.mean(computes['plain']):.3f}; "
+          f"CPU seconds (kernel + workers) {statistics.mean(cpus['recorded']) / statistics.mean(cpus['plain']):.3f}")
+    return last, computes, snapshots, stats
+
+
+def _seconds(by_reader):
+    """``1.40 s (longest reader 0.75 s), CPU 0.40 s``: the readers' snapshot seconds, summed."""
+    seconds = [s.get("seconds", 0.0) for s in (by_reader or {}).values()]
+    cpu = sum(s.get("cpu", 0.0) for s in (by_reader or {}).values())
+    return f"{sum(seconds):.2f} s (longest reader {max(seconds, default=0.0):.2f} s), CPU {cpu:.2f} s"
 
 
 def main():
@@ -190,13 +207,18 @@ def main():
         size = sum(os.path.getsize(f) for f in files)
         print(f"data: {len(files)} files, {size / 1e6:.0f} MB ({len(glob.glob(f'{data}/csv/*'))} CSV, "
               f"{len(glob.glob(f'{data}/parquet/*'))} Parquet); load {os.getloadavg()}", flush=True)
-        (store, name), computes, snapshots, hashes = side_by_side(
+        (store, name), computes, snapshots, stats = side_by_side(
             "files", [FILES_CELL, CLOSE_CELL], {"data": data, "time": time}, work, args.rounds)
-        floor = hash_and_store_once(files, f"{work}/floor")
-        print(f"snapshot (input files at the drains: worker hashing + streaming into the store) "
-              f"{statistics.mean(snapshots):.2f} s vs hashing and storing the bytes once {floor:.2f} s: "
-              f"{statistics.mean(snapshots) / floor:.2f}x; file versions hashed by the workers {hashes} "
-              f"for {len(files)} files (each CSV file read twice)")
+        floor, floor_cpu = hash_and_store_once(files, f"{work}/floor")
+        stats = [by or {} for by in stats]   # (none from a julius that snapshots at the drains)
+        readers = statistics.mean(sum(s.get("seconds", 0.0) for s in by.values()) for by in stats)
+        cpu = statistics.mean(sum(s.get("cpu", 0.0) for s in by.values()) for by in stats)
+        passes = [sum(s.get("passes", 0) for s in by.values()) for by in stats]
+        print(f"snapshot: the readers' own seconds (read, hash, store; in the background, from the drains on) "
+              f"{readers:.2f} s, CPU {cpu:.2f} s vs hashing and storing the bytes once {floor:.2f} s, CPU "
+              f"{floor_cpu:.2f} s: {readers / floor:.2f}x, CPU {cpu / floor_cpu:.2f}x; at the drains (the cells' "
+              f"ends wait for these) {statistics.mean(snapshots):.2f} s; passes over the files {passes} for "
+              f"{len(files)} files (each CSV file read twice, by either worker)")
         rec = store.open(name)
         embedded = [f for s in rec.steps if s.kind == "inputs" for f in s.data["files"]]
         print(f"recording: {len(embedded)} input files embedded, {rec.info.size / 1e6:.0f} MB")

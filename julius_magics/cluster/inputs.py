@@ -15,8 +15,19 @@ An audit hook cannot be removed, so it is installed once per process and does
 nothing but compare one string while recording is off (:data:`HOOK_ENV`
 ``=0`` keeps it from being installed at all).  While recording, a read is
 noted with the path as the code wrote it, its absolute path, the reader's
-working directory, size and modification time; hashing (SHA-256, once per
-file version) waits for :func:`drain_reads`.
+working directory, size, modification time, device and inode.
+
+**Snapshots.**  Each file version read is snapshotted once, in a background
+thread of the process that read it, from the next :func:`drain_reads` on (not
+beside the tasks still reading), in one pass: read, SHA-256 and, with a
+sink this process can see (a :class:`~julius_magics.recording.files.BlobSink`
+given to :func:`start_reads`: the recording's local store, checked by a probe),
+written straight into the store.  Without one, it is only hashed, and the bytes
+go to the store later, through Dask (:func:`read_file_chunk`).  Processes of one
+host that read the same version share one snapshot: a host-wide claim (a lock
+file under the temporary directory, per recording ``token``) lets one of them
+do it and the others take its result.  :func:`drain_reads` hands out the
+snapshots done so far; a later call (or one with ``wait``) the rest.
 
 Left out: the Python installation (prefixes, site-packages, the standard
 library), system folders (``/usr``, ``/etc``, ``/proc``...), hidden folders of
@@ -24,25 +35,31 @@ the home directory, Dask's scratch space, temporary files (``tmp*`` under the
 temporary directory, and julius's own ``julius-*`` ones: wheels built for a
 recording, copies of inputs), code (``.py``, ``.pyc``, ``.so``), folders given to
 :func:`start_reads` (the recording's store), and files the session created:
-outputs are not inputs.  A file read and later overwritten is hashed before
-it is overwritten.
+outputs are not inputs.  A file read and later overwritten is snapshotted
+before it is overwritten.
 
 Kernel-facing API::
 
     install_hooks()                 # once per process (workers: InputsWorkerPlugin)
-    start_reads(skip=[store_root])  # note reads from now on
-    report = drain_reads()          # {"inputs", "outputs", "remote", "problems"}
+    start_reads(skip=[store_root], sink=sink, token=token)   # note (and snapshot) reads from now on
+    report = drain_reads(wait=False)  # {"inputs", "outputs", "remote", "problems", "pending", "stats"}
     stop_reads()
-    client.register_plugin(InputsWorkerPlugin(recording=True, skip=[...]))   # on workers
+    client.register_plugin(InputsWorkerPlugin(recording=True, skip=[...], sink=sink, token=token))
     client.run(drain_reads)         # what each worker read
+    end_claims()                    # after the last drain, in every process
     read_file_chunk(abspath, offset, size, sha256)   # bytes, on the worker that read it
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import fcntl
 import hashlib
 import importlib.util
+import json
 import os
+import shutil
 import site
 import socket
 import stat
@@ -50,11 +67,12 @@ import sys
 import sysconfig
 import tempfile
 import threading
+import time
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
 __all__ = ["HOOK_ENV", "install_hooks", "start_reads", "stop_reads", "drain_reads", "reading", "file_sha256",
-           "read_file_chunk", "read_remote", "InputsWorkerPlugin", "is_remote"]
+           "read_file_chunk", "read_remote", "InputsWorkerPlugin", "is_remote", "claiming", "end_claims"]
 
 HOOK_ENV = "JULIUS_OPEN_HOOK"
 CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".so", ".pyd", ".pth", ".dist-info")
@@ -68,11 +86,21 @@ class _State:
     on = False
     installed = False
     skip: tuple = ()
-    reads: dict = {}        # abspath -> note
+    reads: dict = {}        # abspath -> _Snapshot, until drained once done
     writes: dict = {}       # abspath -> note (persists while recording: reads of outputs are skipped)
     new_writes: dict = {}   # abspath -> note, since the last drain
     remote: dict = {}       # url -> (fs, path, note)
     hashes: dict = {}       # (abspath, size, mtime_ns) -> sha256: a file version is hashed once
+    versions: dict = {}     # identity -> snapshot result, this recording's
+    sink = None             # where snapshots store the bytes (recording.files.BlobSink), or None
+    visible = None          # whether this process sees the sink (probed once)
+    claims = None           # this host's claims folder of the recording, or None
+    generation = 0          # of start_reads: a snapshot of an earlier recording is dropped
+    stats: dict = {"passes": 0, "bytes": 0, "seconds": 0.0, "cpu": 0.0, "shared": 0}
+    queue = collections.deque()
+    wake = threading.Condition()
+    thread = None
+    host = socket.gethostname()
     local = threading.local()
 
 
@@ -118,27 +146,223 @@ def _note_path(text, reading, writing):
             note = {"path": text, "abspath": absolute, "cwd": os.getcwd(), "existed": os.path.exists(absolute)}
             _S.writes[absolute] = _S.new_writes[absolute] = note
             read = _S.reads.get(absolute)
-            if read is not None and "sha256" not in read:   # read before: keep what was read, not what is written
-                _hash_note(read)
+            if read is not None:   # read before: snapshot what was read before it is written
+                read.run()
         if reading and absolute not in _S.reads and absolute not in _S.writes:
             try:
                 st = os.stat(absolute)
             except OSError:
                 return   # the open itself will fail
-            if stat.S_ISREG(st.st_mode):
-                _S.reads[absolute] = {"path": text, "abspath": absolute, "cwd": os.getcwd(),
-                                      "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+            if stat.S_ISREG(st.st_mode):   # snapshotted from the next drain on
+                _S.reads[absolute] = _Snapshot({
+                    "path": text, "abspath": absolute, "cwd": os.getcwd(), "size": st.st_size,
+                    "mtime_ns": st.st_mtime_ns, "dev": st.st_dev, "ino": st.st_ino})
     finally:
         _S.local.busy = False
 
 
-def _hash_note(note):
+# --- snapshots -------------------------------------------------------------------------
+class _Busy(Exception):
+    """Another process of this host holds the claim of a file version."""
+
+
+class _Changed(Exception):
+    """The file changed while its snapshot read it."""
+
+
+class _Snapshot:
+    """One file version read: snapshotted once (:meth:`run`), by whichever thread comes first."""
+
+    def __init__(self, note):
+        self.note = note
+        self.generation = _S.generation
+        self.result = None    # {"sha256", "stored"} or {"problem"}
+        self.queued = self.deferred = False
+        self._lock = threading.Lock()
+
+    def run(self, blocking=True) -> bool:
+        """Snapshot it unless done; False if another process holds its claim and not ``blocking``."""
+        with self._lock:
+            if self.result is None:
+                was = _busy()
+                _S.local.busy = True
+                try:
+                    self.result = _snapshot(self.note, blocking)
+                except _Busy:
+                    return False
+                except Exception as error:   # never lost silently: the recording names it
+                    self.result = {"problem": f"could not be snapshotted: {type(error).__name__}: {error}"}
+                finally:
+                    _S.local.busy = was
+        return True
+
+
+def _identity(note):
+    return (_S.host, note["abspath"], note["size"], note["mtime_ns"], note["dev"], note["ino"])
+
+
+def _changed(st, note):
+    return (st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino) != (note["size"], note["mtime_ns"], note["dev"],
+                                                                   note["ino"])
+
+
+def _snapshot(note, blocking):
+    key = _identity(note)
+    result = _S.versions.get(key)
+    if result is None:
+        with _claim(key, blocking) as claim:
+            result = claim.result()
+            if result is None:
+                start, cpu = time.perf_counter(), time.thread_time()
+                result = _one_pass(note)
+                _count(seconds=time.perf_counter() - start, cpu=time.thread_time() - cpu)
+                if "sha256" in result:
+                    claim.publish(result)
+            else:
+                _count(shared=1)
+        if "sha256" in result:
+            _S.versions[key] = result
+            _S.hashes[(note["abspath"], note["size"], note["mtime_ns"])] = result["sha256"]
+    return result
+
+
+def _count(**amounts):
+    with _S.wake:   # snapshots run in several threads (the background one, a drain, a write)
+        for name, amount in amounts.items():
+            _S.stats[name] += amount
+
+
+def _one_pass(note):
+    """Read the file once: SHA-256, and the bytes into the sink when this process sees it."""
     try:
-        st = os.stat(note["abspath"])
-        note["sha256"] = file_sha256(note["abspath"], st)
-        note["size"], note["mtime_ns"] = st.st_size, st.st_mtime_ns
+        f = open(note["abspath"], "rb")
     except OSError:
-        pass
+        return {"problem": "vanished after it was read"}
+    with f:
+        if _changed(os.fstat(f.fileno()), note):
+            return {"problem": "changed after it was read, before it was hashed"}
+
+        def unchanged():
+            if _changed(os.fstat(f.fileno()), note):
+                raise _Changed
+
+        if _S.visible is None:
+            _S.visible = _S.sink is not None and _S.sink.visible()
+        _count(passes=1, bytes=note["size"])
+        try:
+            if _S.visible:
+                try:
+                    sha, _ = _S.sink.put(f, commit=unchanged)
+                    return {"sha256": sha, "stored": True}
+                except OSError:   # the store refused the write: hashed only, its bytes sent through Dask
+                    f.seek(0)
+            sha = hashlib.file_digest(f, "sha256").hexdigest()
+            unchanged()
+            return {"sha256": sha, "stored": False}
+        except _Changed:
+            return {"problem": f"changed after it was read, before it was {'stored' if _S.visible else 'hashed'}"}
+
+
+class _Claim:
+    """A held claim of a file version: the result its first snapshot published, if any."""
+
+    def __init__(self, path=None):
+        self.path = path
+
+    def result(self):
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, TypeError, ValueError):
+            return None
+
+    def publish(self, result):
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                with open(f"{self.path}.tmp", "w") as f:
+                    json.dump(result, f)
+                os.replace(f"{self.path}.tmp", self.path)
+
+
+@contextlib.contextmanager
+def _claim(key, blocking=True):
+    """Hold the host-wide claim of file version ``key`` (a lock file of the recording's claims folder)."""
+    folder = _S.claims
+    fd = None
+    if folder is not None:
+        base = os.path.join(folder, hashlib.sha256(repr(key).encode()).hexdigest()[:40])
+        with contextlib.suppress(OSError):   # the folder went (the recording ended): no claim
+            fd = os.open(f"{base}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    if fd is None:
+        yield _Claim()
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise _Busy from None
+        yield _Claim(f"{base}.json")
+    finally:
+        os.close(fd)   # lets the claim go, also when this process dies
+
+
+@contextlib.contextmanager
+def claiming(path):
+    """Hold the claim of the current version of ``path``, as a process snapshotting it does.
+
+    The snapshots of that version in this host wait until it is let go (they then take
+    the version as the holder published it, or snapshot it themselves).
+    """
+    absolute = os.path.abspath(path)
+    st = os.stat(absolute)
+    key = _identity({"abspath": absolute, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "dev": st.st_dev,
+                     "ino": st.st_ino})
+    was = _busy()
+    _S.local.busy = True   # the claim's own files are no inputs
+    with _claim(key):
+        _S.local.busy = was
+        yield
+
+
+def _enqueue(snapshots):
+    if not snapshots:
+        return
+    with _S.wake:
+        if _S.thread is None or not _S.thread.is_alive():
+            _S.thread = threading.Thread(target=_snapshots, name="julius-snapshots", daemon=True)
+            _S.thread.start()
+        for snapshot in snapshots:
+            snapshot.queued = True
+            _S.queue.append(snapshot)
+        _S.wake.notify()
+
+
+def _snapshots():
+    """The background thread: snapshots in the order read; one claimed elsewhere goes to the back."""
+    _S.local.busy = True   # its own reads are never inputs
+    while True:
+        with _S.wake:
+            while not _S.queue:
+                _S.wake.wait()
+            snapshot = _S.queue.popleft()
+            blocking = snapshot.deferred and all(s.deferred for s in _S.queue)
+        if snapshot.generation != _S.generation:
+            continue
+        if not snapshot.run(blocking=blocking):
+            snapshot.deferred = True
+            with _S.wake:
+                _S.queue.append(snapshot)
+
+
+def _claims_folder(token):
+    """This host's claims folder of recording ``token`` (private to this user), or None."""
+    folder = os.path.join(tempfile.gettempdir(), f"{TEMP_PREFIX}claims-{token}")
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        st = os.lstat(folder)
+    except OSError:
+        return None
+    return folder if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() else None
 
 
 def file_sha256(path, st=None) -> str:
@@ -323,8 +547,18 @@ def _skip_roots(extra) -> tuple:
     return tuple(sorted(prefixes))
 
 
-def start_reads(skip=()) -> bool:
-    """Note input files read in this process from now on; ``skip``: folders left out. False if disabled."""
+def start_reads(skip=(), sink=None, token=None) -> bool:
+    """Note (and snapshot) input files read in this process from now on. False if disabled.
+
+    Parameters
+    ----------
+    skip : iterable of str
+        Folders whose files are never inputs.
+    sink : BlobSink, optional
+        Where snapshots store the bytes, if this process sees it (else: hashed only).
+    token : str, optional
+        The recording's: processes of a host with the same token share snapshots.
+    """
     if not install_hooks():
         return False
     _install_pyarrow()
@@ -332,7 +566,13 @@ def start_reads(skip=()) -> bool:
         _S.skip = tuple(sorted({*_S.skip, *_skip_roots(skip)}))
         return True
     _S.skip = _skip_roots(skip)
-    _S.reads, _S.writes, _S.new_writes, _S.remote = {}, {}, {}, {}
+    _S.reads, _S.writes, _S.new_writes, _S.remote, _S.versions = {}, {}, {}, {}, {}
+    _S.sink, _S.visible = sink, None
+    _S.claims = _claims_folder(token) if token else None
+    _S.stats = {"passes": 0, "bytes": 0, "seconds": 0.0, "cpu": 0.0, "shared": 0}
+    with _S.wake:
+        _S.generation += 1
+        _S.queue.clear()
     _S.on = True
     return True
 
@@ -347,41 +587,55 @@ def reading() -> bool:
     return _S.on
 
 
-def drain_reads(hash_remote: bool = True) -> dict:
-    """What this process read (and wrote) since the last call, hashed; forgotten afterwards.
+def drain_reads(hash_remote: bool = True, wait: bool = True) -> dict:
+    """What this process read (and wrote) since the last call, snapshotted; forgotten afterwards.
+
+    Parameters
+    ----------
+    hash_remote : bool
+        Hash remote inputs that have neither ETag nor version id.
+    wait : bool
+        Wait for (and help with) every snapshot not done yet; else those stay for a later call.
 
     Returns
     -------
     dict
-        ``inputs``: ``[{path, abspath, cwd, size, sha256, host, pid}]``;
+        ``inputs``: ``[{path, abspath, cwd, size, sha256, stored, host, pid}]`` (``stored``: the
+        bytes are in the sink's store);
         ``outputs``: files this process created or overwrote (``existed``), with their hash now;
         ``remote``: ``[{url, path, cwd, size, etag, version_id, sha256}]`` (``sha256`` only when
         the backend gives neither ETag nor version, and ``hash_remote``);
         ``problems``: ``[{path, abspath, problem}]``: files that vanished or changed between being
-        read and being hashed (the recording cannot prove what was read).
+        read and being snapshotted (the recording cannot prove what was read);
+        ``pending``: snapshots not done yet; ``stats``: ``{passes, bytes, seconds, cpu, shared}`` of
+        this recording (files read through by its snapshots, their bytes, wall and CPU time,
+        versions another process snapshotted).
     """
-    reads, _S.reads = _S.reads, {}
+    # snapshots start at a drain, not while the tasks that read the files still run beside them
+    fresh = [s for s in list(_S.reads.values()) if not s.queued]
+    for snapshot in fresh:
+        if _identity(snapshot.note) in _S.versions:   # a version snapshotted before: at once
+            snapshot.run()
+    _enqueue([s for s in fresh if s.result is None])
+    if wait:   # helps the background thread, from the other end of the queue
+        for snapshot in reversed(list(_S.reads.values())):
+            snapshot.run()
+    done = [(a, s) for a, s in list(_S.reads.items()) if s.result is not None]
+    for absolute, _ in done:
+        _S.reads.pop(absolute, None)
     writes, _S.new_writes = _S.new_writes, {}
     remote, _S.remote = _S.remote, {}
-    host, pid = socket.gethostname(), os.getpid()
+    pid = os.getpid()
     inputs, outputs, problems = [], [], []
-    for absolute, note in reads.items():
-        entry = {**note, "host": host, "pid": pid}
-        if "sha256" not in note:
-            try:
-                st = os.stat(absolute)
-            except OSError:
-                problems.append({"path": note["path"], "abspath": absolute, "problem": "vanished after it was read"})
-                continue
-            if (st.st_size, st.st_mtime_ns) != (note["size"], note["mtime_ns"]):
-                problems.append({"path": note["path"], "abspath": absolute,
-                                 "problem": "changed after it was read, before it was hashed"})
-                continue
-            entry["sha256"] = file_sha256(absolute, st)
-        entry.pop("mtime_ns", None)
-        inputs.append(entry)
+    for absolute, snapshot in done:
+        note, result = snapshot.note, snapshot.result
+        if "problem" in result:
+            problems.append({"path": note["path"], "abspath": absolute, "problem": result["problem"]})
+            continue
+        entry = {k: note[k] for k in ("path", "abspath", "cwd", "size")}
+        inputs.append({**entry, **result, "host": _S.host, "pid": pid})
     for absolute, note in writes.items():
-        entry = {**note, "host": host, "pid": pid}
+        entry = {**note, "host": _S.host, "pid": pid}
         try:
             st = os.stat(absolute)
             if stat.S_ISREG(st.st_mode):
@@ -403,7 +657,15 @@ def drain_reads(hash_remote: bool = True) -> dict:
             problems.append({"path": url, "abspath": url, "problem": f"could not be identified: {error}"})
             continue
         remotes.append(entry)
-    return {"inputs": inputs, "outputs": outputs, "remote": remotes, "problems": problems}
+    return {"inputs": inputs, "outputs": outputs, "remote": remotes, "problems": problems,
+            "pending": len(_S.reads), "stats": dict(_S.stats)}
+
+
+def end_claims() -> None:
+    """After the recording's last drain (in every process): its claims folder on this host goes."""
+    if not _S.on and _S.claims is not None:
+        shutil.rmtree(_S.claims, ignore_errors=True)
+        _S.claims = None
 
 
 def read_file_chunk(abspath, offset=0, size=None, sha256=None) -> bytes:
@@ -441,14 +703,16 @@ class InputsWorkerPlugin(WorkerPlugin):
 
     name = "julius-inputs"
 
-    def __init__(self, recording=False, skip=()):
+    def __init__(self, recording=False, skip=(), sink=None, token=None):
         self.recording = recording
         self.skip = tuple(skip)
+        self.sink, self.token = sink, token
 
     def setup(self, worker):
         install_hooks()
         if self.recording:
-            start_reads(skip=(*self.skip, getattr(worker, "local_directory", None) or ""))
+            start_reads(skip=(*self.skip, getattr(worker, "local_directory", None) or ""), sink=self.sink,
+                        token=self.token)
         else:
             stop_reads()
 

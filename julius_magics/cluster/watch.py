@@ -9,10 +9,10 @@ it is first seen.
 
 Recorder-facing API::
 
-    watch = ClusterWatch(skip=[store_root])
-    watch.start(session_client)          # adopt existing clients, note reads from now on
+    watch = ClusterWatch(skip=[store_root], sink=sink)
+    watch.start(session_client)          # adopt existing clients, note (and snapshot) reads from now on
     for item in watch.drain(): ...       # in order: new clusters, then each cluster's events, then files
-    chunks = watch.file_chunks(entry)    # an input's bytes in chunks, read where it was read
+    chunks = watch.file_chunks(entry)    # an input not in the store yet: its bytes, read where it was read
     watch.stop(); watch.drain(final=True)
 
 Each item is a dict with ``"kind"``:
@@ -25,7 +25,15 @@ Each item is a dict with ``"kind"``:
   ``worker_joined``), each with ``address`` (its scheduler) and ``handle``;
 - ``"files"``: ``inputs``, ``outputs``, ``remote``, ``problems`` as
   :func:`.inputs.drain_reads` returns them, each entry with ``reader``
-  (``"kernel"`` or a worker address) and ``address`` (its scheduler, or None).
+  (``"kernel"`` or a worker address) and ``address`` (its scheduler, or None);
+  ``pending`` (snapshots not done yet: they come in a later drain) and
+  ``stats`` (``{reader: stats}``).
+
+Input files are snapshotted where they were read, in the background
+(:mod:`.inputs`): a drain hands out those done, and only the final one (or a
+closing cluster's) waits for the rest.  With a ``sink`` (the recording's local
+store, ``recording.files.BlobSink``) the readers that see it store the bytes
+themselves; the others' bytes come through Dask (:meth:`file_chunks`).
 """
 
 from __future__ import annotations
@@ -55,8 +63,10 @@ class ClusterWatch:
         Hash remote inputs that have neither ETag nor version id (reads them once).
     """
 
-    def __init__(self, skip=(), hash_remote=True, worker_environment=None, embed=True):
+    def __init__(self, skip=(), hash_remote=True, worker_environment=None, embed=True, sink=None):
         self.embed = embed
+        self.sink = sink           # where readers store the bytes they read (embed only), or None
+        self.token = uuid.uuid4().hex   # readers of one host share snapshots of this recording
         self.chunk_size = SNAPSHOT_CHUNK
         self.skip = tuple(str(s) for s in skip if s)
         self.hash_remote = hash_remote
@@ -107,15 +117,17 @@ class ClusterWatch:
                 if len(event["values"]) < len(event["keys"]):
                     event["dropped"] = "scattered data was gone before it could be gathered"
             await client.run_on_scheduler(capture._release_pinned, keys)
-        reports = await client.run(inputs.drain_reads, self.hash_remote)
+        reports = await client.run(inputs.drain_reads, self.hash_remote, True)   # every snapshot done
         spilled = {}
-        for worker, report in reports.items():   # the bytes too: the workers go away with the client
+        for worker, report in reports.items():   # the bytes not stored yet too: the workers go with the client
             for entry in report["inputs"] if self.embed else ():
-                spilled[(worker, entry["abspath"])] = await self._spill(client, worker, entry)
+                if not entry.get("stored"):
+                    spilled[(worker, entry["abspath"])] = await self._spill(client, worker, entry)
         items = [{**e, "address": address, "handle": None} for e in events]
         files = self._merge([(w, address, r) for w, r in reports.items()])
         for entry in files[0]["inputs"] if files else ():
-            entry["spill"] = spilled.get((entry["reader"], entry["abspath"]))
+            if (entry["reader"], entry["abspath"]) in spilled:
+                entry["spill"] = spilled[(entry["reader"], entry["abspath"])]
         with self._lock:
             self._final.extend(items + files)
             adopted = self.clients.get(client.id)
@@ -131,9 +143,10 @@ class ClusterWatch:
 
     def start(self, session_client=None):
         """Adopt the session's client and every running client, note reads, adopt new clients."""
-        inputs.start_reads(skip=self.skip)
-        adopt.enable_adoption(self._on_adopted, [inputs.InputsWorkerPlugin(recording=True, skip=self.skip)],
-                              on_setup=self._on_setup, on_teardown=self._on_teardown)
+        sink = self.sink if self.embed else None
+        inputs.start_reads(skip=self.skip, sink=sink, token=self.token)
+        plugin = inputs.InputsWorkerPlugin(recording=True, skip=self.skip, sink=sink, token=self.token)
+        adopt.enable_adoption(self._on_adopted, [plugin], on_setup=self._on_setup, on_teardown=self._on_teardown)
         if session_client is not None:
             self.add_client(session_client, owned=True)
         adopt.adopt_existing(self._on_adopted)
@@ -165,8 +178,8 @@ class ClusterWatch:
         for adopted in new:
             items.append(self._describe(adopted))
         with self._lock:
-            final, self._final = self._final, []
-        items.extend(final)
+            closed, self._final = self._final, []
+        items.extend(closed)
         by_scheduler = {}
         for adopted in self._live():
             by_scheduler.setdefault(adopted.address, []).append(adopted.client)
@@ -180,7 +193,7 @@ class ClusterWatch:
                 continue
             for event in events:
                 items.append({**event, "address": address, "handle": first})
-        items.extend(self._files(by_scheduler))
+        items.extend(self._files(by_scheduler, wait=final))
         return items
 
     def _describe(self, adopted):
@@ -202,22 +215,35 @@ class ClusterWatch:
             item["reason"] = "an asynchronous client: its graphs are captured, but the kernel cannot replay its own awaits"
         return item
 
-    def _files(self, by_scheduler):
-        reports = [("kernel", None, inputs.drain_reads(hash_remote=self.hash_remote))]
+    def _files(self, by_scheduler, wait=False):
+        reports = [("kernel", None, inputs.drain_reads(self.hash_remote, wait))]
         for address, clients in by_scheduler.items():
             try:
-                for worker, report in clients[0].run(inputs.drain_reads, self.hash_remote).items():
+                for worker, report in clients[0].run(inputs.drain_reads, self.hash_remote, wait).items():
                     reports.append((worker, address, report))
             except Exception:
                 continue
+        if wait and not self.started:   # the last drain, done everywhere: the hosts' claims go
+            for clients in by_scheduler.values():
+                with contextlib.suppress(Exception):
+                    clients[0].run(inputs.end_claims)
+            inputs.end_claims()
         return self._merge(reports)
 
     def _merge(self, reports):
-        merged = {"kind": "files", "inputs": [], "outputs": [], "remote": [], "problems": []}
+        merged = {"kind": "files", "inputs": [], "outputs": [], "remote": [], "problems": [], "pending": 0,
+                  "stats": {}}
         for reader, address, report in reports:
             for part in ("inputs", "outputs", "remote", "problems"):
-                merged[part].extend({**entry, "reader": reader, "address": address} for entry in report[part])
-        return [merged] if any(merged[p] for p in ("inputs", "outputs", "remote", "problems")) else []
+                for entry in report[part]:   # a threads cluster's workers read in the kernel's own process
+                    ours = entry.get("pid") == os.getpid()
+                    merged[part].append({**entry, "reader": "kernel" if ours else reader,
+                                         "address": None if ours else address})
+            merged["pending"] += report.get("pending", 0)
+            merged["stats"][reader] = report.get("stats", {})
+        snapshotted = any(s.get("passes") or s.get("shared") for s in merged["stats"].values())
+        return [merged] if snapshotted or any(merged[p] for p in ("inputs", "outputs", "remote", "problems",
+                                                                 "pending")) else []
 
     async def _spill(self, client, worker, entry):
         """Copy an input from a closing cluster's worker to a kernel temp file, a chunk at a time.

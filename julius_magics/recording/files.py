@@ -5,21 +5,29 @@ Two implementations share one small interface, as fsspec's own backends do:
 writes by hard link) and :class:`ObjectFiles` (object stores and ``memory://``:
 a single put publishes a file whole; exclusive writes by a conditional put).
 Errors are Python's own: ``FileNotFoundError``, ``FileExistsError``.
+
+A local folder also takes content-addressed files in one pass (:meth:`LocalFiles.write_hashed`:
+read, hash and write together), and hands the processes that read input files a
+:class:`BlobSink` to write them so themselves, where they can see the folder.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import tempfile
 import threading
+import uuid
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-__all__ = ["Files", "LocalFiles", "ObjectFiles", "open_files", "TMP"]
+__all__ = ["Files", "LocalFiles", "ObjectFiles", "BlobSink", "open_files", "TMP"]
 
 TMP = "_tmp"
+HASHED_CHUNK = 8 << 20   # bytes read, hashed and written at a time by write_hashed (few GIL switches)
+PROBE_PREFIX = "probe-"
 # exclusive puts on memory:// (and other back-ends without conditional writes) check, then write
 _EXCLUSIVE_LOCK = threading.Lock()
 
@@ -107,6 +115,10 @@ class Files:
         """Forget cached listings (s3fs caches them; other processes write too)."""
         self.fs.invalidate_cache(path)
 
+    def blob_sink(self, folder):
+        """A :class:`BlobSink` writing into ``folder``, or None: only a local folder can take one."""
+        return None
+
 
 class LocalFiles(Files):
     """A local folder: temporary files in ``root/_tmp`` renamed into place."""
@@ -135,6 +147,83 @@ class LocalFiles(Files):
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+    def write_hashed(self, folder, source, commit=None):
+        """Store the binary file ``source`` as ``folder/<its sha256>`` in one pass; return ``(sha256, size)``.
+
+        The bytes are read, hashed and written to a temporary file together; then the
+        file is fsynced and renamed into place, unless ``folder`` holds that name with
+        that size already (the copy is dropped, unsynced).  ``commit``, called before
+        the rename, may raise to drop the copy (a source that changed while read).
+        """
+        tmp_dir = self.path(TMP)
+        os.makedirs(tmp_dir, exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=tmp_dir)
+        h, size = hashlib.sha256(), 0
+        buffer = bytearray(HASHED_CHUNK)
+        view = memoryview(buffer)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                while n := source.readinto(buffer):
+                    h.update(view[:n])
+                    f.write(view[:n])
+                    size += n
+                sha = h.hexdigest()
+                if commit is not None:
+                    commit()
+                target = os.path.join(folder, sha)
+                if self.size(target) == size:
+                    return sha, size
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+            return sha, size
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def blob_sink(self, folder):
+        sink = BlobSink(self.root, folder)
+        self.write(sink.probe, sink.token)
+        return sink
+
+
+class BlobSink:
+    """Where a process that read an input file stores it, straight into a local store (picklable).
+
+    Workers of any deployment get one; each checks that it sees the store before it
+    writes there (:meth:`visible`: the probe the kernel wrote reads back identically),
+    never assuming so from host names.  :meth:`close` takes the probe away.
+    """
+
+    def __init__(self, root, folder):
+        self.root, self.folder = root, folder
+        self.token = uuid.uuid4().hex.encode()
+        self.probe = os.path.join(root, TMP, f"{PROBE_PREFIX}{self.token.decode()}")
+
+    def __repr__(self):
+        return f"BlobSink({self.folder!r})"
+
+    def visible(self) -> bool:
+        """Whether this process sees the store: the probe reads back as the kernel wrote it."""
+        try:
+            with open(self.probe, "rb") as f:
+                return f.read(len(self.token) + 1) == self.token
+        except OSError:
+            return False
+
+    def put(self, source, commit=None):
+        """Store the binary file ``source`` as a blob in one pass (:meth:`LocalFiles.write_hashed`)."""
+        return LocalFiles(LocalFileSystem(), self.root).write_hashed(self.folder, source, commit)
+
+    def close(self):
+        """Take the probe away (after the last snapshot)."""
+        try:
+            os.unlink(self.probe)
+        except OSError:
+            pass
 
 
 class ObjectFiles(Files):

@@ -34,6 +34,7 @@ from ..errors import IntegrityError, RecordingError
 from ..progress import progress_bar
 from ..rules.registry import top_level_names
 from .environment import capture_environment, file_path
+from .journal import BLOBS
 from .steps import KINDS
 from .store import Store
 
@@ -80,7 +81,8 @@ class Recorder:
         self.data_mode = data
         self.with_local_packages = with_local_packages
         self.wheels_embedded = False   # wheels go into the first environment step only
-        self.files = {}          # path -> (size, sha) recorded so far
+        self.files = {}          # (reader, host, abspath, sha256) -> size of the inputs recorded so far
+        self.snapshots = {}      # reader -> its snapshot stats ({passes, bytes, seconds, cpu, shared}: drain_reads)
         self.steps = 0
         self.writer = self.store.create(name, meta={
             "note": note or "", "data_mode": data, "user": getpass.getuser(), "host": platform.node(),
@@ -89,8 +91,10 @@ class Recorder:
         self.partial = []        # reasons the recording is partial
         self.headlines = {}      # label -> value of the labelled targets computed (the manifest meta's "headlines")
         self.captured = {"clusters": 0, "graphs": 0, "results": 0, "files": 0, "outputs": 0}
+        # readers that see the store write what they read into it themselves (--data embed)
+        self.sink = self.store.files.blob_sink(self.store.files.path(BLOBS)) if data != "hash" else None
         self.watch = ClusterWatch(skip=_own_folders(self.store), hash_remote=True,
-                                  worker_environment=environment_now, embed=data != "hash")
+                                  worker_environment=environment_now, embed=data != "hash", sink=self.sink)
         session.observers.append(self.on_event)
         _ACTIVE["recorder"] = self
         try:
@@ -202,34 +206,48 @@ class Recorder:
             self.writer.update_meta(partial=True, partial_reasons=self.partial[:20])
 
     def _record_files(self, item):
-        """Inputs read anywhere (hashed where read; embedded from there), outputs, remote inputs, problems."""
+        """Inputs read anywhere (snapshotted where read; embedded from there), outputs, remote inputs, problems.
+
+        Readers that see the store stored the bytes themselves (checked here: the blob is
+        there with its size before a step lists it); the others' bytes are streamed now,
+        once per version, and checked against the SHA-256 before they are stored.
+        """
         embed = self.data_mode in ("embed", "embed-remote")
-        new = []
-        todo, seen = [], set(self.files)
-        for e in item["inputs"]:   # one entry per file version and host (workers of a host share their view)
-            if (e["host"], e["abspath"], e["sha256"]) not in seen:
-                seen.add((e["host"], e["abspath"], e["sha256"]))
-                todo.append(e)
-            else:
+        self.snapshots.update(item.get("stats") or {})
+        todo = []
+        for e in item["inputs"]:   # each reader of each file version, once
+            key = (e["reader"], e["host"], e["abspath"], e["sha256"])
+            if key in self.files:
                 self.watch.discard(e)
-        with progress_bar(sum(e["size"] for e in todo), "julius data snapshot", "B", unit_scale=True,
-                          delay=1.0, leave=False, disable=not todo) as bar:
-            for entry in todo:
-                self.files[(entry["host"], entry["abspath"], entry["sha256"])] = entry["size"]
-                if embed:   # streamed from where it was read, checked against its SHA-256 before it is stored
-                    source = entry["abspath"] if entry["reader"] == "kernel" else self.watch.file_chunks(entry)
+            else:
+                self.files[key] = e["size"]
+                todo.append(e)
+        failed = set()
+        missing = [e for e in todo if embed and not self._in_store(e)]
+        with progress_bar(sum(e["size"] for e in missing), "julius data snapshot", "B", unit_scale=True,
+                          delay=1.0, leave=False, disable=not missing) as bar:
+            for entry in missing:
+                if not self._in_store(entry):   # not stored by another reader of that version meanwhile
+                    kernel = entry["reader"] == "kernel"
                     try:
-                        self.writer.add_blob(source, sha256=entry["sha256"], size=entry["size"])
+                        self.writer.add_blob(entry["abspath"] if kernel else self.watch.file_chunks(entry),
+                                             sha256=entry["sha256"], size=entry["size"])
                     except IntegrityError:
                         self._record_problem(entry, "changed after it was read, before it was stored")
-                        continue
+                        failed.add(id(entry))
                     except Exception as error:
                         self._record_problem(entry, f"could not be read for the recording: {error}")
-                        continue
-                self.watch.discard(entry)
-                new.append({k: entry.get(k) for k in ("path", "abspath", "cwd", "size", "sha256", "reader", "host")}
-                           | {"embedded": embed})
+                        failed.add(id(entry))
                 bar.update(entry["size"])
+        new = []
+        for entry in todo:
+            if id(entry) in failed:
+                continue
+            if embed:
+                self.writer.add_stored_blob(entry["sha256"], entry["size"])
+            self.watch.discard(entry)
+            new.append({k: entry.get(k) for k in ("path", "abspath", "cwd", "size", "sha256", "reader", "host")}
+                       | {"embedded": embed})
         if new:
             self._step("inputs", _jsonable({"files": new}))
             self.captured["files"] += len(new)
@@ -254,6 +272,11 @@ class Recorder:
             self.captured["outputs"] += len(outputs)
         for problem in item["problems"]:
             self._record_problem(problem, problem["problem"])
+
+    def _in_store(self, entry):
+        """Whether the store holds the blob of an input, with its size."""
+        files = self.store.files
+        return files.size(files.path(BLOBS, entry["sha256"])) == entry["size"]
 
     def _record_problem(self, entry, problem):
         reason = f"input file {entry['path']} {problem}"
@@ -349,11 +372,13 @@ class Recorder:
         """
         try:
             self.watch.stop()
-            self._drain(final=True)
+            self._drain(final=True)   # waits for every snapshot
             if self.session.active:
                 self.session.stop_capture()
         finally:
             self.watch.stop()
+            if self.sink is not None:
+                self.sink.close()
             if self.on_event in self.session.observers:
                 self.session.observers.remove(self.on_event)
             _ACTIVE["recorder"] = None
@@ -379,6 +404,8 @@ class Recorder:
         """Stop observing; the recording stays ``incomplete`` with every step written so far."""
         with contextlib.suppress(Exception):
             self.watch.stop()
+        if self.sink is not None:
+            self.sink.close()
         if self.on_event in self.session.observers:
             self.session.observers.remove(self.on_event)
         _ACTIVE["recorder"] = None

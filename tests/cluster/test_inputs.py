@@ -19,6 +19,7 @@ def noting(tmp_path, monkeypatch):
     yield tmp_path
     stop_reads()
     drain_reads()
+    inputs.end_claims()
 
 
 def by_path(report):
@@ -86,11 +87,12 @@ def test_python_install_skipped_folders_and_vanished_files(noting):
     for name in ("store/blob", "gone.txt"):
         with open(name, "w") as f:
             f.write("x")
-    start_reads(skip=[str(noting / "store")])
-    for name in ("store/blob", "gone.txt"):
-        with open(name) as f:
-            f.read()
-    os.unlink("gone.txt")
+    start_reads(skip=[str(noting / "store")], token="vanishing")
+    with inputs.claiming("gone.txt"):   # as if another process of this host snapshotted it: this one waits
+        for name in ("store/blob", "gone.txt"):
+            with open(name) as f:
+                f.read()
+        os.unlink("gone.txt")
     report = drain_reads()
     assert report["inputs"] == []
     assert [(p["path"], p["problem"]) for p in report["problems"]] == [("gone.txt", "vanished after it was read")]

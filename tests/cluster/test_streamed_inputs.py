@@ -1,4 +1,8 @@
-"""Input files read on workers are embedded a chunk at a time, fetched through Dask, never whole in the kernel."""
+"""Input files read by workers that cannot see the store are embedded a chunk at a time, fetched through Dask.
+
+Each recording here takes its store's probe away, so no reader sees the store (as
+workers on another host): their bytes come through Dask, never whole in the kernel.
+"""
 
 import glob
 import hashlib
@@ -34,6 +38,13 @@ def cluster():
     return LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0")
 
 
+def unseen(recorder):
+    """The store as readers on another host see it: not at all (its probe is gone)."""
+    recorder.sink.close()
+    recorder.watch.chunk_size = CHUNK
+    return recorder
+
+
 def inputs_of(rec):
     return [f for s in rec.steps if s.kind == "inputs" for f in s.data["files"]]
 
@@ -41,17 +52,16 @@ def inputs_of(rec):
 def test_a_file_larger_than_a_chunk_read_on_a_worker_is_embedded_in_chunks(project, tmp_path):
     folder, data = project
     store = Store(tmp_path / "store")
-    recorder = recording.start(Session(), "big", store=store)
-    recorder.watch.chunk_size = CHUNK
+    recorder = unseen(recording.start(Session(), "big", store=store))
     with cluster() as c, Client(c) as client:
         assert client.submit(read_on_a_worker, "big.bin", pure=False).result() == hashlib.sha256(data).hexdigest()
         import tqdm.notebook  # noqa: F401  (imported in a kernel already: its code is not the snapshot's memory)
 
         tracemalloc.start()
-        recorder.add_cell("client.submit(read_on_a_worker, 'big.bin').result()")   # drains: the snapshot
+        recorder.add_cell("client.submit(read_on_a_worker, 'big.bin').result()")   # its snapshot starts
+        info = recording.stop()   # waits for it, then streams the bytes from the worker
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    info = recording.stop()
     assert info.status == "complete"
     assert peak < SIZE / 2   # a few chunks at a time, never the whole file
     rec = store.open("big")
@@ -59,14 +69,15 @@ def test_a_file_larger_than_a_chunk_read_on_a_worker_is_embedded_in_chunks(proje
     assert (entry["path"], entry["size"], entry["embedded"]) == ("big.bin", SIZE, True)
     assert entry["reader"] != "kernel"
     assert rec.blob(entry["sha256"]) == data
+    [stats] = [s for reader, s in recorder.snapshots.items() if reader != "kernel"]
+    assert (stats["passes"], stats["bytes"]) == (1, SIZE)   # hashed once where read, then streamed
 
 
 def test_a_file_read_by_a_cluster_closed_before_the_snapshot_is_copied_in_chunks(project, tmp_path):
     folder, data = project
     store = Store(tmp_path / "store")
     before = set(glob.glob(os.path.join(tempfile.gettempdir(), "julius-snapshot-*")))
-    recorder = recording.start(Session(), "closed", store=store)
-    recorder.watch.chunk_size = CHUNK
+    recorder = unseen(recording.start(Session(), "closed", store=store))
     with cluster() as c, Client(c) as client:
         client.submit(read_on_a_worker, "big.bin", pure=False).result()
     info = recording.stop()   # the cluster is gone: its bytes were copied while it closed
@@ -80,8 +91,7 @@ def test_a_file_read_by_a_cluster_closed_before_the_snapshot_is_copied_in_chunks
 def test_a_file_changed_while_it_is_snapshotted_makes_the_recording_partial(project, tmp_path, capfd):
     folder, data = project
     store = Store(tmp_path / "store")
-    recorder = recording.start(Session(), "changing", store=store)
-    recorder.watch.chunk_size = CHUNK
+    recorder = unseen(recording.start(Session(), "changing", store=store))
     streamed = recorder.watch.file_chunks
 
     def changed_after_the_first_chunk(entry):
@@ -95,8 +105,8 @@ def test_a_file_changed_while_it_is_snapshotted_makes_the_recording_partial(proj
     recorder.watch.file_chunks = changed_after_the_first_chunk
     with cluster() as c, Client(c) as client:
         client.submit(read_on_a_worker, "big.bin", pure=False).result()
-        recorder.add_cell("client.submit(read_on_a_worker, 'big.bin').result()")
-    info = recording.stop()
+        recorder.add_cell("client.submit(read_on_a_worker, 'big.bin').result()")   # its snapshot starts
+        info = recording.stop()   # waits for it, then streams the bytes from the worker
     out, err = capfd.readouterr()
     assert "julius: warning: input file big.bin changed after it was read, before it was stored" in err
     assert info.status == "partial"

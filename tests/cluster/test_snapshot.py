@@ -1,0 +1,170 @@
+"""Input files snapshotted where they were read: one pass each, once per host, never holding up a cell's end."""
+
+import hashlib
+import os
+import tempfile
+
+import pytest
+from distributed import Client, LocalCluster
+
+from julius_magics import recording
+from julius_magics.cluster import inputs
+from julius_magics.cluster.session import Session
+from julius_magics.errors import IntegrityError
+from julius_magics.recording.files import open_files
+from julius_magics.recording.store import Store
+
+SIZE = 3 * (1 << 20) + 77
+
+
+def read_whole(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def read_then_overwrite(path):
+    with open(path, "rb") as f:
+        read = hashlib.sha256(f.read()).hexdigest()
+    with open(path, "wb") as f:   # the session overwrites what it read
+        f.write(b"written by the session")
+    return read
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    files = {name: os.urandom(SIZE + i) for i, name in enumerate(("shared.bin", "kernel.bin", "rewritten.bin"))}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    return tmp_path, files
+
+
+def cluster(n=2):
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
+
+
+def inputs_of(rec):
+    return [f for s in rec.steps if s.kind == "inputs" for f in s.data["files"]]
+
+
+def blobs_on_disk(store):
+    return set(os.listdir(os.path.join(store.url, "_blobs")))
+
+
+def test_each_file_is_read_once_where_it_was_read_and_a_file_two_workers_read_is_stored_once(project, tmp_path):
+    folder, files = project
+    store = Store(tmp_path / "store")
+    sha = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    recorder = recording.start(Session(), "once", store=store)
+    with cluster() as c, Client(c) as client:
+        workers = sorted(client.scheduler_info()["workers"])
+        for worker in workers:   # both workers of this host read it
+            assert client.submit(read_whole, "shared.bin", workers=[worker], pure=False).result() == sha["shared.bin"]
+        assert client.submit(read_then_overwrite, "rewritten.bin", pure=False).result() == sha["rewritten.bin"]
+        assert read_whole("kernel.bin") == sha["kernel.bin"]
+        recorder.add_cell("...")
+    info = recording.stop()
+    assert info.status == "complete"
+    rec = store.open("once")
+    listed = inputs_of(rec)
+    # the journal lists each reader; the bytes are stored once, as they were read
+    assert sorted(f["reader"] for f in listed if f["path"] == "shared.bin") == workers
+    assert {f["path"]: f["sha256"] for f in listed} == sha
+    assert all(f["embedded"] for f in listed)
+    assert set(sha.values()) <= set(rec.blobs) and blobs_on_disk(store) == set(rec.blobs)   # nothing else written
+    assert rec.blob(sha["rewritten.bin"]) == files["rewritten.bin"]   # the version read, not the one written
+    stats = recorder.snapshots
+    assert sum(s["passes"] for s in stats.values()) == 3   # one pass per file version, on this host
+    assert sum(s["bytes"] for s in stats.values()) == sum(len(d) for d in files.values())
+    assert sum(s["shared"] for s in stats.values()) == 1   # the second worker took the first one's snapshot
+    assert stats["kernel"]["passes"] == 1
+    assert os.listdir(os.path.join(store.url, "_tmp")) == []   # no temporary copy or probe left
+    assert not os.path.exists(os.path.join(tempfile.gettempdir(), f"julius-claims-{recorder.watch.token}"))
+
+
+def test_a_cell_end_does_not_wait_for_a_snapshot_and_the_last_drain_does(project, tmp_path):
+    folder, files = project
+    store = Store(tmp_path / "store")
+    recorder = recording.start(Session(), "later", store=store)
+    with cluster(1) as c, Client(c) as client:
+        with inputs.claiming("shared.bin"):   # another reader of this host snapshots it: the worker's waits
+            client.submit(read_whole, "shared.bin", pure=False).result()
+            recorder.add_cell("first")   # the cell's end: the snapshot is not done, and is not waited for
+            assert recorder.captured["files"] == 0
+            assert [s.kind for s in store.open("later").steps if s.kind in ("inputs", "cell")] == ["cell"]
+        recorder.add_cell("second")   # meanwhile it may be done, or not: a later drain has it
+    recording.stop()   # (the cluster's close already waited for it)
+    rec = store.open("later")
+    [entry] = inputs_of(rec)
+    assert entry["path"] == "shared.bin" and rec.blob(entry["sha256"]) == files["shared.bin"]
+    kinds = [s.kind for s in rec.steps if s.kind in ("inputs", "cell")]
+    assert kinds.index("inputs") > kinds.index("cell")
+
+
+def test_recording_stop_waits_for_every_snapshot(project, tmp_path):
+    folder, files = project
+    store = Store(tmp_path / "store")
+    recorder = recording.start(Session(), "stopped", store=store)
+    with inputs.claiming("kernel.bin"):
+        read_whole("kernel.bin")
+        recorder.add_cell("read")
+        assert recorder.captured["files"] == 0   # still waiting for the claim
+    recording.stop()
+    [entry] = inputs_of(store.open("stopped"))
+    assert (entry["path"], entry["reader"], entry["sha256"]) == (
+        "kernel.bin", "kernel", hashlib.sha256(files["kernel.bin"]).hexdigest())
+
+
+def test_a_file_changed_before_its_snapshot_makes_the_recording_partial(project, tmp_path, capfd):
+    folder, files = project
+    store = Store(tmp_path / "store")
+    recorder = recording.start(Session(), "changed", store=store)
+    with cluster(1) as c, Client(c) as client:
+        with inputs.claiming("shared.bin"):
+            client.submit(read_whole, "shared.bin", pure=False).result()
+            recorder.add_cell("read")
+            with open("shared.bin", "r+b") as f:   # changed after the worker read it, before its snapshot
+                f.write(b"changed")
+    info = recording.stop()
+    err = capfd.readouterr().err
+    assert "julius: warning: input file shared.bin changed after it was read, before it was hashed" in err
+    assert info.status == "partial"
+    rec = store.open("changed")
+    assert inputs_of(rec) == [] and [s.data["files"] for s in rec.steps if s.kind == "dropped"] == [
+        [str(folder / "shared.bin")]]
+    assert hashlib.sha256(files["shared.bin"]).hexdigest() not in blobs_on_disk(store)
+
+
+def test_with_data_hash_files_are_hashed_once_and_no_bytes_stored(project, tmp_path):
+    folder, files = project
+    store = Store(tmp_path / "store")
+    recorder = recording.start(Session(), "hashed", store=store, data="hash")
+    with cluster(1) as c, Client(c) as client:
+        client.submit(read_whole, "shared.bin", pure=False).result()
+        recorder.add_cell("read")
+    recording.stop()
+    rec = store.open("hashed")
+    [entry] = inputs_of(rec)
+    assert entry["sha256"] == hashlib.sha256(files["shared.bin"]).hexdigest() and not entry["embedded"]
+    assert entry["sha256"] not in rec.blobs and entry["sha256"] not in blobs_on_disk(store)
+    assert sum(s["passes"] for s in recorder.snapshots.values()) == 1
+
+
+def test_a_blob_written_in_one_pass_is_committed_only_whole_and_unchanged(tmp_path):
+    files = open_files(str(tmp_path / "store"))
+    folder = files.path("_blobs")
+    data = os.urandom(SIZE)
+    (tmp_path / "f.bin").write_bytes(data)
+    with open(tmp_path / "f.bin", "rb") as f:
+        assert files.write_hashed(folder, f) == (hashlib.sha256(data).hexdigest(), SIZE)
+    with open(tmp_path / "f.bin", "rb") as f:   # there already: the copy is dropped
+        assert files.write_hashed(folder, f) == (hashlib.sha256(data).hexdigest(), SIZE)
+
+    def refused():
+        raise IntegrityError("the source changed")
+
+    (tmp_path / "g.bin").write_bytes(data[::-1])
+    with open(tmp_path / "g.bin", "rb") as f, pytest.raises(IntegrityError):
+        files.write_hashed(folder, f, commit=refused)
+    assert os.listdir(folder) == [hashlib.sha256(data).hexdigest()]
+    assert os.listdir(files.path("_tmp")) == []
