@@ -118,7 +118,8 @@ def slow(i):
 
 cluster = LocalCluster(n_workers=4, threads_per_worker=1, processes=False, dashboard_address=":0")
 client = Client(cluster)
-arrived = [future.result() for future in as_completed(client.map(slow, range(4)))]
+# named keys: one worker runs them in key order (random names could happen to sort in the recorded order)
+arrived = [future.result() for future in as_completed(client.map(slow, range(4), key=[f"slow-{i}" for i in range(4)]))]
 submitted = [client.submit(slow, i) for i in (3.5, 4)]    # futures submitted in a loop, gathered once
 looped = client.gather(submitted)
 client.close()
