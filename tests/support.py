@@ -30,6 +30,11 @@ def record_cells(shell, name, store, cells, options=""):
         run(shell, "%record stop")
 
 
+def graphs_sent(rec):
+    """How many graphs the recording holds (a ``graph`` step holds those one client sent in a row)."""
+    return sum(s.data.get("graphs", 1) for s in rec.steps if s.kind == "graph")
+
+
 # --- the ``julius`` command line, as a separate process ----------------------------------------
 JULIUS = os.path.join(os.path.dirname(sys.executable), "julius")   # the installed console script
 

@@ -42,6 +42,7 @@ INTERNAL_PREFIX = "julius-"
 INTERNAL_MODULE = "julius_magics."
 FLUSH_PREFIX = "julius-flush-"
 FLUSH_SECONDS = 5.0
+BATCH_SECONDS = 0.02   # how long a worker gathers finished keys before fingerprinting them together
 HOLDER = "julius-capture-holder"   # the scheduler-side "client" that pins scattered data
 ACTOR_REASON = ("an actor: its state lives on one worker and its method calls go straight to that worker, "
                 "never through the scheduler, so they are not captured")
@@ -210,8 +211,7 @@ class CapturePlugin(SchedulerPlugin):
             ts = state.get(key)
             if ts is not None and ts.run_spec is None and key not in specs:
                 scattered.add(key_text(key))
-        event = self._new_event("graph", client=client, keys=[key_text(k) for k in wanted], ntasks=len(specs),
-                                specs=None, fingerprints={}, descriptions={}, scattered=sorted(scattered))
+        event, wanted = self._graph_event(client, wanted, specs, scattered)
         for key in wanted:
             ts = state.get(key)
             if ts is None:
@@ -228,18 +228,44 @@ class CapturePlugin(SchedulerPlugin):
             else:
                 ts.annotations = {**(ts.annotations or {}), ANNOTATION: True}
                 self.wanted.setdefault(key_text(key), []).append(event)
-        # pickled when drained, in a thread: not while the graph runs, when the GIL it would
-        # take is the scheduler's (it cost ~10 % of a 20k-task graph's time)
-        self.unserialized.append((event, wanted, specs))
         elapsed = time.perf_counter() - started
         self.stats["graphs"] += 1
         self.stats["tasks"] += len(specs)
         self.stats["hook_seconds_total"] += elapsed
         self.stats["hook_seconds_max"] = max(self.stats["hook_seconds_max"], elapsed)
 
+    def _graph_event(self, client, wanted, specs, scattered):
+        """The event of this graph, and its wanted keys not already in it.
+
+        Graphs a client sends one after another between two drains (a loop of
+        ``submit``, ``map`` then ``gather``) make one event, so one journal step:
+        a step for each of thousands of one-task graphs cost more than their tasks.
+        Anything else the cluster sees in between (a scatter, a ``run``) ends the run.
+        """
+        last = self.unserialized[-1][0] if self.unserialized else None   # the last graph not drained yet
+        if last is None or last is not self.events[-1] or last["client"] != client:
+            event = self._new_event("graph", client=client, keys=[key_text(k) for k in wanted], ntasks=len(specs),
+                                    graphs=1, specs=None, fingerprints={}, descriptions={},
+                                    scattered=sorted(scattered))
+            # pickled when drained, in a thread: not while the graph runs, when the GIL it would
+            # take is the scheduler's (it cost ~10 % of a 20k-task graph's time)
+            self.unserialized.append((event, list(wanted), specs, set(event["keys"])))
+            return event, wanted
+        _, last_wanted, last_specs, known = self.unserialized[-1]
+        wanted = [k for k in wanted if key_text(k) not in known]
+        known.update(key_text(k) for k in wanted)
+        last_wanted.extend(wanted)
+        last_specs.update(specs)
+        last["keys"].extend(key_text(k) for k in wanted)
+        last["ntasks"] = len(last_specs)
+        last["graphs"] += 1
+        if scattered:
+            last["scattered"] = sorted(set(last["scattered"]) | scattered)
+        return last, wanted
+
     def _serialize(self, jobs):
         started = time.perf_counter()
-        for event, wanted, specs in jobs:
+        for event, wanted, specs, _ in jobs:
             try:
                 event["specs"] = cloudpickle.dumps({"keys": wanted, "specs": specs}, protocol=5)
             except Exception as error:   # kept as a dropped graph: the recording says it is partial
@@ -263,16 +289,16 @@ class CapturePlugin(SchedulerPlugin):
     def log_event(self, topic, msg):
         if topic != TOPIC:
             return
-        text, fp, summary = msg["key"], msg["fingerprint"], msg["description"]
-        self.latest_fingerprints[text] = (fp, summary)
-        self.awaiting.discard(text)
-        for event in self.wanted.pop(text, ()):
-            if id(event) in self.drained:   # the kernel has it already: sent as a late fingerprint
-                late = self.late.setdefault(event["seq"], {"fingerprints": {}, "descriptions": {}})
-                late["fingerprints"][text], late["descriptions"][text] = fp, summary
-            else:
-                event["fingerprints"][text] = fp
-                event["descriptions"][text] = summary
+        for text, fp, summary in msg["fingerprints"]:
+            self.latest_fingerprints[text] = (fp, summary)
+            self.awaiting.discard(text)
+            for event in self.wanted.pop(text, ()):
+                if id(event) in self.drained:   # the kernel has it already: sent as a late fingerprint
+                    late = self.late.setdefault(event["seq"], {"fingerprints": {}, "descriptions": {}})
+                    late["fingerprints"][text], late["descriptions"][text] = fp, summary
+                else:
+                    event["fingerprints"][text] = fp
+                    event["descriptions"][text] = summary
 
     # --- scattered data ----------------------------------------------------------
     def _wrap_update_data(self, original):
@@ -357,17 +383,17 @@ class CapturePlugin(SchedulerPlugin):
         if jobs:
             await asyncio.wrap_future(self.executor.submit(self._serialize, jobs))
         mine = {id(e) for e in events if e["kind"] == "graph"}
-        self.drained |= mine
 
         def waiting_for():
             # polled on the event loop: unless final, only keys computed whose fingerprint is on its
             # way can qualify, not every wanted key (thousands of futures still running)
             keys = self.wanted if final else [t for t in self.awaiting if t in self.wanted]
-            return [t for t in keys if any(id(e) in self.drained for e in self.wanted[t])
+            return [t for t in keys if any(id(e) in mine or id(e) in self.drained for e in self.wanted[t])
                     and (t in self.awaiting or (final and self._still_running(t)))]
 
         while waiting_for() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        self.drained |= mine   # from now on, their fingerprints are late ones
         for event in events:
             if event["kind"] == "graph":
                 event["pending"] = sorted(set(event["keys"]) - set(event["fingerprints"]))
@@ -410,15 +436,23 @@ def _key_from_text(text, tasks):
 
 
 class FingerprintWorkerPlugin(WorkerPlugin):
-    """Worker plugin: fingerprints each marked key that finishes executing, in a thread."""
+    """Worker plugin: fingerprints each marked key that finishes executing, in a thread.
+
+    Finished keys are handed to the thread in batches, at most every
+    :data:`BATCH_SECONDS`, and their fingerprints go to the scheduler as one
+    event per batch: waking a thread for each of thousands of tiny tasks cost
+    the worker more than the tasks (the GIL changing hands each time).
+    """
 
     name = WORKER_PLUGIN_NAME
 
     def setup(self, worker):
         self.worker = worker
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="julius-fingerprint")
+        self.batch = []   # (key, value) finished since the last hand-off
 
     def teardown(self, worker):
+        self._hand_off()
         self.executor.shutdown(wait=False)
 
     def transition(self, key, start, finish, **kwargs):
@@ -428,12 +462,20 @@ class FingerprintWorkerPlugin(WorkerPlugin):
         ts = self.worker.state.tasks.get(key)
         if ts is None or not ts.annotations or ANNOTATION not in ts.annotations or key not in self.worker.data:
             return
-        value = self.worker.data[key]
-        self.executor.submit(self._send, key, value)
+        if not self.batch:
+            self.worker.loop.call_later(BATCH_SECONDS, self._hand_off)
+        self.batch.append((key, self.worker.data[key]))
 
-    def _send(self, key, value):
-        try:
-            msg = {"key": key_text(key), "fingerprint": fingerprint(value), "description": describe(value)}
-        except Exception as error:  # an unhashable value must not break the worker
-            msg = {"key": key_text(key), "fingerprint": f"error: {type(error).__name__}: {error}", "description": type(value).__name__}
-        self.worker.log_event(TOPIC, msg)
+    def _hand_off(self):
+        batch, self.batch = self.batch, []
+        if batch:
+            self.executor.submit(self._send, batch)
+
+    def _send(self, batch):
+        results = []
+        for key, value in batch:
+            try:
+                results.append((key_text(key), fingerprint(value), describe(value)))
+            except Exception as error:  # an unhashable value must not break the worker
+                results.append((key_text(key), f"error: {type(error).__name__}: {error}", type(value).__name__))
+        self.worker.log_event(TOPIC, {"fingerprints": results})

@@ -189,7 +189,7 @@ class Recorder:
                 item.pop(name, None)
             self._step(kind, _jsonable({**item, "kind": kind}), parts)
             if kind == "graph":
-                self.captured["graphs"] += 1
+                self.captured["graphs"] += item.get("graphs", 1)
                 self.captured["results"] += len(item.get("fingerprints", {}))
                 if item.get("dropped"):
                     self._partial(f"graph {item['seq']}: {item['dropped']}")

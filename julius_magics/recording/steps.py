@@ -70,6 +70,10 @@ def _targets(d):
     return ", ".join(t["label"] or t["key"] for t in d["targets"])
 
 
+def _graphs(d):   # "3 dask graphs" when the step holds several, sent in a row
+    return f"{d['graphs']} dask graphs" if d.get("graphs", 1) > 1 else "dask graph"
+
+
 # --- replays -----------------------------------------------------------------------
 def _replay_remote(context, step, send):
     try:
@@ -227,13 +231,15 @@ KINDS = {k.name: k for k in [
     StepKind(
         "graph",
         {"kind": "", "seq": "", "time": "", "client": "", "keys": "wanted keys as text", "ntasks": "",
+         "graphs": "how many graphs the client sent one after another (a loop of `submit`) that this step holds",
          "fingerprints": "`{key: fp}`", "descriptions": "`{key: text}`",
          "pending": "wanted keys whose fingerprint came later (a `fingerprints` step)",
          "scattered": "keys of scattered data it depends on (a `scatter` step)",
          "address": "its scheduler's (the cluster it ran on)",
          "dropped": "why its specs are missing, when they are (the recording is then partial)"},
         {"specs": "cloudpickle of the run specs"},
-        summarise=lambda d: f"dask graph of {d.get('ntasks')} tasks, {len(d.get('keys', []))} outputs",
+        summarise=lambda d: (f"{_graphs(d)} of {d.get('ntasks')} tasks, "
+                             f"{len(d.get('keys', []))} outputs"),
         replay=_replay_graph, results=_graph_results,
     ),
     StepKind(

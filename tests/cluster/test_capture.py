@@ -63,10 +63,12 @@ def test_dataframe_from_pandas_and_csv(captured, fresh, tmp_path):
     total = dd.from_pandas(pdf, npartitions=3).groupby("g").x.sum().compute()
     csv_mean = dd.read_csv(str(path), blocksize=500).x.mean().compute()
     events = drain_capture(captured)
-    assert [e["kind"] for e in events] == ["graph", "graph"]
-    assert events[0]["fingerprints"][events[0]["keys"][0]] == fingerprint(total)
-    assert events[1]["fingerprints"][events[1]["keys"][0]] == fingerprint(csv_mean)
-    assert events[0]["descriptions"][events[0]["keys"][0]] == "Series 3 (float64)"
+    [event] = events   # two computes in a row: one event
+    assert event["kind"] == "graph" and event["graphs"] == 2
+    total_key, mean_key = event["keys"]
+    assert event["fingerprints"][total_key] == fingerprint(total)
+    assert event["fingerprints"][mean_key] == fingerprint(csv_mean)
+    assert event["descriptions"][total_key] == "Series 3 (float64)"
     assert_replays(events, fresh)
 
 
@@ -74,10 +76,10 @@ def test_array_and_delayed(captured, fresh):
     result = (da.arange(1000, chunks=100) ** 2).sum().compute()
     value = dask.delayed(sum)([dask.delayed(lambda i: i * 3)(i) for i in range(5)]).compute()
     events = drain_capture(captured)
-    assert len(graphs(events)) == 2
-    assert list(events[0]["fingerprints"].values()) == [fingerprint(result)]
-    assert list(events[1]["fingerprints"].values()) == [fingerprint(value)] == [fingerprint(30)]
-    assert events[0]["ntasks"] > 10
+    [event] = graphs(events)
+    assert event["graphs"] == 2 and event["ntasks"] > 10
+    assert [event["fingerprints"][k] for k in event["keys"]] == [fingerprint(result), fingerprint(value)]
+    assert fingerprint(value) == fingerprint(30)
     assert_replays(events, fresh)
 
 
@@ -91,22 +93,34 @@ def test_futures_submit_and_map(captured, fresh):
     assert fps[key_text(a.key)] == fingerprint(42)
     assert fps[key_text(c.key)] == fingerprint(14)
     assert [fps[key_text(f.key)] for f in b] == [fingerprint(i * i) for i in range(4)]
-    # c's graph brings the specs of the futures it depends on: it replays on its own
-    last = graphs(events)[-1]
-    assert last["keys"] == [key_text(c.key)] and last["ntasks"] == 5
-    assert replay_graph(fresh, last) == {key_text(c.key): fingerprint(14)}
+    [event] = graphs(events)   # three graphs in a row: one event, replayed on its own
+    assert event["graphs"] == 3 and event["ntasks"] == 6
+    assert event["keys"][0] == key_text(a.key) and event["keys"][-1] == key_text(c.key)   # in the order sent
+    assert sorted(event["keys"]) == sorted(key_text(f.key) for f in [a, *b, c])
     assert_replays(events, fresh)
+
+
+def test_graph_using_futures_of_an_earlier_step_brings_their_specs(captured, fresh):
+    b = captured.map(lambda x: x * x, range(4))
+    assert captured.gather(b) == [0, 1, 4, 9]
+    drain_capture(captured)
+    c = captured.submit(sum, b)
+    assert c.result() == 14
+    [event] = graphs(drain_capture(captured))
+    assert event["keys"] == [key_text(c.key)] and event["ntasks"] == 5
+    assert replay_graph(fresh, event) == {key_text(c.key): fingerprint(14)}
 
 
 def test_persist_then_compute(captured, fresh):
     x = da.ones((40, 40), chunks=10).persist()
     total = (x + 1).sum().compute()
     events = drain_capture(captured)
-    persisted, computed = graphs(events)
-    assert len(persisted["keys"]) == 16
-    assert set(persisted["fingerprints"].values()) == {fingerprint(np.ones((10, 10)))}
-    assert list(computed["fingerprints"].values()) == [fingerprint(total)] == [fingerprint(np.float64(3200.0))]
-    assert computed["ntasks"] > 16  # the persisted chunks' specs travel with the graph
+    [event] = graphs(events)
+    *chunks, total_key = event["keys"]
+    assert len(chunks) == 16 and event["graphs"] == 2
+    assert {event["fingerprints"][k] for k in chunks} == {fingerprint(np.ones((10, 10)))}
+    assert event["fingerprints"][total_key] == fingerprint(total) == fingerprint(np.float64(3200.0))
+    assert event["ntasks"] > 16
     assert_replays(events, fresh)
 
 
@@ -232,7 +246,9 @@ def test_drain_while_graphs_arrive_loses_nothing(captured, fresh):
     fps = {k: fp for e in got for k, fp in e["fingerprints"].items()} | late
     assert fps == {f"race-{i}": fingerprint(i * 2) for i in range(len(submitted))}
     assert not [e for e in events if e["kind"] == "dropped"]
-    assert replay_graph(fresh, got[-1]) == {got[-1]["keys"][0]: fingerprint(2 * (len(submitted) - 1))}
+    last = got[-1]["keys"][-1]
+    assert replay_graph(fresh, got[-1])[last] == fingerprint(2 * (len(submitted) - 1))
+    assert sum(e["graphs"] for e in got) == len(submitted)
 
 
 def test_persist_fingerprints_collected_later(captured, fresh):
@@ -311,16 +327,15 @@ def test_graph_batch_replays_futures_in_flight_together(captured, fresh):
     futures = [captured.submit(time.sleep, 0.1, key=f"nap-{i}") for i in range(50)]
     captured.gather(futures)
     original = time.monotonic() - started
-    events = graphs(drain_capture(captured, final=True))
-    assert len(events) == 50
+    [event] = graphs(drain_capture(captured, final=True))   # a loop of submits: one event
+    assert event["graphs"] == 50 and event["keys"] == [f"nap-{i}" for i in range(50)]
     started = time.monotonic()
     batch = resubmit.GraphBatch(fresh)
-    for event in events:
-        batch.submit(event)
-    done = batch.gather()
+    batch.submit(event)
+    [(_, results, failure)] = batch.gather()
     replayed = time.monotonic() - started
     batch.release()
-    assert [failure for _, _, failure in done] == [None] * 50
-    assert all(results[e["keys"][0]][0] == e["fingerprints"][e["keys"][0]] for e, results, _ in done)
+    assert failure is None and {k: fp for k, (fp, _) in results.items()} == event["fingerprints"]
+    assert len(results) == 50
     # one at a time would take 50 x 0.1 s on one worker at least; together, 2 workers share them
     assert replayed < max(2.0 * original, original + 1.5), (original, replayed)

@@ -66,7 +66,9 @@ def test_coordination_objects_fed_from_the_kernel_are_reported_and_the_recording
     assert unreproducible(rec) == {("Queue", "jobs"), ("Variable", "factor"), ("Event", "go"), ("Lock", "shared"),
                                    ("Semaphore", "pool")}
     assert rec.info.status == "partial" and len(rec.meta["partial_reasons"]) == 5
-    assert [s.data["client"] for s in rec.steps if s.kind == "graph"] == [rec.steps[0].data["client"]] * 3
+    graph_steps = [s for s in rec.steps if s.kind == "graph"]
+    assert {s.data["client"] for s in graph_steps} == {rec.steps[0].data["client"]}
+    assert sum(s.data["graphs"] for s in graph_steps) == 3
     assert "julius: warning: the recording is partial (it will not verify)" in printed
     assert "Queue jobs: items put into it from the kernel reach tasks outside any graph" in printed
     assert "Lock shared: acquired from the kernel" in printed

@@ -35,6 +35,8 @@ def test_summaries_and_results_of_steps():
     assert steps.summary(cell) == "x = 1 ..." and steps.results(cell) == {}
     graph = Step(2, "graph", {"ntasks": 4, "keys": ["a"], "fingerprints": {"a": "cd" * 32}}, ("specs",))
     assert steps.summary(graph) == "dask graph of 4 tasks, 1 outputs"
+    loop = Step(3, "graph", {"ntasks": 50, "graphs": 50, "keys": [f"k{i}" for i in range(50)]}, ("specs",))
+    assert steps.summary(loop) == "50 dask graphs of 50 tasks, 50 outputs"
     assert steps.results(graph) == {"a": {"label": "dask key a", "fp": "cd" * 32, "describe": None}}
     assert steps.summary(Step(4, "from-the-future", {}, ())) == "from-the-future"
 
