@@ -113,15 +113,15 @@ import time
 from distributed import Client, LocalCluster, as_completed
 
 def slow(i):
-    # side by side, they finish in the order 1, 3, 0, 2: neither the order they were sent in nor its
-    # reverse, one of which a single worker follows, running them one after another
-    time.sleep({0: 0.9, 1: 0.1, 2: 1.3, 3: 0.5}.get(i, 0.1 * i))
+    time.sleep({0: 0.9, 1: 0.1, 2: 1.3, 3: 0.5}.get(i, 0.1 * i))   # side by side, they finish as 1, 3, 0, 2
     return i * 10
 
 cluster = LocalCluster(n_workers=4, threads_per_worker=1, processes=False, dashboard_address=":0")
 client = Client(cluster)
+# named keys: the order one worker runs them in depends on the keys (dask.order), and a key
+# from a hash could make it the recorded one
 arrived = [future.result() for future in as_completed(client.map(slow, range(4), key=[f"slow-{i}" for i in range(4)]))]
-submitted = [client.submit(slow, i) for i in (3.5, 4)]    # futures submitted in a loop, gathered once
+submitted = [client.submit(slow, i, key=f"looped-{i}") for i in (3.5, 4)]   # in a loop, gathered once
 looped = client.gather(submitted)
 client.close()
 cluster.close()
