@@ -248,14 +248,16 @@ class CapturePlugin(SchedulerPlugin):
                                     graphs=1, specs=None, fingerprints={}, descriptions={},
                                     scattered=sorted(scattered))
             # pickled when drained, in a thread: not while the graph runs, when the GIL it would
-            # take is the scheduler's (it cost ~10 % of a 20k-task graph's time)
-            self.unserialized.append((event, list(wanted), specs, set(event["keys"])))
+            # take is the scheduler's (it cost ~10 % of a 20k-task graph's time); each graph's own
+            # (wanted, specs) kept too, to save those that pickle if the merged specs do not
+            self.unserialized.append((event, list(wanted), dict(specs), set(event["keys"]), [(wanted, specs)]))
             return event, wanted
-        _, last_wanted, last_specs, known = self.unserialized[-1]
+        _, last_wanted, last_specs, known, parts = self.unserialized[-1]
         wanted = [k for k in wanted if key_text(k) not in known]
         known.update(key_text(k) for k in wanted)
         last_wanted.extend(wanted)
         last_specs.update(specs)
+        parts.append((wanted, specs))
         last["keys"].extend(key_text(k) for k in wanted)
         last["ntasks"] = len(last_specs)
         last["graphs"] += 1
@@ -265,13 +267,35 @@ class CapturePlugin(SchedulerPlugin):
 
     def _serialize(self, jobs):
         started = time.perf_counter()
-        for event, wanted, specs, _ in jobs:
+        for event, wanted, specs, _, parts in jobs:
             try:
                 event["specs"] = cloudpickle.dumps({"keys": wanted, "specs": specs}, protocol=5)
             except Exception as error:   # kept as a dropped graph: the recording says it is partial
-                event["dropped"] = f"its run specs could not be pickled: {type(error).__name__}: {error}"
+                self._salvage(event, parts, f"{type(error).__name__}: {error}")
                 self.stats["dropped"] += 1
         self.stats["serialize_seconds_total"] += time.perf_counter() - started
+
+    @staticmethod
+    def _salvage(event, parts, error):
+        """Keep the graphs of a merged event whose own specs pickle; name the keys of the others.
+
+        A graph that depends on a dropped one carries that one's specs too, so it is dropped as well.
+        """
+        kept_keys, kept_specs, lost = [], {}, []
+        for wanted, specs in parts:
+            try:
+                cloudpickle.dumps(specs, protocol=5)
+            except Exception:
+                lost.extend(key_text(k) for k in wanted)
+            else:
+                kept_keys.extend(wanted)
+                kept_specs.update(specs)
+        event["dropped"] = f"its run specs could not be pickled: {error}"
+        if kept_keys:
+            event["specs"] = cloudpickle.dumps({"keys": kept_keys, "specs": kept_specs}, protocol=5)
+            event["dropped"] = f"{len(lost)} of its keys ({', '.join(lost[:5])}) dropped: " + event["dropped"]
+            event["lost"] = set(lost)   # taken out of the event back on the event loop (drain)
+            event["keys"] = [k for k in event["keys"] if k not in event["lost"]]
 
     def transition(self, key, start, finish, *args, **kwargs):
         if not self.wanted:
@@ -396,6 +420,7 @@ class CapturePlugin(SchedulerPlugin):
         self.drained |= mine   # from now on, their fingerprints are late ones
         for event in events:
             if event["kind"] == "graph":
+                self._forget_lost(event)
                 event["pending"] = sorted(set(event["keys"]) - set(event["fingerprints"]))
         for seq, late in sorted(self.late.items()):
             events.append({"kind": "fingerprints", "seq": seq, "time": time.time(), "graph": seq, **late})
@@ -414,6 +439,15 @@ class CapturePlugin(SchedulerPlugin):
             alive = {id(e) for evs in self.wanted.values() for e in evs}
             self.drained &= alive
         return events
+
+    def _forget_lost(self, event):
+        """A salvaged event (:meth:`_salvage`) neither holds nor waits for its dropped keys' fingerprints."""
+        for text in event.pop("lost", ()):
+            event["fingerprints"].pop(text, None)
+            event["descriptions"].pop(text, None)
+            others = [e for e in self.wanted.pop(text, ()) if e is not event]
+            if others:
+                self.wanted[text] = others
 
     def release_pinned(self, keys) -> None:
         """Let scattered keys go once their values were gathered (or could not be)."""

@@ -236,7 +236,7 @@ KINDS = {k.name: k for k in [
          "pending": "wanted keys whose fingerprint came later (a `fingerprints` step)",
          "scattered": "keys of scattered data it depends on (a `scatter` step)",
          "address": "its scheduler's (the cluster it ran on)",
-         "dropped": "why its specs are missing, when they are (the recording is then partial)"},
+         "dropped": "why its specs, or some of its graphs, are missing (the recording is then partial)"},
         {"specs": "cloudpickle of the run specs"},
         summarise=lambda d: (f"{_graphs(d)} of {d.get('ntasks')} tasks, "
                              f"{len(d.get('keys', []))} outputs"),

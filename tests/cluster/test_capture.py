@@ -1,6 +1,7 @@
 """Scheduler-side capture of plain Dask work, replayed on a fresh cluster with equal fingerprints."""
 
 import pickle
+import threading
 import time
 
 import dask
@@ -109,6 +110,28 @@ def test_graph_using_futures_of_an_earlier_step_brings_their_specs(captured, fre
     [event] = graphs(drain_capture(captured))
     assert event["keys"] == [key_text(c.key)] and event["ntasks"] == 5
     assert replay_graph(fresh, event) == {key_text(c.key): fingerprint(14)}
+
+
+class RefusedByTheCapture:
+    """A task argument that pickles anywhere but in the capture's thread: run specs it cannot pickle."""
+
+    def __reduce__(self):
+        if threading.current_thread().name.startswith("julius-capture"):
+            raise TypeError("refused by the capture")
+        return (RefusedByTheCapture, ())
+
+
+def test_a_loop_with_one_graph_whose_specs_do_not_pickle_keeps_the_others(captured, fresh):
+    futures = [captured.submit(lambda i: i * 2, i, key=f"salvage-{i}") for i in range(5)]
+    futures.append(captured.submit(lambda x: 1, RefusedByTheCapture(), key="salvage-bad"))
+    futures.append(captured.submit(lambda i: i, 9, key="salvage-after"))
+    assert captured.gather(futures) == [0, 2, 4, 6, 8, 1, 9]
+    [event] = graphs(drain_capture(captured))
+    assert event["graphs"] == 7 and event["keys"] == [f"salvage-{i}" for i in range(5)] + ["salvage-after"]
+    assert event["dropped"] == ("1 of its keys (salvage-bad) dropped: its run specs could not be pickled: "
+                                "TypeError: refused by the capture")
+    assert set(event["fingerprints"]) == set(event["keys"]) and event["pending"] == []
+    assert replay_graph(fresh, event) == event["fingerprints"]
 
 
 def test_persist_then_compute(captured, fresh):
