@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import pickle
 import pickletools
@@ -116,7 +117,7 @@ class CapturePlugin(SchedulerPlugin):
         # wanted keys computed whose fingerprint has not arrived yet
         self.awaiting: set[str] = set()
         self.latest_fingerprints: dict[str, tuple[str, str]] = {}
-        self.unserialized: list[tuple] = []
+        self.unserialized: list[_Unpickled] = []
         self.drained: set[int] = set()   # ids of graph events already handed to the kernel
         self.late: dict[int, dict] = {}  # graph seq -> fingerprints that came after its drain
         self.pinned: dict = {}           # scattered key -> event seq (held until drained)
@@ -242,60 +243,64 @@ class CapturePlugin(SchedulerPlugin):
         a step for each of thousands of one-task graphs cost more than their tasks.
         Anything else the cluster sees in between (a scatter, a ``run``) ends the run.
         """
-        last = self.unserialized[-1][0] if self.unserialized else None   # the last graph not drained yet
-        if last is None or last is not self.events[-1] or last["client"] != client:
+        last = self.unserialized[-1] if self.unserialized else None   # the last graph not drained yet
+        if last is None or last.event is not self.events[-1] or last.event["client"] != client:
             event = self._new_event("graph", client=client, keys=[key_text(k) for k in wanted], ntasks=len(specs),
                                     graphs=1, specs=None, fingerprints={}, descriptions={},
                                     scattered=sorted(scattered))
-            # pickled when drained, in a thread: not while the graph runs, when the GIL it would
-            # take is the scheduler's (it cost ~10 % of a 20k-task graph's time); each graph's own
-            # (wanted, specs) kept too, to save those that pickle if the merged specs do not
-            self.unserialized.append((event, list(wanted), dict(specs), set(event["keys"]), [(wanted, specs)]))
+            self.unserialized.append(_Unpickled(event, set(event["keys"]), [(wanted, specs)]))
             return event, wanted
-        _, last_wanted, last_specs, known, parts = self.unserialized[-1]
-        wanted = [k for k in wanted if key_text(k) not in known]
-        known.update(key_text(k) for k in wanted)
-        last_wanted.extend(wanted)
-        last_specs.update(specs)
-        parts.append((wanted, specs))
-        last["keys"].extend(key_text(k) for k in wanted)
-        last["ntasks"] = len(last_specs)
-        last["graphs"] += 1
+        event = last.event
+        wanted = [k for k in wanted if key_text(k) not in last.known]
+        last.known.update(key_text(k) for k in wanted)
+        last.graphs.append((wanted, specs))
+        event["keys"].extend(key_text(k) for k in wanted)
+        event["graphs"] += 1
         if scattered:
-            last["scattered"] = sorted(set(last["scattered"]) | scattered)
-        return last, wanted
+            event["scattered"] = sorted(set(event["scattered"]) | scattered)
+        return event, wanted
 
-    def _serialize(self, jobs):
+    def _serialize(self, jobs) -> list[tuple[dict, set[str]]]:
+        """Pickle each drained graph event's specs (in a thread); the events that lost keys, with those keys."""
         started = time.perf_counter()
-        for event, wanted, specs, _, parts in jobs:
+        salvaged = []
+        for job in jobs:
+            wanted, specs = _merged(job.graphs)
+            job.event["ntasks"] = len(specs)
             try:
-                event["specs"] = cloudpickle.dumps({"keys": wanted, "specs": specs}, protocol=5)
+                job.event["specs"] = cloudpickle.dumps({"keys": wanted, "specs": specs}, protocol=5)
             except Exception as error:   # kept as a dropped graph: the recording says it is partial
-                self._salvage(event, parts, f"{type(error).__name__}: {error}")
+                lost = self._salvage(job, f"{type(error).__name__}: {error}")
+                if lost:
+                    salvaged.append((job.event, lost))
                 self.stats["dropped"] += 1
         self.stats["serialize_seconds_total"] += time.perf_counter() - started
+        return salvaged
 
     @staticmethod
-    def _salvage(event, parts, error):
-        """Keep the graphs of a merged event whose own specs pickle; name the keys of the others.
+    def _salvage(job, error) -> set[str]:
+        """Keep the graphs of a merged event whose own specs pickle; the keys of the others.
 
         A graph that depends on a dropped one carries that one's specs too, so it is dropped as well.
         """
-        kept_keys, kept_specs, lost = [], {}, []
-        for wanted, specs in parts:
+        event = job.event
+        event["dropped"] = f"its run specs could not be pickled: {error}"
+        kept, lost = [], []
+        for wanted, specs in job.graphs:
             try:
                 cloudpickle.dumps(specs, protocol=5)
             except Exception:
                 lost.extend(key_text(k) for k in wanted)
             else:
-                kept_keys.extend(wanted)
-                kept_specs.update(specs)
-        event["dropped"] = f"its run specs could not be pickled: {error}"
-        if kept_keys:
-            event["specs"] = cloudpickle.dumps({"keys": kept_keys, "specs": kept_specs}, protocol=5)
-            event["dropped"] = f"{len(lost)} of its keys ({', '.join(lost[:5])}) dropped: " + event["dropped"]
-            event["lost"] = set(lost)   # taken out of the event back on the event loop (drain)
-            event["keys"] = [k for k in event["keys"] if k not in event["lost"]]
+                kept.append((wanted, specs))
+        if not kept:
+            return set()
+        wanted, specs = _merged(kept)
+        event["specs"] = cloudpickle.dumps({"keys": wanted, "specs": specs}, protocol=5)
+        event["ntasks"] = len(specs)
+        event["dropped"] = f"{len(lost)} of its keys ({', '.join(lost[:5])}) dropped: " + event["dropped"]
+        event["keys"] = [key_text(k) for k in wanted]
+        return set(lost)
 
     def transition(self, key, start, finish, *args, **kwargs):
         if not self.wanted:
@@ -404,8 +409,7 @@ class CapturePlugin(SchedulerPlugin):
         self.flushed -= set(markers)
         events, self.events = self.events, []
         jobs, self.unserialized = self.unserialized, []
-        if jobs:
-            await asyncio.wrap_future(self.executor.submit(self._serialize, jobs))
+        salvaged = await asyncio.wrap_future(self.executor.submit(self._serialize, jobs)) if jobs else []
         mine = {id(e) for e in events if e["kind"] == "graph"}
 
         def waiting_for():
@@ -418,9 +422,10 @@ class CapturePlugin(SchedulerPlugin):
         while waiting_for() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         self.drained |= mine   # from now on, their fingerprints are late ones
+        for event, lost in salvaged:
+            self._forget(event, lost)
         for event in events:
             if event["kind"] == "graph":
-                self._forget_lost(event)
                 event["pending"] = sorted(set(event["keys"]) - set(event["fingerprints"]))
         for seq, late in sorted(self.late.items()):
             events.append({"kind": "fingerprints", "seq": seq, "time": time.time(), "graph": seq, **late})
@@ -440,9 +445,9 @@ class CapturePlugin(SchedulerPlugin):
             self.drained &= alive
         return events
 
-    def _forget_lost(self, event):
-        """A salvaged event (:meth:`_salvage`) neither holds nor waits for its dropped keys' fingerprints."""
-        for text in event.pop("lost", ()):
+    def _forget(self, event, lost):
+        """A salvaged event (:meth:`_salvage`) neither holds nor waits for the fingerprints of keys it lost."""
+        for text in lost:
             event["fingerprints"].pop(text, None)
             event["descriptions"].pop(text, None)
             others = [e for e in self.wanted.pop(text, ()) if e is not event]
@@ -457,6 +462,29 @@ class CapturePlugin(SchedulerPlugin):
         known = [k for k in known if k in self.scheduler.tasks]
         if known and HOLDER in self.scheduler.clients:
             self.scheduler.client_releases_keys(keys=known, client=HOLDER, stimulus_id=f"julius-release-{time.time()}")
+
+
+@dataclasses.dataclass
+class _Unpickled:
+    """A graph event not drained yet, with what its specs are pickled from at the drain, in a thread.
+
+    Not while the graph runs: the GIL that pickling takes is the scheduler's (it cost ~10 % of a
+    20k-task graph's time).  Each graph the event holds keeps its own ``(wanted, specs)``, so that
+    those that pickle are kept when the merged specs do not.
+    """
+
+    event: dict
+    known: set[str]                  # the event's keys, as text
+    graphs: list[tuple[list, dict]]  # (wanted keys not in an earlier graph, run specs) of each graph
+
+
+def _merged(graphs) -> tuple[list, dict]:
+    """The wanted keys and the run specs of graphs sent in a row, as one graph."""
+    wanted, specs = [], {}
+    for keys, graph in graphs:
+        wanted.extend(keys)
+        specs.update(graph)
+    return wanted, specs
 
 
 def _key_from_text(text, tasks):
