@@ -239,7 +239,7 @@ class CapturePlugin(SchedulerPlugin):
         """The event of this graph, and its wanted keys not already in it.
 
         Graphs a client sends one after another between two drains (a loop of
-        ``submit``, ``map`` then ``gather``) make one event, so one journal step:
+        ``submit``, a ``map`` then ``submit`` calls) make one event, so one journal step:
         a step for each of thousands of one-task graphs cost more than their tasks.
         Anything else the cluster sees in between (a scatter, a ``run``) ends the run.
         """
