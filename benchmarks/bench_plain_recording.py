@@ -16,7 +16,7 @@ recorded round into a fresh store:
   its first line to its last (cluster start and close included) plus, when recorded,
   ``%record start`` and ``%record stop`` and the drains at its cells' ends; the files are
   snapshotted (read once, hashed and stored) in the background by the processes that read
-  them, from the drain at the cell's end on, and the cluster's close waits for those not done;
+  them, from their first read on, and the cluster's close waits for those not done;
 - **futures**: N tiny tasks (``client.map`` of half, a ``client.submit`` loop of the
   other half), gathered once.
 
@@ -214,7 +214,7 @@ def main():
         readers = statistics.mean(sum(s.get("seconds", 0.0) for s in by.values()) for by in stats)
         cpu = statistics.mean(sum(s.get("cpu", 0.0) for s in by.values()) for by in stats)
         passes = [sum(s.get("passes", 0) for s in by.values()) for by in stats]
-        print(f"snapshot: the readers' own seconds (read, hash, store; in the background, from the drains on) "
+        print(f"snapshot: the readers' own seconds (read, hash, store; in the background, from the first read on) "
               f"{readers:.2f} s, CPU {cpu:.2f} s vs hashing and storing the bytes once {floor:.2f} s, CPU "
               f"{floor_cpu:.2f} s: {readers / floor:.2f}x, CPU {cpu / floor_cpu:.2f}x; at the drains (the cells' "
               f"ends wait for these) {statistics.mean(snapshots):.2f} s; passes over the files {passes} for "

@@ -39,6 +39,7 @@ which reproduce them.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import socket
@@ -137,6 +138,8 @@ class Adopted:
     asynchronous : bool
         An asynchronous client: its work is captured on the scheduler like any other,
         but the recorder cannot call it from the kernel's thread.
+    extra : dict
+        What :func:`enable_adoption`'s ``on_setup`` returned, once :meth:`set_up` was awaited.
     """
 
     client: object
@@ -145,6 +148,13 @@ class Adopted:
     reason: str | None = None
     asynchronous: bool = False
     extra: dict = dataclasses.field(default_factory=dict)
+    pending: object = None   # the task running on_setup in the client's loop
+
+    async def set_up(self) -> dict:
+        """Wait (in the client's loop) for ``on_setup``, which runs in the background from adoption on."""
+        if self.pending is not None:
+            self.extra = await self.pending
+        return self.extra
 
 
 def without_preload(function, *args):
@@ -169,7 +179,8 @@ def enable_adoption(on_adopted, worker_plugins=(), on_setup=None, on_teardown=No
     the ``distributed.client.preload`` config (kept as it was otherwise).
 
     ``on_setup(client)`` and ``on_teardown(client)`` are coroutines run in the client's
-    loop: when it is adopted (its result lands in ``Adopted.extra``), and when it
+    loop: from its adoption on, in the background (its result lands in ``Adopted.extra``
+    once :meth:`Adopted.set_up` was awaited), and when it
     closes (``dask_teardown``, while its comms still work: the last chance to drain
     a cluster the notebook closes itself).
     """
@@ -237,12 +248,19 @@ async def dask_setup(client):
         adopted = Adopted(client, _address(client), True, None, bool(client._asynchronous))
         if adopted.asynchronous:
             _note(unreproducible_note("asynchronous client", client.id, ASYNCHRONOUS, adopted.address, client.id))
-        if _STATE["on_setup"] is not None:
-            adopted.extra = await _STATE["on_setup"](client) or {}
+        if _STATE["on_setup"] is not None:   # not awaited here: the notebook's Client() need not wait for it
+            adopted.pending = asyncio.ensure_future(_set_up(_STATE["on_setup"], client))
     except Exception as error:
         adopted = _refused(client, error)
     client._julius_adopted = adopted.captured
     on_adopted(adopted)
+
+
+async def _set_up(on_setup, client) -> dict:
+    try:
+        return await on_setup(client) or {}
+    except Exception:   # what it would have told is asked again later, of a live cluster
+        return {}
 
 
 async def dask_teardown(client):

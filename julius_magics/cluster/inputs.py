@@ -18,11 +18,13 @@ noted with the path as the code wrote it, its absolute path, the reader's
 working directory, size, modification time, device and inode.
 
 **Snapshots.**  Each file version read is snapshotted once, in a background
-thread of the process that read it, from the next :func:`drain_reads` on (not
-beside the tasks still reading), in one pass: read, SHA-256 and, with a
-sink this process can see (a :class:`~julius_magics.recording.files.BlobSink`
-given to :func:`start_reads`: the recording's local store, checked by a probe),
-written straight into the store.  Without one, it is only hashed, and the bytes
+thread of the process that read it, from its first read on, in one pass: read,
+SHA-256 and, with a sink this process can see (a
+:class:`~julius_magics.recording.files.BlobSink` given to :func:`start_reads`:
+the recording's local store, checked by a probe), written straight into the
+store.  It runs beside the task still reading the file: storing waits on the
+disk, and that time then passes while the cells compute, not at a cell's end or
+at the cluster's close.  Without a sink, a file is only hashed, and the bytes
 go to the store later, through Dask (:func:`read_file_chunk`).  Processes of one
 host that read the same version share one snapshot: a host-wide claim (a lock
 file under the temporary directory, per recording ``token``) lets one of them
@@ -153,10 +155,11 @@ def _note_path(text, reading, writing):
                 st = os.stat(absolute)
             except OSError:
                 return   # the open itself will fail
-            if stat.S_ISREG(st.st_mode):   # snapshotted from the next drain on
-                _S.reads[absolute] = _Snapshot({
+            if stat.S_ISREG(st.st_mode):
+                snapshot = _S.reads[absolute] = _Snapshot({
                     "path": text, "abspath": absolute, "cwd": os.getcwd(), "size": st.st_size,
                     "mtime_ns": st.st_mtime_ns, "dev": st.st_dev, "ino": st.st_ino})
+                _enqueue(snapshot)
     finally:
         _S.local.busy = False
 
@@ -177,7 +180,7 @@ class _Snapshot:
         self.note = note
         self.generation = _S.generation
         self.result = None    # {"sha256", "stored"} or {"problem"}
-        self.queued = self.deferred = False
+        self.deferred = False   # claimed by another process when last tried: behind the others
         self._lock = threading.Lock()
 
     def run(self, blocking=True) -> bool:
@@ -324,16 +327,12 @@ def claiming(path):
         yield
 
 
-def _enqueue(snapshots):
-    if not snapshots:
-        return
+def _enqueue(snapshot):
     with _S.wake:
         if _S.thread is None or not _S.thread.is_alive():
             _S.thread = threading.Thread(target=_snapshots, name="julius-snapshots", daemon=True)
             _S.thread.start()
-        for snapshot in snapshots:
-            snapshot.queued = True
-            _S.queue.append(snapshot)
+        _S.queue.append(snapshot)
         _S.wake.notify()
 
 
@@ -611,12 +610,6 @@ def drain_reads(hash_remote: bool = True, wait: bool = True) -> dict:
         this recording (files read through by its snapshots, their bytes, wall and CPU time,
         versions another process snapshotted).
     """
-    # snapshots start at a drain, not while the tasks that read the files still run beside them
-    fresh = [s for s in list(_S.reads.values()) if not s.queued]
-    for snapshot in fresh:
-        if _identity(snapshot.note) in _S.versions:   # a version snapshotted before: at once
-            snapshot.run()
-    _enqueue([s for s in fresh if s.result is None])
     if wait:   # helps the background thread, from the other end of the queue
         for snapshot in reversed(list(_S.reads.values())):
             snapshot.run()

@@ -88,7 +88,7 @@ class ClusterWatch:
                 self._new.append(adopted)
 
     async def _on_setup(self, client):
-        # in the client's loop, right after adoption: the notebook may close it before any drain
+        # in the client's loop, from its adoption on: the notebook may close it before any drain
         extra = {"spec": await adopt.describe_cluster_async(client)}
         if self.worker_environment is not None:
             extra["environments"] = await client.run(self.worker_environment)
@@ -97,6 +97,9 @@ class ClusterWatch:
     async def _on_teardown(self, client):
         """The client is closing (its comms still work): drain its cluster now, asynchronously."""
         address = client.scheduler.address
+        adopted = self.clients.get(client.id)
+        if adopted is not None:   # the cluster as it was adopted, before it goes
+            await adopted.set_up()
         others = [a.client for a in self._live() if a.address == address and a.client is not client]
         if others:   # another client of this kernel goes on using that scheduler: drained with it later
             return
@@ -130,7 +133,6 @@ class ClusterWatch:
                 entry["spill"] = spilled[(entry["reader"], entry["abspath"])]
         with self._lock:
             self._final.extend(items + files)
-            adopted = self.clients.get(client.id)
             if adopted is not None:
                 adopted.captured_final = True
 
@@ -206,6 +208,7 @@ class ClusterWatch:
             item["spec"] = adopted.extra["spec"]
         elif live:   # now, with the workers that joined since it connected
             try:
+                item["environments"] = adopted.client.sync(adopted.set_up).get("environments")
                 item["spec"] = adopt.describe_cluster(adopted.client)
                 if set(item["spec"]["workers"]) - set(item["environments"] or {}):
                     item["environments"] = None   # taken again by the recorder, for every worker

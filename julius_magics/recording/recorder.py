@@ -33,7 +33,7 @@ from ..cluster.watch import ClusterWatch
 from ..errors import IntegrityError, RecordingError
 from ..progress import progress_bar
 from ..rules.registry import top_level_names
-from .environment import capture_environment, file_path
+from .environment import environment_now, file_path
 from .journal import BLOBS
 from .steps import KINDS
 from .store import Store
@@ -413,13 +413,6 @@ class Recorder:
         if self.session.active:
             with contextlib.suppress(Exception):
                 self.session.stop_capture()
-
-
-def environment_now():
-    """This process's environment, as if no recording were adopting clients (runs on workers too)."""
-    from ..cluster.adopt import without_preload
-
-    return without_preload(capture_environment)
 
 
 def _own_folders(store):

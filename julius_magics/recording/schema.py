@@ -13,6 +13,7 @@ JSON objects except the few ``meta`` fields the readers show.
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 
@@ -27,7 +28,8 @@ __all__ = ["check", "check_format", "SCHEMAS", "STEP_SCHEMAS"]
 SLOW_FORMAT_CHECKERS = ("rfc3987_syntax", "isoduration")
 
 
-def _import_jsonschema():
+@functools.cache
+def _jsonschema():
     kept_out = [m for m in SLOW_FORMAT_CHECKERS if m not in sys.modules]
     sys.modules.update(dict.fromkeys(kept_out))   # seen as missing: jsonschema leaves their checkers out
     try:
@@ -37,9 +39,6 @@ def _import_jsonschema():
             if sys.modules.get(m, 0) is None:
                 del sys.modules[m]
     return jsonschema
-
-
-jsonschema = _import_jsonschema()
 
 _SHA = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _SIZE = {"type": "integer", "minimum": 0}
@@ -154,15 +153,7 @@ STEP_SCHEMAS = {
     "data": _object(["files"], files={"type": "array", "items": _object(
         ["path", "size", "sha256", "embedded"], path=_STR, size=_SIZE, sha256=_SHA, embedded={"type": "boolean"})}),
 }
-_STEP_VALIDATORS = {kind: jsonschema.Draft202012Validator(schema) for kind, schema in STEP_SCHEMAS.items()}
-
 SCHEMAS = {FORMAT: _schemas(FORMAT, "^[0-9a-f]{32}$"), LEGACY_FORMAT: _schemas(LEGACY_FORMAT, "^[0-9a-f]{16}$")}
-_VALIDATORS = {
-    (fmt, kind): jsonschema.Draft202012Validator(schema)
-    for fmt, kinds in SCHEMAS.items() for kind, schema in kinds.items()
-}
-for _v in _VALIDATORS.values():
-    jsonschema.Draft202012Validator.check_schema(_v.schema)
 
 
 _SHA_RE, _KEY_ID_RE, _TIME_RE = (re.compile(pattern) for pattern in (_SHA["pattern"], "^[0-9a-f]{32}$",
@@ -208,8 +199,17 @@ def _without_lists(schema):
     return {**schema, "properties": properties}
 
 
-_MANIFEST_VALIDATORS = {fmt: jsonschema.Draft202012Validator(_without_lists(kinds["manifest"]))
-                        for fmt, kinds in SCHEMAS.items()}
+@functools.cache
+def _validators() -> dict:
+    """Built at the first check, not at import: importing jsonschema and compiling the schemas took
+    0.1 s in every process that imports the recording layer, the workers of a recorded cluster too."""
+    validator = _jsonschema().Draft202012Validator
+    documents = {(fmt, kind): validator(schema) for fmt, kinds in SCHEMAS.items() for kind, schema in kinds.items()}
+    for checked in documents.values():
+        validator.check_schema(checked.schema)
+    return {"documents": documents,
+            "manifests": {fmt: validator(_without_lists(kinds["manifest"])) for fmt, kinds in SCHEMAS.items()},
+            "steps": {kind: validator(schema) for kind, schema in STEP_SCHEMAS.items()}}
 
 
 def check_format(document, where):
@@ -237,9 +237,9 @@ def check(document, kind, where):
     fmt = check_format(document, where)
     if kind == "entry" and fmt == FORMAT and _plain_entry(document):
         return document
-    validator = _VALIDATORS[(fmt, kind)]
+    validator = _validators()["documents"][(fmt, kind)]
     if kind == "manifest" and _plain_lists(document):
-        validator = _MANIFEST_VALIDATORS[fmt]
+        validator = _validators()["manifests"][fmt]
     _raise_first(validator, document, where, ())
     return document
 
@@ -251,14 +251,14 @@ def check_step(step, where):
     (summaries, diff, replay) call this first. Raises ``IntegrityError``
     naming ``where``, the step and the field.
     """
-    validator = _STEP_VALIDATORS.get(step.kind)
+    validator = _validators()["steps"].get(step.kind)
     if validator is not None:
         _raise_first(validator, step.data, f"{where}: journal entry {step.seq} ({step.kind})", ("data",))
     return step
 
 
 def _raise_first(validator, document, where, prefix):
-    error = jsonschema.exceptions.best_match(validator.iter_errors(document))
+    error = _jsonschema().exceptions.best_match(validator.iter_errors(document))
     if error is not None:
         place = "/".join(str(p) for p in (*prefix, *error.absolute_path)) or "top level"
         message = " ".join(error.message.split())

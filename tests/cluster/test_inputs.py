@@ -1,6 +1,8 @@
 """Input files seen where they are read: the audit hook, fsspec and pyarrow doors, real readers."""
 
+import hashlib
 import os
+import time
 
 import numpy as np
 import pandas as pd
@@ -158,3 +160,21 @@ def test_parquet_read_on_a_worker_is_seen_though_the_worker_imports_pyarrow_afte
         client.register_plugin(inputs.InputsWorkerPlugin(recording=False))
     assert [(e["path"], e["size"]) for e in report["inputs"]] == [(str(tmp_path / "t.parquet"),
                                                                    os.path.getsize(tmp_path / "t.parquet"))]
+
+
+def test_a_file_is_snapshotted_from_its_read_on_not_from_the_next_drain(noting):
+    """Its snapshot runs beside the cells, so the cell's end and the cluster's close do not wait for the disk."""
+    data = os.urandom(1 << 20)
+    (noting / "early.bin").write_bytes(data)
+    stop_reads()
+    start_reads()   # it existed before the recording: an input
+    with open("early.bin", "rb") as f:
+        assert f.read() == data
+    deadline = time.monotonic() + 10
+    while inputs._S.stats["passes"] == 0 and time.monotonic() < deadline:   # no drain meanwhile
+        time.sleep(0.01)
+    with open("early.bin", "r+b") as f:   # changed after its snapshot: what was read is recorded
+        f.write(b"changed")
+    report = drain_reads()
+    assert [(e["path"], e["sha256"]) for e in report["inputs"]] == [("early.bin", hashlib.sha256(data).hexdigest())]
+    assert report["problems"] == []

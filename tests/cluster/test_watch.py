@@ -1,13 +1,16 @@
 """ClusterWatch: a notebook's own clusters, one after another, with their events and files."""
 
 import os
+import sys
 
 import dask
+import distributed
 import numpy as np
 from distributed import Client, LocalCluster
 
 from julius_magics.cluster.watch import ClusterWatch
 from julius_magics.fingerprint import fingerprint
+from julius_magics.recording.environment import environment_now
 
 
 def test_two_clusters_in_turn_with_their_graphs_and_files(tmp_path, monkeypatch):
@@ -51,3 +54,29 @@ def test_two_clusters_in_turn_with_their_graphs_and_files(tmp_path, monkeypatch)
     assert worker_entry["cwd"] == str(tmp_path)
     assert not [i for i in items if i["kind"] == "dropped"]
     assert os.listdir(tmp_path / "store") == []
+
+
+def heavy_modules():
+    return sorted(m for m in ("jsonschema", "julius_magics.recording.environment") if m in sys.modules)
+
+
+def test_a_cluster_closed_at_once_keeps_its_shape_and_environments_and_its_workers_build_no_validators(tmp_path):
+    """The workers' environments are taken in the background from the adoption on (``Client()`` does not wait
+    for them), so a notebook that closes its cluster before any drain must still leave them, through the close.
+    The workers unpickle parts of the recording layer (the sink, the environment): importing it must not
+    build the recording's validators there (jsonschema's import and the schemas took each worker 0.1 s)."""
+    watch = ClusterWatch(skip=[tmp_path], worker_environment=environment_now)
+    watch.start()
+    try:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+                Client(cluster) as client:
+            imported = client.run(heavy_modules)
+        watch.stop()
+        items = watch.drain(final=True)
+    finally:
+        watch.stop()
+    [item] = [i for i in items if i["kind"] == "cluster"]
+    assert item["spec"]["n_workers"] == 2 and sorted(item["environments"]) == sorted(item["spec"]["workers"])
+    for env in item["environments"].values():
+        assert env["packages"]["distributed"] == distributed.__version__
+    assert list(imported.values()) == [["julius_magics.recording.environment"]] * 2

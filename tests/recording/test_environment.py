@@ -4,6 +4,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import string
 
 import pytest
@@ -280,3 +281,28 @@ def test_workers_forked_from_the_preloaded_server_start_as_spawned_workers_do():
                             env={**env, "PYTHONHASHSEED": "6640"}, timeout=60)
     assert worker["python"]["hashseed"] == "6640" and hashed == int(seeded.stdout)   # the seed it says it has
     assert [p["num_threads"] for p in worker["threads"]["blas"]] == [1]   # the nanny's one BLAS thread
+
+
+def test_an_install_between_two_captures_is_seen(tmp_path, monkeypatch):
+    """The distributions are read again only when the metadata folders on ``sys.path`` changed."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+
+    def install(version):
+        for old in site.glob("*.dist-info"):
+            shutil.rmtree(old)
+        info = site / f"julius_probe_dist-{version}.dist-info"
+        info.mkdir()
+        # only the headers count: the description's lines that look like headers do not
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: julius-probe-dist\nVersion: {version}\n\n"
+                                       "Its description:\nName: another-name\nVersion: 9.9\n")
+
+    assert "julius-probe-dist" not in capture_environment()["packages"]
+    install("1.0")
+    assert capture_environment()["packages"]["julius-probe-dist"] == "1.0"
+    install("2.0")   # an upgrade
+    assert capture_environment()["packages"]["julius-probe-dist"] == "2.0"
+    assert "another-name" not in capture_environment()["packages"]
+    shutil.rmtree(site / "julius_probe_dist-2.0.dist-info")   # a removal
+    assert "julius-probe-dist" not in capture_environment()["packages"]
