@@ -40,6 +40,7 @@ def _jsonschema():
                 del sys.modules[m]
     return jsonschema
 
+
 _SHA = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _SIZE = {"type": "integer", "minimum": 0}
 _NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}
