@@ -139,7 +139,7 @@ class Adopted:
         An asynchronous client: its work is captured on the scheduler like any other,
         but the recorder cannot call it from the kernel's thread.
     extra : dict
-        What :func:`enable_adoption`'s ``on_setup`` returned, once :meth:`set_up` was awaited.
+        What :func:`enable_adoption`'s ``on_setup`` returned, once it is done (:meth:`set_up` waits for it).
     """
 
     client: object
@@ -153,7 +153,7 @@ class Adopted:
     async def set_up(self) -> dict:
         """Wait (in the client's loop) for ``on_setup``, which runs in the background from adoption on."""
         if self.pending is not None:
-            self.extra = await self.pending
+            await self.pending
         return self.extra
 
 
@@ -179,8 +179,8 @@ def enable_adoption(on_adopted, worker_plugins=(), on_setup=None, on_teardown=No
     the ``distributed.client.preload`` config (kept as it was otherwise).
 
     ``on_setup(client)`` and ``on_teardown(client)`` are coroutines run in the client's
-    loop: from its adoption on, in the background (its result lands in ``Adopted.extra``
-    once :meth:`Adopted.set_up` was awaited), and when it
+    loop: from its adoption on, in the background (its result lands in ``Adopted.extra``;
+    :meth:`Adopted.set_up` waits for it), and when it
     closes (``dask_teardown``, while its comms still work: the last chance to drain
     a cluster the notebook closes itself).
     """
@@ -249,18 +249,18 @@ async def dask_setup(client):
         if adopted.asynchronous:
             _note(unreproducible_note("asynchronous client", client.id, ASYNCHRONOUS, adopted.address, client.id))
         if _STATE["on_setup"] is not None:   # not awaited here: the notebook's Client() need not wait for it
-            adopted.pending = asyncio.ensure_future(_set_up(_STATE["on_setup"], client))
+            adopted.pending = asyncio.ensure_future(_set_up(adopted, _STATE["on_setup"]))
     except Exception as error:
         adopted = _refused(client, error)
     client._julius_adopted = adopted.captured
     on_adopted(adopted)
 
 
-async def _set_up(on_setup, client) -> dict:
+async def _set_up(adopted, on_setup):
     try:
-        return await on_setup(client) or {}
+        adopted.extra = await on_setup(adopted.client) or {}
     except Exception:   # what it would have told is asked again later, of a live cluster
-        return {}
+        pass
 
 
 async def dask_teardown(client):
