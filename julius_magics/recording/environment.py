@@ -149,7 +149,7 @@ def _metadata_stamp() -> tuple:
 def _name_version(dist):
     """``Name`` and ``Version`` from the metadata's headers, not its long description.
 
-    ``dist.metadata`` parses the whole file with the email parser: 2.5 times slower for
+    ``dist.metadata`` parses the whole file with the email parser: twice as slow for
     180 distributions, mostly in their READMEs.
     """
     text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
