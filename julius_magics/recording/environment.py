@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import configparser
 import email.parser
+import functools
 import importlib.metadata
 import json
 import os
@@ -102,9 +103,6 @@ def _origin(dist) -> dict:
     return {"kind": kind, "url": url, **({"hashes": hashes} if hashes else {})}
 
 
-_INSTALLED: dict = {}   # "last": (the metadata stamp, the listing read at it)
-
-
 def _installed():
     """``{name: (version, dist)}`` of the distributions Python imports (the first one found on ``sys.path``).
 
@@ -112,16 +110,17 @@ def _installed():
     or removal changes one): a recording captures the kernel's environment at each cluster it
     adopts, and reading every distribution's metadata each time cost 0.1 s.
     """
-    stamp = _metadata_stamp()
-    last = _INSTALLED.get("last")
-    if last is None or last[0] != stamp:
-        found = {}
-        for dist in importlib.metadata.distributions():
-            name, version = _name_version(dist)
-            if name:
-                found.setdefault(normalize_name(name), (version, dist))
-        last = _INSTALLED["last"] = (stamp, dict(sorted(found.items())))
-    return last[1]
+    return _listing(_metadata_stamp())
+
+
+@functools.lru_cache(maxsize=1)
+def _listing(stamp):
+    found = {}
+    for dist in importlib.metadata.distributions():
+        name, version = _name_version(dist)
+        if name:
+            found.setdefault(normalize_name(name), (version, dist))
+    return dict(sorted(found.items()))
 
 
 def _metadata_stamp() -> tuple:
@@ -135,12 +134,12 @@ def _metadata_stamp() -> tuple:
     for entry in sys.path:
         try:
             with os.scandir(entry or ".") as children:
-                found = sorted((c.name, c.stat().st_mtime_ns) for c in children
-                               if c.name.endswith((".dist-info", ".egg-info")))
+                found = tuple(sorted((c.name, c.stat().st_mtime_ns) for c in children
+                                     if c.name.endswith((".dist-info", ".egg-info"))))
         except NotADirectoryError:   # a zip or egg file
-            found = [(entry, os.stat(entry).st_mtime_ns)]
+            found = ((entry, os.stat(entry).st_mtime_ns),)
         except OSError:
-            found = []
+            found = ()
         if found:
             stamp.append((entry, found))
     return tuple(stamp)
