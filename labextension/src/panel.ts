@@ -183,9 +183,14 @@ export class RecordingsPanel extends Widget {
   /** Reload the list from `GET /julius/api/recordings`. */
   async refresh(): Promise<void> {
     const started = performance.now();
+    // refreshes overlap (polling, a replay's end, the button): only the latest one's answer counts
+    const generation = ++this.refreshes;
     this.statusNode.textContent = 'Loading…';
     try {
       const reply = await requestAPI<{ recordings: IRecordingInfo[] }>('recordings');
+      if (generation !== this.refreshes) {
+        return;
+      }
       this._recordings = reply.recordings;
       this.showError(null);
       this.buildRows();
@@ -201,6 +206,9 @@ export class RecordingsPanel extends Widget {
         void this.select(null);
       }
     } catch (error) {
+      if (generation !== this.refreshes) {
+        return;
+      }
       this.statusNode.textContent = '';
       if (error instanceof ApiError && error.status === 404) {
         this.showError(
@@ -668,6 +676,7 @@ export class RecordingsPanel extends Widget {
   private shown = PAGE;
   private loadedText = '';
   private refreshButton: HTMLButtonElement;
+  private refreshes = 0;
   private searchInput: HTMLInputElement;
   private diffButton: HTMLButtonElement;
   private statusNode: HTMLElement;

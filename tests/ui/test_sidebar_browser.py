@@ -384,18 +384,52 @@ def test_isolated_replay_sends_isolated_in_the_request(sidebar):
     assert "seen by the test" in result.text_content()
 
 
+LISTING = re.compile(r"/julius/api/recordings(\?\d*)?$")  # with a cache-busting query
+MISSING_EXTENSION = "server extension is not available"
+
+
+def shown_error(page):
+    return page.locator(".jp-JuliusRecordings-error:not([hidden])")
+
+
+def test_a_late_answer_of_an_older_refresh_never_replaces_a_newer_one(sidebar):
+    page = sidebar
+    held = []
+
+    def answer(route):  # the first listing is held back; every later one is a 404
+        if held:
+            route.fulfill(status=404, body="Not Found")
+        else:
+            held.append(route)
+
+    page.route(LISTING, answer)
+    try:
+        page.evaluate("void window.jupyterapp.commands.execute('julius:refresh')")
+        while not held:  # Playwright calls the handler while the page waits
+            page.wait_for_timeout(50)
+        page.evaluate("window.jupyterapp.commands.execute('julius:refresh')")
+        shown_error(page).wait_for()
+        with page.expect_response(LISTING):
+            held[0].continue_()  # the older refresh's real listing arrives last
+        page.wait_for_timeout(500)  # time for it to be parsed and, were it applied, rendered
+        assert MISSING_EXTENSION in shown_error(page).text_content()
+        assert "loaded in" not in page.text_content(".jp-JuliusRecordings-status")
+    finally:
+        page.unroute(LISTING)
+    refresh(page)
+    assert shown_error(page).count() == 0
+
+
 def test_missing_server_extension_and_open_in_notebook(sidebar):
     page = sidebar
     # a Jupyter server without the extension answers 404: the sidebar says what to do
-    listing = re.compile(r"/julius/api/recordings(\?\d*)?$")  # with a cache-busting query
-    page.route(listing, lambda route: route.fulfill(status=404, body="Not Found"))
+    page.route(LISTING, lambda route: route.fulfill(status=404, body="Not Found"))
     page.evaluate("window.jupyterapp.commands.execute('julius:refresh')")
-    error = page.wait_for_selector(".jp-JuliusRecordings-error:not([hidden])")
-    assert "server extension is not available" in error.text_content()
-    page.unroute(listing)
+    assert MISSING_EXTENSION in shown_error(page).text_content()
+    page.unroute(LISTING)
     refresh(page)
     page.wait_for_selector(".jp-JuliusRecordings-list .jp-JuliusRecordings-item")
-    assert page.locator(".jp-JuliusRecordings-error:not([hidden])").count() == 0
+    assert shown_error(page).count() == 0
 
     # "Open in notebook" inserts a %replay cell into the active notebook
     page.evaluate("window.jupyterapp.commands.execute('notebook:create-new', {kernelName: 'python3'})")
