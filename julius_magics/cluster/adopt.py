@@ -49,6 +49,7 @@ import threading
 import dask
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from ..errors import JuliusError
 from .capture import PLUGIN_NAME, CapturePlugin, _has_plugin, _set_capturing
 
 __all__ = ["Adopted", "PRELOAD", "enable_adoption", "disable_adoption", "adoption_enabled", "adopt",
@@ -438,6 +439,16 @@ def shape_differences(recorded: dict, actual: dict) -> dict:
     return {name: [old, new] for name, (old, new) in pairs.items() if old is not None and new is not None and old != new}
 
 
+def client_at(address, set_as_default=False):
+    """A client of the Dask scheduler at ``address``; one clear error when it cannot be reached."""
+    from distributed import Client
+
+    try:
+        return Client(address, set_as_default=set_as_default, timeout="10s")
+    except (OSError, TimeoutError, ValueError) as e:   # refused, timed out, or not an address
+        raise JuliusError(f"cannot connect to the Dask scheduler at {address}: {e}") from None
+
+
 def start_like(spec, n_workers=None, address=None):
     """A client of a cluster shaped like a recorded ``spec`` (:func:`describe_cluster`).
 
@@ -456,7 +467,7 @@ def start_like(spec, n_workers=None, address=None):
     from distributed import Client, LocalCluster
 
     if address:
-        client, cluster = Client(address, set_as_default=False, timeout="10s"), None
+        client, cluster = client_at(address), None
         client._julius_no_adopt = True
     else:
         processes = spec.get("processes", True)

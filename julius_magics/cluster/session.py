@@ -38,6 +38,7 @@ from ..rules.registry import RULES, top_level_names
 from ..fingerprint import fingerprint_and_describe
 from ..progress import progress_bar
 from . import capture, resubmit
+from .adopt import client_at
 from .capture import capture_plugins, install_capture
 from .worker import HISTORY_KEY, JuliusWorkerPlugin, apply_history, exec_remote, run_key_job
 
@@ -148,14 +149,9 @@ class Session:
 
     def connect(self, address):
         """Use an existing Dask cluster (never closed by ``stop``)."""
-        from distributed import Client
-
         if self.client is not None:
             raise JuliusError("a cluster is already active: run `%cluster stop` first")
-        try:
-            client = Client(address, set_as_default=True, timeout="10s")
-        except (OSError, TimeoutError) as e:
-            raise JuliusError(f"cannot connect to the Dask scheduler at {address}: {e}") from None
+        client = client_at(address, set_as_default=True)
         try:
             install_capture(client)
             self._attach(client, None)

@@ -1,6 +1,7 @@
 """The ``julius`` command line, run as a separate process on real recordings."""
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -39,6 +40,13 @@ def test_cli_show_diff_env_export_import_and_replay_in_a_new_process(tutorial, c
     assert "tutorial vs clock: differences" in diff and "rules ml:" in diff
     missing = julius("show", "nope", check=False)
     assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+    with socket.socket() as closed:   # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        dead = f"tcp://127.0.0.1:{closed.getsockname()[1]}"
+    unreachable = julius("replay", "tutorial", "--address", dead, check=False)
+    assert unreachable.returncode == 2 and "Traceback" not in unreachable.stderr
+    assert unreachable.stderr.strip().splitlines() == [
+        f"julius replay: cannot connect to the Dask scheduler at {dead}: Timed out trying to connect to {dead} after 10 s"]
     clock = julius("replay", "clock", check=False)
     assert clock.returncode == 1 and "NOT VERIFIED" in clock.stdout
     as_json = julius("replay", "clock", "--json", check=False)
