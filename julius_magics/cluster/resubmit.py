@@ -19,6 +19,7 @@ unpickled here.
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import time
 import uuid
@@ -154,7 +155,14 @@ class GraphBatch:
         under the same keys (the replay's non-determinism re-check) is computed anew."""
         held, self.held = self.held, []
         if held:
-            self.client.cancel(held)
+            # Not client.cancel: its recursion over dependents fails on the scheduler
+            # (``assert ts.who_wants``, distributed 2026.8) when a held key has dependents
+            # nobody wants, as a persisted collection's chunks do, and the client's stream dies.
+            for future in held:
+                future.release()
+            # The releases go out on the client's loop, two callbacks deep: one round trip
+            # through it puts them ahead of anything this thread sends next.
+            self.client.sync(asyncio.sleep, 0)
 
 
 def replay_scatter(client, event: dict, values: dict):
