@@ -206,6 +206,7 @@ def _store_copy(sha, data) -> str:
 # --- the redirect ------------------------------------------------------------------------
 _raw_open = builtins.open
 _raw_os_open = os.open
+_resolving = threading.local()
 
 
 def resolve(file):
@@ -219,16 +220,22 @@ def resolve(file):
     choice = _REDIRECT["choice"]
     if text in choice:
         return choice[text]
+    if getattr(_resolving, "active", False):   # hashing a candidate opens it: that open is the candidate's own
+        return file
     entries = _REDIRECT["relative"].get(text) if not os.path.isabs(text) else None
     if entries is None:
         entry = _REDIRECT["files"].get(os.path.abspath(text))
         entries = [entry] if entry else []
     target = file
-    for entry in entries:
-        found = _readable(entry)
-        if found is not None:
-            target = found
-            break
+    _resolving.active = True
+    try:
+        for entry in entries:
+            found = _readable(entry)
+            if found is not None:
+                target = found
+                break
+    finally:
+        _resolving.active = False
     choice[text] = target
     return target
 
@@ -384,12 +391,17 @@ class OutputSandbox(WorkerPlugin):
         install_output_sandbox(self.outputs, self.folder)
 
 
-def install_redirect(files) -> None:
-    """Serve ``files`` in this process: opens of their recorded paths read what was recorded."""
+def install_redirect(files, worker=False) -> None:
+    """Serve ``files`` in this process: opens of their recorded paths read what was recorded.
+
+    A relative path recorded for several files (the kernel and the workers read it in
+    other folders) means first the one that the same kind of reader read: a worker's
+    ``x.txt`` is the one a worker read.
+    """
     with _lock:
         _REDIRECT["files"] = {f["abspath"]: f for f in files}
         relative = {}
-        for f in files:
+        for f in sorted(files, key=lambda f: (f.get("reader") == "kernel") == worker):
             if not os.path.isabs(f["path"]):
                 relative.setdefault(f["path"], []).append(f)
         _REDIRECT["relative"] = relative
@@ -515,7 +527,7 @@ class ServeInputs(WorkerPlugin):
         self.files = list(files)
 
     def setup(self, worker):
-        install_redirect(self.files)
+        install_redirect(self.files, worker=True)
 
 
 class ServeRemote(WorkerPlugin):

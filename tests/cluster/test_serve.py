@@ -142,3 +142,20 @@ def test_workers_sharing_the_kernels_cache_are_served_from_its_streamed_copy(tmp
             assert set(read.values()) == {entry["sha256"]}
     finally:
         serve.install_redirect([])
+
+
+def test_a_relative_path_read_in_two_folders_means_the_file_its_own_kind_of_reader_read(tmp_path):
+    # the kernel read sub/x.txt as "x.txt" after a chdir; a worker read x.txt as "x.txt" from the parent
+    (tmp_path / "sub").mkdir()
+    entries = []
+    for folder, text, reader in ((tmp_path / "sub", "sub-level\n", "kernel"), (tmp_path, "top\n", "tcp://10.0.0.7:4001")):
+        (folder / "x.txt").write_text(text)
+        entries.append({"path": "x.txt", "abspath": str(folder / "x.txt"), "cwd": str(folder), "size": len(text),
+                        "sha256": hashlib.sha256(text.encode()).hexdigest(), "reader": reader})
+    try:
+        for worker, meant in ((False, "sub-level\n"), (True, "top\n")):
+            serve.install_redirect(entries, worker=worker)
+            with open("x.txt") as f:   # from this test's own folder, where there is no x.txt
+                assert f.read() == meant
+    finally:
+        serve.install_redirect([])
