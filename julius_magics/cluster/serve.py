@@ -401,7 +401,8 @@ def install_redirect(files, worker=False) -> None:
     with _lock:
         _REDIRECT["files"] = {f["abspath"]: f for f in files}
         relative = {}
-        for f in sorted(files, key=lambda f: (f.get("reader") == "kernel") == worker):
+        same_kind_first = sorted(files, key=lambda f: (f.get("reader") == "kernel") == worker)
+        for f in same_kind_first:
             if not os.path.isabs(f["path"]):
                 relative.setdefault(f["path"], []).append(f)
         _REDIRECT["relative"] = relative
