@@ -7,9 +7,9 @@ Three doors, each cheap when not recording:
 - a wrapper of ``fsspec.spec.AbstractFileSystem.open``: remote files
   (``s3://``, ``gs://``, ``http(s)://``), recorded by ETag or version id where
   the backend gives one, else by content hash;
-- wrappers of pyarrow's parquet entry points (``ParquetDataset``,
-  ``ParquetFile``, ``pyarrow.dataset.dataset``), which read through Arrow's C++
-  filesystem where no audit event fires.
+- pyarrow's readers and writers (:mod:`.arrow`: parquet, datasets, CSV, JSON,
+  Feather, ORC), which open files through Arrow's C++ filesystem where no audit
+  event fires.
 
 An audit hook cannot be removed, so it is installed once per process and does
 nothing but compare one string while recording is off (:data:`HOOK_ENV`
@@ -58,7 +58,6 @@ import collections
 import contextlib
 import fcntl
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -72,6 +71,8 @@ import threading
 import time
 
 from distributed.diagnostics.plugin import WorkerPlugin
+
+from . import arrow
 
 __all__ = ["HOOK_ENV", "install_hooks", "start_reads", "stop_reads", "drain_reads", "reading", "file_sha256",
            "read_file_chunk", "read_remote", "InputsWorkerPlugin", "is_remote", "claiming", "end_claims"]
@@ -415,106 +416,9 @@ def _note_remote(fs, path):
         _S.remote[url] = (fs, fs._strip_protocol(path), {"url": url, "path": str(path), "cwd": os.getcwd()})
 
 
-def _note_dataset(dataset, written):
-    try:
-        import pyarrow.fs as pafs
-
-        if isinstance(dataset.filesystem, pafs.LocalFileSystem):
-            files = list(dataset.files)
-            for f in files:
-                shown = written if len(files) == 1 and isinstance(written, str) else f
-                if os.path.abspath(shown) != os.path.abspath(f):
-                    shown = f
-                _note_path(shown, True, False)
-    except Exception:   # a dataset of another kind (in memory): nothing to note
-        pass
-
-
-def _wrap(owner, name, wrapper):
-    original = getattr(owner, name)
-    wrapper.__julius_original__ = original
-    wrapper.__doc__ = original.__doc__
-    setattr(owner, name, wrapper)
-    return original
-
-
-def _wrap_parquet():
-    from pyarrow.parquet import core
-
-    if getattr(core.ParquetDataset.__init__, "__julius_original__", None):
-        return
-
-    def parquet_dataset_init(self, path_or_paths, *args, **kwargs):
-        dataset_init(self, path_or_paths, *args, **kwargs)
-        if _S.on:
-            _note_dataset(self._dataset, path_or_paths)
-
-    def parquet_file_init(self, source, *args, **kwargs):
-        if _S.on and isinstance(source, (str, os.PathLike)) and "://" not in os.fspath(source):
-            _note_path(os.fspath(source), True, False)
-        file_init(self, source, *args, **kwargs)
-
-    dataset_init = _wrap(core.ParquetDataset, "__init__", parquet_dataset_init)
-    file_init = _wrap(core.ParquetFile, "__init__", parquet_file_init)
-
-
-def _wrap_dataset():
-    import pyarrow.dataset as pads
-
-    if getattr(pads.dataset, "__julius_original__", None):
-        return
-
-    def dataset(source, *args, **kwargs):
-        result = dataset_function(source, *args, **kwargs)
-        if _S.on:
-            _note_dataset(result, source)
-        return result
-
-    dataset_function = _wrap(pads, "dataset", dataset)
-
-
-# pyarrow's parquet and dataset modules are wrapped when a process imports them (importing
-# pyarrow.dataset takes seconds: a worker that never reads Parquet never pays for it)
-_PYARROW = {"pyarrow.parquet": _wrap_parquet, "pyarrow.dataset": _wrap_dataset}
-
-
-class _WrapOnImport:
-    """A meta path finder: the module's own loader, then its wrappers (:data:`_PYARROW`)."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name not in _PYARROW or getattr(_S.local, "finding", False):
-            return None
-        _S.local.finding = True
-        try:
-            spec = importlib.util.find_spec(name)
-        finally:
-            _S.local.finding = False
-        if spec is not None and spec.loader is not None:
-            spec.loader = _WrappingLoader(spec.loader, _PYARROW[name])
-        return spec
-
-
-class _WrappingLoader:
-    def __init__(self, loader, wrap):
-        self.loader, self.wrap = loader, wrap
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module):
-        self.loader.exec_module(module)
-        self.wrap()
-
-    def __getattr__(self, name):   # resources, source, ...: the real loader's
-        return getattr(self.loader, name)
-
-
-def _install_pyarrow():
-    for name, wrap in _PYARROW.items():
-        if name in sys.modules:
-            wrap()
-    if not any(isinstance(finder, _WrapOnImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _WrapOnImport())
+def _note_arrow(path, writing):
+    if _S.on:
+        _note_path(path, not writing, writing)
 
 
 # --- switching -------------------------------------------------------------------------
@@ -560,7 +464,7 @@ def start_reads(skip=(), sink=None, token=None) -> bool:
     """
     if not install_hooks():
         return False
-    _install_pyarrow()
+    arrow.install(note=_note_arrow)
     if _S.on:   # already on (a worker in the kernel's process): keep what was noted
         _S.skip = tuple(sorted({*_S.skip, *_skip_roots(skip)}))
         return True

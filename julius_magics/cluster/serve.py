@@ -9,9 +9,10 @@ the blob (verified, streamed) into ``~/.julius/cache`` of its host, named by
 its SHA-256, and pushes it through Dask to one worker per host whose workers do
 not see that copy (another host); an opener patched into every process
 (``open``, ``io.open``, ``os.open``, fsspec's local files) then reads the copy
-instead.  Relative paths resolve against the
-recorded working directory, so a replay from any folder reads what the
-recording read.
+instead, and pyarrow's readers are steered alike (:mod:`.arrow`; a folder they
+read becomes a folder of links to the recorded files).  Relative paths resolve
+against the recorded working directory, so a replay from any folder reads what
+the recording read.
 
 Replay never writes into the user's files: :func:`install_output_sandbox`
 (:class:`OutputSandbox` on workers) sends writes of the recorded outputs, and of
@@ -34,22 +35,29 @@ Kernel-facing API::
 from __future__ import annotations
 
 import builtins
+import contextlib
+import hashlib
 import io
+import json
 import os
 import pathlib
+import shutil
 import socket
+import tempfile
 import threading
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..errors import DataChangedError
+from . import arrow
 from .inputs import file_sha256
 
 __all__ = ["cache_dir", "file_status", "check_inputs", "serve_inputs", "ServeInputs", "install_redirect",
            "resolve", "remote_status", "serve_remote", "install_remote_redirect", "ServeRemote", "sandboxed",
            "install_output_sandbox", "compare_outputs", "OutputSandbox"]
 
-_REDIRECT = {"files": {}, "relative": {}, "choice": {}, "installed": False, "remote": {}, "remote_installed": False}
+_REDIRECT = {"files": {}, "relative": {}, "ordered": [], "choice": {}, "folders": {}, "installed": False,
+             "remote": {}, "remote_installed": False}
 _lock = threading.RLock()
 
 
@@ -227,17 +235,21 @@ def resolve(file):
         entry = _REDIRECT["files"].get(os.path.abspath(text))
         entries = [entry] if entry else []
     target = file
-    _resolving.active = True
-    try:
-        for entry in entries:
-            found = _readable(entry)
-            if found is not None:
-                target = found
-                break
-    finally:
-        _resolving.active = False
+    for entry in entries:
+        found = _guarded_readable(entry)
+        if found is not None:
+            target = found
+            break
     choice[text] = target
     return target
+
+
+def _guarded_readable(entry):
+    _resolving.active = True
+    try:
+        return _readable(entry)
+    finally:
+        _resolving.active = False
 
 
 def _readable(entry):
@@ -257,6 +269,72 @@ def _open(file, *args, **kwargs):
     if _SANDBOX["dir"] and isinstance(mode, str) and any(c in mode for c in "wax+"):
         return _raw_open(sandboxed(file), *args, **kwargs)
     return _raw_open(resolve(file), *args, **kwargs)
+
+
+def _steer_arrow(path, writing, folder):
+    """What pyarrow opens for ``path``: a sandboxed output, or what the recording read, under its own name."""
+    if writing:
+        return sandboxed(path, folder=folder)
+    target = resolve(path)
+    if target == path:   # in place, or not a recorded file: perhaps a folder holding some
+        return _served_folder(path)
+    if os.path.dirname(target) != cache_dir():
+        return target
+    # a served copy is named by its SHA-256: pyarrow reads a file's kind (``.csv.gz``) from its name
+    named = os.path.join(cache_dir(), "named", os.path.basename(target), os.path.basename(path))
+    if not os.path.lexists(named):
+        _raw_makedirs(os.path.dirname(named), exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.symlink(target, named)
+    return named
+
+
+def _served_folder(text):
+    """The folder to read for ``text``: itself, or a folder of links to what the recording read under it.
+
+    A dataset of a folder reads every file in it.  When the recorded files under it are all
+    in place, under one folder, that folder is read; else a folder of links under their
+    recorded names (so hive partitions keep their names), made once per host and content.
+    """
+    if text in _REDIRECT["folders"]:
+        return _REDIRECT["folders"][text]
+    inside = {}
+    for entry in _REDIRECT["ordered"]:
+        base = os.path.normpath(text if os.path.isabs(text) else os.path.join(entry["cwd"], text))
+        if entry["abspath"].startswith(os.path.join(base, "")):
+            inside.setdefault(os.path.relpath(entry["abspath"], base), (base, entry))
+    links, in_place = {}, set()
+    for relative, (base, entry) in inside.items():
+        found = _guarded_readable(entry)
+        if found is not None:
+            links[relative] = found
+            in_place.add(base if found == os.path.join(base, relative) else None)
+    if not links:
+        target = text
+    elif len(in_place) == 1 and None not in in_place:
+        target = in_place.pop()
+    else:
+        target = _link_folder(links)
+    _REDIRECT["folders"][text] = target
+    return target
+
+
+def _link_folder(links):
+    """``{relative path: file}`` as a folder of links under ``~/.julius/cache/folders``, named by its content."""
+    name = hashlib.sha256(json.dumps(sorted(links.items())).encode()).hexdigest()[:32]
+    folder = os.path.join(cache_dir(), "folders", name)
+    if not os.path.isdir(folder):
+        _raw_makedirs(os.path.dirname(folder), exist_ok=True)
+        building = tempfile.mkdtemp(prefix=".building-", dir=os.path.dirname(folder))
+        for relative, target in links.items():
+            link = os.path.join(building, relative)
+            _raw_makedirs(os.path.dirname(link), exist_ok=True)
+            os.symlink(target, link)
+        try:
+            os.rename(building, folder)   # whole or not at all: another process may have made it first
+        except OSError:
+            shutil.rmtree(building, ignore_errors=True)
+    return folder
 
 
 def _os_open(path, flags, *args, **kwargs):
@@ -405,13 +483,14 @@ def install_redirect(files, worker=False) -> None:
         for f in same_kind_first:
             if not os.path.isabs(f["path"]):
                 relative.setdefault(f["path"], []).append(f)
-        _REDIRECT["relative"] = relative
-        _REDIRECT["choice"] = {}
+        _REDIRECT["relative"], _REDIRECT["ordered"] = relative, same_kind_first
+        _REDIRECT["choice"], _REDIRECT["folders"] = {}, {}
         if not _REDIRECT["installed"]:
             _open.__doc__ = _raw_open.__doc__
             builtins.open = io.open = _open
             os.open = _os_open
             _patch_fsspec()
+            arrow.install(steer=_steer_arrow)
             _REDIRECT["installed"] = True
 
 

@@ -162,6 +162,46 @@ def test_parquet_read_on_a_worker_is_seen_though_the_worker_imports_pyarrow_afte
                                                                    os.path.getsize(tmp_path / "t.parquet"))]
 
 
+def test_pyarrow_readers_and_writers_are_seen_though_arrow_opens_files_itself(noting):
+    """Arrow's C++ filesystem fires no audit event: each reader of a local path is seen, and each writer."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.dataset as pads
+    import pyarrow.feather as feather
+    import pyarrow.json as pajson
+    import pyarrow.orc as orc
+    import pyarrow.parquet as pq
+    from fsspec.implementations.local import LocalFileSystem
+
+    table = pa.table({"year": [2020, 2021], "v": [1.0, 2.0]})
+    pacsv.write_csv(table, "t.csv")
+    (noting / "t.jsonl").write_text('{"v": 1}\n{"v": 2}\n')
+    feather.write_feather(table, "t.feather")
+    orc.write_table(table, "t.orc")
+    pq.write_table(table, "t.parquet")
+    pq.write_to_dataset(table, "hive", partition_cols=["year"])
+    stop_reads()
+    start_reads()   # they existed before the recording: inputs
+    assert pacsv.read_csv("t.csv").num_rows == 2
+    assert pajson.read_json("t.jsonl").column("v").to_pylist() == [1, 2]
+    assert feather.read_feather("t.feather").v.sum() == 3.0
+    assert orc.ORCFile("t.orc").read().num_rows == 2
+    assert pq.read_table("t.parquet", filesystem=LocalFileSystem()).num_rows == 2   # fsspec's, swapped for Arrow's
+    assert pads.dataset("hive", partitioning="hive").to_table().num_rows == 2       # a folder: the files it found
+    pq.write_table(table, "w.parquet")
+    pads.write_dataset(table, "ds", format="parquet", partitioning=["year"])
+    with open("other.csv", "wb") as f:   # a file object: Python's own open saw it, Arrow's doors leave it
+        pacsv.write_csv(table, f)
+    report = drain_reads()
+    hive = sorted(os.path.relpath(e["abspath"]) for e in report["inputs"] if "hive" in e["abspath"])
+    assert set(by_path(report)) == {"t.csv", "t.jsonl", "t.feather", "t.orc", "t.parquet", *hive}
+    assert [os.path.dirname(h) for h in hive] == ["hive/year=2020", "hive/year=2021"]
+    assert by_path(report)["t.csv"]["path"] == "t.csv" and by_path(report)["t.csv"]["sha256"] == file_sha256("t.csv")
+    written = sorted(os.path.relpath(e["abspath"]) for e in report["outputs"])
+    assert written == ["ds/2020/part-0.parquet", "ds/2021/part-0.parquet", "other.csv", "w.parquet"]
+    assert report["problems"] == []
+
+
 def test_a_file_is_snapshotted_from_its_read_on_not_from_the_next_drain(noting):
     """Its snapshot runs beside the cells, so the cell's end and the cluster's close do not wait for the disk."""
     data = os.urandom(1 << 20)
