@@ -147,7 +147,7 @@ def warm_rounds(name, store, root, work, rounds):
             seen[case].append(wall)
             print(f"round {i + 1} {case:<52} {wall:5.1f} s: replay {t['replay']:4.1f} s = open {t.get('open', 0):3.1f} "
                   f"+ cluster start {t['cluster']:3.1f} + environment {t.get('environment', 0):3.1f} + computes "
-                  f"{t['compute']:3.1f} (recorded {t['recorded_compute']:3.1f}) + close {t.get('close', 0):3.1f} "
+                  f"{t['compute']:3.1f} (recorded {t['recorded_compute'] or 0.0:3.1f}) + close {t.get('close', 0):3.1f} "
                   f"+ the rest; outside it (processes' start, imports, env check, exit) {wall - t['replay']:3.1f} s",
                   flush=True)
     for case, walls in seen.items():

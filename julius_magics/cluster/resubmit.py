@@ -97,6 +97,10 @@ def replay_graph(client, event: dict, *, with_descriptions: bool = False) -> dic
     return {text: (tuple(result) if with_descriptions else result[0]) for text, result in zip(futures, results)}
 
 
+def _failed(error) -> str:
+    return f"the graph failed on replay: {type(error).__name__}: {error}"
+
+
 class GraphBatch:
     """Captured graphs replayed together, as they were in flight together when recorded.
 
@@ -121,17 +125,20 @@ class GraphBatch:
         try:
             futures, held = submit_graph(self.client, event, hold=True)
         except Exception as error:
-            self.pending.append((event, None, f"the graph failed on replay: {type(error).__name__}: {error}"))
+            self.pending.append((event, None, _failed(error)))
             return
         self.held.extend(held)
         self.pending.append((event, futures, None))
 
     def gather(self) -> list:
-        """``[(event, {key_text: (fingerprint, description)}, failure or None)]`` in submission order.
+        """``[(event, {key_text: (fingerprint, description)}, failure)]`` in submission order.
 
+        ``failure`` is None, the text of why the graph could not be submitted, or
+        ``{key_text: why}`` for the keys that raised (with their own errors: one graph
+        holds the submits of a whole loop, and one failing task fails only its own).
         One gather for the whole batch: a round trip per graph costs more than a small
-        graph computes (500 futures: seconds).  A graph that failed is told by its
-        futures' status once the gather returns.
+        graph computes (500 futures: seconds).  A key that failed is told by its
+        future's status once the gather returns.
         """
         submitted = [f for _, futures, _ in self.pending if futures for f in futures.values()]
         self.held.extend(submitted)
@@ -139,14 +146,12 @@ class GraphBatch:
         values = dict(zip((f.key for f in submitted if f.status == "finished"), results))
         done = []
         for event, futures, failure in self.pending:
-            failed = [f for f in (futures or {}).values() if f.key not in values]
             if futures is None:
                 done.append((event, {}, failure))
-            elif failed:
-                error = failed[0].exception()
-                done.append((event, {}, f"the graph failed on replay: {type(error).__name__}: {error}"))
-            else:
-                done.append((event, {k: tuple(values[f.key]) for k, f in futures.items()}, None))
+                continue
+            failed = {k: _failed(f.exception()) for k, f in futures.items() if f.key not in values}
+            done.append((event, {k: tuple(values[f.key]) for k, f in futures.items() if f.key in values},
+                         failed or None))
         self.pending = []
         return done
 

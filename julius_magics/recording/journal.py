@@ -133,7 +133,7 @@ def read_info(files, name, raw, verified_raw, key, trusted, legacy_hmac=False):
         tree = files.tree(files.path(name))
         steps = sum(1 for rel in tree if ENTRY_PATTERN.match(rel))
         size = sum(size for rel, size in tree.items() if rel not in (MANIFEST, VERIFIED, CLOSED))
-    elif not meta.get("partial") and check_sidecar(verified_raw, name, raw, key, trusted) is not None:
+    elif not meta.get("partial") and _matched(check_sidecar(verified_raw, name, raw, key, trusted)):
         status = "verified"
     return _info(name, body, steps, size, status, mine, mine or body["key_id"] in trusted)
 
@@ -182,8 +182,17 @@ def claim(files, name, manifest_bytes, where):
         files.rm(files.path(name, leftover))
 
 
+def _matched(sidecar) -> bool:
+    """Whether the last replay written down (a checked ``verified.json`` body, or None) matched."""
+    return sidecar is not None and sidecar["summary"].get("verified") is True
+
+
 def write_verified(files, name, summary, key, where):
-    """Write the sealed ``verified.json`` of recording ``name``: a replay matched it (``summary``: JSON)."""
+    """Write the sealed ``verified.json`` of recording ``name``: how its last replay ended.
+
+    ``summary`` (JSON) says it with ``"verified"``: true when every result matched.  A later
+    replay that did not match overwrites it, so the recording is listed as verified no more.
+    """
     validate_name(name)
     try:
         manifest = files.read(files.path(name, MANIFEST))
@@ -537,11 +546,11 @@ class Recording:
         self._blobs = verified.blobs
         self.manifest = verified.manifest
         self.steps = verified.steps
-        self.verification = verified.verified  # the sidecar written by mark_verified (by a trusted key), or None
+        self.verification = verified.verified  # the last replay's sidecar (by a trusted key), or None
         self.trusted = verified.trusted
         manifest = verified.manifest
         status = manifest["status"]
-        if status == "complete" and verified.verified is not None and not manifest["meta"].get("partial"):
+        if status == "complete" and _matched(verified.verified) and not manifest["meta"].get("partial"):
             status = "verified"
         size = manifest["size"] if status != "incomplete" else sum(
             source.tree().get(rel, 0) for rel in verified.files if rel not in (MANIFEST, VERIFIED, CLOSED))
@@ -567,7 +576,7 @@ class Recording:
         return sorted(self._files)
 
     def mark_verified(self, summary):
-        """Record in the store that a replay matched this recording (``summary``: JSON)."""
+        """Record in the store how a replay of this recording ended (``summary``: JSON with ``verified``)."""
         write_verified(self.store.files, self.name, summary, self.store.key, self.store.url)
 
     def entry(self, seq):

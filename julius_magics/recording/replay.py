@@ -117,27 +117,29 @@ class _Context:
         t0 = time.monotonic()
         self.session.compute(refs, key_rules=key_rules)
         self.report.timings["compute"] += time.monotonic() - t0
-        self.report.timings["recorded_compute"] += recorded_seconds
+        if self.report.timings["recorded_compute"] is not None:
+            self.report.timings["recorded_compute"] += recorded_seconds
 
     def compare(self, step, replayed, recompute, failure=None):
         """Compare ``step``'s recorded results with ``replayed`` (``{id: (fp, description)}``).
 
         ``recompute(id)`` gives the fingerprint computed once more, to tell a
-        non-deterministic result from a changed one; ``failure`` explains a
-        step that could not be replayed at all.
+        non-deterministic result from a changed one; ``failure`` explains the
+        results that were not computed: one text for the whole step, or ``{id: text}``.
         """
         for nid, rec in step_kinds.results(step).items():
             self.report.results += 1
             got = replayed.get(nid)
             if got is not None and got[0] == rec["fp"]:
                 continue
-            nondeterministic = (failure is None and got is not None and recompute is not None
+            why = failure.get(nid) if isinstance(failure, dict) else failure
+            nondeterministic = (got is not None and recompute is not None
                                 and _differs_again(recompute, nid, got[0]))
             self.report.mismatches.append({
                 "node": nid, "label": rec["label"], "recorded": rec["fp"], "replayed": got and got[0],
                 "recorded_value": rec["describe"] if rec["describe"] is not None else "?",
                 "replayed_value": got[1] if got else "not computed",
-                "cause": failure or _cause(self.report.env_diff, nondeterministic),
+                "cause": (got is None and why) or _cause(self.report.env_diff, nondeterministic),
             })
 
 
@@ -236,8 +238,9 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
     report.timings["replay"] = time.monotonic() - started
     report.complete = recording.info.status != "incomplete"
     report.partial = list(recording.meta.get("partial_reasons") or []) if recording.meta.get("partial") else []
-    if report.verified and report.complete:
-        recording.mark_verified({"verified": True, "results": report.results, "steps": report.steps})
+    if report.complete and not report.partial and report.steps == report.total_steps:   # ran to its end
+        recording.mark_verified({"verified": report.verified, "results": report.results, "steps": report.steps,
+                                 "differ": len(report.mismatches)})
     return report
 
 
@@ -315,6 +318,7 @@ class _CaptureContext(_Context):
         self.later = []          # fingerprints steps, compared once their graph is
         self.values = {}         # (recorded address, graph seq) -> {key: (fp, description)}
         self.recomputes = {}     # (recorded address, graph seq) -> recompute(key), for the re-check
+        self.failures = {}       # (recorded address, graph seq) -> {key: why it failed}, for the keys that did
         self.scattered = []      # futures of replayed scatters, held until the end
         self.inputs, self.outputs, self.remote = [], [], []
         report.cluster_notes = []
@@ -420,13 +424,14 @@ class _CaptureContext(_Context):
             started = batch.started
             done = batch.gather()
             self.report.timings["compute"] += time.monotonic() - started   # from the first submit, as recorded
+            self.report.timings["recorded_compute"] = None   # a graph's compute time is not recorded
             batch.release()   # before any re-check: a held key would give the re-check its own value back
             for step, (event, replayed, failure) in zip(submitted, done):
                 def recompute(key, event=event, client=batch.client):
                     return resubmit.replay_graph(client, event).get(key)
 
                 graph = (step.data.get("address"), step.data.get("seq"))
-                self.values[graph] = replayed
+                self.values[graph], self.failures[graph] = replayed, failure
                 self.recomputes[graph] = None if failure else recompute
                 self.compare(step, replayed, self.recomputes[graph], failure=failure)
             submitted.clear()
@@ -435,7 +440,7 @@ class _CaptureContext(_Context):
             graph = (step.data.get("address"), step.data.get("graph"))
             replayed = self.values.get(graph)
             self.compare(step, replayed or {}, self.recomputes.get(graph),
-                         failure=None if replayed is not None else "its graph was not replayed")
+                         failure=self.failures.get(graph) if replayed is not None else "its graph was not replayed")
 
     def close(self):
         self.scattered = []

@@ -82,7 +82,8 @@ class ReplayReport:
     timings : dict
         Seconds: ``replay`` (all of it), of which ``open`` (the recording, its checks and inputs),
         ``cluster`` (its start), ``environment`` (the comparison), ``compute`` (of dispatches and
-        graphs; as recorded: ``recorded_compute``) and ``close`` (the cluster's).
+        graphs; as recorded: ``recorded_compute``, None when the recording does not know it, as for
+        plain Dask graphs) and ``close`` (the cluster's).
     partial : list of str
         Why the recording is partial (capture dropped something); empty when it is not.
     session : Session or None
@@ -138,8 +139,9 @@ class ReplayReport:
         if not self.env_diff.get("same", True):
             lines.append("  environment differs:\n" + _indent(format_env_diff(self.env_diff)))
         t = self.timings
+        recorded = "" if t["recorded_compute"] is None else f"; recorded {t['recorded_compute']:.1f}s"
         lines.append(f"  time: cluster {t['cluster']:.1f}s, replay {t['replay']:.1f}s "
-                     f"(compute {t['compute']:.1f}s; recorded {t['recorded_compute']:.1f}s)")
+                     f"(compute {t['compute']:.1f}s{recorded})")
         return "\n".join(lines)
 
     __str__ = summary

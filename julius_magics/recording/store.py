@@ -204,7 +204,7 @@ class Store:
         self.files.rm(self.files.path(name))
 
     def mark_verified(self, name, summary):
-        """Record that a replay of ``name`` matched it; ``summary`` is JSON (e.g. the report)."""
+        """Record how a replay of ``name`` ended; ``summary`` is JSON, ``{"verified": true, ...}`` when it matched."""
         write_verified(self.files, name, summary, self.key, self.url)
 
     def export(self, name, path, legacy_hmac=False):

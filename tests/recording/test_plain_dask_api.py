@@ -1,5 +1,8 @@
 """Each of plain Dask's ways to send work, recorded unchanged and replayed verified (values asserted)."""
 
+import os
+import tempfile
+
 import pytest
 
 from julius_magics import recording
@@ -150,3 +153,45 @@ def test_as_completed_compared_by_key_whatever_the_arrival_order(store):
     replay_arrival = [value_of[key] for key in finished if key in value_of]
     assert sorted(replay_arrival) == [0, 10, 20, 30] and replay_arrival != ns["arrived"]   # another order
     assert report.results == 4 + 2
+
+
+ONE_OF_A_LOOP_FAILS = '''
+import os
+from distributed import Client, LocalCluster
+
+def load(i, flag):
+    if i == 2 and not os.path.exists(flag):   # a temporary file: never an input, gone on replay
+        raise RuntimeError(f"no flag for {i}")
+    return i * 10
+
+cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+client = Client(cluster)
+futures = [client.submit(load, i, FLAG, key=f"load-{i}") for i in range(4)]
+loaded = client.gather(futures)
+client.close()
+cluster.close()
+'''
+
+
+def test_a_task_failing_on_replay_fails_its_own_result_only_and_the_recording_is_verified_no_more(store):
+    flag = tempfile.NamedTemporaryFile(delete=False)   # tmp* under the temporary folder: not an input
+    flag.close()
+    try:
+        ns = record(store, "one-fails", ONE_OF_A_LOOP_FAILS.replace("FLAG", repr(flag.name)))
+        [loop] = [s for s in store.open("one-fails").steps if s.kind == "graph"]
+        assert sorted(loop.data["keys"]) == ["load-0", "load-1", "load-2", "load-3"]   # one graph step: the loop
+        replayed(store, "one-fails", n_workers=2)
+        assert store.open("one-fails").info.status == "verified"
+    finally:
+        os.remove(flag.name)
+    assert ns["loaded"] == [0, 10, 20, 30]
+
+    report = recording.replay("one-fails", store=store, n_workers=2)
+    assert not report.verified and report.results == 4
+    [mismatch] = report.mismatches
+    assert mismatch["node"] == "load-2" and mismatch["replayed_value"] == "not computed"
+    assert mismatch["cause"] == "the graph failed on replay: RuntimeError: no flag for 2"
+    assert "recorded 0.0s" not in report.summary() and "(compute " in report.summary()   # not known for graphs
+    # the last replay did not match: listed as verified no more
+    assert [info.status for info in store.list()] == ["complete"]
+    assert store.open("one-fails").info.status == "complete"
