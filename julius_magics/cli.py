@@ -23,19 +23,14 @@ def _store(args):
 
 
 def cmd_list(args):
-    import pandas as pd
+    from .recording import recordings_table
 
     store = _store(args)
-    infos = [info.as_dict() for info in store.list(legacy_hmac=args.legacy_hmac)]   # bad ones: a warning each
     if args.json:
-        print(json.dumps(infos))
-    elif not infos:
-        print(f"no recordings in {store.url}")
-    else:
-        for info in infos:
-            info["signed by"] = "you" if info["signed_by_me"] else ("trusted" if info["trusted"] else "NOT TRUSTED")
-        columns = ["name", "created", "steps", "size", "workers", "status", "signed by", "note"]
-        print(pd.DataFrame(infos, columns=columns).to_string(index=False))
+        print(json.dumps([info.as_dict() for info in store.list(legacy_hmac=args.legacy_hmac)]))
+        return 0
+    table = recordings_table(store, legacy_hmac=args.legacy_hmac)   # bad ones: a warning each
+    print(table.to_string(index=False) if len(table) else f"no recordings in {store.url}")
     return 0
 
 

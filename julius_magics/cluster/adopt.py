@@ -34,7 +34,8 @@ kernel's side, on the adopted client's scheduler connection: the scheduler's
 ``event_set``, ``semaphore_acquire`` and ``multi_lock_acquire`` handlers are
 not told which client calls them (distributed 2026.8), and the same calls from
 tasks (through their workers' clients, never adopted) are part of the graphs,
-which reproduce them.
+which reproduce them.  So is each compute that Dask's local scheduler runs in the
+kernel while no Client exists: no cluster sees it.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import sys
 import threading
 
 import dask
+import dask.callbacks
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..errors import JuliusError
@@ -71,6 +73,8 @@ _FEEDS = {
     "semaphore_acquire": ("Semaphore", "acquired from the kernel: tasks that wait on it follow the kernel's timing"),
     "multi_lock_acquire": ("MultiLock", "acquired from the kernel: tasks that wait on it follow the kernel's timing"),
 }
+LOCAL_COMPUTE = ("it ran on Dask's local scheduler in the kernel, with no Client: no cluster saw its graph, so it is "
+                 "not recorded (make a Client, or run `%cluster start`, before computing)")
 ASYNCHRONOUS = ("an asynchronous client: the recorder cannot drain it from the kernel's thread, so its work is "
                 "recorded only if it closes before the recording stops, and never in step with the kernel's")
 
@@ -95,6 +99,23 @@ def drain_unreproducible() -> list[dict]:
         notes = list(_NOTES.values())
         _NOTES.clear()
     return notes
+
+
+class _LocalComputes(dask.callbacks.Callback):
+    """Notes each compute that Dask's local schedulers (threads, processes, sync) run while adopting.
+
+    Only without any Client: with one, ``dask.compute`` goes to its cluster, and a local
+    compute is one Dask makes for itself while building a graph.
+    """
+
+    def _start(self, dsk):
+        from distributed.client import _get_global_client
+
+        if _get_global_client() is None:
+            _note(unreproducible_note("local compute", "dask.compute without a Client", LOCAL_COMPUTE))
+
+
+_LOCAL_COMPUTES = _LocalComputes()
 
 
 def _watch_coordination(client):
@@ -196,6 +217,7 @@ def enable_adoption(on_adopted, worker_plugins=(), on_setup=None, on_teardown=No
             _STATE["previous"] = current
             if PRELOAD not in current:
                 dask.config.set({_CONFIG: [*current, PRELOAD]})
+            _LOCAL_COMPUTES.register()
         _STATE["on_adopted"] = on_adopted
 
 
@@ -205,6 +227,7 @@ def disable_adoption() -> None:
         if _STATE["on_adopted"] is None:
             return
         _STATE["on_adopted"] = None
+        _LOCAL_COMPUTES.unregister()
         previous = _STATE["previous"] or []
         dask.config.set({_CONFIG: [p for p in previous if p != PRELOAD]})
         _STATE["worker_plugins"] = ()

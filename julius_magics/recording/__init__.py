@@ -37,14 +37,21 @@ def stop():
     return recorder.stop()
 
 
-def recordings_table(store=None):
-    """The store's recordings as a pandas DataFrame (name, created, steps, size, workers, status, note)."""
+def recordings_table(store=None, legacy_hmac=False):
+    """The store's recordings as a pandas DataFrame: name, created, steps, size, workers, status, signed by, note.
+
+    ``workers`` is an integer column (``<NA>`` for a recording that used no cluster); each
+    recording that cannot be read is a warning, not a row.
+    """
     import pandas as pd
 
-    store = Store.coerce(store)
-    columns = ["name", "created", "steps", "size", "workers", "status", "note"]
-    rows = [{c: info.as_dict().get(c) for c in columns} for info in store.list()]
-    return pd.DataFrame(rows, columns=columns)
+    rows = []
+    for info in Store.coerce(store).list(legacy_hmac=legacy_hmac):
+        row = info.as_dict()
+        row["signed by"] = "you" if row["signed_by_me"] else ("trusted" if row["trusted"] else "NOT TRUSTED")
+        rows.append(row)
+    columns = ["name", "created", "steps", "size", "workers", "status", "signed by", "note"]
+    return pd.DataFrame(rows, columns=columns).astype({"workers": "Int64"})
 
 
 def replay_with_progress(name, **options):

@@ -82,7 +82,8 @@ def format_details(details):
     """Readable text of :func:`details`."""
     info = details["info"]
     lines = [f"{info['name']}: {info['status']}, {info['steps']} steps, {info['size']:,} bytes, "
-             f"{info['workers']} workers, created {info['created']}" + (f" -- {info['note']}" if info["note"] else "")]
+             + ("no cluster" if info["workers"] is None else f"{info['workers']} workers")
+             + f", created {info['created']}" + (f" -- {info['note']}" if info["note"] else "")]
     if details.get("signer"):
         lines.append(format_signer(details["signer"]))
     meta = details.get("meta") or {}

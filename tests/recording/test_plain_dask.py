@@ -94,6 +94,24 @@ def test_recording_with_nothing_captured_says_so(tmp_path, store, capsys):
     assert "julius: warning: nothing reached a Dask cluster" in out
 
 
+def test_a_compute_on_the_local_scheduler_makes_the_recording_partial_and_list_and_show_say_no_cluster(store, capsys):
+    from julius_magics.recording import recordings_table
+    from julius_magics.recording.summary import details, format_details
+    from tests.support import record_notebook
+
+    namespace, info = record_notebook(store, "local", "import dask\nlocal = dask.delayed(sum)([1, 2]).compute()")
+    assert namespace["local"] == 3
+    assert info.status == "partial" and info.workers is None
+    assert "local compute dask.compute without a Client: it ran on Dask's local scheduler" in capsys.readouterr().out
+    [step] = [s for s in store.open("local").steps if s.kind == "unreproducible"]
+    assert step.data["what"] == "local compute"
+    shown = format_details(details("local", store)).splitlines()[0]
+    assert shown.startswith("local: partial, ") and ", no cluster, created " in shown
+    row = recordings_table(store).set_index("name").loc["local"]
+    assert row["status"] == "partial" and row["workers"] is pd.NA and row["signed by"] == "you"
+    assert " <NA> " in recordings_table(store).to_string(index=False)   # not NaN, nor 2.0 for a count
+
+
 def test_a_scheduler_refusing_the_plugin_makes_the_recording_partial_never_verified(tmp_path, store, capfd):
     from distributed import Client, LocalCluster
 
