@@ -426,3 +426,12 @@ def _clip(text: str, width: int) -> str:
 def fingerprint_and_describe(value) -> tuple[str, str]:
     """``(fingerprint(value), describe(value))``: what a worker sends back instead of the value."""
     return fingerprint(value), describe(value)
+
+
+def error_fingerprint_and_describe(error_text: str) -> tuple[str, str]:
+    """A task's error (``repr`` of the exception) as its result: a replay raising the same error reproduces it."""
+    return fingerprint(("raised", error_text)), describe_error(error_text)
+
+
+def describe_error(error_text: str) -> str:
+    return _clip(f"raised {error_text}", 60)

@@ -24,7 +24,7 @@ import time
 import cloudpickle
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
-from ..fingerprint import describe, fingerprint
+from ..fingerprint import describe, error_fingerprint_and_describe, fingerprint
 
 __all__ = [
     "PLUGIN_NAME",
@@ -88,6 +88,12 @@ def _pickled_global(data: bytes) -> str | None:
     except Exception:  # not a pickle we can read: not internal
         return None
     return None
+
+
+def _error_result(ts):
+    """The result of an erred task: the error of the task that raised (itself or a dependency)."""
+    blame = (ts.exception_blame or ts) if ts is not None else None
+    return error_fingerprint_and_describe(getattr(blame, "exception_text", None) or "?")
 
 
 class CapturePlugin(SchedulerPlugin):
@@ -219,7 +225,9 @@ class CapturePlugin(SchedulerPlugin):
                 continue
             if ts.actor:   # no value to fingerprint (reported as unreproducible above)
                 continue
-            if ts.state == "memory" or key not in specs:
+            if ts.state == "erred":   # a dependency had raised already
+                event["fingerprints"][key_text(key)], event["descriptions"][key_text(key)] = _error_result(ts)
+            elif ts.state == "memory" or key not in specs:
                 # Computed before this graph: its fingerprint, if known, is the earlier one.
                 known = self.latest_fingerprints.get(key_text(key))
                 if known:
@@ -309,8 +317,14 @@ class CapturePlugin(SchedulerPlugin):
             text = key_text(key)
             if text in self.wanted:
                 self.awaiting.add(text)
-        elif finish in ("erred", "released", "forgotten") and start != "memory":
-            # never computed (failed or cancelled): no result to wait for
+        elif finish == "erred" and start != "memory":
+            # the user's code raised (here or in a dependency): its error is its result
+            text = key_text(key)
+            if text in self.wanted and text not in self.awaiting:
+                self._arrived(text, *_error_result(self.scheduler.tasks.get(key)))
+        elif finish == "forgotten" and start != "memory":
+            # never computed (cancelled): no result to wait for.  Not at "released": a task
+            # erring because a dependency did passes through it, and a released one may run again
             text = key_text(key)
             if text in self.wanted and text not in self.awaiting:
                 del self.wanted[text]
@@ -321,13 +335,17 @@ class CapturePlugin(SchedulerPlugin):
         for text, fp, summary in msg["fingerprints"]:
             self.latest_fingerprints[text] = (fp, summary)
             self.awaiting.discard(text)
-            for event in self.wanted.pop(text, ()):
-                if id(event) in self.drained:   # the kernel has it already: sent as a late fingerprint
-                    late = self.late.setdefault(event["seq"], {"fingerprints": {}, "descriptions": {}})
-                    late["fingerprints"][text], late["descriptions"][text] = fp, summary
-                else:
-                    event["fingerprints"][text] = fp
-                    event["descriptions"][text] = summary
+            self._arrived(text, fp, summary)
+
+    def _arrived(self, text, fp, summary):
+        """A wanted key's fingerprint, into each graph event that waits for it."""
+        for event in self.wanted.pop(text, ()):
+            if id(event) in self.drained:   # the kernel has it already: sent as a late fingerprint
+                late = self.late.setdefault(event["seq"], {"fingerprints": {}, "descriptions": {}})
+                late["fingerprints"][text], late["descriptions"][text] = fp, summary
+            else:
+                event["fingerprints"][text] = fp
+                event["descriptions"][text] = summary
 
     # --- scattered data ----------------------------------------------------------
     def _wrap_update_data(self, original):

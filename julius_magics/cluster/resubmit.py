@@ -27,7 +27,7 @@ import uuid
 import cloudpickle
 
 from ..errors import JuliusError
-from ..fingerprint import fingerprint_and_describe
+from ..fingerprint import error_fingerprint_and_describe, fingerprint_and_describe
 from .capture_plugin import INTERNAL_PREFIX, _key_from_text, key_text
 
 __all__ = ["submit_graph", "replay_graph", "GraphBatch", "replay_scatter", "replay_run"]
@@ -134,8 +134,9 @@ class GraphBatch:
         """``[(event, {key_text: (fingerprint, description)}, failure)]`` in submission order.
 
         ``failure`` is None, the text of why the graph could not be submitted, or
-        ``{key_text: why}`` for the keys that raised (with their own errors: one graph
-        holds the submits of a whole loop, and one failing task fails only its own).
+        ``{key_text: why}`` for the keys that raised: their result is their error (as
+        recorded for a task that raised then), and one failing task of a loop's graph
+        fails only its own result.
         One gather for the whole batch: a round trip per graph costs more than a small
         graph computes (500 futures: seconds).  A key that failed is told by its
         future's status once the gather returns.
@@ -149,9 +150,10 @@ class GraphBatch:
             if futures is None:
                 done.append((event, {}, failure))
                 continue
-            failed = {k: _failed(f.exception()) for k, f in futures.items() if f.key not in values}
-            done.append((event, {k: tuple(values[f.key]) for k, f in futures.items() if f.key in values},
-                         failed or None))
+            errors = {k: f.exception() for k, f in futures.items() if f.key not in values}
+            replayed = {k: tuple(values[f.key]) if f.key in values else error_fingerprint_and_describe(repr(errors[k]))
+                        for k, f in futures.items()}
+            done.append((event, replayed, {k: _failed(e) for k, e in errors.items()} or None))
         self.pending = []
         return done
 

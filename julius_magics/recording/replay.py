@@ -125,7 +125,7 @@ class _Context:
 
         ``recompute(id)`` gives the fingerprint computed once more, to tell a
         non-deterministic result from a changed one; ``failure`` explains the
-        results that were not computed: one text for the whole step, or ``{id: text}``.
+        results that failed: one text for the whole step, or ``{id: text}``.
         """
         for nid, rec in step_kinds.results(step).items():
             self.report.results += 1
@@ -139,7 +139,7 @@ class _Context:
                 "node": nid, "label": rec["label"], "recorded": rec["fp"], "replayed": got and got[0],
                 "recorded_value": rec["describe"] if rec["describe"] is not None else "?",
                 "replayed_value": got[1] if got else "not computed",
-                "cause": (got is None and why) or _cause(self.report.env_diff, nondeterministic),
+                "cause": why or _cause(self.report.env_diff, nondeterministic),
             })
 
 

@@ -74,6 +74,11 @@ def _graphs(d):   # "3 dask graphs" when the step holds several, sent in a row
     return f"{d['graphs']} dask graphs" if d.get("graphs", 1) > 1 else "dask graph"
 
 
+def _raised(d):   # ", 2 raised" when some of its keys' results are their errors
+    raised = sum(text.startswith("raised ") for text in (d.get("descriptions") or {}).values())
+    return f", {raised} raised" if raised else ""
+
+
 # --- replays -----------------------------------------------------------------------
 def _replay_remote(context, step, send):
     try:
@@ -232,14 +237,15 @@ KINDS = {k.name: k for k in [
         "graph",
         {"kind": "", "seq": "", "time": "", "client": "", "keys": "wanted keys as text", "ntasks": "",
          "graphs": "how many graphs the client sent one after another (a loop of `submit`) that this step holds",
-         "fingerprints": "`{key: fp}`", "descriptions": "`{key: text}`",
+         "fingerprints": "`{key: fp}` (of a key that raised: of its error, described `raised ...`)",
+         "descriptions": "`{key: text}`",
          "pending": "wanted keys whose fingerprint came later (a `fingerprints` step)",
          "scattered": "keys of scattered data it depends on (a `scatter` step)",
          "address": "its scheduler's (the cluster it ran on)",
          "dropped": "why its specs, or some of its graphs, are missing (the recording is then partial)"},
         {"specs": "cloudpickle of the run specs"},
         summarise=lambda d: (f"{_graphs(d)} of {d.get('ntasks')} tasks, "
-                             f"{len(d.get('keys', []))} outputs"),
+                             f"{len(d.get('keys', []))} outputs{_raised(d)}"),
         replay=_replay_graph, results=_graph_results,
     ),
     StepKind(

@@ -53,7 +53,16 @@ def _results(recording):
 
 
 def _files(recording):
-    return {f["path"]: f for s in recording.steps for f in steps.input_files(s)}
+    """``{path: entry}``: one entry per file version read, by whichever reader (kernel, workers,
+    partitions), under the shortest path it was read by (``raw/a.csv``, not the absolute path
+    that ``dd.read_csv`` expands it to)."""
+    versions = {}
+    for s in recording.steps:
+        for f in steps.input_files(s):
+            version = (f.get("abspath", f["path"]), f["sha256"])
+            if version not in versions or len(f["path"]) < len(versions[version]["path"]):
+                versions[version] = f
+    return {f["path"]: f for f in versions.values()}
 
 
 def details(name, store=None, legacy_hmac=False):

@@ -168,28 +168,39 @@ cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashbo
 client = Client(cluster)
 futures = [client.submit(load, i, FLAG, key=f"load-{i}") for i in range(4)]
 loaded = client.gather(futures)
+broken = client.submit(lambda: 1 / 0, key="broken")
+after = client.submit(lambda v: v + 1, broken, key="after-broken")
+try:
+    after.result()
+except ZeroDivisionError as error:
+    raised = repr(error)
 client.close()
 cluster.close()
 '''
 
 
 def test_a_task_failing_on_replay_fails_its_own_result_only_and_the_recording_is_verified_no_more(store):
+    """A task's error is its result: one raising when recorded raises alike on replay (verified)."""
     flag = tempfile.NamedTemporaryFile(delete=False)   # tmp* under the temporary folder: not an input
     flag.close()
     try:
         ns = record(store, "one-fails", ONE_OF_A_LOOP_FAILS.replace("FLAG", repr(flag.name)))
-        [loop] = [s for s in store.open("one-fails").steps if s.kind == "graph"]
-        assert sorted(loop.data["keys"]) == ["load-0", "load-1", "load-2", "load-3"]   # one graph step: the loop
-        replayed(store, "one-fails", n_workers=2)
+        steps = store.open("one-fails").steps
+        [loop] = [s for s in steps if s.kind == "graph" and "load-0" in s.data["keys"]]
+        # one graph step for the submits in a row
+        assert sorted(loop.data["keys"]) == ["after-broken", "broken", "load-0", "load-1", "load-2", "load-3"]
+        descriptions = {k: v for s in steps if s.kind in ("graph", "fingerprints") for k, v in s.data["descriptions"].items()}
+        assert descriptions["broken"] == descriptions["after-broken"] == "raised ZeroDivisionError('division by zero')"
+        assert replayed(store, "one-fails", n_workers=2).results == 6
         assert store.open("one-fails").info.status == "verified"
     finally:
         os.remove(flag.name)
-    assert ns["loaded"] == [0, 10, 20, 30]
+    assert ns["loaded"] == [0, 10, 20, 30] and ns["raised"] == "ZeroDivisionError('division by zero')"
 
     report = recording.replay("one-fails", store=store, n_workers=2)
-    assert not report.verified and report.results == 4
+    assert not report.verified and report.results == 6
     [mismatch] = report.mismatches
-    assert mismatch["node"] == "load-2" and mismatch["replayed_value"] == "not computed"
+    assert mismatch["node"] == "load-2" and mismatch["replayed_value"] == "raised RuntimeError('no flag for 2')"
     assert mismatch["cause"] == "the graph failed on replay: RuntimeError: no flag for 2"
     assert "recorded 0.0s" not in report.summary() and "(compute " in report.summary()   # not known for graphs
     # the last replay did not match: listed as verified no more
