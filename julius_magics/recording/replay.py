@@ -244,6 +244,26 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
     return report
 
 
+SANDBOXES_KEPT = 20   # the latest replays' output folders; older ones are removed as new ones come
+
+
+def _new_sandbox(name) -> str:
+    """A new ``~/.julius/replays/NAME-TIME-PID`` for a replay's outputs; the oldest beyond :data:`SANDBOXES_KEPT` go."""
+    import datetime
+    import shutil
+
+    root = os.path.join(os.path.expanduser("~"), ".julius", "replays")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    folder = os.path.join(root, f"{name}-{stamp}-{os.getpid()}")
+    os.makedirs(folder, exist_ok=True)
+    with os.scandir(root) as entries:
+        earlier = sorted((e for e in entries if e.is_dir(follow_symlinks=False) and e.path != folder),
+                         key=lambda e: e.stat(follow_symlinks=False).st_mtime)
+    for old in earlier[:max(0, len(earlier) - (SANDBOXES_KEPT - 1))]:
+        shutil.rmtree(old.path, ignore_errors=True)
+    return folder
+
+
 def _timed(report, name, fn):
     t0 = time.monotonic()
     try:
@@ -341,12 +361,7 @@ class _CaptureContext(_Context):
                 unique.append(f)
         self.inputs = unique
         if self.outputs:
-            import datetime
-
-            stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-            self.report.sandbox = os.path.join(os.path.expanduser("~"), ".julius", "replays",
-                                               f"{self.recording.name}-{stamp}-{os.getpid()}")
-            os.makedirs(self.report.sandbox, exist_ok=True)
+            self.report.sandbox = _new_sandbox(self.recording.name)
         self._serve(self.default)
 
     def _serve(self, client):
