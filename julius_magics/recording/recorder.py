@@ -89,6 +89,7 @@ class Recorder:
             "julius_version": _version(),
         })
         self.partial = []        # reasons the recording is partial
+        self.workers = None      # its first cluster's worker count (the manifest meta's "workers")
         self.headlines = {}      # label -> value of the labelled targets computed (the manifest meta's "headlines")
         self.captured = {"clusters": 0, "graphs": 0, "results": 0, "files": 0, "outputs": 0}
         # readers that see the store write what they read into it themselves (--data embed)
@@ -163,7 +164,7 @@ class Recorder:
                 self._partial(item["reason"])
             elif item["spec"] is not None:
                 self._record_environment(handle, environments)
-                self.writer.update_meta(workers=item["spec"]["n_workers"])
+                self._note_workers(item["spec"]["n_workers"])
         elif kind == "files":
             self._record_files(item)
         elif kind == "scatter":
@@ -200,6 +201,12 @@ class Recorder:
         """Work a replay cannot repeat: journaled with what it was and why; the recording is partial."""
         self._step("unreproducible", _jsonable({**note, "kind": "unreproducible"}))
         self._partial(f"{note['what']} {note['name']}: {note['reason']}")
+
+    def _note_workers(self, n_workers):
+        """The recording's ``workers``: its first cluster's, the one a replay starts first."""
+        if self.workers is None:
+            self.workers = n_workers
+            self.writer.update_meta(workers=n_workers)
 
     def _partial(self, reason):
         if reason and reason not in self.partial:
@@ -338,7 +345,7 @@ class Recorder:
         workers = {w: self.writer.add_blob(_json_env(env))
                    for w, env in self.session.run_on_workers(environment_now).items()}
         self._step("environment", {"kernel": kernel, "workers": workers, **self._local_wheels(kernel_env)})
-        self.writer.update_meta(workers=spec.get("n_workers"))
+        self._note_workers(spec.get("n_workers"))
 
     def _record_dispatch(self, payload):
         plan, jobs = payload["plan"], payload["jobs"]

@@ -206,3 +206,25 @@ def test_a_task_failing_on_replay_fails_its_own_result_only_and_the_recording_is
     # the last replay did not match: listed as verified no more
     assert [info.status for info in store.list()] == ["complete"]
     assert store.open("one-fails").info.status == "complete"
+
+
+TWO_CLUSTERS_IN_TURN = '''
+import dask
+from distributed import Client, LocalCluster
+
+with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \\
+        Client(cluster) as client:
+    first = dask.delayed(sum)([1, 2], dask_key_name="first").compute()
+with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \\
+        Client(cluster) as client:
+    second = client.submit(lambda: 42, key="second").result()
+'''
+
+
+def test_two_clusters_in_turn_each_replayed_on_its_recorded_shape(store):
+    ns = record(store, "two-clusters", TWO_CLUSTERS_IN_TURN)
+    assert (ns["first"], ns["second"]) == (3, 42)
+    rec = store.open("two-clusters")
+    assert [s.data["spec"]["n_workers"] for s in rec.steps if s.kind == "adopted_cluster"] == [1, 2]
+    assert rec.info.workers == 1   # the first cluster's: what `list` and `show` say, and a replay starts first
+    assert replayed(store, "two-clusters").results == 2
