@@ -17,6 +17,9 @@ A path is local when it is a ``str`` or ``os.PathLike`` without ``://`` and the
 ``filesystem`` given is none, pyarrow's ``LocalFileSystem`` or fsspec's (which
 pyarrow swaps for its own).  File objects, buffers and remote filesystems are
 left alone: they are opened through Python, where the other doors see them.
+Only ``pyarrow.lib.OSFile``'s constructor has a hand-written signature (a Cython
+class has none to read): a wrapped entry point whose arguments do not bind is called
+as it is, unseen.
 """
 
 from __future__ import annotations
@@ -29,11 +32,15 @@ import threading
 
 __all__ = ["install", "ENTRY_POINTS"]
 
-READ, WRITE, WRITE_FOLDER = "read", "write", "write folder"
+READ, WRITE, WRITE_FOLDER, BY_MODE = "read", "write", "write folder", "by its mode"
 
-# module -> [(object, argument, what it does with the path)]; an object is a function of
-# the module or a class, whose __init__ is wrapped
+# module -> [(object, argument, what it does with the path)]; an object is a function of the
+# module or a class, whose __init__ is wrapped (a Cython class, which cannot be changed, is
+# replaced in the module by a subclass that steers its construction: ``pa.OSFile``, which
+# pandas writes Parquet through)
 ENTRY_POINTS = {
+    "pyarrow": [("OSFile", "path", BY_MODE), ("memory_map", "path", BY_MODE), ("input_stream", "source", READ),
+                ("output_stream", "source", WRITE)],
     "pyarrow.dataset": [("dataset", "source", READ), ("write_dataset", "base_dir", WRITE_FOLDER)],
     "pyarrow.parquet": [("ParquetFile", "source", READ), ("ParquetDataset", "path_or_paths", READ),
                         ("ParquetWriter", "where", WRITE)],
@@ -116,9 +123,8 @@ def _note_dataset(dataset, source):
 
 
 # --- the wrappers ------------------------------------------------------------------------
-def _wrapper(original, argument, action, is_init):
-    signature = inspect.signature(original)
-    writing, folder = action != READ, action == WRITE_FOLDER
+def _wrapper(original, argument, action, is_init, signature=None):
+    signature = signature or inspect.signature(original)
 
     def wrapper(*args, **kwargs):
         if getattr(_Hooks.local, "inside", False):
@@ -131,12 +137,14 @@ def _wrapper(original, argument, action, is_init):
         if argument not in arguments or not _local_filesystem(arguments.get("filesystem")):
             return original(*args, **kwargs)
         given = arguments[argument]
+        act = action if action != BY_MODE else (WRITE if set(arguments.get("mode", "r")) & set("wax+") else READ)
+        writing, folder = act != READ, act == WRITE_FOLDER
         if _Hooks.note is not None:
-            if action == WRITE:
+            if act == WRITE:
                 _noted(given, True)
-            elif action == READ and not (isinstance(given, (list, tuple)) or _is_folder(given)):
+            elif act == READ and not (isinstance(given, (list, tuple)) or _is_folder(given)):
                 _noted(given, False)
-            elif action == WRITE_FOLDER:
+            elif act == WRITE_FOLDER:
                 _chain_file_visitor(arguments)
         arguments[argument] = _steered(given, writing, folder)
         _Hooks.local.inside = True
@@ -144,7 +152,7 @@ def _wrapper(original, argument, action, is_init):
             result = original(*bound.args, **bound.kwargs)
         finally:
             _Hooks.local.inside = False
-        if _Hooks.note is not None and action == READ:
+        if _Hooks.note is not None and act == READ:
             _note_dataset(getattr(args[0], "_dataset", None) if is_init else result, given)
         return result
 
@@ -173,13 +181,31 @@ def _chain_file_visitor(arguments):
 def _wrap_module(module):
     for name, argument, action in ENTRY_POINTS[module.__name__]:
         owner = getattr(module, name, None)
-        if owner is None:
+        if owner is None or getattr(owner, "__julius_original__", None):
             continue
-        is_init = isinstance(owner, type)
-        target, attribute = (owner, "__init__") if is_init else (module, name)
-        original = getattr(target, attribute)
-        if not getattr(original, "__julius_original__", None):
-            setattr(target, attribute, _wrapper(original, argument, action, is_init))
+        if not isinstance(owner, type):
+            setattr(module, name, _wrapper(owner, argument, action, False))
+        elif owner.__module__ == "pyarrow.lib":   # a Cython class: its __init__ cannot be set
+            setattr(module, name, _steering_subclass(owner, argument, action))
+        elif not getattr(owner.__init__, "__julius_original__", None):
+            owner.__init__ = _wrapper(owner.__init__, argument, action, True)
+
+
+# the constructor of pyarrow.lib.OSFile, which has no signature to read
+_OSFILE = inspect.Signature([inspect.Parameter("path", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+                             inspect.Parameter("mode", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="r"),
+                             inspect.Parameter("memory_pool", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)])
+
+
+def _steering_subclass(cython_class, argument, action):
+    """``cython_class`` under its own name, constructed through the hooks (its instances are its instances)."""
+    construct = _wrapper(lambda *args, **kwargs: cython_class.__new__(subclass, *args, **kwargs), argument, action,
+                         False, _OSFILE)
+    subclass = type(cython_class.__name__, (cython_class,), {
+        "__new__": lambda cls, *args, **kwargs: construct(*args, **kwargs), "__doc__": cython_class.__doc__,
+        "__module__": cython_class.__module__, "__qualname__": cython_class.__qualname__,
+        "__julius_original__": cython_class})
+    return subclass
 
 
 class _WrapOnImport:
