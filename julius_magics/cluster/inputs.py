@@ -71,6 +71,7 @@ import threading
 import time
 
 from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.utils import thread_state
 
 from . import arrow
 
@@ -146,7 +147,8 @@ def _note_path(text, reading, writing):
     _S.local.busy = True
     try:
         if writing and absolute not in _S.writes:
-            note = {"path": text, "abspath": absolute, "cwd": os.getcwd(), "existed": os.path.exists(absolute)}
+            note = {"path": text, "abspath": absolute, "cwd": os.getcwd(), "existed": os.path.exists(absolute),
+                    "in_task": getattr(thread_state, "key", None) is not None}   # else the kernel's own code
             _S.writes[absolute] = _S.new_writes[absolute] = note
             read = _S.reads.get(absolute)
             if read is not None:   # read before: snapshot what was read before it is written

@@ -28,6 +28,7 @@ Kernel-facing API::
 
     client.register_plugin(OutputSandbox(outputs, folder)); install_output_sandbox(outputs, folder)
     compare_outputs(client, outputs)            # [{"path", "sandbox", "recorded", "replayed", "same"}]
+    stop_serving([client])                      # the replay is over: own files again, here and there
 
 ``files`` are recorded input entries: ``{"path", "abspath", "cwd", "size", "sha256"}``.
 """
@@ -54,7 +55,7 @@ from .inputs import file_sha256
 
 __all__ = ["cache_dir", "file_status", "check_inputs", "serve_inputs", "ServeInputs", "install_redirect",
            "resolve", "remote_status", "serve_remote", "install_remote_redirect", "ServeRemote", "sandboxed",
-           "install_output_sandbox", "compare_outputs", "OutputSandbox"]
+           "install_output_sandbox", "compare_outputs", "OutputSandbox", "written_by_a_task", "stop_serving"]
 
 _REDIRECT = {"files": {}, "relative": {}, "ordered": [], "choice": {}, "folders": {}, "installed": False,
              "remote": {}, "remote_installed": False}
@@ -218,13 +219,17 @@ _resolving = threading.local()
 
 
 def resolve(file):
-    """The file to open for ``file``: itself, the recorded file its relative path meant, or the served copy."""
-    if isinstance(file, int) or not _REDIRECT["files"]:
+    """The file to open for ``file``: itself, the recorded file its relative path meant, the served copy,
+    or, for a recorded output this replay wrote already, its copy in the sandbox."""
+    if isinstance(file, int) or not (_REDIRECT["files"] or _SANDBOX["dir"]):
         return file
     try:
         text = os.fsdecode(file)
     except TypeError:
         return file
+    written, _ = _output_view(text)
+    if written is not None and os.path.lexists(written):
+        return written
     choice = _REDIRECT["choice"]
     if text in choice:
         return choice[text]
@@ -381,6 +386,46 @@ def sandboxed(file, folder=False):
     return target
 
 
+def _output_view(text):
+    """Where this replay keeps what the recording wrote at ``text``: ``(its place in the sandbox, whether
+    it is a folder)`` for an output a task wrote or a folder outputs were written in; else ``(None, False)``.
+    An output that existed before the recording is not one here: its earlier version is an input."""
+    if not _SANDBOX["dir"]:
+        return None, False
+    absolute = os.path.normpath(text) if os.path.isabs(text) else _SANDBOX["relative"].get(os.path.normpath(text))
+    if absolute is None:
+        return None, False
+    if absolute in _SANDBOX["dirs"]:
+        return _in_sandbox(absolute), True
+    output = _SANDBOX["outputs"].get(absolute)
+    if output is not None and not output.get("existed") and written_by_a_task(output):
+        return _in_sandbox(absolute), False
+    return None, False
+
+
+def written_by_a_task(output) -> bool:
+    """Whether a recorded output was written by a task (on a worker, or in the kernel's threads cluster),
+    which a replay runs again, not by the kernel's own code, which it does not."""
+    return output.get("reader") != "kernel" or bool(output.get("in_task"))
+
+
+def _stat(path, *args, **kwargs):
+    """``os.stat`` that sees the sandbox for the recorded outputs and their folders (pandas checks that
+    an output's folder exists before it writes; code may skip work whose output exists)."""
+    if _SANDBOX["dir"] and not args and kwargs.get("dir_fd") is None and not isinstance(path, int):
+        try:
+            written, folder = _output_view(os.fsdecode(path))
+        except TypeError:
+            written, folder = None, False
+        if written is not None:
+            if folder and not os.path.lexists(written):
+                # a folder the recording wrote in existed then: it does in the sandbox, from the first look
+                # (not made beforehand: write_dataset wants its folder empty, subfolders included)
+                _raw_makedirs(written, exist_ok=True)
+            return _raw_stat(written, **kwargs)
+    return _raw_stat(path, *args, **kwargs)
+
+
 def install_output_sandbox(outputs, folder) -> None:
     """Writes of the recorded ``outputs`` (and of any relative path) go under ``folder`` in this process.
 
@@ -405,6 +450,7 @@ def install_output_sandbox(outputs, folder) -> None:
             install_redirect([])
         if not _SANDBOX["patched"]:   # fsspec's local mkdir/makedirs call these too
             os.mkdir, os.makedirs, pathlib.Path.mkdir = _mkdir, _makedirs, _path_mkdir
+            os.stat = _stat
             _SANDBOX["patched"] = True
 
 
@@ -415,7 +461,7 @@ def _parents(folder):
         folder = os.path.dirname(folder)
 
 
-_raw_mkdir, _raw_makedirs, _raw_path_mkdir = os.mkdir, os.makedirs, pathlib.Path.mkdir
+_raw_mkdir, _raw_makedirs, _raw_path_mkdir, _raw_stat = os.mkdir, os.makedirs, pathlib.Path.mkdir, os.stat
 
 
 def _mkdir(path, *args, **kwargs):
@@ -596,6 +642,19 @@ def install_remote_redirect(served) -> None:
     open.__doc__ = original.__doc__
     AbstractFileSystem.open = open
     _REDIRECT["remote_installed"] = True
+
+
+def stop_serving(clients=()) -> None:
+    """The replay is over: this process (and the workers of ``clients``, a cluster the replay hands
+    on) read and write their own files again, with no served copies and no sandbox."""
+    with _lock:
+        install_output_sandbox([], None)
+        install_redirect([])
+        _REDIRECT["remote"] = {}
+    for client in clients:
+        for plugin in (OutputSandbox([], None), ServeInputs([]), ServeRemote({})):   # replaces the replay's
+            with contextlib.suppress(Exception):
+                client.register_plugin(plugin)
 
 
 class ServeInputs(WorkerPlugin):

@@ -273,7 +273,7 @@ class Recorder:
                 remote.append(entry)
             self._step("remote_inputs", _jsonable({"files": remote}))
             self.captured["files"] += len(remote)
-        outputs = [{k: o.get(k) for k in ("path", "abspath", "cwd", "existed", "size", "sha256", "reader")}
+        outputs = [{k: o.get(k) for k in ("path", "abspath", "cwd", "existed", "size", "sha256", "reader", "in_task")}
                    for o in item["outputs"] if not o.get("gone")]
         if outputs:
             self._step("outputs", _jsonable({"files": outputs}))
