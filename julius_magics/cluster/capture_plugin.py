@@ -128,6 +128,7 @@ class CapturePlugin(SchedulerPlugin):
         self.late: dict[int, dict] = {}  # graph seq -> fingerprints that came after its drain
         self.pinned: dict = {}           # scattered key -> event seq (held until drained)
         self.flushed: set = set()        # drain markers that arrived
+        self.gathered: set[str] = set()  # keys clients fetched since the last graph: the next one came after them
         self.executor = None
         self.stats = {"graphs": 0, "tasks": 0, "scatters": 0, "dropped": 0, "hook_seconds_max": 0.0,
                       "hook_seconds_total": 0.0, "serialize_seconds_total": 0.0}
@@ -152,7 +153,8 @@ class CapturePlugin(SchedulerPlugin):
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="julius-capture")
         handlers = scheduler.handlers
         for op, wrap in (("broadcast", self._wrap_broadcast), ("register_worker_plugin", self._wrap_plugin(False)),
-                         ("register_nanny_plugin", self._wrap_plugin(True)), ("update_data", self._wrap_update_data)):
+                         ("register_nanny_plugin", self._wrap_plugin(True)), ("update_data", self._wrap_update_data),
+                         ("gather", self._wrap_fetch), ("who_has", self._wrap_fetch)):
             original = getattr(handlers[op], "__julius_original__", handlers[op])
             wrapped = wrap(original)
             wrapped.__julius_original__ = original
@@ -164,7 +166,8 @@ class CapturePlugin(SchedulerPlugin):
 
     async def close(self):
         if self.scheduler is not None:
-            for op in ("broadcast", "register_worker_plugin", "register_nanny_plugin", "update_data"):
+            for op in ("broadcast", "register_worker_plugin", "register_nanny_plugin", "update_data", "gather",
+                       "who_has"):
                 original = getattr(self.scheduler.handlers[op], "__julius_original__", None)
                 if original is not None:
                     self.scheduler.handlers[op] = original
@@ -187,6 +190,7 @@ class CapturePlugin(SchedulerPlugin):
         if not self._journaled(client):
             return
         started = time.perf_counter()
+        after, self.gathered = self.gathered, set()   # results the client had before it sent this graph
         state = scheduler.tasks
         specs = {}
         for key in tasks:
@@ -205,6 +209,7 @@ class CapturePlugin(SchedulerPlugin):
         # (no run spec) is named, and replayed from its scatter step.
         scattered = set()
         frontier = [dep for key in specs for dep in state[key].dependencies if dep.key not in specs]
+        reuses = {key_text(dep.key) for dep in frontier if dep.run_spec is not None}   # a replay keeps those
         while frontier:
             dep = frontier.pop()
             if dep.key in specs:
@@ -218,7 +223,7 @@ class CapturePlugin(SchedulerPlugin):
             ts = state.get(key)
             if ts is not None and ts.run_spec is None and key not in specs:
                 scattered.add(key_text(key))
-        event, wanted = self._graph_event(client, wanted, specs, scattered)
+        event, wanted = self._graph_event(client, wanted, specs, scattered, reuses, after)
         for key in wanted:
             ts = state.get(key)
             if ts is None:
@@ -243,19 +248,21 @@ class CapturePlugin(SchedulerPlugin):
         self.stats["hook_seconds_total"] += elapsed
         self.stats["hook_seconds_max"] = max(self.stats["hook_seconds_max"], elapsed)
 
-    def _graph_event(self, client, wanted, specs, scattered):
+    def _graph_event(self, client, wanted, specs, scattered, reuses, after):
         """The event of this graph, and its wanted keys not already in it.
 
-        Graphs a client sends one after another between two drains (a loop of
-        ``submit``, a ``map`` then ``submit`` calls) make one event, so one journal step:
-        a step for each of thousands of one-task graphs cost more than their tasks.
-        Anything else the cluster sees in between (a scatter, a ``run``) ends the run.
+        Graphs a client sends one after another between two drains (a loop of ``submit``,
+        a ``map`` then ``submit`` calls) make one event, so one journal step: a step for
+        each of thousands of one-task graphs cost more than their tasks.  Anything else
+        the cluster sees in between (a scatter, a ``run``) ends the run, and so does a
+        graph sent after the client fetched results (``after``: a ``gather``, a
+        ``result()``, a ``compute`` before it): a replay sends it once those are computed.
         """
         last = self.unserialized[-1] if self.unserialized else None   # the last graph not drained yet
-        if last is None or last.event is not self.events[-1] or last.event["client"] != client:
+        if after or last is None or last.event is not self.events[-1] or last.event["client"] != client:
             event = self._new_event("graph", client=client, keys=[key_text(k) for k in wanted], ntasks=len(specs),
                                     graphs=1, specs=None, fingerprints={}, descriptions={},
-                                    scattered=sorted(scattered))
+                                    scattered=sorted(scattered), reuses=sorted(reuses), after=sorted(after))
             self.unserialized.append(_Unpickled(event, set(event["keys"]), [(wanted, specs)]))
             return event, wanted
         event = last.event
@@ -266,6 +273,8 @@ class CapturePlugin(SchedulerPlugin):
         event["graphs"] += 1
         if scattered:
             event["scattered"] = sorted(set(event["scattered"]) | scattered)
+        if reuses:
+            event["reuses"] = sorted(set(event["reuses"]) | reuses)
         return event, wanted
 
     def _serialize(self, jobs) -> list[tuple[dict, set[str]]]:
@@ -348,6 +357,16 @@ class CapturePlugin(SchedulerPlugin):
                 event["descriptions"][text] = summary
 
     # --- scattered data ----------------------------------------------------------
+    def _wrap_fetch(self, original):
+        """The scheduler's ``gather`` and ``who_has`` (a client fetching results, through the scheduler
+        or straight from the workers): the keys it fetched."""
+        def fetch(*args, keys=None, **kwargs):
+            if self.capturing and keys:
+                self.gathered.update(key_text(k) for k in keys if not _is_internal_key(k))
+            return original(*args, keys=keys, **kwargs)
+
+        return fetch
+
     def _wrap_update_data(self, original):
         def update_data(*args, who_has, nbytes, client=None, **kwargs):
             result = original(*args, who_has=who_has, nbytes=nbytes, client=client, **kwargs)

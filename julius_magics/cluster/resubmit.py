@@ -130,6 +130,12 @@ class GraphBatch:
         self.held.extend(held)
         self.pending.append((event, futures, None))
 
+    def wait_for(self, keys) -> None:
+        """Wait until those of ``keys`` that this batch computes are computed (or failed)."""
+        futures = [f for _, fs, _ in self.pending if fs for k, f in fs.items() if k in keys]
+        if futures:   # their fingerprints: small
+            self.client.gather(futures, errors="skip")
+
     def gather(self) -> list:
         """``[(event, {key_text: (fingerprint, description)}, failure)]`` in submission order.
 
@@ -157,10 +163,12 @@ class GraphBatch:
         self.pending = []
         return done
 
-    def release(self) -> None:
-        """Let the cluster forget the batch's keys, before this returns: a graph submitted again
-        under the same keys (the replay's non-determinism re-check) is computed anew."""
-        held, self.held = self.held, []
+    def release(self, keep=frozenset()) -> None:
+        """Let the cluster forget the batch's keys, but those in ``keep`` (later graphs reuse them),
+        before this returns: a graph submitted again under the same keys (the replay's
+        non-determinism re-check) is computed anew."""
+        held = [f for f in self.held if key_text(f.key) not in keep]
+        self.held = [f for f in self.held if key_text(f.key) in keep]
         if held:
             # Not client.cancel: its recursion over dependents fails on the scheduler
             # (``assert ts.who_wants``, distributed 2026.8) when a held key has dependents

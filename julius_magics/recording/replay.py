@@ -225,6 +225,7 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
                     f"{format_env_diff(report.env_diff)}")
         if mapping:
             session.set_input_map(mapping)
+        cleanup.callback(serve.stop_serving)   # whatever happens, the kernel's own files again
         context = _CaptureContext(session, recording, report, first_address, address, n_workers)
         cleanup.callback(context.close)
         context.prepare()
@@ -233,7 +234,8 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
             report.steps = i
             say(Progress(i, len(steps), f"{step.kind} ({i}/{len(steps)})"))
         context.flush()
-        if keep:
+        if keep:   # the clusters stay, serving no more
+            serve.stop_serving([session.client, *(client for client, _ in context.owned)])
             cleanup.pop_all()   # the caller's now
     report.timings["replay"] = time.monotonic() - started
     report.complete = recording.info.status != "incomplete"
@@ -340,6 +342,8 @@ class _CaptureContext(_Context):
         self.recomputes = {}     # (recorded address, graph seq) -> recompute(key), for the re-check
         self.failures = {}       # (recorded address, graph seq) -> {key: why it failed}, for the keys that did
         self.scattered = []      # futures of replayed scatters, held until the end
+        # keys a later graph depends on (a persisted collection, a future passed on): held until the end
+        self.reused = {k for s in recording.steps if s.kind == "graph" for k in s.data.get("reuses", ())}
         self.inputs, self.outputs, self.remote = [], [], []
         report.cluster_notes = []
         _note_shape(report, getattr(session, "cluster_differences", {}))
@@ -402,6 +406,10 @@ class _CaptureContext(_Context):
         self._serve(client)
 
     def submit_graph(self, step):
+        after = set(step.data.get("after") or ())
+        if after:   # sent once the notebook had those results: so it is again
+            for batch, _ in self.batches.values():
+                batch.wait_for(after)
         client = self.client_for(step.data.get("address"))
         batch, submitted = self.batches.setdefault(id(client), (resubmit.GraphBatch(client), []))
         parts = {"specs": self.part(step, "specs")} if "specs" in step.part_names else {}
@@ -429,7 +437,9 @@ class _CaptureContext(_Context):
         self.report.outputs = getattr(self.report, "outputs", []) + compared
         replayed = {c["abspath"]: (c["replayed"], f"written to {c['sandbox']}" if c["sandbox"] else "not written")
                     for c in compared if c["replayed"]}
-        self.compare(step, replayed, None)
+        unwritten = {c["abspath"]: "the replay did not write it (see the task that writes it)"
+                     for c in compared if not c["replayed"]}
+        self.compare(step, replayed, None, failure=unwritten)
 
     def flush(self):
         """Wait for the graphs submitted so far and compare their results (and later ones)."""
@@ -440,10 +450,11 @@ class _CaptureContext(_Context):
             done = batch.gather()
             self.report.timings["compute"] += time.monotonic() - started   # from the first submit, as recorded
             self.report.timings["recorded_compute"] = None   # a graph's compute time is not recorded
-            batch.release()   # before any re-check: a held key would give the re-check its own value back
+            batch.release(keep=self.reused)
             for step, (event, replayed, failure) in zip(submitted, done):
-                def recompute(key, event=event, client=batch.client):
-                    return resubmit.replay_graph(client, event).get(key)
+                def recompute(key, event=event, batch=batch):
+                    batch.release()   # the kept keys too: a held key would give the re-check its own value back
+                    return resubmit.replay_graph(batch.client, event).get(key)
 
                 graph = (step.data.get("address"), step.data.get("seq"))
                 self.values[graph], self.failures[graph] = replayed, failure

@@ -174,8 +174,10 @@ def _graph_results(d):
 
 
 def _output_results(d):
+    from ..cluster.serve import written_by_a_task   # a replay runs the graphs, not the kernel's own code
+
     return {f["abspath"]: {"label": f"output {f['path']}", "fp": f["sha256"], "describe": f"{f.get('size', 0):,} B"}
-            for f in d["files"] if f.get("sha256")}
+            for f in d["files"] if f.get("sha256") and written_by_a_task(f)}
 
 
 def _shape(spec):
@@ -241,6 +243,10 @@ KINDS = {k.name: k for k in [
          "descriptions": "`{key: text}`",
          "pending": "wanted keys whose fingerprint came later (a `fingerprints` step)",
          "scattered": "keys of scattered data it depends on (a `scatter` step)",
+         "reuses": "keys of earlier graphs it depends on (a persisted collection, a future passed on): a replay "
+                   "keeps them",
+         "after": "keys the client had fetched (`gather`, `result()`) before it sent this graph: a replay sends it "
+                  "once they are computed",
          "address": "its scheduler's (the cluster it ran on)",
          "dropped": "why its specs, or some of its graphs, are missing (the recording is then partial)"},
         {"specs": "cloudpickle of the run specs"},
@@ -318,8 +324,9 @@ KINDS = {k.name: k for k in [
     ),
     StepKind(
         "outputs",
-        {"files": "`[{path, abspath, cwd, existed, size, sha256, reader}]`: files the session wrote; a replay "
-                  "writes them into its sandbox and compares their hashes"},
+        {"files": "`[{path, abspath, cwd, existed, size, sha256, reader, in_task}]`: files the session wrote; a "
+                  "replay writes them into its sandbox and compares their hashes, except those the kernel's own "
+                  "code wrote outside any task (`in_task` false), which a replay does not run"},
         summarise=_files, replay=_replay_outputs, results=_output_results,
     ),
     StepKind(

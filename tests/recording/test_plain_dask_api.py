@@ -228,3 +228,43 @@ def test_two_clusters_in_turn_each_replayed_on_its_recorded_shape(store):
     assert [s.data["spec"]["n_workers"] for s in rec.steps if s.kind == "adopted_cluster"] == [1, 2]
     assert rec.info.workers == 1   # the first cluster's: what `list` and `show` say, and a replay starts first
     assert replayed(store, "two-clusters").results == 2
+
+
+WRITES_AN_OUTPUT = '''
+import os
+from distributed import Client, LocalCluster
+
+def report(i):
+    os.makedirs("out", exist_ok=True)
+    with open(f"out/r{i}.txt", "w") as f:
+        f.write(str(i))
+    return i
+
+cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0")
+client = Client(cluster)
+written = client.submit(report, 1).result()
+client.close()
+cluster.close()
+'''
+
+
+def _write(path):
+    with open(path, "w") as f:
+        f.write("mine")
+    return os.path.exists(path)
+
+
+def test_after_a_replay_the_kernel_and_the_cluster_it_hands_on_write_their_own_files_again(store, tmp_path,
+                                                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert record(store, "writes", WRITES_AN_OUTPUT)["written"] == 1
+    os.remove("out/r1.txt")
+    report = replayed(store, "writes", keep=True)
+    try:
+        assert report.sandbox and not os.path.exists("out/r1.txt")   # the replay wrote into its sandbox
+        assert _write("out/r1.txt") and _write("after.txt")           # the kernel: its own files again
+        assert report.session.client.submit(_write, str(tmp_path / "out" / "w.txt")).result()
+    finally:
+        report.session.stop()
+    assert sorted(os.listdir(tmp_path / "out")) == ["r1.txt", "w.txt"]
+    assert open("out/r1.txt").read() == "mine" and os.path.exists("after.txt")
