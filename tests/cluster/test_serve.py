@@ -110,6 +110,8 @@ def test_outputs_go_to_the_sandbox_and_are_compared(tmp_path):
         compared = replay_outputs(graphs, outputs, sandbox, kernel_too=True)
         assert all(c["same"] for c in compared), compared
         assert all(c["sandbox"].startswith(str(sandbox)) for c in compared)
+        assert (project / "note.txt").read_text() == "done"   # while replaying, the replay's own output
+        serve.stop_serving()   # the replay is over: the user's own files
         assert {p: (project / p).read_text() for p in before} == {p: "the user's own edit" for p in before}
     finally:
         os.chdir(here)
