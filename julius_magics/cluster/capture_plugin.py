@@ -190,7 +190,7 @@ class CapturePlugin(SchedulerPlugin):
         if not self._journaled(client):
             return
         started = time.perf_counter()
-        after, self.gathered = self.gathered, set()   # results the client had before it sent this graph
+        after, self.gathered = self.gathered, set()   # results the client had fetched before it sent this graph
         state = scheduler.tasks
         specs = {}
         for key in tasks:
@@ -254,19 +254,21 @@ class CapturePlugin(SchedulerPlugin):
         Graphs a client sends one after another between two drains (a loop of ``submit``,
         a ``map`` then ``submit`` calls) make one event, so one journal step: a step for
         each of thousands of one-task graphs cost more than their tasks.  Anything else
-        the cluster sees in between (a scatter, a ``run``) ends the run, and so does a
-        graph sent after the client fetched results (``after``: a ``gather``, a
-        ``result()``, a ``compute`` before it): a replay sends it once those are computed.
+        the cluster sees in between (a scatter, a ``run``) ends the run.  A graph sent after
+        the client fetched results (a ``gather``, a ``result()``, a ``compute`` before it)
+        notes where it starts and what was fetched (``after``: ``[[its first key, fetched
+        keys], ...]``): a replay sends it once those are computed.
         """
         last = self.unserialized[-1] if self.unserialized else None   # the last graph not drained yet
-        if after or last is None or last.event is not self.events[-1] or last.event["client"] != client:
-            event = self._new_event("graph", client=client, keys=[key_text(k) for k in wanted], ntasks=len(specs),
-                                    graphs=1, specs=None, fingerprints={}, descriptions={},
-                                    scattered=sorted(scattered), reuses=sorted(reuses), after=sorted(after))
-            self.unserialized.append(_Unpickled(event, set(event["keys"]), [(wanted, specs)]))
-            return event, wanted
+        if last is None or last.event is not self.events[-1] or last.event["client"] != client:
+            event = self._new_event("graph", client=client, keys=[], ntasks=len(specs), graphs=0, specs=None,
+                                    fingerprints={}, descriptions={}, scattered=[], reuses=[], after=[])
+            last = _Unpickled(event, set(), [])
+            self.unserialized.append(last)
         event = last.event
         wanted = [k for k in wanted if key_text(k) not in last.known]
+        if after and wanted:
+            event["after"].append([key_text(wanted[0]), sorted(after)])
         last.known.update(key_text(k) for k in wanted)
         last.graphs.append((wanted, specs))
         event["keys"].extend(key_text(k) for k in wanted)
@@ -317,6 +319,7 @@ class CapturePlugin(SchedulerPlugin):
         event["ntasks"] = len(specs)
         event["dropped"] = f"{len(lost)} of its keys ({', '.join(lost[:5])}) dropped: " + event["dropped"]
         event["keys"] = [key_text(k) for k in wanted]
+        event["after"] = [a for a in event["after"] if a[0] not in lost]
         return set(lost)
 
     def transition(self, key, start, finish, *args, **kwargs):
@@ -361,8 +364,9 @@ class CapturePlugin(SchedulerPlugin):
         """The scheduler's ``gather`` and ``who_has`` (a client fetching results, through the scheduler
         or straight from the workers): the keys it fetched."""
         def fetch(*args, keys=None, **kwargs):
-            if self.capturing and keys:
-                self.gathered.update(key_text(k) for k in keys if not _is_internal_key(k))
+            if self.capturing and keys:   # keys of journaled graphs only
+                texts = (key_text(k) for k in keys if not _is_internal_key(k))
+                self.gathered.update(t for t in texts if t in self.wanted or t in self.latest_fingerprints)
             return original(*args, keys=keys, **kwargs)
 
         return fetch

@@ -53,26 +53,63 @@ def submit_graph(client, event: dict, hold: bool = False):
     (dict, list)
         ``{key_text: future of (fingerprint, description)}`` and the held futures.
     """
-    from dask.task_spec import Task, TaskRef
+    return _submit(client, event, _captured(event), hold=hold)
 
+
+def _captured(event) -> dict:
+    """``{"keys", "specs"}`` of a captured graph event, checked to be replayable."""
     if event.get("kind") != "graph" or not event.get("specs"):
         raise JuliusError(f"Captured graph {event.get('seq')} cannot be replayed: "
                           + (event.get("dropped") or "it has no run specs") + ".")
     captured = cloudpickle.loads(event["specs"])
-    graph = dict(captured["specs"])
     scattered = set(event.get("scattered") or ())
-    missing = [key_text(k) for k in captured["keys"] if k not in graph and key_text(k) not in scattered]
+    missing = [key_text(k) for k in captured["keys"] if k not in captured["specs"] and key_text(k) not in scattered]
     if missing:
         raise JuliusError(f"Captured graph {event.get('seq')} cannot be replayed: no run spec for {', '.join(missing[:5])}.")
+    return captured
+
+
+def _submit(client, event, captured, keys=None, hold=False):
+    """Send ``keys`` (default: all) of a captured graph, with the tasks they need only."""
+    from dask.task_spec import Task, TaskRef
+
+    keys = captured["keys"] if keys is None else keys
+    specs = captured["specs"]
+    graph = _needed(specs, keys) if keys is not captured["keys"] else dict(specs)
     targets = {}
     run_id = uuid.uuid4().hex  # fresh keys: a replayed graph may be replayed again on the same cluster
-    for i, key in enumerate(captured["keys"]):
+    for i, key in enumerate(keys):
         fp_key = f"{INTERNAL_PREFIX}replay-fingerprint-{run_id}-{i}"
         graph[fp_key] = Task(fp_key, fingerprint_and_describe, TaskRef(key))
         targets[fp_key] = key_text(key)
-    wanted = list(targets) + ([k for k in captured["keys"] if k in captured["specs"]] if hold else [])
+    wanted = list(targets) + ([k for k in keys if k in specs] if hold else [])
     futures = client.get(graph, wanted, sync=False)
     return dict(zip(targets.values(), futures)), futures[len(targets):]
+
+
+def _needed(specs, keys) -> dict:
+    """The run specs ``keys`` need, theirs and their dependencies' (those in ``specs``)."""
+    needed, frontier = {}, [k for k in keys if k in specs]
+    while frontier:
+        key = frontier.pop()
+        if key not in needed:
+            needed[key] = specs[key]
+            dependencies = getattr(specs[key], "dependencies", None)
+            if dependencies is None:   # not a task spec: no way to tell what it needs
+                return dict(specs)
+            frontier.extend(d for d in dependencies if d in specs and d not in needed)
+    return needed
+
+
+def _segments(event, captured) -> list[tuple[list, set]]:
+    """``[(keys, fetched before)]``: a merged event's graphs, cut where the client had fetched results first."""
+    starts = {text: set(fetched) for text, fetched in event.get("after") or ()}
+    segments = [([], set())]
+    for key in captured["keys"]:
+        if key_text(key) in starts:
+            segments.append(([], starts[key_text(key)]))
+        segments[-1][0].append(key)
+    return [segment for segment in segments if segment[0]]
 
 
 def replay_graph(client, event: dict, *, with_descriptions: bool = False) -> dict:
@@ -120,17 +157,23 @@ class GraphBatch:
         return len(self.pending)
 
     def submit(self, event) -> None:
+        """Send a captured graph event; a part of it the client sent after fetching results (its
+        ``after``) once those are computed, as the notebook waited for them."""
         if not self.pending:
             self.started = time.monotonic()
-        try:
-            futures, held = submit_graph(self.client, event, hold=True)
-        except Exception as error:
-            self.pending.append((event, None, _failed(error)))
-            return
-        self.held.extend(held)
+        futures = {}
         self.pending.append((event, futures, None))
+        try:
+            captured = _captured(event)
+            for keys, fetched in _segments(event, captured):
+                self._wait_for(fetched)
+                sent, held = _submit(self.client, event, captured, keys, hold=True)
+                futures.update(sent)
+                self.held.extend(held)
+        except Exception as error:
+            self.pending[-1] = (event, None, _failed(error))
 
-    def wait_for(self, keys) -> None:
+    def _wait_for(self, keys) -> None:
         """Wait until those of ``keys`` that this batch computes are computed (or failed)."""
         futures = [f for _, fs, _ in self.pending if fs for k, f in fs.items() if k in keys]
         if futures:   # their fingerprints: small

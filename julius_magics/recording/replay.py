@@ -406,10 +406,6 @@ class _CaptureContext(_Context):
         self._serve(client)
 
     def submit_graph(self, step):
-        after = set(step.data.get("after") or ())
-        if after:   # sent once the notebook had those results: so it is again
-            for batch, _ in self.batches.values():
-                batch.wait_for(after)
         client = self.client_for(step.data.get("address"))
         batch, submitted = self.batches.setdefault(id(client), (resubmit.GraphBatch(client), []))
         parts = {"specs": self.part(step, "specs")} if "specs" in step.part_names else {}

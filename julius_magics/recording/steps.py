@@ -245,8 +245,8 @@ KINDS = {k.name: k for k in [
          "scattered": "keys of scattered data it depends on (a `scatter` step)",
          "reuses": "keys of earlier graphs it depends on (a persisted collection, a future passed on): a replay "
                    "keeps them",
-         "after": "keys the client had fetched (`gather`, `result()`) before it sent this graph: a replay sends it "
-                  "once they are computed",
+         "after": "`[[key, fetched keys]]`: the graphs from that key on were sent after the client fetched those "
+                  "(`gather`, `result()`); a replay sends them once the fetched keys are computed",
          "address": "its scheduler's (the cluster it ran on)",
          "dropped": "why its specs, or some of its graphs, are missing (the recording is then partial)"},
         {"specs": "cloudpickle of the run specs"},
