@@ -92,6 +92,7 @@ class Recorder:
         self.workers = None      # its first cluster's worker count (the manifest meta's "workers")
         self.headlines = {}      # label -> value of the labelled targets computed (the manifest meta's "headlines")
         self.captured = {"clusters": 0, "graphs": 0, "results": 0, "files": 0, "outputs": 0}
+        self.file_versions = set()   # (path or URL, hash): a file two processes read is one input file
         # readers that see the store write what they read into it themselves (--data embed)
         self.sink = self.store.files.blob_sink(self.store.files.path(BLOBS)) if data != "hash" else None
         self.watch = ClusterWatch(skip=_own_folders(self.store), hash_remote=True,
@@ -258,7 +259,7 @@ class Recorder:
                        | {"embedded": embed})
         if new:
             self._step("inputs", _jsonable({"files": new}))
-            self.captured["files"] += len(new)
+            self._count_files((e["abspath"], e["sha256"]) for e in new)
         if item["remote"]:
             remote = []
             for entry in item["remote"]:
@@ -272,7 +273,7 @@ class Recorder:
                         self._partial(f"remote input {entry['url']} could not be embedded: {error}")
                 remote.append(entry)
             self._step("remote_inputs", _jsonable({"files": remote}))
-            self.captured["files"] += len(remote)
+            self._count_files((e["url"], e.get("etag") or e.get("version_id") or e.get("sha256")) for e in remote)
         outputs = [{k: o.get(k) for k in ("path", "abspath", "cwd", "existed", "size", "sha256", "reader", "in_task")}
                    for o in item["outputs"] if not o.get("gone")]
         if outputs:
@@ -280,6 +281,10 @@ class Recorder:
             self.captured["outputs"] += len(outputs)
         for problem in item["problems"]:
             self._record_problem(problem, problem["problem"])
+
+    def _count_files(self, versions):
+        self.file_versions.update(versions)
+        self.captured["files"] = len(self.file_versions)
 
     def _in_store(self, entry):
         """Whether the store holds the blob of an input, with its size."""

@@ -69,6 +69,7 @@ def test_notebook_with_its_own_cluster_recorded_unchanged_and_replayed_from_else
     assert all(f["embedded"] for f in files)
     assert "partial" not in rec.meta
     assert "Captured: 1 cluster(s)" in printed and "warning" not in printed
+    assert ", 4 input file(s), " in printed   # raw/p0.csv, read by the kernel and a worker, is one
     spec = rec.steps[0].data["spec"]
     assert (spec["n_workers"], spec["threads_per_worker"], spec["processes"]) == (2, 1, True)
 
