@@ -2,8 +2,9 @@
 
 Three doors, each cheap when not recording:
 
-- a Python audit hook (``sys.addaudithook``, event ``"open"``): ``open()``,
-  pandas, NumPy, fsspec's local files, ``dd.read_csv`` tasks;
+- a Python audit hook (``sys.addaudithook``, events ``"open"`` and
+  ``"sqlite3.connect"``): ``open()``, pandas, NumPy, fsspec's local files,
+  ``dd.read_csv`` tasks, SQLite databases;
 - a wrapper of ``fsspec.spec.AbstractFileSystem.open``: remote files
   (``s3://``, ``gs://``, ``http(s)://``), recorded by ETag or version id where
   the backend gives one, else by content hash;
@@ -69,13 +70,14 @@ import sysconfig
 import tempfile
 import threading
 import time
+import urllib.parse
 
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.utils import thread_state
 
 from . import arrow
 
-__all__ = ["HOOK_ENV", "install_hooks", "start_reads", "stop_reads", "drain_reads", "reading", "file_sha256",
+__all__ = ["HOOK_ENV", "install_hooks", "database_path", "start_reads", "stop_reads", "drain_reads", "reading", "file_sha256",
            "read_file_chunk", "read_remote", "InputsWorkerPlugin", "is_remote", "claiming", "end_claims"]
 
 HOOK_ENV = "JULIUS_OPEN_HOOK"
@@ -114,6 +116,8 @@ _S = _State
 def _audit(event, args):
     if event == "open" and _S.on:
         _note_open(args)
+    elif event == "sqlite3.connect" and _S.on:
+        _note_database(args[0])
 
 
 def _busy():
@@ -138,6 +142,28 @@ def _note_open(args):
         writing = access != os.O_RDONLY or bool((flags or 0) & (os.O_CREAT | os.O_TRUNC | os.O_APPEND))
         reading = access in (os.O_RDONLY, os.O_RDWR) and not (flags or 0) & os.O_TRUNC
     _note_path(text, reading, writing)
+
+
+def database_path(database) -> str | None:
+    """The file a ``sqlite3.connect`` argument names (a path or a ``file:`` URI); None for an in-memory one."""
+    if isinstance(database, (bytes, os.PathLike)):
+        database = os.fsdecode(database)
+    if not isinstance(database, str) or database in ("", ":memory:"):
+        return None
+    if database.startswith("file:"):
+        parts = urllib.parse.urlsplit(database)
+        if "memory" in urllib.parse.parse_qs(parts.query).get("mode", ()):
+            return None
+        return urllib.parse.unquote(parts.path) or None
+    return database
+
+
+def _note_database(database):
+    # SQLite opens its file in C, where no "open" event fires: a database that exists is read, a new one written
+    path = None if _busy() else database_path(database)
+    if path is not None:
+        exists = os.path.exists(path)
+        _note_path(path, reading=exists, writing=not exists)
 
 
 def _note_path(text, reading, writing):

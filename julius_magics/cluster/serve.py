@@ -9,7 +9,8 @@ the blob (verified, streamed) into ``~/.julius/cache`` of its host, named by
 its SHA-256, and pushes it through Dask to one worker per host whose workers do
 not see that copy (another host); an opener patched into every process
 (``open``, ``io.open``, ``os.open``, fsspec's local files) then reads the copy
-instead, and pyarrow's readers are steered alike (:mod:`.arrow`; a folder they
+instead, ``sqlite3.connect`` opens a private copy of a recorded database (SQLite
+writes its journal even to read), and pyarrow's readers are steered alike (:mod:`.arrow`; a folder they
 read becomes a folder of links to the recorded files).  Relative paths resolve
 against the recorded working directory, so a replay from any folder reads what
 the recording read.
@@ -44,21 +45,23 @@ import os
 import pathlib
 import shutil
 import socket
+import sqlite3
 import tempfile
 import threading
+import urllib.parse
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..errors import DataChangedError
 from . import arrow
-from .inputs import file_sha256
+from .inputs import database_path, file_sha256
 
 __all__ = ["cache_dir", "file_status", "check_inputs", "serve_inputs", "ServeInputs", "install_redirect",
            "resolve", "remote_status", "serve_remote", "install_remote_redirect", "ServeRemote", "sandboxed",
            "install_output_sandbox", "compare_outputs", "OutputSandbox", "written_by_a_task", "stop_serving"]
 
 _REDIRECT = {"files": {}, "relative": {}, "ordered": [], "choice": {}, "folders": {}, "installed": False,
-             "remote": {}, "remote_installed": False}
+             "remote": {}, "remote_installed": False, "databases": {}, "databases_dir": None}
 _lock = threading.RLock()
 
 
@@ -215,6 +218,7 @@ def _store_copy(sha, data) -> str:
 # --- the redirect ------------------------------------------------------------------------
 _raw_open = builtins.open
 _raw_os_open = os.open
+_raw_sqlite_connect = sqlite3.connect
 _resolving = threading.local()
 
 
@@ -346,6 +350,35 @@ def _os_open(path, flags, *args, **kwargs):
     if _SANDBOX["dir"] and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND):
         return _raw_os_open(sandboxed(path), flags, *args, **kwargs)
     return _raw_os_open(resolve(path), flags, *args, **kwargs)
+
+
+def _sqlite_connect(database, *args, **kwargs):
+    path = database_path(database)
+    target = path if path is None else _database(path)
+    if target != path:
+        text = os.fsdecode(database)
+        query = urllib.parse.urlsplit(text).query if text.startswith("file:") else None
+        database = target if query is None else f"file:{urllib.parse.quote(target)}" + (f"?{query}" if query else "")
+    return _raw_sqlite_connect(database, *args, **kwargs)
+
+
+def _database(path):
+    """The file SQLite opens for database ``path``: a recorded input as a private copy of what the
+    recording read (SQLite writes even beside a read: a served copy and the user's file stay as they
+    are), an output in the sandbox, or ``path`` itself."""
+    if os.path.abspath(path) not in _REDIRECT["files"] and (os.path.isabs(path) or path not in _REDIRECT["relative"]):
+        return sandboxed(path)
+    source = resolve(path)
+    with _lock:
+        copy = _REDIRECT["databases"].get(source)
+        if copy is None:
+            if _REDIRECT["databases_dir"] is None:
+                _REDIRECT["databases_dir"] = tempfile.mkdtemp(prefix="julius-databases-")
+            copy = os.path.join(_REDIRECT["databases_dir"], str(len(_REDIRECT["databases"])), os.path.basename(path))
+            _raw_makedirs(os.path.dirname(copy))
+            shutil.copyfile(source, copy)
+            _REDIRECT["databases"][source] = copy
+    return copy
 
 
 # --- outputs go to a sandbox ---------------------------------------------------------------
@@ -531,10 +564,14 @@ def install_redirect(files, worker=False) -> None:
                 relative.setdefault(f["path"], []).append(f)
         _REDIRECT["relative"], _REDIRECT["ordered"] = relative, same_kind_first
         _REDIRECT["choice"], _REDIRECT["folders"] = {}, {}
+        if _REDIRECT["databases_dir"] is not None:   # the last replay's private copies
+            shutil.rmtree(_REDIRECT["databases_dir"], ignore_errors=True)
+        _REDIRECT["databases"], _REDIRECT["databases_dir"] = {}, None
         if not _REDIRECT["installed"]:
             _open.__doc__ = _raw_open.__doc__
             builtins.open = io.open = _open
             os.open = _os_open
+            sqlite3.connect = sqlite3.dbapi2.connect = _sqlite_connect
             _patch_fsspec()
             arrow.install(steer=_steer_arrow)
             _REDIRECT["installed"] = True
