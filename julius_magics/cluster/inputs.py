@@ -8,9 +8,9 @@ Three doors, each cheap when not recording:
 - a wrapper of ``fsspec.spec.AbstractFileSystem.open``: remote files
   (``s3://``, ``gs://``, ``http(s)://``), recorded by ETag or version id where
   the backend gives one, else by content hash;
-- pyarrow's readers and writers (:mod:`.arrow`: parquet, datasets, CSV, JSON,
-  Feather, ORC), which open files through Arrow's C++ filesystem where no audit
-  event fires.
+- the entry points of libraries that open files in C, where no audit event fires
+  (:mod:`.native`): pyarrow's readers and writers (parquet, datasets, CSV, JSON,
+  Feather, ORC), HDF5's (h5py, PyTables: pandas' ``read_hdf``) and netCDF4's.
 
 An audit hook cannot be removed, so it is installed once per process and does
 nothing but compare one string while recording is off (:data:`HOOK_ENV`
@@ -75,7 +75,7 @@ import urllib.parse
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.utils import thread_state
 
-from . import arrow
+from . import native
 
 __all__ = ["HOOK_ENV", "install_hooks", "database_path", "start_reads", "stop_reads", "drain_reads", "reading", "file_sha256",
            "read_file_chunk", "read_remote", "InputsWorkerPlugin", "is_remote", "claiming", "end_claims"]
@@ -172,6 +172,17 @@ def _note_path(text, reading, writing):
         return
     _S.local.busy = True
     try:
+        # the read first: a file opened to read and write ("r+", HDF5's "a") that existed is an input too
+        if reading and absolute not in _S.reads and absolute not in _S.writes:
+            try:
+                st = os.stat(absolute)
+            except OSError:
+                st = None   # the open itself will fail, or it makes the file
+            if st is not None and stat.S_ISREG(st.st_mode):
+                snapshot = _S.reads[absolute] = _Snapshot({
+                    "path": text, "abspath": absolute, "cwd": os.getcwd(), "size": st.st_size,
+                    "mtime_ns": st.st_mtime_ns, "dev": st.st_dev, "ino": st.st_ino})
+                _enqueue(snapshot)
         if writing and absolute not in _S.writes:
             note = {"path": text, "abspath": absolute, "cwd": os.getcwd(), "existed": os.path.exists(absolute),
                     "in_task": getattr(thread_state, "key", None) is not None}   # else the kernel's own code
@@ -179,16 +190,6 @@ def _note_path(text, reading, writing):
             read = _S.reads.get(absolute)
             if read is not None:   # read before: snapshot what was read before it is written
                 read.run()
-        if reading and absolute not in _S.reads and absolute not in _S.writes:
-            try:
-                st = os.stat(absolute)
-            except OSError:
-                return   # the open itself will fail
-            if stat.S_ISREG(st.st_mode):
-                snapshot = _S.reads[absolute] = _Snapshot({
-                    "path": text, "abspath": absolute, "cwd": os.getcwd(), "size": st.st_size,
-                    "mtime_ns": st.st_mtime_ns, "dev": st.st_dev, "ino": st.st_ino})
-                _enqueue(snapshot)
     finally:
         _S.local.busy = False
 
@@ -410,7 +411,7 @@ def file_sha256(path, st=None) -> str:
     return sha
 
 
-# --- fsspec and pyarrow ---------------------------------------------------------------
+# --- fsspec and the libraries that open files in C ---------------------------------------------------------------
 def is_remote(fs) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     return not REMOTE_PROTOCOLS_LOCAL.intersection(protocol) and "memory" not in protocol
@@ -444,14 +445,14 @@ def _note_remote(fs, path):
         _S.remote[url] = (fs, fs._strip_protocol(path), {"url": url, "path": str(path), "cwd": os.getcwd()})
 
 
-def _note_arrow(path, writing):
+def _note_native(path, reading, writing):
     if _S.on:
-        _note_path(path, not writing, writing)
+        _note_path(path, reading, writing)
 
 
 # --- switching -------------------------------------------------------------------------
 def install_hooks() -> bool:
-    """Install the audit hook (once per process) and the fsspec/pyarrow wrappers; False when disabled."""
+    """Install the audit hook (once per process) and the fsspec wrapper; False when disabled."""
     if os.environ.get(HOOK_ENV, "1") == "0":
         return False
     if not _S.installed:
@@ -492,7 +493,7 @@ def start_reads(skip=(), sink=None, token=None) -> bool:
     """
     if not install_hooks():
         return False
-    arrow.install(note=_note_arrow)
+    native.install(note=_note_native)
     if _S.on:   # already on (a worker in the kernel's process): keep what was noted
         _S.skip = tuple(sorted({*_S.skip, *_skip_roots(skip)}))
         return True

@@ -1,25 +1,29 @@
-"""pyarrow's own readers and writers of local files, seen by capture and steered by replay.
+"""Libraries that open local files in C, seen by capture and steered by replay.
 
-pyarrow opens local files through Arrow's C++ filesystem: no audit event fires and no
-patched ``open`` is called.  So its public entry points that take a local path
+pyarrow (Arrow's C++ filesystem), HDF5 (h5py, and PyTables, which pandas' ``read_hdf``
+and ``to_hdf`` use) and netCDF4 open their files in C: no audit event fires and no
+patched ``open`` is called.  So their public entry points that take a local path
 (:data:`ENTRY_POINTS`) are wrapped, in each process that imports them (importing
 ``pyarrow.dataset`` takes seconds: a worker that never reads Arrow files never
 pays for it), and every local path they are given goes through this process's
 two hooks:
 
-- ``steer(path, writing, folder) -> path``, set by replay (:mod:`.serve`): the file
-  or folder to open instead, a served copy of an input or a sandboxed output;
-- ``note(path, writing)``, set by capture (:mod:`.inputs`): each file read or written,
-  a folder's files as pyarrow found them (``dataset.files``, ``write_dataset``'s
-  ``file_visitor``).
+- ``steer(path, access) -> path``, set by replay (:mod:`.serve`): the file or
+  folder to open instead, a served copy of an input or a sandboxed output;
+- ``note(path, reading, writing)``, set by capture (:mod:`.inputs`): each file read
+  or written, a folder's files as pyarrow found them (``dataset.files``,
+  ``write_dataset``'s ``file_visitor``).
+
+``access`` is :data:`READ`, :data:`WRITE`, :data:`WRITE_FOLDER` or :data:`UPDATE`
+(read and written in place: HDF5's ``"a"`` and ``"r+"``, the mode pandas' ``HDFStore``
+opens by default), for an entry point whose mode says it, by its mode.
 
 A path is local when it is a ``str`` or ``os.PathLike`` without ``://`` and the
 ``filesystem`` given is none, pyarrow's ``LocalFileSystem`` or fsspec's (which
 pyarrow swaps for its own).  File objects, buffers and remote filesystems are
 left alone: they are opened through Python, where the other doors see them.
-Only ``pyarrow.lib.OSFile``'s constructor has a hand-written signature (a Cython
-class has none to read): a wrapped entry point whose arguments do not bind is called
-as it is, unseen.
+A Cython class has no signature to read: :data:`SIGNATURES` holds the ones
+wrapped.  A wrapped entry point whose arguments do not bind is called as it is, unseen.
 """
 
 from __future__ import annotations
@@ -30,14 +34,14 @@ import os
 import sys
 import threading
 
-__all__ = ["install", "ENTRY_POINTS"]
+__all__ = ["install", "ENTRY_POINTS", "READ", "WRITE", "WRITE_FOLDER", "UPDATE"]
 
-READ, WRITE, WRITE_FOLDER, BY_MODE = "read", "write", "write folder", "by its mode"
+READ, WRITE, WRITE_FOLDER, UPDATE, BY_MODE = "read", "write", "write folder", "update", "by its mode"
 
 # module -> [(object, argument, what it does with the path)]; an object is a function of the
 # module or a class, whose __init__ is wrapped (a Cython class, which cannot be changed, is
 # replaced in the module by a subclass that steers its construction: ``pa.OSFile``, which
-# pandas writes Parquet through)
+# pandas writes Parquet through, and ``netCDF4.Dataset``, which xarray opens)
 ENTRY_POINTS = {
     "pyarrow": [("OSFile", "path", BY_MODE), ("memory_map", "path", BY_MODE), ("input_stream", "source", READ),
                 ("output_stream", "source", WRITE)],
@@ -50,7 +54,34 @@ ENTRY_POINTS = {
     "pyarrow.feather": [("read_table", "source", READ), ("read_feather", "source", READ),
                         ("write_feather", "dest", WRITE)],
     "pyarrow.orc": [("ORCFile", "source", READ), ("ORCWriter", "where", WRITE)],
+    "h5py": [("File", "name", BY_MODE)],
+    "tables": [("open_file", "filename", BY_MODE)],
+    "netCDF4": [("Dataset", "filename", BY_MODE)],
 }
+
+
+def _parameters(*names_and_defaults):
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    return inspect.Signature([inspect.Parameter(name, kind, **({"default": d[0]} if d else {}))
+                              for name, *d in names_and_defaults] +
+                             [inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)])
+
+
+# the constructors of the Cython classes wrapped, which have no signature to read (their first
+# arguments; the rest pass through as keywords)
+SIGNATURES = {
+    ("pyarrow", "OSFile"): _parameters(("path",), ("mode", "r"), ("memory_pool", None)),
+    ("netCDF4", "Dataset"): _parameters(("filename",), ("mode", "r"), ("clobber", True), ("format", "NETCDF4")),
+}
+
+
+def access_of(mode) -> str:
+    """What opening a file in ``mode`` does to it: ``"r"``/``"rb"`` read, ``"w"``/``"x"``/``"w-"`` write,
+    ``"a"``/``"r+"`` update (the file's earlier content stays part of it)."""
+    mode = mode or "r"
+    if "+" in mode or "a" in mode:
+        return UPDATE
+    return READ if mode.startswith("r") else WRITE
 
 
 class _Hooks:
@@ -90,22 +121,22 @@ def _local_path(value):
     return None
 
 
-def _steered(value, writing, folder):
+def _steered(value, access):
     """``value`` (a path, or a list of them) with each local path steered."""
     if isinstance(value, (list, tuple)):
-        return type(value)(_steered(v, writing, folder) for v in value)
+        return type(value)(_steered(v, access) for v in value)
     text = _local_path(value)
     if text is None or _Hooks.steer is None:
         return value
-    target = _Hooks.steer(text, writing, folder)
+    target = _Hooks.steer(text, access)
     return value if target == text else target
 
 
-def _noted(value, writing):
+def _noted(value, reading, writing):
     for v in value if isinstance(value, (list, tuple)) else [value]:
         text = _local_path(v)
-        if text is not None and _Hooks.note is not None and not os.path.isdir(text):
-            _Hooks.note(text, writing)
+        if text is not None and not os.path.isdir(text):
+            _Hooks.note(text, reading, writing)
 
 
 def _note_dataset(dataset, source):
@@ -119,7 +150,7 @@ def _note_dataset(dataset, source):
     written = _local_path(source)
     for f in files:
         same = written is not None and len(files) == 1 and os.path.abspath(written) == os.path.abspath(f)
-        _Hooks.note(written if same else f, False)
+        _Hooks.note(written if same else f, True, False)
 
 
 # --- the wrappers ------------------------------------------------------------------------
@@ -137,22 +168,19 @@ def _wrapper(original, argument, action, is_init, signature=None):
         if argument not in arguments or not _local_filesystem(arguments.get("filesystem")):
             return original(*args, **kwargs)
         given = arguments[argument]
-        act = action if action != BY_MODE else (WRITE if set(arguments.get("mode", "r")) & set("wax+") else READ)
-        writing, folder = act != READ, act == WRITE_FOLDER
+        access = access_of(arguments.get("mode")) if action == BY_MODE else action
         if _Hooks.note is not None:
-            if act == WRITE:
-                _noted(given, True)
-            elif act == READ and not (isinstance(given, (list, tuple)) or _is_folder(given)):
-                _noted(given, False)
-            elif act == WRITE_FOLDER:
+            if access == WRITE_FOLDER:
                 _chain_file_visitor(arguments)
-        arguments[argument] = _steered(given, writing, folder)
+            elif access != READ or not (isinstance(given, (list, tuple)) or _is_folder(given)):
+                _noted(given, access != WRITE, access != READ)   # a folder read: the files the dataset found
+        arguments[argument] = _steered(given, access)
         _Hooks.local.inside = True
         try:
             result = original(*bound.args, **bound.kwargs)
         finally:
             _Hooks.local.inside = False
-        if _Hooks.note is not None and act == READ:
+        if _Hooks.note is not None and access == READ:
             _note_dataset(getattr(args[0], "_dataset", None) if is_init else result, given)
         return result
 
@@ -171,7 +199,7 @@ def _chain_file_visitor(arguments):
     theirs = arguments.get("file_visitor")
 
     def visitor(written_file):
-        _Hooks.note(written_file.path, True)
+        _Hooks.note(written_file.path, False, True)
         if theirs is not None:
             theirs(written_file)
 
@@ -183,29 +211,37 @@ def _wrap_module(module):
         owner = getattr(module, name, None)
         if owner is None or getattr(owner, "__julius_original__", None):
             continue
+        signature = SIGNATURES.get((module.__name__, name))
         if not isinstance(owner, type):
             setattr(module, name, _wrapper(owner, argument, action, False))
-        elif owner.__module__ == "pyarrow.lib":   # a Cython class: its __init__ cannot be set
-            setattr(module, name, _steering_subclass(owner, argument, action))
+        elif signature is not None:   # a Cython class: its __init__ cannot be set
+            setattr(module, name, _steering_subclass(owner, argument, action, signature))
         elif not getattr(owner.__init__, "__julius_original__", None):
             owner.__init__ = _wrapper(owner.__init__, argument, action, True)
 
 
-# the constructor of pyarrow.lib.OSFile, which has no signature to read
-_OSFILE = inspect.Signature([inspect.Parameter("path", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-                             inspect.Parameter("mode", inspect.Parameter.POSITIONAL_OR_KEYWORD, default="r"),
-                             inspect.Parameter("memory_pool", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)])
+def _steering_subclass(cython_class, argument, action, signature):
+    """``cython_class`` under its own name, constructed through the hooks (its instances are its instances).
 
+    Cython runs ``__cinit__`` in ``__new__`` (pyarrow opens there), then ``__init__`` (netCDF4
+    opens there): each is given the steered arguments (steering is the same twice; nothing is
+    kept on the instance, whose class may own ``__setattr__``: netCDF4's writes file attributes).
+    """
+    steer = _wrapper(lambda *args, **kwargs: (args, kwargs), argument, action, False, signature)
 
-def _steering_subclass(cython_class, argument, action):
-    """``cython_class`` under its own name, constructed through the hooks (its instances are its instances)."""
-    construct = _wrapper(lambda *args, **kwargs: cython_class.__new__(subclass, *args, **kwargs), argument, action,
-                         False, _OSFILE)
-    subclass = type(cython_class.__name__, (cython_class,), {
-        "__new__": lambda cls, *args, **kwargs: construct(*args, **kwargs), "__doc__": cython_class.__doc__,
+    def __new__(cls, *args, **kwargs):
+        args, kwargs = steer(*args, **kwargs)
+        return cython_class.__new__(cls, *args, **kwargs)
+
+    def __init__(self, *args, **kwargs):
+        if cython_class.__init__ is not object.__init__:
+            args, kwargs = steer(*args, **kwargs)
+            cython_class.__init__(self, *args, **kwargs)
+
+    return type(cython_class.__name__, (cython_class,), {
+        "__new__": __new__, "__init__": __init__, "__doc__": cython_class.__doc__,
         "__module__": cython_class.__module__, "__qualname__": cython_class.__qualname__,
         "__julius_original__": cython_class})
-    return subclass
 
 
 class _WrapOnImport:
