@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/bench_plain_recording.py [--csv-mb 120] [--parquet-mb 90] [--tasks 20000] [--rounds 1]
+        [--skip-futures] [--hashed]
 
 Two notebooks that never call julius, each with its own ``LocalCluster`` (2 worker
 processes, 1 thread each), run side by side in one process, unrecorded and recorded
@@ -89,8 +90,8 @@ def make_data(folder, csv_mb, parquet_mb):
     return sorted(glob.glob(f"{folder}/csv/*") + glob.glob(f"{folder}/parquet/*"))
 
 
-def run_notebook(cells, namespace, store=None, name=None):
-    """Run ``cells`` as a notebook does; recorded into ``store`` as ``name`` when given.
+def run_notebook(cells, namespace, store=None, name=None, data="embed"):
+    """Run ``cells`` as a notebook does; recorded into ``store`` as ``name`` (``--data data``) when given.
 
     Returns (notebook seconds, the cells' own compute seconds, drain seconds, snapshot stats by reader,
     CPU seconds of the kernel and the workers until the close: a cost that other loads on the machine
@@ -101,7 +102,7 @@ def run_notebook(cells, namespace, store=None, name=None):
 
     drains, workers_cpu = 0.0, 0.0
     t0, cpu0 = time.monotonic(), time.process_time()
-    recorder = recording.start(Session(), name, store=store) if name else None
+    recorder = recording.start(Session(), name, store=store, data=data) if name else None
     if recorder is not None:   # the input files' part of the drains (collecting snapshots, storing), timed apart
         recorder.watch._files = _timed(recorder.watch._files, SNAPSHOT)
         recorder._record_files = _timed(recorder._record_files, SNAPSHOT)
@@ -147,37 +148,42 @@ def hash_and_store_once(files, folder):
     return time.monotonic() - t0, time.process_time() - cpu
 
 
-def side_by_side(label, cells, namespace, work, rounds):
+def side_by_side(label, cells, namespace, work, rounds, hashed=False):
+    """Each round runs the notebook plain and recorded (and, with ``hashed``, recorded with ``--data
+    hash``: the input files hashed, not stored), in that order and then in reverse."""
     from julius_magics.recording.store import Store
 
-    plain, recorded, computes, snapshots, stats = [], [], {"plain": [], "recorded": []}, [], []
-    cpus = {"plain": [], "recorded": []}
-    last = None
+    sides = ("plain", "recorded", "hashed") if hashed else ("plain", "recorded")
+    totals, computes, cpus = ({side: [] for side in sides} for _ in range(3))
+    snapshots, stats, last = [], [], None
     for r in range(rounds):
-        for order in (("plain", "recorded"), ("recorded", "plain")):
+        for order in (sides, sides[::-1]):
             for side in order:
                 ns = dict(namespace)
                 if side == "plain":
                     total, compute, _, _, cpu = run_notebook(cells, ns)
-                    plain.append(total)
                 else:
-                    last = (Store(f"{work}/store-{label}-{len(recorded)}"), f"{label}-{len(recorded)}")
+                    count = len(totals[side])
+                    target = (Store(f"{work}/store-{label}-{side}-{count}"), f"{label}-{side}-{count}")
                     SNAPSHOT.clear()
-                    total, compute, drains, by_reader, cpu = run_notebook(cells, ns, *last)
-                    recorded.append(total)
-                    snapshots.append(sum(SNAPSHOT))
-                    stats.append(by_reader)
+                    total, compute, drains, by_reader, cpu = run_notebook(
+                        cells, ns, *target, data="embed" if side == "recorded" else "hash")
+                    if side == "recorded":
+                        last = target
+                        snapshots.append(sum(SNAPSHOT))
+                        stats.append(by_reader)
+                totals[side].append(total)
                 computes[side].append(compute)
                 cpus[side].append(cpu)
                 print(f"  {label} {side:8s} notebook {total:7.2f} s, its compute {compute:7.2f} s, CPU {cpu:6.2f} s"
-                      + (f", drains at the cells' ends {drains:.2f} s, of which input files {snapshots[-1]:.2f} s; "
-                         f"snapshots in the readers {_seconds(stats[-1])}" if side == "recorded" else "")
+                      + (f", drains at the cells' ends {drains:.2f} s, of which input files {sum(SNAPSHOT):.2f} s; "
+                         f"snapshots in the readers {_seconds(by_reader)}" if side != "plain" else "")
                       + f"; load {os.getloadavg()[0]:.1f}", flush=True)
-    ratio = statistics.mean(recorded) / statistics.mean(plain)
-    print(f"{label}: recorded / unrecorded = {ratio:.3f} (notebook, means of {len(plain)}; target <= 1.05); "
-          f"compute alone {statistics.mean(computes['recorded']) / statistics.mean(computes['plain']):.3f}; "
-          f"CPU seconds (kernel + workers) {statistics.mean(cpus['recorded']) / statistics.mean(cpus['plain']):.3f}")
-    return last, computes, snapshots, stats
+    for side in sides[1:]:
+        notebook, compute, cpu = (statistics.mean(of[side]) / statistics.mean(of["plain"]) for of in (totals, computes, cpus))
+        print(f"{label}: {side} / unrecorded = {notebook:.3f} (notebook, means of {len(totals[side])}; target "
+              f"<= 1.05); compute alone {compute:.3f}; CPU seconds (kernel + workers) {cpu:.3f}")
+    return last, {"plain": computes["plain"], "recorded": computes["recorded"]}, snapshots, stats
 
 
 def _seconds(by_reader):
@@ -194,6 +200,8 @@ def main():
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=1, help="rounds of (plain, recorded, recorded, plain)")
     parser.add_argument("--skip-futures", action="store_true")
+    parser.add_argument("--hashed", action="store_true",
+                        help="files: a third side recorded with --data hash (hashed, not stored)")
     args = parser.parse_args()
 
     import tqdm.notebook  # noqa: F401  (a kernel has IPython and ipywidgets imported: not the recording's cost)
@@ -208,7 +216,7 @@ def main():
         print(f"data: {len(files)} files, {size / 1e6:.0f} MB ({len(glob.glob(f'{data}/csv/*'))} CSV, "
               f"{len(glob.glob(f'{data}/parquet/*'))} Parquet); load {os.getloadavg()}", flush=True)
         (store, name), computes, snapshots, stats = side_by_side(
-            "files", [FILES_CELL, CLOSE_CELL], {"data": data, "time": time}, work, args.rounds)
+            "files", [FILES_CELL, CLOSE_CELL], {"data": data, "time": time}, work, args.rounds, args.hashed)
         floor, floor_cpu = hash_and_store_once(files, f"{work}/floor")
         stats = [by or {} for by in stats]   # (none from a julius that snapshots at the drains)
         readers = statistics.mean(sum(s.get("seconds", 0.0) for s in by.values()) for by in stats)
