@@ -159,11 +159,15 @@ def database_path(database) -> str | None:
 
 
 def _note_database(database):
-    # SQLite opens its file in C, where no "open" event fires: a database that exists is read, a new one written
+    # SQLite opens its file in C, where no "open" event fires: a database that exists is read, a new one
+    # written.  Any statement may change it, unseen: one that exists is snapshotted now, before the first.
     path = None if _busy() else database_path(database)
     if path is not None:
         exists = os.path.exists(path)
         _note_path(path, reading=exists, writing=not exists)
+        snapshot = _S.reads.get(os.path.abspath(path)) if exists else None
+        if snapshot is not None:
+            snapshot.run()
 
 
 def _note_path(text, reading, writing):

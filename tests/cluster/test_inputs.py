@@ -104,6 +104,26 @@ def test_a_file_opened_to_update_is_an_input_as_it_was_and_an_output(noting):
     assert report["problems"] == []
 
 
+def test_a_database_is_snapshotted_as_it_was_connected_before_a_statement_changes_it(noting):
+    import sqlite3
+
+    with sqlite3.connect("shop.db") as db:
+        db.execute("create table sales (amount real, receipt blob)")   # 20 MB: a snapshot takes a while
+        db.executemany("insert into sales values (?, randomblob(100000))", [(float(i),) for i in range(200)])
+    db.close()
+    before = file_sha256("shop.db")
+    stop_reads()
+    start_reads()
+    db = sqlite3.connect("shop.db")
+    db.execute("insert into sales values (1.5, null)")   # changed at once: the snapshot must have come first
+    db.commit()
+    db.close()
+    report = drain_reads()
+    assert file_sha256("shop.db") != before
+    assert [(e["path"], e["sha256"]) for e in report["inputs"]] == [("shop.db", before)]
+    assert report["problems"] == []
+
+
 def test_python_install_skipped_folders_and_vanished_files(noting):
     import json  # noqa: F401
 
