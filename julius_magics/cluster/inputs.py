@@ -415,7 +415,7 @@ def file_sha256(path, st=None) -> str:
     return sha
 
 
-# --- fsspec and the libraries that open files in C ---------------------------------------------------------------
+# --- fsspec, and the libraries that open files in C -----------------------------------
 def is_remote(fs) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     return not REMOTE_PROTOCOLS_LOCAL.intersection(protocol) and "memory" not in protocol
