@@ -37,9 +37,10 @@ library), system folders (``/usr``, ``/etc``, ``/proc``...), hidden folders of
 the home directory, Dask's scratch space, temporary files (``tmp*`` under the
 temporary directory, and julius's own ``julius-*`` ones: wheels built for a
 recording, copies of inputs), code (``.py``, ``.pyc``, ``.so``), folders given to
-:func:`start_reads` (the recording's store), and files the session created:
-outputs are not inputs.  A file read and later overwritten is snapshotted
-before it is overwritten.
+:func:`start_reads` (the recording's store), and files the session created,
+in any process of the host (each leaves a marker in the claims folder): outputs
+are not inputs.  A file read and later overwritten is snapshotted before it is
+overwritten.
 
 Kernel-facing API::
 
@@ -75,10 +76,11 @@ import urllib.parse
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.utils import thread_state
 
+from ..fingerprint import content_fingerprint
 from . import native
 
 __all__ = ["HOOK_ENV", "install_hooks", "database_path", "start_reads", "stop_reads", "drain_reads", "reading", "file_sha256",
-           "read_file_chunk", "read_remote", "InputsWorkerPlugin", "is_remote", "claiming", "end_claims"]
+           "read_file_chunk", "read_remote", "output_content", "InputsWorkerPlugin", "is_remote", "claiming", "end_claims"]
 
 HOOK_ENV = "JULIUS_OPEN_HOOK"
 CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".so", ".pyd", ".pth", ".dist-info")
@@ -177,7 +179,7 @@ def _note_path(text, reading, writing):
     _S.local.busy = True
     try:
         # the read first: a file opened to read and write ("r+", HDF5's "a") that existed is an input too
-        if reading and absolute not in _S.reads and absolute not in _S.writes:
+        if reading and absolute not in _S.reads and absolute not in _S.writes and not _made_in_session(absolute):
             try:
                 st = os.stat(absolute)
             except OSError:
@@ -188,7 +190,10 @@ def _note_path(text, reading, writing):
                     "mtime_ns": st.st_mtime_ns, "dev": st.st_dev, "ino": st.st_ino})
                 _enqueue(snapshot)
         if writing and absolute not in _S.writes:
-            note = {"path": text, "abspath": absolute, "cwd": os.getcwd(), "existed": os.path.exists(absolute),
+            existed = os.path.exists(absolute) and not _made_in_session(absolute)
+            if not existed:
+                _mark_made_in_session(absolute)
+            note = {"path": text, "abspath": absolute, "cwd": os.getcwd(), "existed": existed,
                     "in_task": getattr(thread_state, "key", None) is not None}   # else the kernel's own code
             _S.writes[absolute] = _S.new_writes[absolute] = note
             read = _S.reads.get(absolute)
@@ -196,6 +201,22 @@ def _note_path(text, reading, writing):
                 read.run()
     finally:
         _S.local.busy = False
+
+
+def _made_marker(absolute):
+    return os.path.join(_S.claims, "made-" + hashlib.sha256(absolute.encode("utf-8", "surrogateescape")).hexdigest()[:40])
+
+
+def _mark_made_in_session(absolute):
+    """Tell the other processes of this host that the session made ``absolute`` (an output, never an input:
+    one worker writes a file, another appends to it or reads it back)."""
+    if _S.claims is not None:
+        with contextlib.suppress(OSError):
+            os.close(os.open(_made_marker(absolute), os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def _made_in_session(absolute) -> bool:
+    return _S.claims is not None and os.path.exists(_made_marker(absolute))
 
 
 # --- snapshots -------------------------------------------------------------------------
@@ -415,6 +436,16 @@ def file_sha256(path, st=None) -> str:
     return sha
 
 
+def output_content(path) -> str | None:
+    """The fingerprint of what an output holds, for a format whose bytes also hold when it was written
+    (:func:`~julius_magics.fingerprint.content_fingerprint`); None for the others, and for one that
+    cannot be read as its format says (its SHA-256 is compared then)."""
+    try:
+        return content_fingerprint(path)
+    except Exception:
+        return None
+
+
 # --- fsspec, and the libraries that open files in C -----------------------------------
 def is_remote(fs) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
@@ -570,6 +601,9 @@ def drain_reads(hash_remote: bool = True, wait: bool = True) -> dict:
             st = os.stat(absolute)
             if stat.S_ISREG(st.st_mode):
                 entry.update(size=st.st_size, sha256=file_sha256(absolute, st))
+                content = output_content(absolute)
+                if content is not None:
+                    entry["content"] = content
         except OSError:
             entry["gone"] = True
         outputs.append(entry)

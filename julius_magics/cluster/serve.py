@@ -56,11 +56,11 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..errors import DataChangedError
 from . import native
-from .inputs import database_path, file_sha256
+from .inputs import database_path, file_sha256, output_content
 
 __all__ = ["cache_dir", "file_status", "check_inputs", "serve_inputs", "ServeInputs", "install_redirect",
            "resolve", "remote_status", "serve_remote", "install_remote_redirect", "ServeRemote", "sandboxed",
-           "install_output_sandbox", "compare_outputs", "OutputSandbox", "written_by_a_task", "stop_serving"]
+           "install_output_sandbox", "compare_outputs", "recorded_fingerprint", "OutputSandbox", "written_by_a_task", "stop_serving"]
 
 _REDIRECT = {"files": {}, "relative": {}, "ordered": [], "choice": {}, "folders": {}, "installed": False,
              "remote": {}, "remote_installed": False, "databases": {}, "databases_dir": None}
@@ -534,12 +534,18 @@ def _path_mkdir(self, *args, **kwargs):
     return _raw_path_mkdir(self if target is self else type(self)(target), *args, **kwargs)
 
 
+def recorded_fingerprint(output) -> str | None:
+    """What a recorded output is compared by: its content's fingerprint where its format stamps the
+    time it was written (gzip, zip, HDF5), else its SHA-256."""
+    return output.get("content") or output.get("sha256")
+
+
 def _sandbox_hashes(outputs):
     found = {}
     for o in outputs:
         target = _in_sandbox(o["abspath"]) if _SANDBOX["dir"] else None
         if target and os.path.isfile(target):
-            found[o["abspath"]] = (target, file_sha256(target))
+            found[o["abspath"]] = (target, output_content(target) if o.get("content") else file_sha256(target))
     return found
 
 
@@ -553,8 +559,8 @@ def compare_outputs(client, outputs) -> list[dict]:
     report = []
     for o in outputs:
         where, sha = seen.get(o["abspath"], (None, None))
-        report.append({"path": o["path"], "abspath": o["abspath"], "sandbox": where, "recorded": o.get("sha256"),
-                       "replayed": sha, "same": sha is not None and sha == o.get("sha256")})
+        report.append({"path": o["path"], "abspath": o["abspath"], "sandbox": where, "recorded": recorded_fingerprint(o),
+                       "replayed": sha, "same": sha is not None and sha == recorded_fingerprint(o)})
     return report
 
 

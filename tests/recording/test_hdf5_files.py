@@ -61,6 +61,8 @@ frame = dd.read_hdf("data/frame.h5", "/table", chunksize=10)   # PyTables, in th
 total = float(frame.v.sum().compute())
 logged = client.submit(write_log, sums).result()
 notes = client.submit(add_note).result()
+frame.to_hdf("table-out.h5", "/t")                   # PyTables writes the time into the file: compared by content
+frame.to_csv("csv-out/part-*.csv.gz", compression="gzip")   # so does gzip
 """, "client.close()\ncluster.close()"]
 
 
@@ -83,18 +85,22 @@ def test_hdf5_and_netcdf_files_are_recorded_served_and_sandboxed(ip, tmp_path, m
     assert rec.info.status == "complete" and "partial" not in rec.meta
     inputs = {(f["path"], f["sha256"]) for s in rec.steps if s.kind == "inputs" for f in s.data["files"]}
     assert inputs == {(f"data/{p}", sha) for p, sha in before.items()}   # notes.h5 as it was before the update
-    outputs = {f["path"]: f for s in rec.steps if s.kind == "outputs" for f in s.data["files"]}
-    assert sorted(outputs) == ["data/notes.h5", "log.h5"]
+    outputs = {os.path.relpath(f["abspath"]): f for s in rec.steps if s.kind == "outputs" for f in s.data["files"]}
+    assert sorted(outputs) == [*(f"csv-out/part-{i}.csv.gz" for i in range(4)), "data/notes.h5", "log.h5",
+                               "table-out.h5"]
+    assert outputs["table-out.h5"]["content"] and outputs["csv-out/part-0.csv.gz"]["content"]
     assert outputs["data/notes.h5"]["existed"] and not outputs["log.h5"]["existed"]
     shown = julius(store, "show", "hdf5", cwd=tmp_path).stdout
     assert "data/cube.nc" in shown and "output log.h5:" in shown, shown
 
     shutil.rmtree("data")
-    os.remove("log.h5")
+    for written in ("log.h5", "table-out.h5"):
+        os.remove(written)
+    shutil.rmtree("csv-out")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     for workers in ("1", "3"):
-        # 7 results, and the 2 files the tasks wrote (log.h5, the updated notes.h5) as the recording wrote them
-        assert replayed_verified(store, "hdf5", "-n", workers, cwd=elsewhere) == 7 + 2
+        # 11 results, and the 8 files the tasks wrote (the updated notes.h5 too) as the recording wrote them
+        assert replayed_verified(store, "hdf5", "-n", workers, cwd=elsewhere) == 11 + 8
     assert sorted(os.listdir(tmp_path)) == ["elsewhere", "store"]   # nothing written into the user's folders
     assert list(elsewhere.iterdir()) == []
