@@ -177,6 +177,7 @@ def _note_path(text, reading, writing):
     if absolute.startswith(_S.skip) or absolute.endswith(CODE_SUFFIXES) or "dask-scratch-space" in absolute:
         return
     _S.local.busy = True
+    snapshot = None
     try:
         # the read first: a file opened to read and write ("r+", HDF5's "a") that existed is an input too
         if reading and absolute not in _S.reads and absolute not in _S.writes and not _made_in_session(absolute):
@@ -197,8 +198,8 @@ def _note_path(text, reading, writing):
                     "in_task": getattr(thread_state, "key", None) is not None}   # else the kernel's own code
             _S.writes[absolute] = _S.new_writes[absolute] = note
             read = _S.reads.get(absolute)
-            if read is not None:   # read before: snapshot what was read before it is written
-                read.run()
+            if read is not None:   # read before (or by this open, to update): snapshot it before it is written
+                read.run(blocking=read is not snapshot)   # this open's own: unless another holds its claim
     finally:
         _S.local.busy = False
 
