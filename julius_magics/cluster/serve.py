@@ -239,18 +239,22 @@ def resolve(file):
         return choice[text]
     if getattr(_resolving, "active", False):   # hashing a candidate opens it: that open is the candidate's own
         return file
-    entries = _REDIRECT["relative"].get(text) if not os.path.isabs(text) else None
-    if entries is None:
-        entry = _REDIRECT["files"].get(os.path.abspath(text))
-        entries = [entry] if entry else []
     target = file
-    for entry in entries:
+    for entry in _recorded_inputs(text):
         found = _guarded_readable(entry)
         if found is not None:
             target = found
             break
     choice[text] = target
     return target
+
+
+def _recorded_inputs(text) -> list[dict]:
+    """The recorded inputs that the path ``text`` may mean, the likeliest first."""
+    if not os.path.isabs(text) and text in _REDIRECT["relative"]:
+        return _REDIRECT["relative"][text]
+    entry = _REDIRECT["files"].get(os.path.abspath(text))
+    return [entry] if entry else []
 
 
 def _guarded_readable(entry):
@@ -366,7 +370,7 @@ def _database(path):
     """The file SQLite opens for database ``path``: a recorded input as a private copy of what the
     recording read (SQLite writes even beside a read: a served copy and the user's file stay as they
     are), an output in the sandbox, or ``path`` itself."""
-    if os.path.abspath(path) not in _REDIRECT["files"] and (os.path.isabs(path) or path not in _REDIRECT["relative"]):
+    if not _recorded_inputs(path):
         return sandboxed(path)
     source = resolve(path)
     with _lock:
