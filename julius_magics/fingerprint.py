@@ -435,3 +435,82 @@ def error_fingerprint_and_describe(error_text: str) -> tuple[str, str]:
 
 def describe_error(error_text: str) -> str:
     return _clip(f"raised {error_text}", 60)
+
+
+# --- files whose bytes stamp the time they were written -----------------------------------
+_GZIP, _ZIP, _HDF5 = b"\x1f\x8b", b"PK\x03\x04", b"\x89HDF\r\n\x1a\n"
+_CHUNK = 1 << 20
+
+
+def content_fingerprint(path) -> str | None:
+    """The fingerprint of what a file holds, for formats whose bytes also hold the time they were
+    written; None for the others, whose SHA-256 says what they hold.
+
+    Two runs that write the same data into such a file write different bytes, so an output is
+    compared by this fingerprint when it has one:
+
+    - gzip (its header's modification time; pandas' ``to_csv("x.csv.gz")``): the decompressed bytes;
+    - zip (each member's date; NumPy's ``.npz``, Excel's ``.xlsx``): each member's name and bytes, in order;
+    - HDF5 (objects' modification times, which PyTables keeps; pandas' ``to_hdf``): each group's and
+      dataset's name, attributes and values, read with h5py (None where h5py is not installed).
+    """
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    h = hashlib.sha256()
+    if magic.startswith(_GZIP):
+        import gzip
+
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+        return h.hexdigest()
+    if magic.startswith(_ZIP):
+        import zipfile
+
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                h.update(_digest(member.filename))
+                with archive.open(member) as f:
+                    h.update(_digest(hashlib.file_digest(f, "sha256").digest()))
+        return h.hexdigest()
+    if magic == _HDF5:
+        return _hdf5_fingerprint(path, h)
+    return None
+
+
+def _hdf5_fingerprint(path, h) -> str | None:
+    try:
+        import h5py
+        import numpy as np
+    except ImportError:
+        return None
+
+    def plain(value, f):
+        """A value read from the file, with object references as the names of what they point to
+        (netCDF4 keeps them in compound attributes: a reference's bytes are an address in the file)."""
+        if isinstance(value, h5py.Reference):
+            return f[value].name if value else None
+        array = np.asarray(value)
+        if array.dtype.kind != "O" and array.dtype.fields is None:
+            return array
+        if array.dtype.fields is not None:
+            return [tuple(plain(field, f) for field in record) for record in array.ravel()]
+        return [plain(item, f) if isinstance(item, (h5py.Reference, np.ndarray)) else item for item in array.ravel()]
+
+    def feed(name, item):
+        attributes = sorted((k, plain(item.attrs[k], f)) for k in item.attrs)
+        h.update(_digest((name, type(item).__name__, attributes)))
+        if isinstance(item, h5py.Dataset):
+            h.update(_digest((str(item.dtype), item.shape)))
+            if not item.shape:
+                h.update(_digest(plain(item[()], f)))
+                return
+            row = max(1, item.dtype.itemsize * (item.size // max(1, item.shape[0])))
+            step = max(1, (64 << 20) // row)   # 64 MB at a time
+            for start in range(0, item.shape[0], step):
+                h.update(_digest(plain(item[start:start + step], f)))
+
+    with h5py.File(path, "r") as f:
+        feed("/", f)
+        f.visititems(feed)
+    return h.hexdigest()

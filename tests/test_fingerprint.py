@@ -13,7 +13,7 @@ import pytest
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
-from julius_magics.fingerprint import describe, fingerprint
+from julius_magics.fingerprint import content_fingerprint, describe, fingerprint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 Point = namedtuple("Point", "x y")
@@ -146,3 +146,37 @@ def test_describe():
     assert describe("x" * 100).startswith("str 'xxx") and describe("x" * 100).endswith("(len 100)")
     assert describe(LogisticRegression()) == "LogisticRegression (not fitted)"
     assert describe(LogisticRegression().fit([[0], [1]], [0, 1])) == "LogisticRegression (fitted)"
+
+
+def test_a_file_that_stamps_when_it_was_written_is_fingerprinted_by_what_it_holds(tmp_path, monkeypatch):
+    """gzip, zip and HDF5 (PyTables) hold the time they were written: the same data written twice
+    has other bytes, but the same content fingerprint; other data has another one."""
+    import gzip
+    import hashlib
+    import zipfile
+
+    monkeypatch.chdir(tmp_path)
+    frame = pd.DataFrame({"k": range(20), "v": np.linspace(0, 1, 20)})
+
+    def write(i, data):
+        frame.assign(v=frame.v * data).to_hdf(f"t{i}.h5", key="t", format="table")
+        with gzip.GzipFile(f"t{i}.csv.gz", "wb", mtime=time.time() + i) as f:
+            f.write(frame.assign(v=frame.v * data).to_csv().encode())
+        with zipfile.ZipFile(f"t{i}.zip", "w") as z:
+            z.writestr(zipfile.ZipInfo("a.txt", date_time=(2020, 1, 1 + i, 0, 0, 0)), f"data {data}")
+
+    write(0, 1)
+    time.sleep(1.1)   # PyTables stamps seconds
+    write(1, 1)
+    write(2, 2)
+
+    def sha(path):
+        return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+    for suffix in (".h5", ".csv.gz", ".zip"):
+        first, again, other = (f"t{i}{suffix}" for i in range(3))
+        assert sha(first) != sha(again)
+        assert content_fingerprint(first) == content_fingerprint(again)
+        assert content_fingerprint(first) != content_fingerprint(other)
+    frame.to_csv("plain.csv")
+    assert content_fingerprint("plain.csv") is None   # its bytes are what it holds

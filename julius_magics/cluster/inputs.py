@@ -8,9 +8,9 @@ Three doors, each cheap when not recording:
 - a wrapper of ``fsspec.spec.AbstractFileSystem.open``: remote files
   (``s3://``, ``gs://``, ``http(s)://``), recorded by ETag or version id where
   the backend gives one, else by content hash;
-- pyarrow's readers and writers (:mod:`.arrow`: parquet, datasets, CSV, JSON,
-  Feather, ORC), which open files through Arrow's C++ filesystem where no audit
-  event fires.
+- the entry points of libraries that open files in C, where no audit event fires
+  (:mod:`.native`): pyarrow's readers and writers (parquet, datasets, CSV, JSON,
+  Feather, ORC), HDF5's (h5py, PyTables: pandas' ``read_hdf``) and netCDF4's.
 
 An audit hook cannot be removed, so it is installed once per process and does
 nothing but compare one string while recording is off (:data:`HOOK_ENV`
@@ -37,9 +37,10 @@ library), system folders (``/usr``, ``/etc``, ``/proc``...), hidden folders of
 the home directory, Dask's scratch space, temporary files (``tmp*`` under the
 temporary directory, and julius's own ``julius-*`` ones: wheels built for a
 recording, copies of inputs), code (``.py``, ``.pyc``, ``.so``), folders given to
-:func:`start_reads` (the recording's store), and files the session created:
-outputs are not inputs.  A file read and later overwritten is snapshotted
-before it is overwritten.
+:func:`start_reads` (the recording's store), and files the session created,
+in any process of the host (each leaves a marker in the claims folder): outputs
+are not inputs.  A file read and later overwritten is snapshotted before it is
+overwritten.
 
 Kernel-facing API::
 
@@ -75,10 +76,11 @@ import urllib.parse
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.utils import thread_state
 
-from . import arrow
+from ..fingerprint import content_fingerprint
+from . import native
 
 __all__ = ["HOOK_ENV", "install_hooks", "database_path", "start_reads", "stop_reads", "drain_reads", "reading", "file_sha256",
-           "read_file_chunk", "read_remote", "InputsWorkerPlugin", "is_remote", "claiming", "end_claims"]
+           "read_file_chunk", "read_remote", "output_content", "InputsWorkerPlugin", "is_remote", "claiming", "end_claims"]
 
 HOOK_ENV = "JULIUS_OPEN_HOOK"
 CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".so", ".pyd", ".pth", ".dist-info")
@@ -159,11 +161,15 @@ def database_path(database) -> str | None:
 
 
 def _note_database(database):
-    # SQLite opens its file in C, where no "open" event fires: a database that exists is read, a new one written
+    # SQLite opens its file in C, where no "open" event fires: a database that exists is read, a new one
+    # written.  Any statement may change it, unseen: one that exists is snapshotted now, before the first.
     path = None if _busy() else database_path(database)
     if path is not None:
         exists = os.path.exists(path)
         _note_path(path, reading=exists, writing=not exists)
+        snapshot = _S.reads.get(os.path.abspath(path)) if exists else None
+        if snapshot is not None:
+            snapshot.run()
 
 
 def _note_path(text, reading, writing):
@@ -171,26 +177,47 @@ def _note_path(text, reading, writing):
     if absolute.startswith(_S.skip) or absolute.endswith(CODE_SUFFIXES) or "dask-scratch-space" in absolute:
         return
     _S.local.busy = True
+    snapshot = None
     try:
-        if writing and absolute not in _S.writes:
-            note = {"path": text, "abspath": absolute, "cwd": os.getcwd(), "existed": os.path.exists(absolute),
-                    "in_task": getattr(thread_state, "key", None) is not None}   # else the kernel's own code
-            _S.writes[absolute] = _S.new_writes[absolute] = note
-            read = _S.reads.get(absolute)
-            if read is not None:   # read before: snapshot what was read before it is written
-                read.run()
-        if reading and absolute not in _S.reads and absolute not in _S.writes:
+        # the read first: a file opened to read and write ("r+", HDF5's "a") that existed is an input too
+        if reading and absolute not in _S.reads and absolute not in _S.writes and not _made_in_session(absolute):
             try:
                 st = os.stat(absolute)
             except OSError:
-                return   # the open itself will fail
-            if stat.S_ISREG(st.st_mode):
+                st = None   # the open itself will fail, or it makes the file
+            if st is not None and stat.S_ISREG(st.st_mode):
                 snapshot = _S.reads[absolute] = _Snapshot({
                     "path": text, "abspath": absolute, "cwd": os.getcwd(), "size": st.st_size,
                     "mtime_ns": st.st_mtime_ns, "dev": st.st_dev, "ino": st.st_ino})
                 _enqueue(snapshot)
+        if writing and absolute not in _S.writes:
+            existed = os.path.exists(absolute) and not _made_in_session(absolute)
+            if not existed:
+                _mark_made_in_session(absolute)
+            note = {"path": text, "abspath": absolute, "cwd": os.getcwd(), "existed": existed,
+                    "in_task": getattr(thread_state, "key", None) is not None}   # else the kernel's own code
+            _S.writes[absolute] = _S.new_writes[absolute] = note
+            read = _S.reads.get(absolute)
+            if read is not None:   # read before (or by this open, to update): snapshot it before it is written
+                read.run(blocking=read is not snapshot)   # this open's own: unless another holds its claim
     finally:
         _S.local.busy = False
+
+
+def _made_marker(absolute):
+    return os.path.join(_S.claims, "made-" + hashlib.sha256(absolute.encode("utf-8", "surrogateescape")).hexdigest()[:40])
+
+
+def _mark_made_in_session(absolute):
+    """Tell the other processes of this host that the session made ``absolute`` (an output, never an input:
+    one worker writes a file, another appends to it or reads it back)."""
+    if _S.claims is not None:
+        with contextlib.suppress(OSError):
+            os.close(os.open(_made_marker(absolute), os.O_WRONLY | os.O_CREAT, 0o600))
+
+
+def _made_in_session(absolute) -> bool:
+    return _S.claims is not None and os.path.exists(_made_marker(absolute))
 
 
 # --- snapshots -------------------------------------------------------------------------
@@ -410,7 +437,17 @@ def file_sha256(path, st=None) -> str:
     return sha
 
 
-# --- fsspec and pyarrow ---------------------------------------------------------------
+def output_content(path) -> str | None:
+    """The fingerprint of what an output holds, for a format whose bytes also hold when it was written
+    (:func:`~julius_magics.fingerprint.content_fingerprint`); None for the others, and for one that
+    cannot be read as its format says (its SHA-256 is compared then)."""
+    try:
+        return content_fingerprint(path)
+    except Exception:
+        return None
+
+
+# --- fsspec, and the libraries that open files in C -----------------------------------
 def is_remote(fs) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     return not REMOTE_PROTOCOLS_LOCAL.intersection(protocol) and "memory" not in protocol
@@ -444,14 +481,14 @@ def _note_remote(fs, path):
         _S.remote[url] = (fs, fs._strip_protocol(path), {"url": url, "path": str(path), "cwd": os.getcwd()})
 
 
-def _note_arrow(path, writing):
+def _note_native(path, reading, writing):
     if _S.on:
-        _note_path(path, not writing, writing)
+        _note_path(path, reading, writing)
 
 
 # --- switching -------------------------------------------------------------------------
 def install_hooks() -> bool:
-    """Install the audit hook (once per process) and the fsspec/pyarrow wrappers; False when disabled."""
+    """Install the audit hook (once per process) and the fsspec wrapper; False when disabled."""
     if os.environ.get(HOOK_ENV, "1") == "0":
         return False
     if not _S.installed:
@@ -492,7 +529,7 @@ def start_reads(skip=(), sink=None, token=None) -> bool:
     """
     if not install_hooks():
         return False
-    arrow.install(note=_note_arrow)
+    native.install(note=_note_native)
     if _S.on:   # already on (a worker in the kernel's process): keep what was noted
         _S.skip = tuple(sorted({*_S.skip, *_skip_roots(skip)}))
         return True
@@ -565,6 +602,9 @@ def drain_reads(hash_remote: bool = True, wait: bool = True) -> dict:
             st = os.stat(absolute)
             if stat.S_ISREG(st.st_mode):
                 entry.update(size=st.st_size, sha256=file_sha256(absolute, st))
+                content = output_content(absolute)
+                if content is not None:
+                    entry["content"] = content
         except OSError:
             entry["gone"] = True
         outputs.append(entry)

@@ -10,8 +10,10 @@ its SHA-256, and pushes it through Dask to one worker per host whose workers do
 not see that copy (another host); an opener patched into every process
 (``open``, ``io.open``, ``os.open``, fsspec's local files) then reads the copy
 instead, ``sqlite3.connect`` opens a private copy of a recorded database (SQLite
-writes its journal even to read), and pyarrow's readers are steered alike (:mod:`.arrow`; a folder they
-read becomes a folder of links to the recorded files).  Relative paths resolve
+writes its journal even to read), and the libraries that open files in C (pyarrow, HDF5, netCDF4)
+are steered alike (:mod:`.native`; a folder pyarrow reads becomes a folder of links to the recorded
+files; a file opened to update is a sandboxed copy of what the recording read); ``os.stat`` sees the
+served files too (pandas' ``read_hdf`` checks that its file exists).  Relative paths resolve
 against the recorded working directory, so a replay from any folder reads what
 the recording read.
 
@@ -53,12 +55,12 @@ import urllib.parse
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..errors import DataChangedError
-from . import arrow
-from .inputs import database_path, file_sha256
+from . import native
+from .inputs import database_path, file_sha256, output_content
 
 __all__ = ["cache_dir", "file_status", "check_inputs", "serve_inputs", "ServeInputs", "install_redirect",
            "resolve", "remote_status", "serve_remote", "install_remote_redirect", "ServeRemote", "sandboxed",
-           "install_output_sandbox", "compare_outputs", "OutputSandbox", "written_by_a_task", "stop_serving"]
+           "install_output_sandbox", "compare_outputs", "recorded_fingerprint", "OutputSandbox", "written_by_a_task", "stop_serving"]
 
 _REDIRECT = {"files": {}, "relative": {}, "ordered": [], "choice": {}, "folders": {}, "installed": False,
              "remote": {}, "remote_installed": False, "databases": {}, "databases_dir": None}
@@ -85,7 +87,7 @@ def file_status(entry) -> str:
     status = "missing"
     for candidate in _candidates(entry):
         try:
-            st = os.stat(candidate)
+            st = _raw_stat(candidate)
         except OSError:
             continue
         if st.st_size == entry["size"] and file_sha256(candidate, st) == entry["sha256"]:
@@ -268,7 +270,7 @@ def _guarded_readable(entry):
 def _readable(entry):
     for candidate in _candidates(entry):
         try:
-            st = os.stat(candidate)
+            st = _raw_stat(candidate)
         except OSError:
             continue
         if st.st_size == entry["size"] and file_sha256(candidate, st) == entry["sha256"]:
@@ -280,14 +282,17 @@ def _readable(entry):
 def _open(file, *args, **kwargs):
     mode = args[0] if args else kwargs.get("mode", "r")
     if _SANDBOX["dir"] and isinstance(mode, str) and any(c in mode for c in "wax+"):
-        return _raw_open(sandboxed(file), *args, **kwargs)
+        return _raw_open(_sandboxed_copy(file) if "r" in mode else sandboxed(file), *args, **kwargs)
     return _raw_open(resolve(file), *args, **kwargs)
 
 
-def _steer_arrow(path, writing, folder):
-    """What pyarrow opens for ``path``: a sandboxed output, or what the recording read, under its own name."""
-    if writing:
-        return sandboxed(path, folder=folder)
+def _steer_native(path, access):
+    """What a library that opens files in C opens for ``path``: a sandboxed output (a copy of what the
+    recording read, to update), or what the recording read, under its own name."""
+    if access == native.UPDATE:
+        return _sandboxed_copy(path)
+    if access != native.READ:
+        return sandboxed(path, folder=access == native.WRITE_FOLDER)
     target = resolve(path)
     if target == path:   # in place, or not a recorded file: perhaps a folder holding some
         return _served_folder(path)
@@ -447,20 +452,34 @@ def written_by_a_task(output) -> bool:
 
 
 def _stat(path, *args, **kwargs):
-    """``os.stat`` that sees the sandbox for the recorded outputs and their folders (pandas checks that
-    an output's folder exists before it writes; code may skip work whose output exists)."""
-    if _SANDBOX["dir"] and not args and kwargs.get("dir_fd") is None and not isinstance(path, int):
-        try:
-            written, folder = _output_view(os.fsdecode(path))
-        except TypeError:
-            written, folder = None, False
-        if written is not None:
-            if folder and not os.path.lexists(written):
-                # a folder the recording wrote in existed then: it does in the sandbox, from the first look
-                # (not made beforehand: write_dataset wants its folder empty, subfolders included)
-                _raw_makedirs(written, exist_ok=True)
-            return _raw_stat(written, **kwargs)
-    return _raw_stat(path, *args, **kwargs)
+    """``os.stat`` that sees what this replay's opens see: the sandbox for the recorded outputs and their
+    folders (pandas checks that an output's folder exists before it writes; code may skip work whose
+    output exists), and the served copy of a recorded input (pandas' ``read_hdf`` checks that its file
+    exists before it opens it)."""
+    if args or kwargs.get("dir_fd") is not None or isinstance(path, int):
+        return _raw_stat(path, *args, **kwargs)
+    try:
+        written, folder = _output_view(os.fsdecode(path))
+    except TypeError:
+        return _raw_stat(path, **kwargs)
+    if written is not None:
+        if folder and not os.path.lexists(written):
+            # a folder the recording wrote in existed then: it does in the sandbox, from the first look
+            # (not made beforehand: write_dataset wants its folder empty, subfolders included)
+            _raw_makedirs(written, exist_ok=True)
+        return _raw_stat(written, **kwargs)
+    return _raw_stat(resolve(path), **kwargs)
+
+
+def _sandboxed_copy(file):
+    """Where a replay updates ``file`` in place (HDF5's ``"a"``, ``"r+"``): in the sandbox, starting as
+    a copy of what the recording read there, if it read it."""
+    target = sandboxed(file)
+    if target is not file and not os.path.lexists(target) and _recorded_inputs(os.fsdecode(file)):
+        source = resolve(file)
+        if os.path.isfile(source):
+            shutil.copyfile(source, target)
+    return target
 
 
 def install_output_sandbox(outputs, folder) -> None:
@@ -487,7 +506,6 @@ def install_output_sandbox(outputs, folder) -> None:
             install_redirect([])
         if not _SANDBOX["patched"]:   # fsspec's local mkdir/makedirs call these too
             os.mkdir, os.makedirs, pathlib.Path.mkdir = _mkdir, _makedirs, _path_mkdir
-            os.stat = _stat
             _SANDBOX["patched"] = True
 
 
@@ -516,12 +534,18 @@ def _path_mkdir(self, *args, **kwargs):
     return _raw_path_mkdir(self if target is self else type(self)(target), *args, **kwargs)
 
 
+def recorded_fingerprint(output) -> str | None:
+    """What a recorded output is compared by: its content's fingerprint where its format stamps the
+    time it was written (gzip, zip, HDF5), else its SHA-256."""
+    return output.get("content") or output.get("sha256")
+
+
 def _sandbox_hashes(outputs):
     found = {}
     for o in outputs:
         target = _in_sandbox(o["abspath"]) if _SANDBOX["dir"] else None
         if target and os.path.isfile(target):
-            found[o["abspath"]] = (target, file_sha256(target))
+            found[o["abspath"]] = (target, output_content(target) if o.get("content") else file_sha256(target))
     return found
 
 
@@ -535,8 +559,8 @@ def compare_outputs(client, outputs) -> list[dict]:
     report = []
     for o in outputs:
         where, sha = seen.get(o["abspath"], (None, None))
-        report.append({"path": o["path"], "abspath": o["abspath"], "sandbox": where, "recorded": o.get("sha256"),
-                       "replayed": sha, "same": sha is not None and sha == o.get("sha256")})
+        report.append({"path": o["path"], "abspath": o["abspath"], "sandbox": where, "recorded": recorded_fingerprint(o),
+                       "replayed": sha, "same": sha is not None and sha == recorded_fingerprint(o)})
     return report
 
 
@@ -577,7 +601,8 @@ def install_redirect(files, worker=False) -> None:
             os.open = _os_open
             sqlite3.connect = sqlite3.dbapi2.connect = _sqlite_connect
             _patch_fsspec()
-            arrow.install(steer=_steer_arrow)
+            os.stat = _stat
+            native.install(steer=_steer_native)
             _REDIRECT["installed"] = True
 
 

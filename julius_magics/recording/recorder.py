@@ -274,8 +274,8 @@ class Recorder:
                 remote.append(entry)
             self._step("remote_inputs", _jsonable({"files": remote}))
             self._count_files((e["url"], e.get("etag") or e.get("version_id") or e.get("sha256")) for e in remote)
-        outputs = [{k: o.get(k) for k in ("path", "abspath", "cwd", "existed", "size", "sha256", "reader", "in_task")}
-                   for o in item["outputs"] if not o.get("gone")]
+        fields = ("path", "abspath", "cwd", "existed", "size", "sha256", "content", "reader", "in_task")
+        outputs = [{k: o.get(k) for k in fields} for o in item["outputs"] if not o.get("gone")]
         if outputs:
             self._step("outputs", _jsonable({"files": outputs}))
             self.captured["outputs"] += len(outputs)

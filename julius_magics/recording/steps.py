@@ -174,9 +174,10 @@ def _graph_results(d):
 
 
 def _output_results(d):
-    from ..cluster.serve import written_by_a_task   # a replay runs the graphs, not the kernel's own code
+    from ..cluster.serve import recorded_fingerprint, written_by_a_task   # a replay runs the graphs, not the cells
 
-    return {f["abspath"]: {"label": f"output {f['path']}", "fp": f["sha256"], "describe": f"{f.get('size', 0):,} B"}
+    return {f["abspath"]: {"label": f"output {f['path']}", "fp": recorded_fingerprint(f),
+                           "describe": f"{f.get('size', 0):,} B"}
             for f in d["files"] if f.get("sha256") and written_by_a_task(f)}
 
 
@@ -324,9 +325,10 @@ KINDS = {k.name: k for k in [
     ),
     StepKind(
         "outputs",
-        {"files": "`[{path, abspath, cwd, existed, size, sha256, reader, in_task}]`: files the session wrote; a "
-                  "replay writes them into its sandbox and compares their hashes, except those the kernel's own "
-                  "code wrote outside any task (`in_task` false), which a replay does not run"},
+        {"files": "`[{path, abspath, cwd, existed, size, sha256, content, reader, in_task}]`: files the session "
+                  "wrote; a replay writes them into its sandbox and compares their hashes (`content`, where the "
+                  "format stamps the time it was written: the fingerprint of what gzip, zip or HDF5 holds), except "
+                  "those the kernel's own code wrote outside any task (`in_task` false), which a replay does not run"},
         summarise=_files, replay=_replay_outputs, results=_output_results,
     ),
     StepKind(

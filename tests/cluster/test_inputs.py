@@ -79,6 +79,51 @@ def test_outputs_are_not_inputs_and_reads_before_writes_are_kept(noting):
     assert [(o["path"], o["existed"]) for o in report["outputs"]] == [("kept.txt", True)]
 
 
+def test_a_file_opened_to_update_is_an_input_as_it_was_and_an_output(noting):
+    """``open(path, "r+")`` and HDF5's ``"a"`` read a file and write it: what it held before is an input."""
+    import h5py
+
+    with open("log.txt", "w") as f:
+        f.write("one\n")
+    with h5py.File("notes.h5", "w") as f:
+        f["first"] = [1.0]
+    before = {p: file_sha256(p) for p in ("log.txt", "notes.h5")}
+    stop_reads()
+    start_reads()
+    with open("log.txt", "r+") as f:
+        f.seek(0, os.SEEK_END)
+        f.write("two\n")
+    with h5py.File("notes.h5", "a") as f:
+        f["second"] = [2.0]
+    with h5py.File("new.h5", "a") as f:   # made by the update: an output only
+        f["x"] = [0.0]
+    report = drain_reads()
+    assert {p: e["sha256"] for p, e in by_path(report).items()} == before
+    assert sorted((o["path"], o["existed"]) for o in report["outputs"]) == [
+        ("log.txt", True), ("new.h5", False), ("notes.h5", True)]
+    assert report["problems"] == []
+
+
+def test_a_database_is_snapshotted_as_it_was_connected_before_a_statement_changes_it(noting):
+    import sqlite3
+
+    with sqlite3.connect("shop.db") as db:
+        db.execute("create table sales (amount real, receipt blob)")   # 20 MB: a snapshot takes a while
+        db.executemany("insert into sales values (?, randomblob(100000))", [(float(i),) for i in range(200)])
+    db.close()
+    before = file_sha256("shop.db")
+    stop_reads()
+    start_reads()
+    db = sqlite3.connect("shop.db")
+    db.execute("insert into sales values (1.5, null)")   # changed at once: the snapshot must have come first
+    db.commit()
+    db.close()
+    report = drain_reads()
+    assert file_sha256("shop.db") != before
+    assert [(e["path"], e["sha256"]) for e in report["inputs"]] == [("shop.db", before)]
+    assert report["problems"] == []
+
+
 def test_python_install_skipped_folders_and_vanished_files(noting):
     import json  # noqa: F401
 

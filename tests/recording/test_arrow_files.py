@@ -1,7 +1,7 @@
 """A notebook that reads and writes files through pyarrow itself, recorded unchanged and replayed verified.
 
 Arrow opens local files in C++, where neither the audit hook nor a patched
-``open`` sees them; its own readers and writers are the door (``cluster/arrow.py``).
+``open`` sees them; its own readers and writers are the door (``cluster/native.py``).
 The inputs are deleted and the replays run from another folder: each read is served
 from the recording (a hive-partitioned folder as a folder of links, a ``.csv.gz``
 under its own name), and each write of a task lands in the replay's sandbox, where later tasks find it
