@@ -189,7 +189,8 @@ def _note_path(text, reading, writing):
                 snapshot = _S.reads[absolute] = _Snapshot({
                     "path": text, "abspath": absolute, "cwd": os.getcwd(), "size": st.st_size,
                     "mtime_ns": st.st_mtime_ns, "dev": st.st_dev, "ino": st.st_ino})
-                _enqueue(snapshot)
+                if not writing:
+                    _enqueue(snapshot)
         if writing and absolute not in _S.writes:
             existed = os.path.exists(absolute) and not _made_in_session(absolute)
             if not existed:
@@ -198,8 +199,13 @@ def _note_path(text, reading, writing):
                     "in_task": getattr(thread_state, "key", None) is not None}   # else the kernel's own code
             _S.writes[absolute] = _S.new_writes[absolute] = note
             read = _S.reads.get(absolute)
-            if read is not None:   # read before (or by this open, to update): snapshot it before it is written
-                read.run(blocking=read is not snapshot)   # this open's own: unless another holds its claim
+            if read is None:
+                pass
+            elif read is snapshot:   # opened to update: snapshotted now, before it is written, unless another
+                if not read.run(blocking=False):   # holds its claim (their result, or "changed": partial)
+                    _enqueue(read)
+            else:   # read before: snapshotted before it is written
+                read.run()
     finally:
         _S.local.busy = False
 
