@@ -197,7 +197,9 @@ class CapturePlugin(SchedulerPlugin):
             ts = state.get(key)
             if ts is not None and ts.run_spec is not None and not _is_internal_key(key):
                 specs[key] = ts.run_spec
-        wanted = [k for k in keys if not _is_internal_key(k)]
+        # in the order the client sent them: ``keys`` is a set, whose order differs from run to run
+        wanted = [k for k in tasks if k in keys] + [k for k in keys if k not in tasks]
+        wanted = [k for k in wanted if not _is_internal_key(k)]
         if not wanted:
             return
         actors = sorted(key_text(k) for k in specs if state[k].actor)
