@@ -45,7 +45,7 @@ def cmd_show(args):
 def cmd_replay(args):
     if args.isolated or args.bisect_env:   # in rebuilt environments: recording.rebuild
         return _replay_rebuilt(args)
-    from .recording.replay import replay
+    from .recording.replaying import replay
     from .recording.replay_job import run
 
     from .recording.verdict import exit_status

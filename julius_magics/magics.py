@@ -320,7 +320,7 @@ def _check_syntax(source, where):
 def _replay_isolated(args):
     """``%replay NAME --isolated``: the report of a replay in the recording's rebuilt environment."""
     from .recording.rebuild import replay_isolated
-    from .recording.replay import Progress
+    from .recording.replaying import Progress
 
     if args.address:
         raise UsageError("--isolated starts its own cluster on the rebuilt interpreter: leave out --address")

@@ -36,7 +36,7 @@ import ipywidgets as widgets
 from .errors import JuliusError
 from .recording import format_size
 from .recording import summary as _summary
-from .recording.replay import replay as _replay
+from .recording.replaying import replay as _replay
 from .recording.store import Store
 
 __all__ = ["RecordingBrowser"]

@@ -48,7 +48,7 @@ def replay_until(name, nodes, store=None, trust_key=None, n_workers=None):
     from ..cluster.session import Session
     from ..rules.registry import RuleBook
     from . import steps as step_kinds
-    from .replay import _Context, prepare_inputs
+    from .replaying import _Context, prepare_inputs
     from .report import ReplayReport
     from .store import Store
 

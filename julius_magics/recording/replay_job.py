@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass
 
 from ..errors import JuliusError
-from .replay import replay
+from .replaying import replay
 from .report import Progress
 from .verdict import error_status, exit_status
 

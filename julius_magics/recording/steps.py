@@ -8,7 +8,7 @@ is checked against this one by ``tests/recording/test_steps.py``
 (:func:`format_table` prints it).
 
 A replay function is called as ``replay(context, step)``; the context (made by
-:mod:`.replay`) gives ``session`` (a fresh :class:`~julius_magics.cluster.session.Session`),
+:mod:`.replaying`) gives ``session`` (a fresh :class:`~julius_magics.cluster.session.Session`),
 ``unpickle(step, part)``, ``part(step, part)``, ``compare(step, replayed, recompute)``
 and ``compute(refs, key_rules)`` (timed).
 """

@@ -227,17 +227,15 @@ def test_other_thread_counts_on_replay_are_named_as_the_likely_cause(tmp_path):
 
 
 def test_the_latest_replay_sandboxes_are_kept_and_older_ones_removed(tmp_path, monkeypatch):
-    import importlib
-
-    replay_module = importlib.import_module("julius_magics.recording.replay")   # not the function of that name
+    from julius_magics.recording import replaying
 
     monkeypatch.setenv("HOME", str(tmp_path))
     root = tmp_path / ".julius" / "replays"
     for i in range(25):   # earlier replays' sandboxes, oldest first
         (root / f"earlier-{i:02d}" / "out").mkdir(parents=True)
         os.utime(root / f"earlier-{i:02d}", (1_000_000 + i, 1_000_000 + i))
-    folder = replay_module._new_sandbox("mine")
+    folder = replaying._new_sandbox("mine")
     kept = sorted(os.listdir(root))
-    assert len(kept) == replay_module.SANDBOXES_KEPT == 20
+    assert len(kept) == replaying.SANDBOXES_KEPT == 20
     assert kept == [f"earlier-{i:02d}" for i in range(6, 25)] + [os.path.basename(folder)]
     assert os.path.basename(folder).startswith("mine-") and os.path.isdir(folder)

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from julius_magics.recording.replay import Progress
+from julius_magics.recording.replaying import Progress
 from julius_magics.recording.replay_job import Error, Report, read_event
 
 

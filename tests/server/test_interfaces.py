@@ -10,7 +10,7 @@ import pytest
 
 from julius_magics import recording
 from julius_magics.recording.summary import details as describe, diff
-from julius_magics.recording.replay import replay
+from julius_magics.recording.replaying import replay
 from julius_magics.recording.store import Store
 from julius_magics.recording.replay_job import Report
 from julius_magics.server.manager import RecordingsManager, ReplayProcess
