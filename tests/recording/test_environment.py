@@ -306,3 +306,36 @@ def test_an_install_between_two_captures_is_seen(tmp_path, monkeypatch):
     assert "another-name" not in capture_environment()["packages"]
     shutil.rmtree(site / "julius_probe_dist-2.0.dist-info")   # a removal
     assert "julius-probe-dist" not in capture_environment()["packages"]
+
+
+def test_the_distributions_are_read_again_whenever_one_is_installed_removed_or_upgraded(tmp_path, monkeypatch):
+    from julius_magics.recording import environment
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    site = tmp_path / "site"
+    monkeypatch.syspath_prepend(str(site))
+
+    def install(version):
+        shutil.rmtree(site, ignore_errors=True)
+        (site / f"julius_probe-{version}.dist-info").mkdir(parents=True)
+        (site / f"julius_probe-{version}.dist-info" / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: julius-probe\nVersion: {version}\n\nA long description.\n")
+
+    install("1.0")
+    assert capture_environment()["packages"]["julius-probe"] == "1.0"
+    [cached] = (tmp_path / "home" / ".julius" / "cache" / "environments").iterdir()
+    listing = environment._listing
+    listing.cache_clear()   # as a new process (a worker) starts: the file is read, not the metadata
+    monkeypatch.setattr(environment, "_listing", lambda stamp: pytest.fail("read the metadata again"))
+    assert capture_environment()["packages"]["julius-probe"] == "1.0"
+    monkeypatch.setattr(environment, "_listing", listing)
+    install("2.0")   # an upgrade
+    assert capture_environment()["packages"]["julius-probe"] == "2.0"
+    shutil.rmtree(site)   # removed
+    assert "julius-probe" not in capture_environment()["packages"]
+    for damage in ('{"origins": {}, "packages": ', '{"origins": [], "packages": {}}'):   # read past, never trusted
+        for f in cached.parent.iterdir():
+            f.write_text(damage)
+        environment._listing.cache_clear()
+        packages = capture_environment()["packages"]
+        assert "julius-probe" not in packages and packages["dask"] == dask.__version__
