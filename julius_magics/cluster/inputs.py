@@ -30,7 +30,11 @@ go to the store later, through Dask (:func:`read_file_chunk`).  Processes of one
 host that read the same version share one snapshot: a host-wide claim (a lock
 file under the temporary directory, per recording ``token``) lets one of them
 do it and the others take its result.  :func:`drain_reads` hands out the
-snapshots done so far; a later call (or one with ``wait``) the rest.
+snapshots done so far; a later call (or one with ``wait``) the rest.  A file of
+1 MB or more that this user's processes hashed before, unchanged since (its
+size, times, device and inode), is not read again: by its SHA-256 from
+``~/.julius/cache/hashes``, whose bytes the store holds already or the kernel
+streams, checked against it.
 
 Left out: the Python installation (prefixes, site-packages, the standard
 library), system folders (``/usr``, ``/etc``, ``/proc``...), hidden folders of
@@ -62,6 +66,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import site
 import socket
@@ -104,7 +109,7 @@ class _State:
     visible = None          # whether this process sees the sink (probed once)
     claims = None           # this host's claims folder of the recording, or None
     generation = 0          # of start_reads: a snapshot of an earlier recording is dropped
-    stats: dict = {"passes": 0, "bytes": 0, "seconds": 0.0, "cpu": 0.0, "shared": 0}
+    stats: dict = {"passes": 0, "bytes": 0, "seconds": 0.0, "cpu": 0.0, "shared": 0, "known": 0}
     queue = collections.deque()
     wake = threading.Condition()
     thread = None
@@ -304,7 +309,8 @@ def _one_pass(note):
     except OSError:
         return {"problem": "vanished after it was read"}
     with f:
-        if _changed(os.fstat(f.fileno()), note):
+        st = os.fstat(f.fileno())
+        if _changed(st, note):
             return {"problem": "changed after it was read, before it was hashed"}
 
         def unchanged():
@@ -313,16 +319,25 @@ def _one_pass(note):
 
         if _S.visible is None:
             _S.visible = _S.sink is not None and _S.sink.visible()
+        known = _known_sha256(note["abspath"], st)
+        if known is not None and not _S.visible:   # the kernel streams its bytes, if wanted, checked against it
+            _count(known=1)
+            return {"sha256": known, "stored": False}
+        if known is not None and _S.sink.holds(known, note["size"]):   # stored by an earlier recording
+            _count(known=1)
+            return {"sha256": known, "stored": True}
         _count(passes=1, bytes=note["size"])
         try:
             if _S.visible:
                 try:
                     sha, _ = _S.sink.put(f, commit=unchanged)
+                    _remember_sha256(note["abspath"], st, sha)
                     return {"sha256": sha, "stored": True}
                 except OSError:   # the store refused the write: hashed only, its bytes sent through Dask
                     f.seek(0)
             sha = hashlib.file_digest(f, "sha256").hexdigest()
             unchanged()
+            _remember_sha256(note["abspath"], st, sha)
             return {"sha256": sha, "stored": False}
         except _Changed:
             return {"problem": f"changed after it was read, before it was {'stored' if _S.visible else 'hashed'}"}
@@ -427,20 +442,65 @@ def _claims_folder(token):
 
 
 def file_sha256(path, st=None) -> str:
-    """SHA-256 hex of a file, streamed; each version of a file (size, mtime) is hashed once per process."""
+    """SHA-256 hex of a file, streamed; each version of a file (size, mtime) is hashed once per process,
+    a big one once for this user (:func:`_known_sha256`)."""
     st = st or os.stat(path)
-    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    absolute = os.path.abspath(path)
+    key = (absolute, st.st_size, st.st_mtime_ns)
     sha = _S.hashes.get(key)
     if sha is None:
         was = _busy()
         _S.local.busy = True
         try:
-            with open(path, "rb") as f:
-                sha = hashlib.file_digest(f, "sha256").hexdigest()
+            sha = _known_sha256(absolute, st)
+            if sha is None:
+                with open(path, "rb") as f:
+                    sha = hashlib.file_digest(f, "sha256").hexdigest()
+                _remember_sha256(absolute, st, sha)
         finally:
             _S.local.busy = was
         _S.hashes[key] = sha
     return sha
+
+
+# --- the user's cache of big files' hashes ------------------------------------------------
+KNOWN_HASH_BYTES = 1 << 20   # smaller files are hashed again: cheaper than a cache file each
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _known_path(absolute, st) -> str:
+    # ctime too: a write changes it, and unlike mtime no program can set it back
+    version = (_S.host, absolute, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
+    name = hashlib.sha256(repr(version).encode("utf-8", "surrogateescape")).hexdigest()[:40]
+    return os.path.join(os.path.expanduser("~"), ".julius", "cache", "hashes", name)
+
+
+def _known_sha256(absolute, st) -> str | None:
+    """The SHA-256 that this user's processes hashed this version of a big file to before (any
+    recording, replay or check of it), or None: data read by notebook after notebook is hashed once,
+    as git hashes a file again only when its stat changed."""
+    if st.st_size < KNOWN_HASH_BYTES:
+        return None
+    try:
+        with open(_known_path(absolute, st), encoding="ascii") as f:
+            text = f.read(65)
+    except (OSError, ValueError):
+        return None
+    return text if _SHA256_HEX.fullmatch(text) else None
+
+
+def _remember_sha256(absolute, st, sha) -> None:
+    if st.st_size < KNOWN_HASH_BYTES:
+        return
+    path = _known_path(absolute, st)
+    try:   # whole or not at all: the other processes of the host read it at once
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=TEMP_PREFIX)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(sha)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def output_content(path) -> str | None:
@@ -543,7 +603,7 @@ def start_reads(skip=(), sink=None, token=None) -> bool:
     _S.reads, _S.writes, _S.new_writes, _S.remote, _S.versions = {}, {}, {}, {}, {}
     _S.sink, _S.visible = sink, None
     _S.claims = _claims_folder(token) if token else None
-    _S.stats = {"passes": 0, "bytes": 0, "seconds": 0.0, "cpu": 0.0, "shared": 0}
+    _S.stats = {"passes": 0, "bytes": 0, "seconds": 0.0, "cpu": 0.0, "shared": 0, "known": 0}
     with _S.wake:
         _S.generation += 1
         _S.queue.clear()

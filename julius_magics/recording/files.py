@@ -214,6 +214,10 @@ class BlobSink:
         except OSError:
             return False
 
+    def holds(self, sha256, size) -> bool:
+        """Whether the store holds the blob ``sha256`` of ``size`` bytes already (an earlier recording's)."""
+        return LocalFiles(LocalFileSystem(), self.root).size(os.path.join(self.folder, sha256)) == size
+
     def put(self, source, commit=None):
         """Store the binary file ``source`` as a blob in one pass (:meth:`LocalFiles.write_hashed`)."""
         return LocalFiles(LocalFileSystem(), self.root).write_hashed(self.folder, source, commit)

@@ -151,6 +151,35 @@ def test_with_data_hash_files_are_hashed_once_and_no_bytes_stored(project, tmp_p
     assert sum(s["passes"] for s in recorder.snapshots.values()) == 1
 
 
+def test_a_big_file_recorded_again_is_read_again_only_when_it_changed(project, tmp_path):
+    folder, files = project
+    store = Store(tmp_path / "store")
+
+    def record(name, data="embed"):
+        recorder = recording.start(Session(), name, store=store, data=data)
+        with cluster(1) as c, Client(c) as client:
+            client.submit(read_whole, "shared.bin", pure=False).result()
+            recorder.add_cell("read")
+        recording.stop()
+        [entry] = inputs_of(store.open(name))
+        stats = recorder.snapshots.values()
+        return entry["sha256"], sum(s["passes"] for s in stats), sum(s["known"] for s in stats)
+
+    sha = hashlib.sha256(files["shared.bin"]).hexdigest()
+    assert record("first") == (sha, 1, 0)
+    assert record("again") == (sha, 0, 1)   # hashed and stored by the first: not read at all
+    assert record("hashed", data="hash") == (sha, 0, 1)
+    st = os.stat("shared.bin")
+    changed = files["shared.bin"][:-7] + b"changed"   # same size, and its time set back: its ctime still moves
+    with open("shared.bin", "r+b") as f:
+        f.write(changed)
+    os.utime("shared.bin", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert record("changed") == (hashlib.sha256(changed).hexdigest(), 1, 0)
+    os.remove("shared.bin")
+    report = recording.replay("again", store=store, n_workers=1)   # served from the first recording's blob
+    assert report.verified and report.results == 1
+
+
 def test_a_blob_written_in_one_pass_is_committed_only_whole_and_unchanged(tmp_path):
     files = open_files(str(tmp_path / "store"))
     folder = files.path("_blobs")
