@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_plain_recording.py [--csv-mb 120] [--parquet-mb 90] [--tasks 20000] [--rounds 1]
-        [--skip-futures] [--hashed]
+        [--skip-futures] [--hashed] [--again]
 
 Two notebooks that never call julius, each with its own ``LocalCluster`` (2 worker
 processes, 1 thread each), run side by side in one process, unrecorded and recorded
@@ -148,14 +148,18 @@ def hash_and_store_once(files, folder):
     return time.monotonic() - t0, time.process_time() - cpu
 
 
-def side_by_side(label, cells, namespace, work, rounds, hashed=False):
+def side_by_side(label, cells, namespace, work, rounds, hashed=False, again=False):
     """Each round runs the notebook plain and recorded (and, with ``hashed``, recorded with ``--data
-    hash``: the input files hashed, not stored), in that order and then in reverse."""
+    hash``: the input files hashed, not stored; with ``again``, recorded again into the last recorded
+    side's store: the same notebook run again on the same files), in that order and then in reverse.
+
+    Every recorded side but ``again`` starts from an empty ``HOME`` (so an empty cache of known
+    hashes): the first recording of these files."""
     from julius_magics.recording.store import Store
 
-    sides = ("plain", "recorded", "hashed") if hashed else ("plain", "recorded")
+    sides = ("plain", "recorded") + (("hashed",) if hashed else ()) + (("again",) if again else ())
     totals, computes, cpus = ({side: [] for side in sides} for _ in range(3))
-    snapshots, stats, last = [], [], None
+    snapshots, stats, last, last_home, home = [], [], None, None, os.environ["HOME"]
     for r in range(rounds):
         for order in (sides, sides[::-1]):
             for side in order:
@@ -164,12 +168,20 @@ def side_by_side(label, cells, namespace, work, rounds, hashed=False):
                     total, compute, _, _, cpu = run_notebook(cells, ns)
                 else:
                     count = len(totals[side])
-                    target = (Store(f"{work}/store-{label}-{side}-{count}"), f"{label}-{side}-{count}")
+                    if side == "again":   # the last recorded side's store and home
+                        target, os.environ["HOME"] = (last[0], f"{label}-again-{count}"), last_home
+                    else:
+                        target = (Store(f"{work}/store-{label}-{side}-{count}"), f"{label}-{side}-{count}")
+                        os.environ["HOME"] = f"{work}/home-{label}-{side}-{count}"
+                        os.makedirs(os.environ["HOME"])
                     SNAPSHOT.clear()
-                    total, compute, drains, by_reader, cpu = run_notebook(
-                        cells, ns, *target, data="embed" if side == "recorded" else "hash")
+                    try:
+                        total, compute, drains, by_reader, cpu = run_notebook(
+                            cells, ns, *target, data="hash" if side == "hashed" else "embed")
+                    finally:
+                        os.environ["HOME"] = home
                     if side == "recorded":
-                        last = target
+                        last, last_home = target, f"{work}/home-{label}-{side}-{count}"
                         snapshots.append(sum(SNAPSHOT))
                         stats.append(by_reader)
                 totals[side].append(total)
@@ -201,7 +213,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=1, help="rounds of (plain, recorded, recorded, plain)")
     parser.add_argument("--skip-futures", action="store_true")
     parser.add_argument("--hashed", action="store_true",
-                        help="files: a third side recorded with --data hash (hashed, not stored)")
+                        help="files: a side recorded with --data hash (hashed, not stored)")
+    parser.add_argument("--again", action="store_true",
+                        help="files: a side recorded again into the last recorded side's store (the files known)")
     args = parser.parse_args()
 
     import tqdm.notebook  # noqa: F401  (a kernel has IPython and ipywidgets imported: not the recording's cost)
@@ -216,7 +230,7 @@ def main():
         print(f"data: {len(files)} files, {size / 1e6:.0f} MB ({len(glob.glob(f'{data}/csv/*'))} CSV, "
               f"{len(glob.glob(f'{data}/parquet/*'))} Parquet); load {os.getloadavg()}", flush=True)
         (store, name), computes, snapshots, stats = side_by_side(
-            "files", [FILES_CELL, CLOSE_CELL], {"data": data, "time": time}, work, args.rounds, args.hashed)
+            "files", [FILES_CELL, CLOSE_CELL], {"data": data, "time": time}, work, args.rounds, args.hashed, args.again)
         floor, floor_cpu = hash_and_store_once(files, f"{work}/floor")
         stats = [by or {} for by in stats]   # (none from a julius that snapshots at the drains)
         readers = statistics.mean(sum(s.get("seconds", 0.0) for s in by.values()) for by in stats)
