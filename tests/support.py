@@ -1,5 +1,6 @@
 """Helpers that tests import (fixtures live in the conftest.py files)."""
 
+import hashlib
 import os
 import re
 import shutil
@@ -8,6 +9,11 @@ import subprocess
 import sys
 
 from tests.recording.store_contract import free_port, wait_for_port
+
+
+def file_sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def run(shell, code):

@@ -8,14 +8,13 @@ lands in the replay's sandbox, and a file a task updates in place (HDF5's mode `
 sandboxed copy of what the recording read.
 """
 
-import hashlib
 import os
 import shutil
 
 import pytest
 
 from julius_magics.recording.store import Store
-from tests.support import julius, record_cells, replayed_verified
+from tests.support import file_sha256, julius, record_cells, replayed_verified
 
 pytestmark = pytest.mark.usefixtures("fresh_session")
 
@@ -66,16 +65,11 @@ frame.to_csv("csv-out/part-*.csv.gz", compression="gzip")   # so does gzip
 """, "client.close()\ncluster.close()"]
 
 
-def _sha(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def test_hdf5_and_netcdf_files_are_recorded_served_and_sandboxed(ip, tmp_path, monkeypatch):
     store = tmp_path / "store"
     monkeypatch.chdir(tmp_path)
     ip.run_cell(BEFORE)
-    before = {p: _sha(f"data/{p}") for p in ("grid.h5", "notes.h5", "frame.h5", "cube.nc")}
+    before = {p: file_sha256(f"data/{p}") for p in ("grid.h5", "notes.h5", "frame.h5", "cube.nc")}
     record_cells(ip, "hdf5", store, NOTEBOOK)
     assert [ip.user_ns[k] for k in ("sums", "mean", "logged", "notes")] == [[45.0, 145.0, 245.0], 1.375, 3,
                                                                             ["first", "second"]]

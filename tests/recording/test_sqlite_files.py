@@ -6,14 +6,13 @@ recorded database is a private copy of what the recording read (SQLite writes be
 read too), so neither a served copy nor the user's file is ever written.
 """
 
-import hashlib
 import os
 import shutil
 
 import pytest
 
 from julius_magics.recording.store import Store
-from tests.support import julius, record_cells, replayed_verified
+from tests.support import file_sha256, julius, record_cells, replayed_verified
 
 pytestmark = pytest.mark.usefixtures("fresh_session")
 
@@ -54,11 +53,6 @@ count = client.submit(count_by_uri).result()
 """, "client.close()\ncluster.close()"]
 
 
-def _sha(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def test_databases_read_and_written_by_tasks_are_recorded_served_and_sandboxed(ip, tmp_path, monkeypatch):
     store = tmp_path / "store"
     monkeypatch.chdir(tmp_path)
@@ -70,14 +64,14 @@ def test_databases_read_and_written_by_tasks_are_recorded_served_and_sandboxed(i
     assert rec.info.status == "complete" and "partial" not in rec.meta
     inputs = [f for s in rec.steps if s.kind == "inputs" for f in s.data["files"]]
     outputs = [f for s in rec.steps if s.kind == "outputs" for f in s.data["files"]]
-    assert {(f["path"], f["sha256"]) for f in inputs} == {("data/shop.db", _sha("data/shop.db"))}
-    assert [(f["path"], f["sha256"]) for f in outputs] == [("summary.db", _sha("summary.db"))]
+    assert {(f["path"], f["sha256"]) for f in inputs} == {("data/shop.db", file_sha256("data/shop.db"))}
+    assert [(f["path"], f["sha256"]) for f in outputs] == [("summary.db", file_sha256("summary.db"))]
     shown = julius(store, "show", "sqlite", cwd=tmp_path).stdout
     assert "data/shop.db" in shown and "output summary.db:" in shown, shown
 
-    before = _sha("data/shop.db")   # replayed in place: the user's database is neither written nor journalled
+    before = file_sha256("data/shop.db")   # replayed in place: the user's database is neither written nor journalled
     assert replayed_verified(store, "sqlite", cwd=tmp_path) == 5
-    assert _sha("data/shop.db") == before and os.listdir("data") == ["shop.db"]
+    assert file_sha256("data/shop.db") == before and os.listdir("data") == ["shop.db"]
 
     shutil.rmtree("data")
     os.remove("summary.db")
