@@ -8,7 +8,9 @@ the config ``distributed.client.preload`` names this module, and every
 capture plugin on the client's scheduler (``client.register_plugin``), turns
 capture on for the client, and hands an :class:`Adopted` to the kernel-side
 callback (the recorder).  Clients made before adoption was enabled, still
-running, are adopted by :func:`adopt_existing`.
+running, are adopted by :func:`adopt_existing`.  ``distributed.wait``, which
+no scheduler sees, tells an adopted client's scheduler the keys it waited for,
+as a gather would: a replay sends the graphs that came next after them.
 
 Kernel-facing API::
 
@@ -49,10 +51,12 @@ import threading
 
 import dask
 import dask.callbacks
+import distributed.client
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..errors import JuliusError
-from .capture import PLUGIN_NAME, CapturePlugin, _has_plugin, _set_capturing
+from .capture import PLUGIN_NAME, CapturePlugin, _has_plugin, _set_capturing, key_text
+from .capture_plugin import WAITED_TOPIC
 
 __all__ = ["Adopted", "PRELOAD", "enable_adoption", "disable_adoption", "adoption_enabled", "adopt",
            "adopt_existing", "without_preload", "dask_setup", "dask_teardown", "describe_cluster", "describe_cluster_async", "process_facts", "threadpool_counts",
@@ -61,6 +65,7 @@ __all__ = ["Adopted", "PRELOAD", "enable_adoption", "disable_adoption", "adoptio
 PRELOAD = __name__
 _CONFIG = "distributed.client.preload"
 _STATE = {"on_adopted": None, "previous": None, "worker_plugins": (), "on_setup": None, "on_teardown": None}
+_WAIT = distributed.client._wait   # what ``distributed.wait`` runs; while adopting, through :func:`_told_wait`
 _lock = threading.Lock()
 _NOTES: dict = {}   # (address, what, name) -> unreproducible note, until drained
 
@@ -218,6 +223,7 @@ def enable_adoption(on_adopted, worker_plugins=(), on_setup=None, on_teardown=No
             if PRELOAD not in current:
                 dask.config.set({_CONFIG: [*current, PRELOAD]})
             _LOCAL_COMPUTES.register()
+            distributed.client._wait = _told_wait
         _STATE["on_adopted"] = on_adopted
 
 
@@ -228,10 +234,27 @@ def disable_adoption() -> None:
             return
         _STATE["on_adopted"] = None
         _LOCAL_COMPUTES.unregister()
+        distributed.client._wait = _WAIT
         previous = _STATE["previous"] or []
         dask.config.set({_CONFIG: [p for p in previous if p != PRELOAD]})
         _STATE["worker_plugins"] = ()
         _STATE["on_setup"] = _STATE["on_teardown"] = None
+
+
+async def _told_wait(fs, *args, **kwargs):
+    """``distributed.wait`` while adopting, which its scheduler never sees: the keys that were waited for
+    are told to it, so that a replay sends the graphs that come next after them, as after a gather."""
+    done_and_not = await _WAIT(fs, *args, **kwargs)
+    waited = {}
+    for future in done_and_not.done:
+        if getattr(future.client, "_julius_adopted", False):
+            waited.setdefault(future.client, []).append(key_text(future.key))
+    for client, keys in waited.items():
+        try:   # awaited: the next graph the kernel sends reaches the scheduler after this
+            await client.scheduler.log_event(topic=WAITED_TOPIC, msg={"keys": keys})
+        except Exception:   # never keep a notebook's wait from returning
+            pass
+    return done_and_not
 
 
 def _skipped(client) -> bool:

@@ -39,6 +39,7 @@ PLUGIN_NAME = "julius-capture"
 WORKER_PLUGIN_NAME = "julius-fingerprint"
 ANNOTATION = "julius-fingerprint"
 TOPIC = "julius-fingerprint"
+WAITED_TOPIC = "julius-waited"   # the kernel waited for these keys (``distributed.wait``), unseen by the scheduler
 INTERNAL_PREFIX = "julius-"
 INTERNAL_MODULE = "julius_magics."
 FLUSH_PREFIX = "julius-flush-"
@@ -344,6 +345,10 @@ class CapturePlugin(SchedulerPlugin):
                 del self.wanted[text]
 
     def log_event(self, topic, msg):
+        if topic == WAITED_TOPIC:   # as a gather: a graph sent next comes after them
+            if self.capturing:
+                self.gathered.update(t for t in msg["keys"] if t in self.wanted or t in self.latest_fingerprints)
+            return
         if topic != TOPIC:
             return
         for text, fp, summary in msg["fingerprints"]:

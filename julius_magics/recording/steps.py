@@ -247,7 +247,8 @@ KINDS = {k.name: k for k in [
          "reuses": "keys of earlier graphs it depends on (a persisted collection, a future passed on): a replay "
                    "keeps them",
          "after": "`[[key, fetched keys]]`: the graphs from that key on were sent after the client fetched those "
-                  "(`gather`, `result()`); a replay sends them once the fetched keys are computed",
+                  "(`gather`, `result()`) or waited for them (`wait`); a replay sends them once the fetched keys are "
+                  "computed",
          "address": "its scheduler's (the cluster it ran on)",
          "dropped": "why its specs, or some of its graphs, are missing (the recording is then partial)"},
         {"specs": "cloudpickle of the run specs"},

@@ -1,6 +1,7 @@
 """Each of plain Dask's ways to send work, recorded unchanged and replayed verified (values asserted)."""
 
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -269,3 +270,38 @@ def test_after_a_replay_the_kernel_and_the_cluster_it_hands_on_write_their_own_f
         report.session.stop()
     assert sorted(os.listdir(tmp_path / "out")) == ["r1.txt", "w.txt"]
     assert open("out/r1.txt").read() == "mine" and os.path.exists("after.txt")
+
+
+WRITTEN_THEN_READ_AFTER_A_WAIT = '''
+import os, time
+import dask.dataframe as dd
+from distributed import Client, LocalCluster, wait
+
+def write_part(i):
+    time.sleep(0.5 + 0.2 * i)   # slower than the reads: a replay that did not wait would read nothing
+    os.makedirs("parts", exist_ok=True)
+    with open(f"parts/part-{i}.csv", "w") as f:
+        f.write("x\\n" + "\\n".join(str(i * 10 + j) for j in range(5)) + "\\n")
+    return i
+
+cluster = LocalCluster(n_workers=3, threads_per_worker=1, processes=True, dashboard_address=":0")
+client = Client(cluster)
+written = client.map(write_part, range(3))
+wait(written)                                      # no gather: the scheduler never sees this wait
+total = int(dd.read_csv("parts/part-*.csv").x.sum().compute())
+client.close()
+cluster.close()
+'''
+
+
+def test_a_graph_sent_after_a_wait_is_replayed_after_what_it_waited_for(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ns = record(store, "waited", WRITTEN_THEN_READ_AFTER_A_WAIT)
+    assert ns["total"] == 180
+    [graphs] = [s for s in store.open("waited").steps if s.kind == "graph"]   # sent in a row: one step
+    written = [k for k in graphs.data["keys"] if k.startswith("write_part")]
+    [(first_read, waited)] = graphs.data["after"]   # the read is sent once the writes are done
+    assert len(written) == 3 and sorted(waited) == sorted(written) and first_read not in written
+    shutil.rmtree("parts")   # the replay reads what it wrote itself, in its sandbox
+    report = replayed(store, "waited", n_workers=3)
+    assert report.results == 3 + 1 + 3   # the writes, the sum, and the three files written
