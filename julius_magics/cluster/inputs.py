@@ -465,6 +465,7 @@ def file_sha256(path, st=None) -> str:
 
 # --- the user's cache of big files' hashes ------------------------------------------------
 KNOWN_HASH_BYTES = 1 << 20   # smaller files are hashed again: cheaper than a cache file each
+RACY_NS = 2_000_000_000
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -490,7 +491,9 @@ def _known_sha256(absolute, st) -> str | None:
 
 
 def _remember_sha256(absolute, st, sha) -> None:
-    if st.st_size < KNOWN_HASH_BYTES:
+    # not a version changed in the last seconds: within a file system's time granularity, another write
+    # of the same size could leave the same times (git's "racy" entries)
+    if st.st_size < KNOWN_HASH_BYTES or time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < RACY_NS:
         return
     path = _known_path(absolute, st)
     try:   # whole or not at all: the other processes of the host read it at once
