@@ -167,14 +167,19 @@ def database_path(database) -> str | None:
 
 def _note_database(database):
     # SQLite opens its file in C, where no "open" event fires: a database that exists is read, a new one
-    # written.  Any statement may change it, unseen: one that exists is snapshotted now, before the first.
+    # written.  Any statement may change it, unseen: one that exists is snapshotted now, before the first,
+    # with its write-ahead log (WAL mode: commits not yet copied into the database are there)
     path = None if _busy() else database_path(database)
     if path is not None:
         exists = os.path.exists(path)
         _note_path(path, reading=exists, writing=not exists)
-        snapshot = _S.reads.get(os.path.abspath(path)) if exists else None
-        if snapshot is not None:
-            snapshot.run()
+        wal = f"{path}-wal"
+        if exists and os.path.isfile(wal) and os.path.getsize(wal) > 0:
+            _note_path(wal, reading=True, writing=False)
+        for read in (path, wal) if exists else ():
+            snapshot = _S.reads.get(os.path.abspath(read))
+            if snapshot is not None:
+                snapshot.run()
 
 
 def _note_path(text, reading, writing):

@@ -9,8 +9,8 @@ the blob (verified, streamed) into ``~/.julius/cache`` of its host, named by
 its SHA-256, and pushes it through Dask to one worker per host whose workers do
 not see that copy (another host); an opener patched into every process
 (``open``, ``io.open``, ``os.open``, fsspec's local files) then reads the copy
-instead, ``sqlite3.connect`` opens a private copy of a recorded database (SQLite
-writes its journal even to read), and the libraries that open files in C (pyarrow, HDF5, netCDF4)
+instead, ``sqlite3.connect`` opens a private copy of a recorded database, with its
+recorded write-ahead log (SQLite writes its journal even to read), and the libraries that open files in C (pyarrow, HDF5, netCDF4)
 are steered alike (:mod:`.native`; a folder pyarrow reads becomes a folder of links to the recorded
 files; a file opened to update is a sandboxed copy of what the recording read); ``os.stat`` sees the
 served files too (pandas' ``read_hdf`` checks that its file exists).  Relative paths resolve
@@ -386,6 +386,8 @@ def _database(path):
             copy = os.path.join(_REDIRECT["databases_dir"], str(len(_REDIRECT["databases"])), os.path.basename(path))
             _raw_makedirs(os.path.dirname(copy))
             shutil.copyfile(source, copy)
+            if _recorded_inputs(f"{path}-wal"):   # its write-ahead log as it was: SQLite reads it beside the copy
+                shutil.copyfile(resolve(f"{path}-wal"), f"{copy}-wal")
             _REDIRECT["databases"][source] = copy
     return copy
 

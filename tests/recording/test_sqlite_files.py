@@ -81,3 +81,45 @@ def test_databases_read_and_written_by_tasks_are_recorded_served_and_sandboxed(i
         assert replayed_verified(store, "sqlite", "-n", workers, cwd=elsewhere) == 5
     assert sorted(os.listdir(tmp_path)) == ["elsewhere", "store"]   # nothing written into the user's folders
     assert list(elsewhere.iterdir()) == []
+
+
+WAL_BEFORE = """
+import os, sqlite3
+os.makedirs("data")
+writer = sqlite3.connect("data/events.db")   # another program's connection, kept open: its commits stay in the WAL
+writer.execute("pragma journal_mode=wal")
+writer.execute("create table events (n integer)")
+writer.commit()
+writer.execute("pragma wal_checkpoint(truncate)")   # the database file holds the table, the log what follows
+writer.executemany("insert into events values (?)", [(n,) for n in range(10)])
+writer.commit()
+"""
+WAL_NOTEBOOK = ["""
+import sqlite3
+from distributed import Client, LocalCluster
+cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0")
+client = Client(cluster)
+""", """
+def total():
+    with sqlite3.connect("data/events.db") as db:
+        return db.execute("select count(*), sum(n) from events").fetchone()
+
+seen = client.submit(total).result()
+""", "client.close()\ncluster.close()"]
+
+
+def test_a_database_in_wal_mode_is_recorded_with_its_log(ip, tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    monkeypatch.chdir(tmp_path)
+    ip.run_cell(WAL_BEFORE)
+    assert os.path.getsize("data/events.db-wal") > 0
+    record_cells(ip, "wal", store, WAL_NOTEBOOK)
+    assert ip.user_ns["seen"] == (10, 45)
+    inputs = [f for s in Store(store).open("wal").steps if s.kind == "inputs" for f in s.data["files"]]
+    assert sorted(f["path"] for f in inputs) == ["data/events.db", "data/events.db-wal"]
+    ip.run_cell("writer.close()")   # the last connection: its log goes into the database, and is removed
+    assert not os.path.exists("data/events.db-wal")
+    shutil.rmtree("data")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert replayed_verified(store, "wal", cwd=elsewhere) == 1
