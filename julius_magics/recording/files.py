@@ -26,7 +26,7 @@ from fsspec.implementations.local import LocalFileSystem
 __all__ = ["Files", "LocalFiles", "ObjectFiles", "BlobSink", "open_files", "TMP"]
 
 TMP = "_tmp"
-HASHED_CHUNK = 1 << 20   # bytes read, hashed and written at a time by write_hashed (8 MB cost 2-3x the CPU here, now and then)
+HASHED_CHUNK = 1 << 20   # bytes read, hashed and written at a time by write_hashed (8 MB cost 2-3x the CPU, at times)
 PROBE_PREFIX = "probe-"
 # exclusive puts on memory:// (and other back-ends without conditional writes) check, then write
 _EXCLUSIVE_LOCK = threading.Lock()
@@ -153,9 +153,10 @@ class LocalFiles(Files):
         """Store the binary file ``source`` as ``folder/<its sha256>`` in one pass; return ``(sha256, size)``.
 
         The bytes are read, hashed and written to a temporary file together; then the
-        file is fsynced, dropped from the page cache and renamed into place, unless ``folder`` holds that name with
-        that size already (the copy is dropped, unsynced).  ``commit``, called before
-        the rename, may raise to drop the copy (a source that changed while read).
+        file is fsynced, dropped from the page cache and renamed into place, unless
+        ``folder`` holds that name with that size already (the copy is dropped,
+        unsynced).  ``commit``, called before the rename, may raise to drop the copy (a
+        source that changed while read).
         """
         tmp_dir = self.path(TMP)
         os.makedirs(tmp_dir, exist_ok=True)
