@@ -41,9 +41,11 @@ library), system folders (``/usr``, ``/etc``, ``/proc``...), hidden folders of
 the home directory, Dask's scratch space, temporary files (``tmp*`` under the
 temporary directory, and julius's own ``julius-*`` ones: wheels built for a
 recording, copies of inputs), code (``.py``, ``.pyc``, ``.so``), folders given to
-:func:`start_reads` (the recording's store), and files the session created,
-in any process of the host (each leaves a marker in the claims folder): outputs
-are not inputs.  A file read and later overwritten is snapshotted before it is
+:func:`start_reads` (the recording's store), and files the session's tasks
+created, in any process of the host (each leaves a marker in the claims folder):
+outputs are not inputs.  A file the kernel's own code wrote (outside any task) is
+an input of the tasks that read it: a replay runs the graphs, not the cells that
+made it.  A file read and later overwritten is snapshotted before it is
 overwritten.
 
 Kernel-facing API::
@@ -188,9 +190,14 @@ def _note_path(text, reading, writing):
         return
     _S.local.busy = True
     snapshot = None
+    in_task = getattr(thread_state, "key", None) is not None   # else the kernel's own code
     try:
+        # A file a task wrote is an output, never an input.  One the kernel's own code wrote is an
+        # input of the tasks that read it: a replay runs the graphs, not the cells that made it.
+        written = _S.writes.get(absolute)
+        kept_out = written is not None and (written["in_task"] or not in_task)
         # the read first: a file opened to read and write ("r+", HDF5's "a") that existed is an input too
-        if reading and absolute not in _S.reads and absolute not in _S.writes and not _made_in_session(absolute):
+        if reading and absolute not in _S.reads and not kept_out and not _made_in_session(absolute):
             try:
                 st = os.stat(absolute)
             except OSError:
@@ -201,12 +208,11 @@ def _note_path(text, reading, writing):
                     "mtime_ns": st.st_mtime_ns, "dev": st.st_dev, "ino": st.st_ino})
                 if not writing:
                     _enqueue(snapshot)
-        if writing and absolute not in _S.writes:
-            existed = os.path.exists(absolute) and not _made_in_session(absolute)
-            if not existed:
+        if writing and (written is None or in_task and not written["in_task"]):
+            existed = written["existed"] if written else os.path.exists(absolute) and not _made_in_session(absolute)
+            if in_task and not existed:
                 _mark_made_in_session(absolute)
-            note = {"path": text, "abspath": absolute, "cwd": os.getcwd(), "existed": existed,
-                    "in_task": getattr(thread_state, "key", None) is not None}   # else the kernel's own code
+            note = {"path": text, "abspath": absolute, "cwd": os.getcwd(), "existed": existed, "in_task": in_task}
             _S.writes[absolute] = _S.new_writes[absolute] = note
             read = _S.reads.get(absolute)
             if read is None:

@@ -236,19 +236,13 @@ def resolve(file):
     written, _ = _output_view(text)
     if written is not None and os.path.lexists(written):
         return written
-    choice = _REDIRECT["choice"]
-    if text in choice:
-        return choice[text]
-    if getattr(_resolving, "active", False):   # hashing a candidate opens it: that open is the candidate's own
-        return file
-    target = file
-    for entry in _recorded_inputs(text):
-        found = _guarded_readable(entry)
-        if found is not None:
-            target = found
-            break
-    choice[text] = target
-    return target
+    choice = _REDIRECT["choice"]   # text -> the file to open instead, or None: the caller's own (a str, bytes or Path)
+    if text not in choice:
+        if getattr(_resolving, "active", False):   # hashing a candidate opens it: that open is the candidate's own
+            return file
+        choice[text] = next((found for found in map(_guarded_readable, _recorded_inputs(text)) if found is not None),
+                            None)
+    return file if choice[text] is None else choice[text]
 
 
 def _recorded_inputs(text) -> list[dict]:

@@ -305,3 +305,26 @@ def test_a_graph_sent_after_a_wait_is_replayed_after_what_it_waited_for(store, t
     shutil.rmtree("parts")   # the replay reads what it wrote itself, in its sandbox
     report = replayed(store, "waited", n_workers=3)
     assert report.results == 3 + 1 + 3   # the writes, the sum, and the three files written
+
+
+P2P_SHUFFLE_OF_AN_INPUT = '''
+import dask, dask.dataframe as dd, pandas as pd
+from distributed import Client, LocalCluster
+
+pd.DataFrame({"k": [i % 7 for i in range(600)], "v": range(600)}).to_csv("table.csv", index=False)
+cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+client = Client(cluster)
+with dask.config.set({"dataframe.shuffle.method": "p2p"}):   # its shards go to the workers' disks
+    shuffled = dd.read_csv("table.csv", blocksize=2000).shuffle("k", npartitions=3)
+    sums = shuffled.groupby("k").v.sum().compute().sort_index().tolist()
+client.close()
+cluster.close()
+'''
+
+
+def test_a_p2p_shuffle_of_a_served_input_replays_verified(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ns = record(store, "p2p", P2P_SHUFFLE_OF_AN_INPUT)
+    assert ns["sums"] == [sum(range(k, 600, 7)) for k in range(7)]
+    os.remove("table.csv")   # served: the replay's opens are redirected, the shuffle's own shards among them
+    replayed(store, "p2p", n_workers=2)
