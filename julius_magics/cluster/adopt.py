@@ -55,8 +55,8 @@ import distributed.client
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..errors import JuliusError
-from .capture import PLUGIN_NAME, CapturePlugin, _has_plugin, _set_capturing, key_text
-from .capture_plugin import WAITED_TOPIC
+from .capture import PLUGIN_NAME, CapturePlugin, _has_plugin, _set_capturing
+from .capture_plugin import WAITED_TOPIC, key_text
 
 __all__ = ["Adopted", "PRELOAD", "enable_adoption", "disable_adoption", "adoption_enabled", "adopt",
            "adopt_existing", "without_preload", "dask_setup", "dask_teardown", "describe_cluster", "describe_cluster_async", "process_facts", "threadpool_counts",

@@ -193,14 +193,16 @@ class CapturePlugin(SchedulerPlugin):
         started = time.perf_counter()
         after, self.gathered = self.gathered, set()   # results the client had fetched before it sent this graph
         state = scheduler.tasks
-        specs = {}
+        specs, wanted = {}, []   # wanted in the order the client sent them: ``keys`` is a set (a new order each run)
         for key in tasks:
+            if _is_internal_key(key):
+                continue
+            if key in keys:
+                wanted.append(key)
             ts = state.get(key)
-            if ts is not None and ts.run_spec is not None and not _is_internal_key(key):
+            if ts is not None and ts.run_spec is not None:
                 specs[key] = ts.run_spec
-        # in the order the client sent them: ``keys`` is a set, whose order differs from run to run
-        wanted = [k for k in tasks if k in keys] + [k for k in keys if k not in tasks]
-        wanted = [k for k in wanted if not _is_internal_key(k)]
+        wanted += [k for k in keys if k not in tasks and not _is_internal_key(k)]   # computed before (a future)
         if not wanted:
             return
         actors = sorted(key_text(k) for k in specs if state[k].actor)
