@@ -51,7 +51,7 @@ _META = {
     "properties": {
         "note": {"type": ["string", "null"]},
         "data_mode": {"type": "string"},
-        "workers": {"type": ["integer", "null"], "minimum": 0},
+        "workers": {"type": ["integer", "null"], "minimum": 0, "maximum": 2**31 - 1},   # a count, not any int
         "headlines": {"type": "object", "additionalProperties": {"type": "string"}},
         "partial": {"type": "boolean"},
     },
