@@ -54,8 +54,11 @@ Each event is a dict, JSON-able except its ``bytes`` payload:
 ``{"kind": "fingerprints", "seq", "time", "graph": seq, "fingerprints", "descriptions"}``
     fingerprints of wanted keys that finished after their graph was drained
     (``persist``, futures still running at a cell's end): "later collected".
-``{"kind": "worker_joined", "seq", "time", "worker"}``
-    a worker that joined while capturing (its environment is still to record).
+``{"kind": "worker_joined", "seq", "time", "worker", "workers"}``
+    a worker that joined while capturing (its environment is still to record);
+    ``workers``: how many the scheduler then had.
+``{"kind": "worker_left", "seq", "time", "worker", "workers"}``
+    a worker that left while capturing (retired by ``scale`` or ``adapt``, or lost).
 ``{"kind": "unreproducible", "seq", "time", "client", "what", "name", "op", "reason"}``
     work a replay cannot repeat (an actor: its method calls never reach the
     scheduler): a recording holding one is *partial*.

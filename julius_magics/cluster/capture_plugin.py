@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import pickle
@@ -45,6 +46,7 @@ INTERNAL_MODULE = "julius_magics."
 FLUSH_PREFIX = "julius-flush-"
 FLUSH_SECONDS = 5.0
 BATCH_SECONDS = 0.02   # how long a worker gathers finished keys before fingerprinting them together
+TEARDOWN_SECONDS = 10  # how long a closing worker waits for its last fingerprints to be sent
 HOLDER = "julius-capture-holder"   # the scheduler-side "client" that pins scattered data
 ACTOR_REASON = ("an actor: its state lives on one worker and its method calls go straight to that worker, "
                 "never through the scheduler, so they are not captured")
@@ -428,9 +430,15 @@ class CapturePlugin(SchedulerPlugin):
 
         return wrap
 
+    # The scheduler's count after the change: a replay grows or shrinks its cluster to it, as
+    # ``cluster.scale`` or ``adapt`` did; a restart (every worker leaving, then joining) nets out.
     def add_worker(self, scheduler, worker):
         if self.capturing:
-            self._new_event("worker_joined", worker=worker)
+            self._new_event("worker_joined", worker=worker, workers=len(scheduler.workers))
+
+    def remove_worker(self, scheduler, worker, **kwargs):
+        if self.capturing:
+            self._new_event("worker_left", worker=worker, workers=len(scheduler.workers))
 
     # --- draining ------------------------------------------------------------------
     def _still_running(self, text) -> bool:
@@ -562,10 +570,16 @@ class FingerprintWorkerPlugin(WorkerPlugin):
         self.worker = worker
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="julius-fingerprint")
         self.batch = []   # (key, value) finished since the last hand-off
+        self.sent = None  # the latest batch's send (one thread: it ends after the earlier ones)
 
-    def teardown(self, worker):
+    async def teardown(self, worker):
+        # A worker that goes (retired by a scale down or adapt, or its cluster closed) sends what it
+        # fingerprinted first: the scheduler would otherwise wait for those keys in vain.
         self._hand_off()
         self.executor.shutdown(wait=False)
+        if self.sent is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.wrap_future(self.sent), TEARDOWN_SECONDS)
 
     def transition(self, key, start, finish, **kwargs):
         # long-running: a task that seceded (worker_client, get_client) finishes from there
@@ -581,7 +595,7 @@ class FingerprintWorkerPlugin(WorkerPlugin):
     def _hand_off(self):
         batch, self.batch = self.batch, []
         if batch:
-            self.executor.submit(self._send, batch)
+            self.sent = self.executor.submit(self._send, batch)
 
     def _send(self, batch):
         results = []

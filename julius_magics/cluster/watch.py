@@ -22,7 +22,7 @@ Each item is a dict with ``"kind"``:
   julius session's own cluster), ``handle`` (the client object, not JSON);
 - the capture events of :func:`.capture.drain_capture` (``graph``, ``run``,
   ``worker_plugin``, ``scatter``, ``fingerprints``, ``dropped``,
-  ``worker_joined``), each with ``address`` (its scheduler) and ``handle``;
+  ``worker_joined``, ``worker_left``), each with ``address`` (its scheduler) and ``handle``;
 - ``"files"``: ``inputs``, ``outputs``, ``remote``, ``problems`` as
   :func:`.inputs.drain_reads` returns them, each entry with ``reader``
   (``"kernel"`` or a worker address) and ``address`` (its scheduler, or None);

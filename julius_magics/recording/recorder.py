@@ -176,6 +176,8 @@ class Recorder:
         elif kind == "dropped":
             self._step("dropped", _jsonable({**item, "kind": kind}))
             self._partial(item["reason"])
+        elif kind == "worker_left":
+            self._step("worker_left", _jsonable({**item, "kind": kind}))
         elif kind == "unreproducible":   # seen on the scheduler: actors
             self._record_unreproducible(item)
         elif kind == "worker_joined":

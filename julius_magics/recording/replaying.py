@@ -304,7 +304,8 @@ def _note_shape(report, differences):
 # (a step that changes the workers, a rule dispatch, a client.run, outputs) or at the end, so
 # graphs that were in flight together when recorded run together again.
 _BATCHED = {"graph", "scatter", "fingerprints", "cell", "inputs", "remote_inputs", "dropped", "worker_joined",
-            "environment", "adopted_cluster", "data", "cluster"}
+            "worker_left", "environment", "adopted_cluster", "data", "cluster"}
+_RESIZES = {"worker_joined", "worker_left"}
 
 
 def _start_first_cluster(session, steps, spec, n_workers, address):
@@ -345,7 +346,10 @@ class _CaptureContext(_Context):
         # keys a later graph depends on (a persisted collection, a future passed on): held until the end
         self.reused = {k for s in recording.steps if s.kind == "graph" for k in s.data.get("reuses", ())}
         self.inputs, self.outputs, self.remote = [], [], []
-        report.cluster_notes = []
+        # recorded scheduler address -> the cluster this replay started for it, scaled as that one was
+        self.scalable = {first_address: session.cluster} if session.cluster is not None else {}
+        self.sizes = {}          # recorded scheduler address -> its latest worker count, not applied yet
+        report.scaled_kept = f"{n_workers} workers (-n)" if n_workers else f"the cluster at {address}" if address else None
         _note_shape(report, getattr(session, "cluster_differences", {}))
 
     # --- set-up ---------------------------------------------------------------------
@@ -388,9 +392,31 @@ class _CaptureContext(_Context):
     def replay_step(self, kind, step):
         if kind.replay is None:
             return
+        if kind.name not in _RESIZES:   # joins and leaves in a row (a scale, a restart) net out first
+            self._scale()
         if kind.name not in _BATCHED:
             self.flush()
         kind.replay(self, step)
+
+    def resize(self, step):
+        if step.data.get("workers"):   # none: every worker left (the notebook closed its cluster)
+            self.sizes[step.data.get("address")] = step.data["workers"]
+
+    def _scale(self):
+        """Scale the replay's clusters to the worker counts their recorded ones had at this point."""
+        sizes, self.sizes = self.sizes, {}
+        for address, n in sizes.items():
+            cluster = self.scalable.get(address)
+            if self.n_workers or self.address or cluster is None:   # the user's count or cluster, as it is
+                self.report.scaled.setdefault(address, []).append(str(n))
+                continue
+            have = len(cluster.worker_spec)
+            if n == have:
+                continue
+            if n < have:   # retiring workers moves their results: not under graphs in flight
+                self.flush()
+            cluster.scale(n)   # not waited for: the recorded graphs were sent while the workers came
+            self.report.scaled.setdefault(address, []).append(str(n))
 
     def use_cluster(self, step):
         d = step.data
@@ -402,6 +428,7 @@ class _CaptureContext(_Context):
         client, cluster, differences = start_like(d["spec"], n_workers=self.n_workers)
         self.owned.append((client, cluster))
         self.clients[d["address"]] = client
+        self.scalable[d["address"]] = cluster
         _note_shape(self.report, differences)
         self._serve(client)
 
@@ -424,13 +451,16 @@ class _CaptureContext(_Context):
 
     def compare_outputs(self, step):
         self.flush()
-        compared = serve.compare_outputs(self.default, step.data["files"])
+        files = [f for f in step.data["files"] if serve.written_by_a_task(f)]   # the kernel's own: not replayed
+        if not files:
+            return
+        compared = serve.compare_outputs(self.default, files)
         for client, _ in self.owned:
-            for other in serve.compare_outputs(client, step.data["files"]):
+            for other in serve.compare_outputs(client, files):
                 for mine in compared:
                     if mine["abspath"] == other["abspath"] and mine["replayed"] is None:
                         mine.update(other)
-        self.report.outputs = getattr(self.report, "outputs", []) + compared
+        self.report.outputs.extend(compared)
         replayed = {c["abspath"]: (c["replayed"], f"written to {c['sandbox']}" if c["sandbox"] else "not written")
                     for c in compared if c["replayed"]}
         unwritten = {c["abspath"]: "the replay did not write it (see the task that writes it)"

@@ -86,6 +86,10 @@ class ReplayReport:
         plain Dask graphs) and ``close`` (the cluster's).
     partial : list of str
         Why the recording is partial (capture dropped something); empty when it is not.
+    scaled : dict
+        Recorded scheduler address -> the worker counts its cluster was scaled to (``cluster.scale``,
+        ``adapt``), in turn, as text; the replay's cluster was scaled alike unless ``scaled_kept``
+        names what it ran on instead (``-n``, ``--address``).
     session : Session or None
         The replay's session: stopped, unless ``replay(..., keep=True)`` (then the caller's).
     """
@@ -100,6 +104,11 @@ class ReplayReport:
         self.data = []
         self.complete = True
         self.partial = []   # why capture missed something, from the recording's meta: never verified
+        self.cluster_notes = []   # how the replay's clusters run tasks otherwise than recorded (likely causes)
+        self.outputs = []   # output files the recorded graphs wrote, as the replay wrote them (serve.compare_outputs)
+        self.sandbox = None  # the folder it wrote them in
+        self.scaled = {}    # recorded scheduler address -> the worker counts it was scaled to, in turn
+        self.scaled_kept = None   # what the replay ran on instead (-n, --address); None: scaled alike
         self.timings = {"open": 0.0, "cluster": 0.0, "environment": 0.0, "replay": 0.0, "compute": 0.0,
                         "recorded_compute": 0.0, "close": 0.0}
         self.session = None
@@ -113,7 +122,7 @@ class ReplayReport:
     def as_dict(self):
         return {"name": self.name, "steps": self.steps, "total_steps": self.total_steps, "complete": self.complete,
                 "verified": self.verified, "results": self.results, "mismatches": self.mismatches,
-                "env_diff": self.env_diff, "data": self.data, "timings": self.timings}
+                "env_diff": self.env_diff, "data": self.data, "timings": self.timings, "scaled": self.scaled}
 
     def summary(self):
         """A few lines for people."""
@@ -158,9 +167,12 @@ def _capture_lines(report):
     lines = []
     if report.partial:
         lines.append("  the recording is partial (not everything could be captured): " + "; ".join(report.partial[:3]))
-    for note in getattr(report, "cluster_notes", []):
+    for counts in report.scaled.values():
+        lines.append(f"  workers: the recorded cluster was scaled to {', then '.join(counts)}; "
+                     + (f"this replay kept {report.scaled_kept}" if report.scaled_kept else "so was this replay's"))
+    for note in report.cluster_notes:
         lines.append(f"  likely cause of float differences: {note}")
-    if getattr(report, "sandbox", None) and getattr(report, "outputs", None):
+    if report.sandbox and report.outputs:
         lines.append(f"  {len(report.outputs)} output file(s) written to the sandbox {report.sandbox}, "
                      f"{sum(o['same'] for o in report.outputs)} identical to the recorded ones")
     return lines

@@ -146,6 +146,10 @@ def _replay_worker_plugin(context, step):   # e.g. UploadFile: later graphs may 
     context.session.register_plugin(plugin, name=step.data["name"])
 
 
+def _replay_resize(context, step):   # worker_joined, worker_left: cluster.scale or adapt while recording
+    context.resize(step)
+
+
 def _replay_adopted_cluster(context, step):
     context.use_cluster(step)
 
@@ -186,6 +190,10 @@ def _shape(spec):
         return "not described"
     kind = "processes" if spec.get("processes", True) else "threads in the kernel"
     return f"{spec.get('n_workers')} workers x {spec.get('threads_per_worker')} threads ({kind}) at {spec.get('address')}"
+
+
+def _count(d):
+    return f" ({d['workers']} workers)" if d.get("workers") is not None else ""
 
 
 def _files(d, key="path"):
@@ -308,8 +316,15 @@ KINDS = {k.name: k for k in [
     StepKind(
         "worker_joined",
         {"kind": "", "seq": "", "time": "", "address": "its scheduler's", "worker": "",
+         "workers": "how many its scheduler then had: a replay grows its cluster to that count",
          "environment": "blob SHA-256 of its environment JSON"},
-        summarise=lambda d: f"worker {d.get('worker')} joined",
+        summarise=lambda d: f"worker {d.get('worker')} joined{_count(d)}", replay=_replay_resize,
+    ),
+    StepKind(
+        "worker_left",
+        {"kind": "", "seq": "", "time": "", "address": "its scheduler's", "worker": "",
+         "workers": "how many its scheduler then had: a replay shrinks its cluster to that count"},
+        summarise=lambda d: f"worker {d.get('worker')} left{_count(d)}", replay=_replay_resize,
     ),
     StepKind(
         "inputs",

@@ -327,4 +327,86 @@ def test_a_p2p_shuffle_of_a_served_input_replays_verified(store, tmp_path, monke
     ns = record(store, "p2p", P2P_SHUFFLE_OF_AN_INPUT)
     assert ns["sums"] == [sum(range(k, 600, 7)) for k in range(7)]
     os.remove("table.csv")   # served: the replay's opens are redirected, the shuffle's own shards among them
-    replayed(store, "p2p", n_workers=2)
+    report = replayed(store, "p2p", n_workers=2)
+    assert report.outputs == [] and "sandbox" not in report.summary()   # the cell's to_csv: not replayed
+
+
+COMPUTED_TWICE = '''
+import dask
+from distributed import Client, LocalCluster
+
+with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \\
+        Client(cluster) as client:
+    first = dask.delayed(sum)(range(10), dask_key_name="total").compute()
+    client.run(lambda: None)   # a step between: two graph steps, one key
+    again = dask.delayed(sum)(range(10), dask_key_name="total").compute()
+'''
+
+
+def test_a_key_computed_twice_is_counted_alike_by_stop_show_and_replay(store, capsys):
+    from julius_magics.recording.summary import details, format_details
+
+    ns = record(store, "twice", COMPUTED_TWICE)
+    assert (ns["first"], ns["again"]) == (45, 45)
+    assert "1 cluster(s), 2 graph(s), 2 result(s)" in capsys.readouterr().out   # what %record stop says
+    assert "results: 2 (1 distinct)" in format_details(details("twice", store=store)).splitlines()
+    assert replayed(store, "twice").results == 2
+
+
+SCALED_UP_THEN_DOWN = '''
+import time
+from distributed import Client, LocalCluster
+
+def square(x):
+    time.sleep(0.2)
+    return x * x
+
+cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0")
+client = Client(cluster)
+cluster.scale(3)
+client.wait_for_workers(3)
+squares = client.gather(client.map(square, range(6)))
+cluster.scale(2)
+while len(client.scheduler_info()["workers"]) > 2:
+    time.sleep(0.05)
+cube = client.submit(lambda x: x ** 3, 3, key="cube").result()
+client.close()
+cluster.close()
+'''
+
+
+def test_a_cluster_scaled_while_recording_is_scaled_alike_on_replay(store, tmp_path, monkeypatch):
+    ns = record(store, "scaled", SCALED_UP_THEN_DOWN)
+    assert ns["squares"] == [0, 1, 4, 9, 16, 25] and ns["cube"] == 27
+    rec = store.open("scaled")
+    kinds = [(s.kind, s.data.get("workers")) for s in rec.steps if s.kind in ("worker_joined", "worker_left", "graph")]
+    assert kinds[:5] == [("worker_joined", 2), ("worker_joined", 3), ("graph", None), ("worker_left", 2),
+                         ("graph", None)], kinds
+    assert "worker tcp://" in summary_of(rec, "worker_left") and "left (2 workers)" in summary_of(rec, "worker_left")
+    report = replayed(store, "scaled", keep=True)
+    try:
+        [counts] = report.scaled.values()
+        assert counts == ["3", "2"] and "scaled to 3, then 2; so was this replay's" in report.summary()
+        client = report.session.client   # scaled down before the last graph, as recorded
+        assert wait_until(lambda: len(client.scheduler_info()["workers"]) == 2)
+    finally:
+        report.session.stop()
+    fixed = replayed(store, "scaled", n_workers=1)   # the user's count, kept and said
+    assert "scaled to 3, then 2; this replay kept 1 workers (-n)" in fixed.summary()
+
+
+def wait_until(condition, timeout=30):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def summary_of(recording, kind):
+    from julius_magics.recording.steps import summary
+
+    return next(summary(s) for s in recording.steps if s.kind == kind)
