@@ -298,14 +298,29 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+@contextlib.contextmanager
+def one_line_warnings(prefix):
+    """Our warnings (a skipped recording, an ignored sidecar) as one line after ``prefix``, not Python's
+    two; those of other code (Dask's) as Python shows them, never under our name."""
     import warnings
 
-    args = build_parser().parse_args(argv)
     with warnings.catch_warnings():
-        # a skipped recording or an ignored sidecar: one line, not Python's two
-        warnings.showwarning = lambda message, *_, **__: print(f"julius {args.command}: {message}", file=sys.stderr)
+        others, package = warnings.showwarning, os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+        def show(message, category, filename, *rest, **kwargs):
+            if os.path.abspath(filename).startswith(package):
+                print(f"{prefix}: {message}", file=sys.stderr)
+            else:
+                others(message, category, filename, *rest, **kwargs)
+
+        warnings.showwarning = show
         warnings.simplefilter("always", UserWarning)
+        yield
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    with one_line_warnings(f"julius {args.command}"):
         try:
             return args.fn(args)
         except (JuliusError, FileNotFoundError, ValueError) as e:   # the message is the whole story

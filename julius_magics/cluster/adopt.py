@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import socket
 import sys
@@ -68,6 +69,17 @@ _STATE = {"on_adopted": None, "previous": None, "worker_plugins": (), "on_setup"
 _WAIT = distributed.client._wait   # what ``distributed.wait`` runs; while adopting, through :func:`_told_wait`
 _lock = threading.Lock()
 _NOTES: dict = {}   # (address, what, name) -> unreproducible note, until drained
+
+
+class _QuietAboutUs(logging.Filter):
+    """Leaves out ``distributed.preloading``'s INFO lines about this module: a notebook being recorded would
+    show two on stderr at each ``Client`` it makes (other preloads' lines stay)."""
+
+    def filter(self, record):
+        return record.levelno > logging.INFO or PRELOAD not in record.getMessage()
+
+
+_QUIET = _QuietAboutUs()
 
 # scheduler operations that feed coordination objects: what they feed and why a replay cannot repeat it
 _FEEDS = {
@@ -222,6 +234,7 @@ def enable_adoption(on_adopted, worker_plugins=(), on_setup=None, on_teardown=No
             _STATE["previous"] = current
             if PRELOAD not in current:
                 dask.config.set({_CONFIG: [*current, PRELOAD]})
+            logging.getLogger("distributed.preloading").addFilter(_QUIET)   # once: a set of filters
             _LOCAL_COMPUTES.register()
             distributed.client._wait = _told_wait
         _STATE["on_adopted"] = on_adopted

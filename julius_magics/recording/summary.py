@@ -83,6 +83,8 @@ def details(name, store=None, legacy_hmac=False):
         "environment": env,
         "data": list(_files(recording).values()),
         "results": [{"node": k, **v} for k, v in _results(recording).items()],
+        # a key computed in several graphs is listed once, and compared at each by a replay
+        "results_recorded": sum(len(steps.results(s)) for s in recording.steps),
         "verification": recording.verification,
     }
 
@@ -109,7 +111,8 @@ def format_details(details):
         lines.append("data:")
         lines += [f"  {f['path']}  {f['size']:,} B  sha256 {f['sha256'][:16]}  "
                   f"{'embedded' if f['embedded'] else 'hash only'}" for f in details["data"]]
-    lines.append(f"results: {len(details['results'])}")
+    distinct, recorded = len(details["results"]), details.get("results_recorded", len(details["results"]))
+    lines.append(f"results: {recorded}" + (f" ({distinct} distinct)" if distinct != recorded else ""))
     lines += [f"  {r['label'] or r['node']}: {r['describe']}  [{r['fp'][:12]}]" for r in details["results"]]
     return "\n".join(lines)
 

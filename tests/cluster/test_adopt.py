@@ -50,6 +50,26 @@ def test_notebook_cluster_and_client_are_adopted(adopted):
     assert adopt.PRELOAD not in (dask.config.get("distributed.client.preload") or [])
 
 
+QUIET_CLIENT = """
+from distributed import Client
+from julius_magics.cluster.adopt import enable_adoption
+
+enable_adoption(lambda adopted: print("adopted", adopted.captured))
+with Client(n_workers=1, threads_per_worker=1, dashboard_address=":0") as client:
+    print(client.submit(sum, [1, 2]).result())
+"""
+
+
+def test_adopting_a_client_prints_nothing_on_stderr():
+    # a process of its own: Dask's logging writes to the stderr it found at import, which pytest replaces
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", QUIET_CLIENT], capture_output=True, text=True, timeout=120)
+    assert run.stdout.split() == ["adopted", "True", "3"], run.stderr
+    assert "julius_magics" not in run.stderr   # distributed.preloading's INFO lines about its preload
+
+
 def test_threads_cluster_spec_and_threadpool_limits():
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster) as client:

@@ -83,3 +83,16 @@ def test_cli_import_help_names_its_options():
     text = subprocess.run([sys.executable, "-m", "julius_magics.cli", "import", "--help"],
                           capture_output=True, text=True).stdout
     assert "--as NEW" in text and "--force" in text
+
+
+def test_warnings_of_julius_are_one_line_and_those_of_other_code_keep_their_own_form(capsys):
+    import warnings
+
+    from julius_magics import cli
+
+    with warnings.catch_warnings(record=True) as passed_on, cli.one_line_warnings("julius replay"):
+        warnings.warn_explicit("skipped recording 'x': bad", UserWarning, cli.__file__, 1)
+        warnings.warn_explicit("Sending large graph of size 12 MiB", UserWarning, "/somewhere/dask/base.py", 7)
+    assert capsys.readouterr().err.splitlines() == ["julius replay: skipped recording 'x': bad"]
+    assert [(str(w.message), w.filename) for w in passed_on] == [("Sending large graph of size 12 MiB",
+                                                                   "/somewhere/dask/base.py")]   # shown as Python does
