@@ -263,8 +263,8 @@ class CapturePlugin(SchedulerPlugin):
         each of thousands of one-task graphs cost more than their tasks.  Anything else
         the cluster sees in between (a scatter, a ``run``) ends the run.  A graph sent after
         the client fetched results (a ``gather``, a ``result()``, a ``compute`` before it)
-        notes where it starts and what was fetched (``after``: ``[[its first key, fetched
-        keys], ...]``): a replay sends it once those are computed.
+        notes where it starts, what was fetched and when it was sent (``after``: ``[[its first
+        key, fetched keys, time], ...]``): a replay sends it once those are computed.
         """
         last = self.unserialized[-1] if self.unserialized else None   # the last graph not drained yet
         if last is None or last.event is not self.events[-1] or last.event["client"] != client:
@@ -275,7 +275,7 @@ class CapturePlugin(SchedulerPlugin):
         event = last.event
         wanted = [k for k in wanted if key_text(k) not in last.known]
         if after and wanted:
-            event["after"].append([key_text(wanted[0]), sorted(after)])
+            event["after"].append([key_text(wanted[0]), sorted(after), time.time()])
         last.known.update(key_text(k) for k in wanted)
         last.graphs.append((wanted, specs))
         event["keys"].extend(key_text(k) for k in wanted)

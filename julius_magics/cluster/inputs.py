@@ -102,6 +102,7 @@ class _State:
     installed = False
     skip: tuple = ()
     reads: dict = {}        # abspath -> _Snapshot, until drained once done
+    earlier: list = []      # snapshots of versions read before, superseded in ``reads`` until drained
     writes: dict = {}       # abspath -> note (persists while recording: reads of outputs are skipped)
     new_writes: dict = {}   # abspath -> note, since the last drain
     remote: dict = {}       # url -> (fs, path, note)
@@ -192,22 +193,24 @@ def _note_path(text, reading, writing):
     snapshot = None
     in_task = getattr(thread_state, "key", None) is not None   # else the kernel's own code
     try:
-        # A file a task wrote is an output, never an input.  One the kernel's own code wrote is an
-        # input of the tasks that read it: a replay runs the graphs, not the cells that made it.
         written = _S.writes.get(absolute)
-        kept_out = written is not None and (written["in_task"] or not in_task)
         # the read first: a file opened to read and write ("r+", HDF5's "a") that existed is an input too
-        if reading and absolute not in _S.reads and not kept_out and not _made_in_session(absolute):
+        known = _S.reads.get(absolute)
+        if reading and (known is None or _rewritten(known)) and not _kept_out(absolute, written, in_task):
             try:
                 st = os.stat(absolute)
             except OSError:
                 st = None   # the open itself will fail, or it makes the file
             if st is not None and stat.S_ISREG(st.st_mode):
+                if known is not None:   # read again, changed since: both versions are inputs
+                    _S.earlier.append(known)
                 snapshot = _S.reads[absolute] = _Snapshot({
                     "path": text, "abspath": absolute, "cwd": os.getcwd(), "size": st.st_size,
                     "mtime_ns": st.st_mtime_ns, "dev": st.st_dev, "ino": st.st_ino})
                 if not writing:
                     _enqueue(snapshot)
+        if writing:
+            _mark_written(absolute, by_kernel=not in_task)
         if writing and (written is None or in_task and not written["in_task"]):
             existed = written["existed"] if written else os.path.exists(absolute) and not _made_in_session(absolute)
             if in_task and not existed:
@@ -226,6 +229,28 @@ def _note_path(text, reading, writing):
         _S.local.busy = False
 
 
+def _rewritten(snapshot) -> bool:
+    """Whether the file of ``snapshot`` changed on disk since it was read (a cell rewrote it)."""
+    try:
+        return _changed(os.stat(snapshot.note["abspath"]), snapshot.note)
+    except OSError:
+        return False
+
+
+def _kept_out(absolute, written, in_task) -> bool:
+    """Whether a read of ``absolute`` is not an input: an output of the session read back.
+
+    A file a task wrote (in any process of the host) is an output, never an input.  One the
+    kernel's own code wrote is an input of the tasks that read it, even one a task wrote before
+    (the kernel rewrote it since): a replay runs the graphs, not the cells that wrote it.
+    """
+    if written is not None and not written["in_task"]:
+        return not in_task
+    if written is None and not _made_in_session(absolute):
+        return False
+    return not (in_task and _kernel_wrote(absolute))
+
+
 def _made_marker(absolute):
     return os.path.join(_S.claims, "made-" + hashlib.sha256(absolute.encode("utf-8", "surrogateescape")).hexdigest()[:40])
 
@@ -240,6 +265,25 @@ def _mark_made_in_session(absolute):
 
 def _made_in_session(absolute) -> bool:
     return _S.claims is not None and os.path.exists(_made_marker(absolute))
+
+
+def _kernel_marker(absolute):
+    return os.path.join(_S.claims, "kernel-" + hashlib.sha256(absolute.encode("utf-8", "surrogateescape")).hexdigest()[:40])
+
+
+def _mark_written(absolute, by_kernel):
+    """Tell this host's processes who wrote ``absolute`` last: the kernel's own code (its tasks then read a
+    version the replay must serve, as cells are not replayed) or a task (an output again)."""
+    if _S.claims is not None:
+        with contextlib.suppress(OSError):
+            if by_kernel:
+                os.close(os.open(_kernel_marker(absolute), os.O_WRONLY | os.O_CREAT, 0o600))
+            else:
+                os.remove(_kernel_marker(absolute))
+
+
+def _kernel_wrote(absolute) -> bool:
+    return _S.claims is not None and os.path.exists(_kernel_marker(absolute))
 
 
 # --- snapshots -------------------------------------------------------------------------
@@ -614,7 +658,7 @@ def start_reads(skip=(), sink=None, token=None) -> bool:
         _S.skip = tuple(sorted({*_S.skip, *_skip_roots(skip)}))
         return True
     _S.skip = _skip_roots(skip)
-    _S.reads, _S.writes, _S.new_writes, _S.remote, _S.versions = {}, {}, {}, {}, {}
+    _S.reads, _S.writes, _S.new_writes, _S.remote, _S.versions, _S.earlier = {}, {}, {}, {}, {}, []
     _S.sink, _S.visible = sink, None
     _S.claims = _claims_folder(token) if token else None
     _S.stats = {"passes": 0, "bytes": 0, "seconds": 0.0, "cpu": 0.0, "shared": 0, "known": 0}
@@ -660,11 +704,15 @@ def drain_reads(hash_remote: bool = True, wait: bool = True) -> dict:
         versions another process snapshotted).
     """
     if wait:   # helps the background thread, from the other end of the queue
-        for snapshot in reversed(list(_S.reads.values())):
+        for snapshot in reversed([*_S.earlier, *_S.reads.values()]):
             snapshot.run()
     done = [(a, s) for a, s in list(_S.reads.items()) if s.result is not None]
     for absolute, _ in done:
         _S.reads.pop(absolute, None)
+    finished = [s for s in _S.earlier if s.result is not None]
+    for snapshot in finished:   # one by one: a task may supersede another version meanwhile
+        _S.earlier.remove(snapshot)
+    done = [(s.note["abspath"], s) for s in finished] + done
     writes, _S.new_writes = _S.new_writes, {}
     remote, _S.remote = _S.remote, {}
     pid = os.getpid()
@@ -674,14 +722,17 @@ def drain_reads(hash_remote: bool = True, wait: bool = True) -> dict:
         if "problem" in result:
             problems.append({"path": note["path"], "abspath": absolute, "problem": result["problem"]})
             continue
-        entry = {k: note[k] for k in ("path", "abspath", "cwd", "size")}
+        entry = {k: note[k] for k in ("path", "abspath", "cwd", "size", "mtime_ns")}
         inputs.append({**entry, **result, "host": _S.host, "pid": pid})
     for absolute, note in writes.items():
         entry = {**note, "host": _S.host, "pid": pid}
+        if note["in_task"] and _kernel_wrote(absolute):   # a cell rewrote it since: what the task wrote is gone
+            outputs.append({**entry, "rewritten": True})
+            continue
         try:
             st = os.stat(absolute)
             if stat.S_ISREG(st.st_mode):
-                entry.update(size=st.st_size, sha256=file_sha256(absolute, st))
+                entry.update(size=st.st_size, sha256=file_sha256(absolute, st), mtime_ns=st.st_mtime_ns)
                 content = output_content(absolute)
                 if content is not None:
                     entry["content"] = content
@@ -703,7 +754,7 @@ def drain_reads(hash_remote: bool = True, wait: bool = True) -> dict:
             continue
         remotes.append(entry)
     return {"inputs": inputs, "outputs": outputs, "remote": remotes, "problems": problems,
-            "pending": len(_S.reads), "stats": dict(_S.stats)}
+            "pending": len(_S.reads) + len(_S.earlier), "stats": dict(_S.stats)}
 
 
 def end_claims() -> None:

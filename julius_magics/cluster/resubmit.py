@@ -101,13 +101,15 @@ def _needed(specs, keys) -> dict:
     return needed
 
 
-def _segments(event, captured) -> list[tuple[list, set]]:
-    """``[(keys, fetched before)]``: a merged event's graphs, cut where the client had fetched results first."""
-    starts = {text: set(fetched) for text, fetched in event.get("after") or ()}
-    segments = [([], set())]
+def _segments(event, captured) -> list[tuple[list, set, float | None]]:
+    """``[(keys, fetched before, when sent)]``: a merged event's graphs, cut where the client had fetched
+    results first (``when sent`` is None in recordings that did not note it)."""
+    starts = {start[0]: start[1:] for start in event.get("after") or ()}
+    segments = [([], set(), event.get("time"))]
     for key in captured["keys"]:
-        if key_text(key) in starts:
-            segments.append(([], starts[key_text(key)]))
+        start = starts.get(key_text(key))
+        if start is not None:
+            segments.append(([], set(start[0]), start[1] if len(start) > 1 else None))
         segments[-1][0].append(key)
     return [segment for segment in segments if segment[0]]
 
@@ -156,22 +158,34 @@ class GraphBatch:
     def __len__(self):
         return len(self.pending)
 
-    def submit(self, event) -> None:
+    def submit(self, event, before=None) -> None:
         """Send a captured graph event; a part of it the client sent after fetching results (its
-        ``after``) once those are computed, as the notebook waited for them."""
+        ``after``) once those are computed, as the notebook waited for them.
+
+        ``before(sent)`` is called before each part is sent, with the time it was sent when
+        recorded (seconds since the epoch, or None).
+        """
         if not self.pending:
             self.started = time.monotonic()
         futures = {}
         self.pending.append((event, futures, None))
         try:
             captured = _captured(event)
-            for keys, fetched in _segments(event, captured):
+            for keys, fetched, sent in _segments(event, captured):
                 self._wait_for(fetched)
+                if before is not None:
+                    before(sent)
                 sent, held = _submit(self.client, event, captured, keys, hold=True)
                 futures.update(sent)
                 self.held.extend(held)
         except Exception as error:
             self.pending[-1] = (event, None, _failed(error))
+
+    def wait(self) -> None:
+        """Wait until every graph sent so far is computed (or failed)."""
+        futures = [f for _, fs, _ in self.pending if fs for f in fs.values()]
+        if futures:   # their fingerprints: small
+            self.client.gather(futures, errors="skip")
 
     def _wait_for(self, keys) -> None:
         """Wait until those of ``keys`` that this batch computes are computed (or failed)."""

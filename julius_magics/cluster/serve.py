@@ -29,6 +29,8 @@ Kernel-facing API::
     # -> [{"path", "abspath", "status", "where"}]; DataChangedError when a file
     #    changed or is missing and the recording holds only its hash
 
+    use_versions({abspath: entry}); client.register_plugin(ServedVersions(chosen))   # a file in several
+    #    versions (cells rewrote it between graphs): reads get this one from now on
     client.register_plugin(OutputSandbox(outputs, folder)); install_output_sandbox(outputs, folder)
     compare_outputs(client, outputs)            # [{"path", "sandbox", "recorded", "replayed", "same"}]
     stop_serving([client])                      # the replay is over: own files again, here and there
@@ -60,10 +62,12 @@ from .inputs import database_path, file_sha256, output_content
 
 __all__ = ["cache_dir", "file_status", "check_inputs", "serve_inputs", "ServeInputs", "install_redirect",
            "resolve", "remote_status", "serve_remote", "install_remote_redirect", "ServeRemote", "sandboxed",
-           "install_output_sandbox", "compare_outputs", "recorded_fingerprint", "OutputSandbox", "written_by_a_task", "stop_serving"]
+           "install_output_sandbox", "compare_outputs", "recorded_fingerprint", "OutputSandbox", "written_by_a_task", "stop_serving",
+           "use_versions", "ServedVersions"]
 
 _REDIRECT = {"files": {}, "relative": {}, "ordered": [], "choice": {}, "folders": {}, "installed": False,
-             "remote": {}, "remote_installed": False, "databases": {}, "databases_dir": None}
+             "remote": {}, "remote_installed": False, "databases": {}, "databases_dir": None,
+             "versions": {}}   # abspath -> the recorded version reads get now (:func:`use_versions`)
 _lock = threading.RLock()
 
 
@@ -187,15 +191,26 @@ def serve_inputs(client, files, read_blob, embedded=True, progress=None, copy_bl
     return report
 
 
+def _cached_copy(sha) -> str | None:
+    """This host's served copy of blob ``sha``, if there is one and it still holds those bytes (hashed: a
+    copy is named by its SHA-256, but a file of the cache can be changed like any other)."""
+    copy = os.path.join(cache_dir(), sha)
+    try:
+        st = _raw_stat(copy)
+    except OSError:
+        return None
+    return copy if file_sha256(copy, st) == sha else None
+
+
 def _have_copies(shas) -> dict:
     """``{sha256: whether this process sees a served copy}``: workers sharing the kernel's cache need none sent."""
-    return {sha: os.path.isfile(os.path.join(cache_dir(), sha)) for sha in shas}
+    return {sha: _cached_copy(sha) is not None for sha in shas}
 
 
 def _kernel_copy(sha, read_blob, copy_blob=None) -> str:
     """Blob ``sha`` in this host's cache: streamed by ``copy_blob(sha, path)`` (verified), else from its bytes."""
     target = os.path.join(cache_dir(), sha)
-    if os.path.isfile(target):
+    if _cached_copy(sha) is not None:
         return target
     if copy_blob is None:
         return _store_copy(sha, read_blob(sha))
@@ -209,7 +224,7 @@ def _store_copy(sha, data) -> str:
     if hashlib.sha256(data).hexdigest() != sha:
         raise DataChangedError(f"served copy {sha[:12]}… does not match its SHA-256")
     target = os.path.join(cache_dir(), sha)
-    if not (os.path.isfile(target) and os.path.getsize(target) == len(data)):
+    if _cached_copy(sha) is None:
         tmp = f"{target}.{os.getpid()}.tmp"
         with _raw_open(tmp, "wb") as f:
             f.write(data)
@@ -233,16 +248,41 @@ def resolve(file):
         text = os.fsdecode(file)
     except TypeError:
         return file
-    written, _ = _output_view(text)
-    if written is not None and os.path.lexists(written):
-        return written
+    version = _chosen_version(text)
+    if version is None:
+        written, _ = _output_view(text)
+        if written is not None and os.path.lexists(written):
+            return written
     choice = _REDIRECT["choice"]   # text -> the file to open instead, or None: the caller's own (a str, bytes or Path)
     if text not in choice:
         if getattr(_resolving, "active", False):   # hashing a candidate opens it: that open is the candidate's own
             return file
-        choice[text] = next((found for found in map(_guarded_readable, _recorded_inputs(text)) if found is not None),
-                            None)
+        candidates = [version] if version is not None else _recorded_inputs(text)
+        choice[text] = next((found for found in map(_guarded_readable, candidates) if found is not None), None)
     return file if choice[text] is None else choice[text]
+
+
+def _chosen_version(text):
+    """The recorded version of ``text`` that :func:`use_versions` chose, or None."""
+    versions = _REDIRECT["versions"]
+    if versions:
+        for entry in _recorded_inputs(text):
+            if entry["abspath"] in versions:
+                return versions[entry["abspath"]]
+    return None
+
+
+def use_versions(chosen) -> None:
+    """From now on, reads of each file of ``chosen`` (``{abspath: recorded input entry}``) get that version,
+    over this replay's own output of it.
+
+    For files the recording saw in several versions, because the kernel's cells rewrote them between
+    graphs: a replay does not run the cells, so it serves each graph the version that was current
+    when it was sent.
+    """
+    with _lock:
+        _REDIRECT["versions"] = dict(chosen)
+        _REDIRECT["choice"], _REDIRECT["folders"] = {}, {}
 
 
 def _recorded_inputs(text) -> list[dict]:
@@ -269,8 +309,7 @@ def _readable(entry):
             continue
         if st.st_size == entry["size"] and file_sha256(candidate, st) == entry["sha256"]:
             return candidate
-    copy = os.path.join(cache_dir(), entry["sha256"])
-    return copy if os.path.isfile(copy) else None
+    return _cached_copy(entry["sha256"])
 
 
 def _open(file, *args, **kwargs):
@@ -487,7 +526,8 @@ def install_output_sandbox(outputs, folder) -> None:
     """
     with _lock:
         _SANDBOX["dir"] = os.path.abspath(folder) if folder else None
-        _SANDBOX["outputs"] = {o["abspath"]: o for o in outputs}
+        # a file a task wrote and a cell rewrote has an entry of each: the task's is the one replayed
+        _SANDBOX["outputs"] = {o["abspath"]: o for o in sorted(outputs, key=written_by_a_task)}
         _SANDBOX["dirs"] = {os.path.dirname(o["abspath"]) for o in outputs}
         _SANDBOX["folders"] = {parent for d in _SANDBOX["dirs"] for parent in _parents(d)}
         relative = {}
@@ -587,7 +627,7 @@ def install_redirect(files, worker=False) -> None:
             if not os.path.isabs(f["path"]):
                 relative.setdefault(f["path"], []).append(f)
         _REDIRECT["relative"], _REDIRECT["ordered"] = relative, same_kind_first
-        _REDIRECT["choice"], _REDIRECT["folders"] = {}, {}
+        _REDIRECT["choice"], _REDIRECT["folders"], _REDIRECT["versions"] = {}, {}, {}
         if _REDIRECT["databases_dir"] is not None:   # the last replay's private copies
             shutil.rmtree(_REDIRECT["databases_dir"], ignore_errors=True)
         _REDIRECT["databases"], _REDIRECT["databases_dir"] = {}, None
@@ -610,7 +650,10 @@ def _patch_fsspec():
     for name in ("_open", "info"):
         original = getattr(LocalFileSystem, name)
 
-        def wrapper(self, path, *args, __original=original, **kwargs):
+        def wrapper(self, path, *args, __original=original, __name=name, **kwargs):
+            mode = args[0] if args else kwargs.get("mode", "rb")
+            if __name == "_open" and any(c in mode for c in "wax+"):   # a write goes to the sandbox, never to
+                return __original(self, path, *args, **kwargs)       # a served copy (the opener sandboxes it)
             stripped = self._strip_protocol(path)
             resolved = resolve(stripped)
             return __original(self, resolved if resolved is not stripped else path, *args, **kwargs)
@@ -714,7 +757,7 @@ def stop_serving(clients=()) -> None:
         install_redirect([])
         _REDIRECT["remote"] = {}
     for client in clients:
-        for plugin in (OutputSandbox([], None), ServeInputs([]), ServeRemote({})):   # replaces the replay's
+        for plugin in (OutputSandbox([], None), ServeInputs([]), ServedVersions({}), ServeRemote({})):   # the replay's go
             with contextlib.suppress(Exception):
                 client.register_plugin(plugin)
 
@@ -729,6 +772,18 @@ class ServeInputs(WorkerPlugin):
 
     def setup(self, worker):
         install_redirect(self.files, worker=True)
+
+
+class ServedVersions(WorkerPlugin):
+    """Worker plugin: :func:`use_versions` in each worker (joining ones too); registered again at each change."""
+
+    name = "julius-served-versions"
+
+    def __init__(self, chosen):
+        self.chosen = dict(chosen)
+
+    def setup(self, worker):
+        use_versions(self.chosen)
 
 
 class ServeRemote(WorkerPlugin):

@@ -257,7 +257,7 @@ class Recorder:
             if embed:
                 self.writer.add_stored_blob(entry["sha256"], entry["size"])
             self.watch.discard(entry)
-            new.append({k: entry.get(k) for k in ("path", "abspath", "cwd", "size", "sha256", "reader", "host")}
+            new.append({k: entry.get(k) for k in ("path", "abspath", "cwd", "size", "mtime_ns", "sha256", "reader", "host")}
                        | {"embedded": embed})
         if new:
             self._step("inputs", _jsonable({"files": new}))
@@ -276,7 +276,8 @@ class Recorder:
                 remote.append(entry)
             self._step("remote_inputs", _jsonable({"files": remote}))
             self._count_files((e["url"], e.get("etag") or e.get("version_id") or e.get("sha256")) for e in remote)
-        fields = ("path", "abspath", "cwd", "existed", "size", "sha256", "content", "reader", "in_task")
+        fields = ("path", "abspath", "cwd", "existed", "size", "mtime_ns", "sha256", "content", "reader", "in_task",
+                  "rewritten")
         outputs = [{k: o.get(k) for k in fields} for o in item["outputs"] if not o.get("gone")]
         if outputs:
             self._step("outputs", _jsonable({"files": outputs}))

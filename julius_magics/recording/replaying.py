@@ -328,6 +328,33 @@ def _start_first_cluster(session, steps, spec, n_workers, address):
     return spec.get("address")
 
 
+def _versions_in_time(inputs, outputs) -> dict:
+    """``{abspath: [(mtime_ns, recorded input entry, or None for the replay's own output)]}``, oldest first.
+
+    Only for files the recording saw in several versions: read, rewritten by the kernel's own
+    code (a cell), then read again; or a task's output that a cell rewrote.  A version is
+    current from its modification time on, so the graphs sent after it read it.
+    """
+    versions = {}
+    for f in inputs:
+        if f.get("mtime_ns") is not None:
+            versions.setdefault(f["abspath"], {})[f["sha256"]] = (f["mtime_ns"], f)
+    for o in outputs:   # those a replay writes in its sandbox (made in the session, by a task)
+        if not o.get("existed") and serve.written_by_a_task(o):   # one a cell rewrote: before the cell's
+            versions.setdefault(o["abspath"], {})[None] = (0 if o.get("rewritten") else o.get("mtime_ns") or 0, None)
+    return {path: sorted(found.values(), key=lambda version: version[0])
+            for path, found in versions.items() if len(found) > 1 and any(found)}
+
+
+def _current(versions, at_ns):
+    """The entry of ``versions`` (:func:`_versions_in_time`) current at ``at_ns``; the oldest before any."""
+    current = versions[0][1]
+    for mtime_ns, entry in versions:
+        if mtime_ns <= at_ns:
+            current = entry
+    return current
+
+
 class _CaptureContext(_Context):
     """The replay context with what plain Dask work needs: several clusters, batches, served files."""
 
@@ -346,6 +373,7 @@ class _CaptureContext(_Context):
         # keys a later graph depends on (a persisted collection, a future passed on): held until the end
         self.reused = {k for s in recording.steps if s.kind == "graph" for k in s.data.get("reuses", ())}
         self.inputs, self.outputs, self.remote = [], [], []
+        self.timelines, self.chosen = {}, {}   # files seen in several versions (_versions_in_time); served now
         # recorded scheduler address -> the cluster this replay started for it, scaled as that one was
         self.scalable = {first_address: session.cluster} if session.cluster is not None else {}
         self.sizes = {}          # recorded scheduler address -> its latest worker count, not applied yet
@@ -368,6 +396,7 @@ class _CaptureContext(_Context):
                 seen.add((f["abspath"], f["sha256"]))
                 unique.append(f)
         self.inputs = unique
+        self.timelines = _versions_in_time(self.inputs, self.outputs)
         if self.outputs:
             self.report.sandbox = _new_sandbox(self.recording.name)
         self._serve(self.default)
@@ -436,8 +465,22 @@ class _CaptureContext(_Context):
         client = self.client_for(step.data.get("address"))
         batch, submitted = self.batches.setdefault(id(client), (resubmit.GraphBatch(client), []))
         parts = {"specs": self.part(step, "specs")} if "specs" in step.part_names else {}
-        batch.submit(dict(step.data, **parts))
+        batch.submit(dict(step.data, **parts), before=lambda sent: self._use_versions_of(sent, batch))
         submitted.append(step)
+
+    def _use_versions_of(self, sent, batch):
+        """Serve the files of several versions as they were when a graph was sent at ``sent`` (seconds)."""
+        if not self.timelines or sent is None:
+            return
+        chosen = {path: _current(versions, int(sent * 1e9)) for path, versions in self.timelines.items()}
+        chosen = {path: entry for path, entry in chosen.items() if entry is not None}
+        if chosen == self.chosen:
+            return
+        batch.wait()   # the graphs in flight read the versions before
+        self.chosen = chosen
+        serve.use_versions(chosen)
+        for client in [self.default, *(client for client, _ in self.owned)]:
+            client.register_plugin(serve.ServedVersions(chosen))
 
     def replay_scatter(self, step):
         client = self.client_for(step.data.get("address"))

@@ -151,6 +151,13 @@ STEP_SCHEMAS = {
     "graph": _object(["fingerprints"], fingerprints={"type": "object", "additionalProperties": _STR},
                      descriptions={"type": "object"}, keys={"type": "array"}, ntasks=_NULL_INT),
     "worker_plugin": _object(["name"], name=_STR),
+    "inputs": _object(["files"], files={"type": "array", "items": _object(
+        ["path", "abspath", "size", "sha256"], path=_STR, abspath=_STR, cwd=_NULL_STR, size=_SIZE, sha256=_SHA,
+        mtime_ns=_NULL_INT, reader=_NULL_STR, embedded={"type": "boolean"})}),
+    "outputs": _object(["files"], files={"type": "array", "items": _object(
+        ["path", "abspath"], path=_STR, abspath=_STR, cwd=_NULL_STR, size={"type": ["integer", "null"], "minimum": 0},
+        sha256={"anyOf": [_SHA, {"type": "null"}]}, mtime_ns=_NULL_INT, reader=_NULL_STR,
+        in_task={"type": ["boolean", "null"]}, rewritten={"type": ["boolean", "null"]})}),
     "data": _object(["files"], files={"type": "array", "items": _object(
         ["path", "size", "sha256", "embedded"], path=_STR, size=_SIZE, sha256=_SHA, embedded={"type": "boolean"})}),
 }

@@ -254,9 +254,9 @@ KINDS = {k.name: k for k in [
          "scattered": "keys of scattered data it depends on (a `scatter` step)",
          "reuses": "keys of earlier graphs it depends on (a persisted collection, a future passed on): a replay "
                    "keeps them",
-         "after": "`[[key, fetched keys]]`: the graphs from that key on were sent after the client fetched those "
-                  "(`gather`, `result()`) or waited for them (`wait`); a replay sends them once the fetched keys are "
-                  "computed",
+         "after": "`[[key, fetched keys, time]]`: the graphs from that key on were sent (at that time) after the "
+                  "client fetched those (`gather`, `result()`) or waited for them (`wait`); a replay sends them once "
+                  "the fetched keys are computed",
          "address": "its scheduler's (the cluster it ran on)",
          "dropped": "why its specs, or some of its graphs, are missing (the recording is then partial)"},
         {"specs": "cloudpickle of the run specs"},
@@ -328,9 +328,11 @@ KINDS = {k.name: k for k in [
     ),
     StepKind(
         "inputs",
-        {"files": "`[{path, abspath, cwd, size, sha256, reader, host, embedded}]`: files read by any code, where "
-                  "it ran (`reader`: kernel or a worker's address; `path` as the code wrote it; embedded: the bytes "
-                  "are the store blob of that SHA-256)"},
+        {"files": "`[{path, abspath, cwd, size, mtime_ns, sha256, reader, host, embedded}]`: files read by any code, "
+                  "where it ran (`reader`: kernel or a worker's address; `path` as the code wrote it; embedded: the "
+                  "bytes are the store blob of that SHA-256; a file read in several versions, as cells rewrote it, "
+                  "has an entry for each: a replay serves each graph the version current, by `mtime_ns`, when it "
+                  "was sent)"},
         summarise=_files, inputs=True,
     ),
     StepKind(
@@ -341,10 +343,11 @@ KINDS = {k.name: k for k in [
     ),
     StepKind(
         "outputs",
-        {"files": "`[{path, abspath, cwd, existed, size, sha256, content, reader, in_task}]`: files the session "
-                  "wrote; a replay writes them into its sandbox and compares their hashes (`content`, where the "
-                  "format stamps the time it was written: the fingerprint of what gzip, zip or HDF5 holds), except "
-                  "those the kernel's own code wrote outside any task (`in_task` false), which a replay does not run"},
+        {"files": "`[{path, abspath, cwd, existed, size, mtime_ns, sha256, content, reader, in_task, rewritten}]`: "
+                  "files the session wrote; a replay writes them into its sandbox and compares their hashes "
+                  "(`content`, where the format stamps the time it was written: the fingerprint of what gzip, zip or "
+                  "HDF5 holds), except those the kernel's own code wrote outside any task (`in_task` false), which a "
+                  "replay does not run, and those a cell rewrote after a task wrote them (`rewritten`: no hash)"},
         summarise=_files, replay=_replay_outputs, results=_output_results,
     ),
     StepKind(
