@@ -532,8 +532,11 @@ def install_output_sandbox(outputs, folder) -> None:
         _SANDBOX["folders"] = {parent for d in _SANDBOX["dirs"] for parent in _parents(d)}
         relative = {}
         for o in outputs:
-            if not os.path.isabs(o["path"]):
-                path, absolute = os.path.normpath(o["path"]), o["abspath"]
+            path = o["path"]
+            if os.path.isabs(path) and o.get("cwd"):   # written as absolute (dask expands globs), read as relative
+                path = os.path.relpath(o["abspath"], o["cwd"])
+            if not os.path.isabs(path) and not path.startswith(os.pardir):
+                path, absolute = os.path.normpath(path), o["abspath"]
                 while path and path != os.curdir:   # the file, then each folder it is in
                     relative.setdefault(path, absolute)
                     path, absolute = os.path.dirname(path), os.path.dirname(absolute)

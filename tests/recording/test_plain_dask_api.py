@@ -421,6 +421,7 @@ client = Client(cluster)
 given_before = int(dd.read_csv("given.csv").x.sum().compute())
 dd.from_pandas(pd.DataFrame({"x": range(12)}), npartitions=3).to_csv("out/*.csv", index=False)   # tasks write
 before = int(dd.read_csv("out/*.csv").x.sum().compute())
+lines = client.submit(lambda path: len(open(path).readlines()), "out/1.csv").result()   # as relative: written absolute
 pd.DataFrame({"x": [100]}).to_csv("out/0.csv", index=False)    # the kernel rewrites a task's output
 pd.DataFrame({"x": [5, 6]}).to_csv("given.csv", index=False)   # and an input that existed before
 after = int(dd.read_csv("out/*.csv").x.sum().compute())
@@ -438,7 +439,7 @@ def test_files_a_cell_rewrites_between_graphs_are_replayed_in_the_version_each_g
     monkeypatch.chdir(tmp_path)
     pd.DataFrame({"x": [1, 2]}).to_csv("given.csv", index=False)
     ns = record(store, "rewritten", REWRITTEN_BY_THE_KERNEL)
-    assert (ns["given_before"], ns["before"], ns["after"], ns["given_after"]) == (3, 66, 160, 11)
+    assert (ns["given_before"], ns["before"], ns["lines"], ns["after"], ns["given_after"]) == (3, 66, 5, 160, 11)
     versions = {}
     for step in store.open("rewritten").steps:
         for f in step.data["files"] if step.kind == "inputs" else ():
@@ -448,3 +449,27 @@ def test_files_a_cell_rewrites_between_graphs_are_replayed_in_the_version_each_g
     os.remove("given.csv")
     for n in (1, 2):   # each graph reads the version it read when recorded
         assert replayed(store, "rewritten", n_workers=n).results >= 4
+
+
+READS_A_FILE = '''
+from distributed import Client, LocalCluster
+
+with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \\
+        Client(cluster) as client:
+    text = client.submit(lambda: open("note.txt").read(), key="read-note").result()
+'''
+
+
+def test_a_served_copy_changed_in_the_cache_is_not_used(store, tmp_path, monkeypatch):
+    from julius_magics.cluster.serve import cache_dir
+
+    monkeypatch.chdir(tmp_path)
+    with open("note.txt", "w") as f:
+        f.write("recorded")
+    assert record(store, "note", READS_A_FILE)["text"] == "recorded"
+    os.remove("note.txt")
+    replayed(store, "note")   # served: a copy in the cache, named by its SHA-256
+    [sha] = [f["sha256"] for s in store.open("note").steps if s.kind == "inputs" for f in s.data["files"]]
+    with open(os.path.join(cache_dir(), sha), "w") as f:   # any file can be changed, the cache's too
+        f.write("poisoned")
+    replayed(store, "note")   # the copy is hashed before use, and made again
