@@ -77,6 +77,8 @@ export interface IRecordingDetails {
   environment: IEnvironmentSummary | null;
   data: IDataFile[];
   results: IRecordedResult[];
+  /** Results a replay compares: a key computed in several graphs is listed once, compared at each. */
+  results_recorded: number;
   verification: { [key: string]: unknown } | null;
 }
 
@@ -109,6 +111,8 @@ export interface IReplayReport {
   env_diff: { [key: string]: unknown };
   data: { path: string; status: string }[];
   timings: { [key: string]: number };
+  /** Recorded scheduler address -> the worker counts its cluster was scaled to, in turn. */
+  scaled: { [address: string]: string[] };
 }
 
 /** Mirrors Python `ReplayProcess.as_dict()` (julius_magics/server/manager.py). */
