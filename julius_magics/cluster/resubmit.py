@@ -75,7 +75,8 @@ def _submit(client, event, captured, keys=None, hold=False):
 
     keys = captured["keys"] if keys is None else keys
     specs = captured["specs"]
-    graph = _needed(specs, keys) if keys is not captured["keys"] else dict(specs)
+    graph = _needed(specs, keys) if keys is not captured["keys"] else None
+    graph = dict(specs) if graph is None else graph
     targets = {}
     run_id = uuid.uuid4().hex  # fresh keys: a replayed graph may be replayed again on the same cluster
     for i, key in enumerate(keys):
@@ -87,8 +88,9 @@ def _submit(client, event, captured, keys=None, hold=False):
     return dict(zip(targets.values(), futures)), futures[len(targets):]
 
 
-def _needed(specs, keys) -> dict:
-    """The run specs ``keys`` need, theirs and their dependencies' (those in ``specs``)."""
+def _needed(specs, keys) -> dict | None:
+    """The run specs ``keys`` need, theirs and their dependencies' (those in ``specs``); None when some spec
+    does not tell what it needs (then all may be)."""
     needed, frontier = {}, [k for k in keys if k in specs]
     while frontier:
         key = frontier.pop()
@@ -96,7 +98,7 @@ def _needed(specs, keys) -> dict:
             needed[key] = specs[key]
             dependencies = getattr(specs[key], "dependencies", None)
             if dependencies is None:   # not a task spec: no way to tell what it needs
-                return dict(specs)
+                return None
             frontier.extend(d for d in dependencies if d in specs and d not in needed)
     return needed
 
@@ -172,7 +174,10 @@ class GraphBatch:
         try:
             captured = _captured(event)
             for keys, fetched, sent in _segments(event, captured):
-                self._wait_for(fetched)
+                # fetched keys that this part depends on, the scheduler waits for itself: sent at once, an
+                # as_completed loop's graphs keep their concurrency whatever order their inputs end in here
+                needed = _needed(captured["specs"], keys)
+                self._wait_for(fetched - {key_text(k) for k in needed} if needed is not None else fetched)
                 if before is not None:
                     before(sent)
                 sent, held = _submit(self.client, event, captured, keys, hold=True)

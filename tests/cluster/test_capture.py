@@ -390,3 +390,33 @@ def test_graph_batch_replays_futures_in_flight_together(captured, fresh):
     assert len(results) == 50
     # one at a time would take 50 x 0.1 s on one worker at least; together, 2 workers share them
     assert replayed < max(2.0 * original, original + 1.5), (original, replayed)
+
+
+def held(x):
+    """``x + 1`` once the test lets it (a Dask Event of the cluster it runs on)."""
+    from distributed import Event
+
+    Event("julius-test-hold").wait()
+    return x + 1
+
+
+def test_a_graph_sent_after_fetching_its_own_input_is_replayed_without_waiting_for_it(captured, fresh):
+    # an as_completed loop: each add is sent once its two inputs are seen done; the scheduler waits for
+    # them itself, so a replay sends it at once, whatever order its inputs end in there
+    from distributed import Event
+
+    Event("julius-test-hold", client=captured).set()
+    a = captured.submit(held, 1, key="held-a")
+    assert a.result() == 2
+    assert captured.submit(lambda x: x * 10, a, key="after-a").result() == 20
+    [event] = graphs(drain_capture(captured))
+    assert [entry[:2] for entry in event["after"]] == [["after-a", ["held-a"]]]
+    batch = resubmit.GraphBatch(fresh)
+    sending = threading.Thread(target=batch.submit, args=(event,))
+    sending.start()
+    sending.join(30)
+    assert not sending.is_alive()   # sent while held-a is held, not after it
+    Event("julius-test-hold", client=fresh).set()
+    [(_, replayed, failure)] = batch.gather()
+    batch.release()
+    assert failure is None and {k: fp for k, (fp, _) in replayed.items()} == event["fingerprints"]
