@@ -173,13 +173,13 @@ class GraphBatch:
         self.pending.append((event, futures, None))
         try:
             captured = _captured(event)
-            for keys, fetched, sent in _segments(event, captured):
+            for keys, fetched, sent_at in _segments(event, captured):
                 # fetched keys that this part depends on, the scheduler waits for itself: sent at once, an
                 # as_completed loop's graphs keep their concurrency whatever order their inputs end in here
                 needed = _needed(captured["specs"], keys)
                 self._wait_for(fetched - {key_text(k) for k in needed} if needed is not None else fetched)
                 if before is not None:
-                    before(sent)
+                    before(sent_at)
                 sent, held = _submit(self.client, event, captured, keys, hold=True)
                 futures.update(sent)
                 self.held.extend(held)

@@ -314,7 +314,9 @@ def _readable(entry):
 
 def _open(file, *args, **kwargs):
     mode = args[0] if args else kwargs.get("mode", "r")
-    if _SANDBOX["dir"] and isinstance(mode, str) and any(c in mode for c in "wax+"):
+    if isinstance(mode, str) and any(c in mode for c in "wax+"):   # a write: never into a served copy
+        if not _SANDBOX["dir"]:
+            return _raw_open(file, *args, **kwargs)
         return _raw_open(_sandboxed_copy(file) if "r" in mode else sandboxed(file), *args, **kwargs)
     return _raw_open(resolve(file), *args, **kwargs)
 
@@ -389,8 +391,8 @@ def _link_folder(links):
 
 
 def _os_open(path, flags, *args, **kwargs):
-    if _SANDBOX["dir"] and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND):
-        return _raw_os_open(sandboxed(path), flags, *args, **kwargs)
+    if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND):   # never into a served copy
+        return _raw_os_open(sandboxed(path) if _SANDBOX["dir"] else path, flags, *args, **kwargs)
     return _raw_os_open(resolve(path), flags, *args, **kwargs)
 
 

@@ -133,7 +133,7 @@ class _Context:
             if got is not None and got[0] == rec["fp"]:
                 continue
             why = failure.get(nid) if isinstance(failure, dict) else failure
-            nondeterministic = (got is not None and recompute is not None
+            nondeterministic = (not why and got is not None and recompute is not None
                                 and _differs_again(recompute, nid, got[0]))
             self.report.mismatches.append({
                 "node": nid, "label": rec["label"], "recorded": rec["fp"], "replayed": got and got[0],
@@ -141,6 +141,25 @@ class _Context:
                 "replayed_value": got[1] if got else "not computed",
                 "cause": why or _cause(self.report.env_diff, nondeterministic),
             })
+
+
+def _recompute(batch, event):
+    """``recompute(key)``: ``key``'s fingerprint when ``event``'s graph is computed once more, for the
+    re-check of the keys that differ; the graph is computed again once, whatever number differ."""
+    again = {}
+
+    def recompute(key):
+        if not again:
+            batch.release()   # the kept keys too: a held key would give the re-check its own value back
+            try:
+                again["values"] = resubmit.replay_graph(batch.client, event)
+            except Exception as error:   # noqa: BLE001  (what the user's code raises the second time)
+                again["error"] = error
+        if "error" in again:
+            raise again["error"]
+        return again["values"].get(key)
+
+    return recompute
 
 
 def _differs_again(recompute, nid, replayed_fp):
@@ -343,7 +362,7 @@ def _versions_in_time(inputs, outputs) -> dict:
         if not o.get("existed") and serve.written_by_a_task(o):   # one a cell rewrote: before the cell's
             versions.setdefault(o["abspath"], {})[None] = (0 if o.get("rewritten") else o.get("mtime_ns") or 0, None)
     return {path: sorted(found.values(), key=lambda version: version[0])
-            for path, found in versions.items() if len(found) > 1 and any(found)}
+            for path, found in versions.items() if len(found) > 1 and any(sha for sha in found)}   # an input among
 
 
 def _current(versions, at_ns):
@@ -436,8 +455,9 @@ class _CaptureContext(_Context):
         sizes, self.sizes = self.sizes, {}
         for address, n in sizes.items():
             cluster = self.scalable.get(address)
-            if self.n_workers or self.address or cluster is None:   # the user's count or cluster, as it is
-                self.report.scaled.setdefault(address, []).append(str(n))
+            if self.report.scaled_kept or cluster is None:   # -n, --address: the user's count or cluster, as it is
+                if self.report.scaled_kept:
+                    self.report.scaled.setdefault(address, []).append(str(n))
                 continue
             have = len(cluster.worker_spec)
             if n == have:
@@ -521,13 +541,9 @@ class _CaptureContext(_Context):
             self.report.timings["recorded_compute"] = None   # a graph's compute time is not recorded
             batch.release(keep=self.reused)
             for step, (event, replayed, failure) in zip(submitted, done):
-                def recompute(key, event=event, batch=batch):
-                    batch.release()   # the kept keys too: a held key would give the re-check its own value back
-                    return resubmit.replay_graph(batch.client, event).get(key)
-
                 graph = (step.data.get("address"), step.data.get("seq"))
                 self.values[graph], self.failures[graph] = replayed, failure
-                self.recomputes[graph] = None if failure else recompute
+                self.recomputes[graph] = None if isinstance(failure, str) else _recompute(batch, event)
                 self.compare(step, replayed, self.recomputes[graph], failure=failure)
             submitted.clear()
         later, self.later = self.later, []

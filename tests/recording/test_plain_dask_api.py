@@ -473,3 +473,23 @@ def test_a_served_copy_changed_in_the_cache_is_not_used(store, tmp_path, monkeyp
     with open(os.path.join(cache_dir(), sha), "w") as f:   # any file can be changed, the cache's too
         f.write("poisoned")
     replayed(store, "note")   # the copy is hashed before use, and made again
+
+
+DRAWN_BESIDE_AN_ERROR = '''
+import os
+from distributed import Client, LocalCluster
+
+with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \\
+        Client(cluster) as client:
+    drawn = [client.submit(os.urandom, 8, pure=False, key=f"drawn-{i}") for i in range(3)]   # no seed for it
+    broken = client.submit(lambda: 1 / 0, key="broken")   # its result is its error, here and on replay
+    values = client.gather(drawn)
+'''
+
+
+def test_random_draws_are_named_non_deterministic_even_beside_a_task_that_raised(store):
+    record(store, "drawn", DRAWN_BESIDE_AN_ERROR)
+    report = recording.replay("drawn", store=store)
+    assert not report.verified
+    assert sorted(m["node"] for m in report.mismatches) == ["drawn-0", "drawn-1", "drawn-2"]   # not "broken"
+    assert {m["cause"].split(":")[0] for m in report.mismatches} == {"non-deterministic operation"}
