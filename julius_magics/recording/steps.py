@@ -256,7 +256,7 @@ KINDS = {k.name: k for k in [
                    "keeps them",
          "after": "`[[key, fetched keys, time]]`: the graphs from that key on were sent (at that time) after the "
                   "client fetched those (`gather`, `result()`) or waited for them (`wait`); a replay sends them once "
-                  "the fetched keys are computed",
+                  "the fetched keys they do not depend on are computed (the scheduler waits for the others)",
          "address": "its scheduler's (the cluster it ran on)",
          "dropped": "why its specs, or some of its graphs, are missing (the recording is then partial)"},
         {"specs": "cloudpickle of the run specs"},
