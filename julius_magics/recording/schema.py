@@ -151,6 +151,9 @@ STEP_SCHEMAS = {
     "graph": _object(["fingerprints"], fingerprints={"type": "object", "additionalProperties": _STR},
                      descriptions={"type": "object"}, keys={"type": "array"}, ntasks=_NULL_INT),
     "worker_plugin": _object(["name"], name=_STR),
+    # a replay scales its cluster to ``workers``
+    "worker_joined": _object(workers={"type": ["integer", "null"], "minimum": 0, "maximum": 2**31 - 1}),
+    "worker_left": _object(workers={"type": ["integer", "null"], "minimum": 0, "maximum": 2**31 - 1}),
     "inputs": _object(["files"], files={"type": "array", "items": _object(
         ["path", "abspath", "size", "sha256"], path=_STR, abspath=_STR, cwd=_NULL_STR, size=_SIZE, sha256=_SHA,
         mtime_ns=_NULL_INT, reader=_NULL_STR, embedded={"type": "boolean"})}),

@@ -314,3 +314,19 @@ def test_a_legacy_recording_moves_to_the_new_format_by_export_and_import(isolate
     new = store.open("new")
     assert new.manifest["format"] == integrity.FORMAT and [s.data for s in new.steps] == \
         [s.data for s in store.open("old", legacy_hmac=True).steps]
+
+
+@pytest.mark.parametrize("kind, data, field", [
+    ("inputs", {"files": [{"path": "a.csv", "abspath": "/a.csv", "size": 3, "sha256": "not a hash"}]}, "sha256"),
+    ("inputs", {"files": [{"path": "a.csv", "abspath": "/a.csv", "size": 3, "sha256": "0" * 64, "mtime_ns": "x"}]},
+     "mtime_ns"),
+    ("outputs", {"files": [{"path": 7, "abspath": "/b.csv"}]}, "path"),
+    ("worker_joined", {"worker": "tcp://h:1", "workers": 2**70}, "workers"),   # a replay scales to it
+    ("worker_left", {"worker": "tcp://h:1", "workers": -1}, "workers"),
+])
+def test_a_step_of_files_or_worker_counts_of_the_wrong_shape_is_refused_naming_it(kind, data, field):
+    from julius_magics.recording.journal import Step
+    from julius_magics.recording.schema import check_step
+
+    with pytest.raises(IntegrityError, match=rf"journal entry 4 \({kind}\).*{field}"):
+        check_step(Step(4, kind, data, ()), "Recording 'forged'")
