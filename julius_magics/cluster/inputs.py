@@ -55,13 +55,14 @@ Kernel-facing API::
     report = drain_reads(wait=False)  # {"inputs", "outputs", "remote", "problems", "pending", "stats"}
     stop_reads()
     client.register_plugin(InputsWorkerPlugin(recording=True, skip=[...], sink=sink, token=token))
-    client.run(drain_reads)         # what each worker read
+    client.run(drain_reads_in_a_thread)   # what each worker read
     end_claims()                    # after the last drain, in every process
     read_file_chunk(abspath, offset, size, sha256)   # bytes, on the worker that read it
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import fcntl
@@ -86,7 +87,8 @@ from distributed.utils import thread_state
 from ..fingerprint import content_fingerprint
 from . import native
 
-__all__ = ["HOOK_ENV", "install_hooks", "database_path", "start_reads", "stop_reads", "drain_reads", "reading", "file_sha256",
+__all__ = ["HOOK_ENV", "install_hooks", "database_path", "start_reads", "stop_reads", "drain_reads",
+           "drain_reads_in_a_thread", "reading", "file_sha256",
            "read_file_chunk", "read_remote", "output_content", "InputsWorkerPlugin", "is_remote", "claiming", "end_claims"]
 
 HOOK_ENV = "JULIUS_OPEN_HOOK"
@@ -115,6 +117,7 @@ class _State:
     stats: dict = {"passes": 0, "bytes": 0, "seconds": 0.0, "cpu": 0.0, "shared": 0, "known": 0}
     queue = collections.deque()
     wake = threading.Condition()
+    draining = threading.Lock()
     thread = None
     host = socket.gethostname()
     local = threading.local()
@@ -703,6 +706,11 @@ def drain_reads(hash_remote: bool = True, wait: bool = True) -> dict:
         this recording (files read through by its snapshots, their bytes, wall and CPU time,
         versions another process snapshotted).
     """
+    with _S.draining:   # one drain at a time: a kernel's and a closing client's may overlap
+        return _drain_reads(hash_remote, wait)
+
+
+def _drain_reads(hash_remote, wait) -> dict:
     if wait:   # helps the background thread, from the other end of the queue
         for snapshot in reversed([*_S.earlier, *_S.reads.values()]):
             snapshot.run()
@@ -755,6 +763,13 @@ def drain_reads(hash_remote: bool = True, wait: bool = True) -> dict:
         remotes.append(entry)
     return {"inputs": inputs, "outputs": outputs, "remote": remotes, "problems": problems,
             "pending": len(_S.reads) + len(_S.earlier), "stats": dict(_S.stats)}
+
+
+async def drain_reads_in_a_thread(hash_remote: bool = True, wait: bool = True) -> dict:
+    """:func:`drain_reads` for ``client.run`` on workers, in a thread: the hashing it may do (outputs, the
+    snapshots still to take, another process's claim to wait for) leaves the worker's event loop free
+    for its heartbeats and its peers."""
+    return await asyncio.to_thread(drain_reads, hash_remote, wait)
 
 
 def end_claims() -> None:

@@ -120,7 +120,7 @@ class ClusterWatch:
                 if len(event["values"]) < len(event["keys"]):
                     event["dropped"] = "scattered data was gone before it could be gathered"
             await client.run_on_scheduler(capture._release_pinned, keys)
-        reports = await client.run(inputs.drain_reads, self.hash_remote, True)   # every snapshot done
+        reports = await client.run(inputs.drain_reads_in_a_thread, self.hash_remote, True)   # every snapshot done
         spilled = {}
         for worker, report in reports.items():   # the bytes not stored yet too: the workers go with the client
             for entry in report["inputs"] if self.embed else ():
@@ -222,7 +222,7 @@ class ClusterWatch:
         reports = [("kernel", None, inputs.drain_reads(self.hash_remote, wait))]
         for address, clients in by_scheduler.items():
             try:
-                for worker, report in clients[0].run(inputs.drain_reads, self.hash_remote, wait).items():
+                for worker, report in clients[0].run(inputs.drain_reads_in_a_thread, self.hash_remote, wait).items():
                     reports.append((worker, address, report))
             except Exception:
                 continue

@@ -200,3 +200,27 @@ def test_a_blob_written_in_one_pass_is_committed_only_whole_and_unchanged(tmp_pa
         files.write_hashed(folder, f, commit=refused)
     assert os.listdir(folder) == [hashlib.sha256(data).hexdigest()]
     assert os.listdir(files.path("_tmp")) == []
+
+
+def test_a_final_drain_waiting_for_a_snapshot_leaves_the_worker_answering(project, tmp_path):
+    # the drain hashes (and may wait for another process's claim) in a thread, not in the worker's
+    # event loop: its heartbeats and its peers are answered meanwhile
+    import threading
+
+    folder, files = project
+    store = Store(tmp_path / "store")
+    recording.start(Session(), "answering", store=store)
+    with cluster(1) as c, Client(c) as client:
+        with inputs.claiming("shared.bin"):   # another reader of this host snapshots it: the worker's waits
+            client.submit(read_whole, "shared.bin", pure=False).result()
+            stopping = threading.Thread(target=recording.stop)   # the final drain: waits for every snapshot
+            stopping.start()
+            time.sleep(1.0)
+            answers = []
+            ping = threading.Thread(target=lambda: answers.append(client.run(os.getpid)), daemon=True)
+            ping.start()
+            ping.join(20)
+            assert stopping.is_alive() and len(answers) == 1   # still draining, and answering
+        stopping.join(60)
+    [entry] = inputs_of(store.open("answering"))
+    assert store.open("answering").blob(entry["sha256"]) == files["shared.bin"]
