@@ -83,6 +83,9 @@ def details(name, store=None, legacy_hmac=False):
         "environment": env,
         "data": list(_files(recording).values()),
         "results": [{"node": k, **v} for k, v in _results(recording).items()],
+        # the most workers a cluster had (cluster.scale, adapt): its first count alone misleads
+        "most_workers": max((s.data.get("workers") or 0 for s in recording.steps
+                             if s.kind in ("worker_joined", "worker_left")), default=None),
         # a key computed in several graphs is listed once, and compared at each by a replay
         "results_recorded": sum(len(steps.results(s)) for s in recording.steps),
         "verification": recording.verification,
@@ -94,6 +97,8 @@ def format_details(details):
     info = details["info"]
     lines = [f"{info['name']}: {info['status']}, {info['steps']} steps, {info['size']:,} bytes, "
              + ("no cluster" if info["workers"] is None else f"{info['workers']} workers")
+             + (f" (scaled up to {details['most_workers']})"
+                if (details.get("most_workers") or 0) > (info["workers"] or 0) else "")
              + f", created {info['created']}" + (f" -- {info['note']}" if info["note"] else "")]
     if details.get("signer"):
         lines.append(format_signer(details["signer"]))

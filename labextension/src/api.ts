@@ -77,6 +77,8 @@ export interface IRecordingDetails {
   environment: IEnvironmentSummary | null;
   data: IDataFile[];
   results: IRecordedResult[];
+  /** The most workers a recorded cluster had (scaled while recording); null when none joined. */
+  most_workers: number | null;
   /** Results a replay compares: a key computed in several graphs is listed once, compared at each. */
   results_recorded: number;
   verification: { [key: string]: unknown } | null;

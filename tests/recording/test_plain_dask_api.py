@@ -383,6 +383,9 @@ def test_a_cluster_scaled_while_recording_is_scaled_alike_on_replay(store, tmp_p
     assert kinds[:5] == [("worker_joined", 2), ("worker_joined", 3), ("graph", None), ("worker_left", 2),
                          ("graph", None)], kinds
     assert "worker tcp://" in summary_of(rec, "worker_left") and "left (2 workers)" in summary_of(rec, "worker_left")
+    from julius_magics.recording.summary import details, format_details
+
+    assert ", 1 workers (scaled up to 3), " in format_details(details("scaled", store=store)).splitlines()[0]
     report = replayed(store, "scaled", keep=True)
     try:
         [counts] = report.scaled.values()
