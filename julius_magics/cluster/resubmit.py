@@ -69,14 +69,16 @@ def _captured(event) -> dict:
     return captured
 
 
-def _submit(client, event, captured, keys=None, hold=False):
-    """Send ``keys`` (default: all) of a captured graph, with the tasks they need only."""
+def _submit(client, event, captured, keys=None, hold=False, needed=None):
+    """Send ``keys`` (default: all) of a captured graph, with the tasks they need only (``needed``, when
+    the caller has them: :func:`_needed`)."""
     from dask.task_spec import Task, TaskRef
 
     keys = captured["keys"] if keys is None else keys
     specs = captured["specs"]
-    graph = _needed(specs, keys) if keys is not captured["keys"] else None
-    graph = dict(specs) if graph is None else graph
+    if needed is None and keys is not captured["keys"]:
+        needed = _needed(specs, keys)
+    graph = dict(specs) if needed is None else dict(needed)
     targets = {}
     run_id = uuid.uuid4().hex  # fresh keys: a replayed graph may be replayed again on the same cluster
     for i, key in enumerate(keys):
@@ -180,7 +182,7 @@ class GraphBatch:
                 self._wait_for(fetched - {key_text(k) for k in needed} if needed is not None else fetched)
                 if before is not None:
                     before(sent_at)
-                sent, held = _submit(self.client, event, captured, keys, hold=True)
+                sent, held = _submit(self.client, event, captured, keys, hold=True, needed=needed)
                 futures.update(sent)
                 self.held.extend(held)
         except Exception as error:

@@ -43,6 +43,7 @@ def _jsonschema():
 
 _SHA = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _SIZE = {"type": "integer", "minimum": 0}
+_WORKERS = {"type": ["integer", "null"], "minimum": 0, "maximum": 2**31 - 1}   # a count, not any int
 _NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}
 _TIME = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{5,}(Z|[+-][0-9:]{4,5})$", "maxLength": 40}
 _SHA_MAP = {"type": "object", "propertyNames": {"pattern": "^[0-9a-f]{64}$"}, "additionalProperties": _SIZE}
@@ -51,7 +52,7 @@ _META = {
     "properties": {
         "note": {"type": ["string", "null"]},
         "data_mode": {"type": "string"},
-        "workers": {"type": ["integer", "null"], "minimum": 0, "maximum": 2**31 - 1},   # a count, not any int
+        "workers": _WORKERS,
         "headlines": {"type": "object", "additionalProperties": {"type": "string"}},
         "partial": {"type": "boolean"},
     },
@@ -152,8 +153,8 @@ STEP_SCHEMAS = {
                      descriptions={"type": "object"}, keys={"type": "array"}, ntasks=_NULL_INT),
     "worker_plugin": _object(["name"], name=_STR),
     # a replay scales its cluster to ``workers``
-    "worker_joined": _object(workers={"type": ["integer", "null"], "minimum": 0, "maximum": 2**31 - 1}),
-    "worker_left": _object(workers={"type": ["integer", "null"], "minimum": 0, "maximum": 2**31 - 1}),
+    "worker_joined": _object(workers=_WORKERS),
+    "worker_left": _object(workers=_WORKERS),
     "inputs": _object(["files"], files={"type": "array", "items": _object(
         ["path", "abspath", "size", "sha256"], path=_STR, abspath=_STR, cwd=_NULL_STR, size=_SIZE, sha256=_SHA,
         mtime_ns=_NULL_INT, reader=_NULL_STR, embedded={"type": "boolean"})}),
