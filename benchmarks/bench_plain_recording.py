@@ -3,15 +3,17 @@
 Usage::
 
     python benchmarks/bench_plain_recording.py [--csv-mb 120] [--parquet-mb 90] [--tasks 20000] [--rounds 1]
-        [--skip-futures] [--hashed] [--again]
+        [--skip-futures] [--hashed] [--again] [--cold]
 
 Two notebooks that never call julius, each with its own ``LocalCluster`` (2 worker
 processes, 1 thread each), run side by side in one process, unrecorded and recorded
 (``recording.start`` / ``recording.stop``, ``--data embed``: the input bytes are
 snapshotted), alternating in both orders (plain first, then recorded first), after
 one unrecorded run that is not counted, each recorded round into a fresh store and
-from an empty ``HOME`` (no hash known from an earlier recording: ``--again`` adds a
-side that records the same files again, into the last recorded side's store):
+from a fresh ``HOME`` (no hash known from an earlier recording; the environment's
+metadata read once per environment, as for any recording after a user's first: ``--cold``
+adds a side from an empty ``HOME``, ``--again`` one that records the same files again,
+into the last recorded side's store):
 
 - **files**: ``dd.read_csv`` and ``dd.read_parquet`` over >= 200 MB of CSV and Parquet
   (generated in a temporary folder outside the checkout), read by the workers, with a
@@ -150,19 +152,29 @@ def hash_and_store_once(files, folder):
     return time.monotonic() - t0, time.process_time() - cpu
 
 
-def side_by_side(label, cells, namespace, work, rounds, hashed=False, again=False):
+def side_by_side(label, cells, namespace, work, rounds, hashed=False, again=False, cold=False):
     """Each round runs the notebook plain and recorded (and, with ``hashed``, recorded with ``--data
     hash``: the input files hashed, not stored; with ``again``, recorded again into the last recorded
     side's store: the same notebook run again on the same files), in that order and then in reverse.
 
-    Every recorded side but ``again`` starts from an empty ``HOME`` (so an empty cache of known
-    hashes): the first recording of these files."""
+    Every recorded side but ``again`` starts from a fresh ``HOME`` (so an empty cache of known
+    hashes): the first recording of these files. Its cache of environments (``~/.julius/cache/
+    environments``: the distributions' metadata, read once per environment) is taken from a
+    recording that is not counted, except on the ``cold`` side (an empty ``HOME``: a user's very
+    first recording)."""
     from julius_magics.recording.store import Store
 
-    sides = ("plain", "recorded") + (("hashed",) if hashed else ()) + (("again",) if again else ())
+    sides = (("plain", "recorded") + (("hashed",) if hashed else ()) + (("again",) if again else ())
+             + (("cold",) if cold else ()))
     totals, computes, cpus = ({side: [] for side in sides} for _ in range(3))
     snapshots, stats, last, last_home, home = [], [], None, None, os.environ["HOME"]
     run_notebook(cells, dict(namespace))   # not counted: the first run of a process imports and reads more
+    environments = f"{work}/home-{label}-warm/.julius/cache/environments"
+    os.environ["HOME"] = f"{work}/home-{label}-warm"
+    try:   # not counted either: the environment's cache that a user's first recording leaves
+        run_notebook(cells, dict(namespace), Store(f"{work}/store-{label}-warm"), f"{label}-warm")
+    finally:
+        os.environ["HOME"] = home
     for r in range(rounds):
         for order in (sides, sides[::-1]):
             for side in order:
@@ -177,6 +189,8 @@ def side_by_side(label, cells, namespace, work, rounds, hashed=False, again=Fals
                         target = (Store(f"{work}/store-{label}-{side}-{count}"), f"{label}-{side}-{count}")
                         os.environ["HOME"] = f"{work}/home-{label}-{side}-{count}"
                         os.makedirs(os.environ["HOME"])
+                        if side != "cold":
+                            shutil.copytree(environments, f"{os.environ['HOME']}/.julius/cache/environments")
                     SNAPSHOT.clear()
                     try:
                         total, compute, drains, by_reader, cpu = run_notebook(
@@ -219,6 +233,8 @@ def main():
                         help="files: a side recorded with --data hash (hashed, not stored)")
     parser.add_argument("--again", action="store_true",
                         help="files: a side recorded again into the last recorded side's store (the files known)")
+    parser.add_argument("--cold", action="store_true",
+                        help="files: a side recorded from an empty HOME (nothing known: a user's very first recording)")
     args = parser.parse_args()
 
     import tqdm.notebook  # noqa: F401  (a kernel has IPython and ipywidgets imported: not the recording's cost)
@@ -233,7 +249,8 @@ def main():
         print(f"data: {len(files)} files, {size / 1e6:.0f} MB ({len(glob.glob(f'{data}/csv/*'))} CSV, "
               f"{len(glob.glob(f'{data}/parquet/*'))} Parquet); load {os.getloadavg()}", flush=True)
         (store, name), computes, snapshots, stats = side_by_side(
-            "files", [FILES_CELL, CLOSE_CELL], {"data": data, "time": time}, work, args.rounds, args.hashed, args.again)
+            "files", [FILES_CELL, CLOSE_CELL], {"data": data, "time": time}, work, args.rounds, args.hashed, args.again,
+            args.cold)
         floor, floor_cpu = hash_and_store_once(files, f"{work}/floor")
         stats = [by or {} for by in stats]   # (none from a julius that snapshots at the drains)
         readers = statistics.mean(sum(s.get("seconds", 0.0) for s in by.values()) for by in stats)

@@ -148,9 +148,10 @@ class Recorder:
 
     def add_cell(self, source):
         """A recorded cell's source (the front-end calls this after the cell ran)."""
-        self._drain()
-        if source.strip():
-            self._step("cell", {"source": source})
+        with self.writer.batch():   # the drain's steps and the cell's, flushed together
+            self._drain()
+            if source.strip():
+                self._step("cell", {"source": source})
 
     def _record_item(self, item):
         """One item of :meth:`ClusterWatch.drain` as journal steps."""

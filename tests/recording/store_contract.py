@@ -51,6 +51,8 @@ def write_sample(store, name="sample", blob_file=None, close=True):
     writer.update_meta(workers=2, results=1)
     if close:
         writer.close()
+    else:   # abandoned once its flush thread wrote the manifest update_meta sealed
+        writer.sync()
     return {"writer": writer, "blobs": {sha_bytes: BLOB} | ({sha_file: blob_file.read_bytes()} if blob_file else {})}
 
 

@@ -4,11 +4,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import warnings
 
 import pytest
 
-from julius_magics.errors import IntegrityError
+from julius_magics.errors import IntegrityError, RecordingError
 from julius_magics.recording import integrity
 from julius_magics.recording.journal import entry_file, flush_to_disk
 from julius_magics.recording.store import Store
@@ -35,6 +36,7 @@ def test_steps_inside_a_batch_are_all_readable_after_it(store):
             writer.add_step("cell", {"source": "nested"})
         writer.update_meta(workers=2)   # the manifest signs 52 steps: they are flushed first
     writer.add_step("cell", {"source": "after"})
+    writer.sync()   # the manifest update_meta sealed is written by the flush thread
     incomplete = store.open("batched")
     assert [s.kind for s in incomplete.steps] == ["cell"] + ["graph"] * 50 + ["cell", "cell"]
     assert (incomplete.info.status, incomplete.manifest["steps"]) == ("incomplete", 52)
@@ -69,6 +71,60 @@ def test_flush_to_disk_flushes_files_written_without_fsync(tmp_path):
             f.write(b"x" * i)
     flush_to_disk(paths)   # one syncfs on Linux; an error would raise
     assert [os.path.getsize(p) for p in paths] == [0, 1, 2]
+
+
+@pytest.fixture
+def held_flush(monkeypatch):
+    """The flush to stable storage held until ``release.set()`` (a slow disk; or, with ``fail``, a failing one)."""
+    from julius_magics.recording import journal
+
+    release, state = threading.Event(), {"fail": None, "flushed": []}
+
+    def flush(paths):
+        release.wait(30)
+        if state["fail"]:
+            raise state["fail"]
+        journal.flush_to_disk.__wrapped__(paths)
+        state["flushed"].extend(paths)
+
+    flush.__wrapped__ = journal.flush_to_disk
+    monkeypatch.setattr(journal, "flush_to_disk", flush)
+    return release, state
+
+
+def test_a_batch_ends_without_waiting_for_its_flush_and_the_manifest_waits_for_it(tmp_path, held_flush):
+    """A cell's end waited for Linux's ``syncfs`` to write whatever the notebook had written (0.6 s for 2 GB)."""
+    release, state = held_flush
+    store = Store(tmp_path / "store")
+    writer = store.create("held")
+    with writer.batch():
+        writer.add_step("graph", *_graph(1))
+        writer.update_meta(workers=3)
+    writer.add_step("cell", {"source": "after"})   # outside a batch: written and fsynced at once
+    assert state["flushed"] == []   # the batch ended, its flush still held
+    held = store.open("held")   # every step visible; the manifest still the one of create
+    assert [s.kind for s in held.steps] == ["graph", "cell"] and "workers" not in held.meta
+    release.set()
+    writer.sync()
+    assert sorted(state["flushed"]) == sorted([store.files.path("held", entry_file(1)), store.files.path(
+        "held", "parts", integrity.sha256_hex(_graph(1)[1]["specs"]))])
+    assert store.open("held").meta["workers"] == 3
+    writer.close()
+    assert (store.open("held").info.status, len(store.open("held").steps)) == ("complete", 2)
+
+
+def test_a_flush_that_failed_fails_the_close_and_the_recording_stays_incomplete(tmp_path, held_flush):
+    release, state = held_flush
+    state["fail"] = OSError(5, "Input/output error")
+    release.set()
+    store = Store(tmp_path / "store")
+    writer = store.create("lost")
+    with writer.batch():
+        writer.add_step("graph", *_graph(1))
+    with pytest.raises(RecordingError, match=r"^Recording 'lost': its steps could not be put on stable storage "
+                                             r"\(\[Errno 5\] Input/output error\); it stays incomplete\.$"):
+        writer.close()
+    assert store.list()[0].status == "incomplete"
 
 
 KILLED_IN_A_BATCH = """
@@ -121,6 +177,7 @@ def _abandoned(store, steps=6, meta_after=None):
             writer.add_step("graph", *_graph(i))
             if i == meta_after:
                 writer.update_meta(workers=1)   # the manifest now signs the steps up to here
+    writer.sync()
     return writer
 
 
