@@ -78,16 +78,15 @@ def held_flush(monkeypatch):
     """The flush to stable storage held until ``release.set()`` (a slow disk; or, with ``fail``, a failing one)."""
     from julius_magics.recording import journal
 
-    release, state = threading.Event(), {"fail": None, "flushed": []}
+    release, state, real_flush = threading.Event(), {"fail": None, "flushed": []}, journal.flush_to_disk
 
     def flush(paths):
         release.wait(30)
         if state["fail"]:
             raise state["fail"]
-        journal.flush_to_disk.__wrapped__(paths)
+        real_flush(paths)
         state["flushed"].extend(paths)
 
-    flush.__wrapped__ = journal.flush_to_disk
     monkeypatch.setattr(journal, "flush_to_disk", flush)
     return release, state
 
