@@ -46,7 +46,8 @@ created, in any process of the host (each leaves a marker in the claims folder):
 outputs are not inputs.  A file the kernel's own code wrote (outside any task) is
 an input of the tasks that read it: a replay runs the graphs, not the cells that
 made it.  A file read and later overwritten is snapshotted before it is
-overwritten.
+overwritten.  The outputs a task wrote are hashed in the background once it
+ends, so the drain at the cell's end finds them hashed unless they changed since.
 
 Kernel-facing API::
 
@@ -107,6 +108,8 @@ class _State:
     earlier: list = []      # snapshots of versions read before, superseded in ``reads`` until drained
     writes: dict = {}       # abspath -> note (persists while recording: reads of outputs are skipped)
     new_writes: dict = {}   # abspath -> note, since the last drain
+    writers: dict = {}      # task key -> abspaths it wrote, until it finishes (then hashed in the background)
+    output_hashes: dict = {}   # abspath -> its _OutputHash, until drained
     remote: dict = {}       # url -> (fs, path, note)
     hashes: dict = {}       # (abspath, size, mtime_ns) -> sha256: a file version is hashed once
     versions: dict = {}     # identity -> snapshot result, this recording's
@@ -214,6 +217,8 @@ def _note_path(text, reading, writing):
                     _enqueue(snapshot)
         if writing:
             _mark_written(absolute, by_kernel=not in_task)
+            if in_task:
+                _S.writers.setdefault(thread_state.key, set()).add(absolute)
         if writing and (written is None or in_task and not written["in_task"]):
             existed = written["existed"] if written else os.path.exists(absolute) and not _made_in_session(absolute)
             if in_task and not existed:
@@ -514,11 +519,43 @@ def file_sha256(path, st=None) -> str:
             if sha is None:
                 with open(path, "rb") as f:
                     sha = hashlib.file_digest(f, "sha256").hexdigest()
+                    if _changed(os.fstat(f.fileno()), _version_of(st)):   # written meanwhile: not that version's
+                        return sha
                 _remember_sha256(absolute, st, sha)
         finally:
             _S.local.busy = was
         _S.hashes[key] = sha
     return sha
+
+
+def _version_of(st):
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "dev": st.st_dev, "ino": st.st_ino}
+
+
+class _OutputHash:
+    """An output file a finished task wrote: hashed by the background thread, so the drain at the cell's
+    end finds its hash known (:func:`file_sha256`) unless the file changed since."""
+
+    deferred = False
+
+    def __init__(self, absolute):
+        self.absolute = absolute
+        self.generation = _S.generation
+        self._lock = threading.Lock()   # the drain waits for a hash under way rather than hashing twice
+
+    def run(self, blocking=True) -> bool:
+        with self._lock, contextlib.suppress(OSError):   # gone or unreadable: the drain says so
+            st = os.stat(self.absolute)
+            if stat.S_ISREG(st.st_mode):
+                file_sha256(self.absolute, st)
+        return True
+
+
+def hash_outputs_of(key) -> None:
+    """Hash, in the background, the files task ``key`` (finished in this process) wrote."""
+    for absolute in sorted(_S.writers.pop(key, ())):
+        _S.output_hashes[absolute] = output = _OutputHash(absolute)
+        _enqueue(output)
 
 
 # --- the user's cache of big files' hashes ------------------------------------------------
@@ -662,6 +699,7 @@ def start_reads(skip=(), sink=None, token=None) -> bool:
         return True
     _S.skip = _skip_roots(skip)
     _S.reads, _S.writes, _S.new_writes, _S.remote, _S.versions, _S.earlier = {}, {}, {}, {}, {}, []
+    _S.writers, _S.output_hashes = {}, {}
     _S.sink, _S.visible = sink, None
     _S.claims = _claims_folder(token) if token else None
     _S.stats = {"passes": 0, "bytes": 0, "seconds": 0.0, "cpu": 0.0, "shared": 0, "known": 0}
@@ -737,6 +775,9 @@ def _drain_reads(hash_remote, wait) -> dict:
         if note["in_task"] and _kernel_wrote(absolute):   # a cell rewrote it since: what the task wrote is gone
             outputs.append({**entry, "rewritten": True})
             continue
+        hashing = _S.output_hashes.pop(absolute, None)
+        if hashing is not None:
+            hashing.run()
         try:
             st = os.stat(absolute)
             if stat.S_ISREG(st.st_mode):
@@ -829,3 +870,7 @@ class InputsWorkerPlugin(WorkerPlugin):
 
     def teardown(self, worker):
         pass   # the next registration decides; a replaced plugin must not switch reads off
+
+    def transition(self, key, start, finish, **kwargs):
+        if start in ("executing", "long-running") and _S.writers:
+            hash_outputs_of(key)

@@ -224,3 +224,34 @@ def test_a_final_drain_waiting_for_a_snapshot_leaves_the_worker_answering(projec
         stopping.join(60)
     [entry] = inputs_of(store.open("answering"))
     assert store.open("answering").blob(entry["sha256"]) == files["shared.bin"]
+
+
+def write_bytes(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+    return len(data)
+
+
+def known_hash(path):
+    """The SHA-256 this process holds for the current version of ``path`` (hashing nothing), or None."""
+    st = os.stat(path)
+    return inputs._S.hashes.get((os.path.abspath(path), st.st_size, st.st_mtime_ns))
+
+
+def test_an_output_is_hashed_once_its_task_ends_and_the_drain_reports_the_version_written_last(project, tmp_path):
+    """The drain at a cell's end hashed every output the cell's tasks wrote (0.41 s for 545 MB of Parquet)."""
+    store = Store(tmp_path / "store")
+    first, second = os.urandom(SIZE), os.urandom(SIZE)   # the same size: only the times tell them apart
+    recorder = recording.start(Session(), "outputs", store=store)
+    with cluster(1) as c, Client(c) as client:
+        client.submit(write_bytes, "out.bin", first, pure=False).result()
+        deadline = time.monotonic() + 30
+        while list(client.run(known_hash, "out.bin").values()) != [hashlib.sha256(first).hexdigest()]:
+            assert time.monotonic() < deadline, "the finished task's output was not hashed in the background"
+            time.sleep(0.05)
+        client.submit(write_bytes, "out.bin", second, pure=False).result()   # rewritten before any drain
+        recorder.add_cell("written twice")
+    recording.stop()
+    rec = store.open("outputs")
+    [entry] = [f for s in rec.steps if s.kind == "outputs" for f in s.data["files"]]
+    assert (entry["path"], entry["size"], entry["sha256"]) == ("out.bin", SIZE, hashlib.sha256(second).hexdigest())
