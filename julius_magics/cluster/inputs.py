@@ -552,10 +552,12 @@ class _OutputHash:
 
 
 def hash_outputs_of(key) -> None:
-    """Hash, in the background, the files task ``key`` (finished in this process) wrote."""
+    """Hash, in the background, the files task ``key`` (finished in this process) wrote that the next
+    drain reports (each output is reported once)."""
     for absolute in sorted(_S.writers.pop(key, ())):
-        _S.output_hashes[absolute] = output = _OutputHash(absolute)
-        _enqueue(output)
+        if absolute in _S.new_writes:
+            _S.output_hashes[absolute] = output = _OutputHash(absolute)
+            _enqueue(output)
 
 
 # --- the user's cache of big files' hashes ------------------------------------------------
