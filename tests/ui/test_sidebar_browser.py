@@ -20,6 +20,7 @@ import time
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 from julius_magics.recording.store import Store
@@ -125,7 +126,11 @@ def sidebar(lab):
             page.goto(f"{base}/lab?token={TOKEN}")
             page.wait_for_selector(".jp-Launcher", timeout=60_000)
             page.evaluate("window.jupyterapp.shell.activateById('julius-recordings')")
-            page.wait_for_selector(f'.jp-JuliusRecordings-item[data-name="{NAME}"]', timeout=30_000)
+            try:   # 1,000 rows: once (stop 23's CI) a loaded machine took more than 30 s
+                page.wait_for_selector(f'.jp-JuliusRecordings-item[data-name="{NAME}"]', timeout=90_000)
+            except PlaywrightTimeout:
+                shown = page.evaluate("document.getElementById('julius-recordings')?.innerText ?? 'no sidebar'")
+                pytest.fail(f"the sidebar did not list {NAME!r} within 90 s; it shows: {shown[:600]!r}")
             yield page
         finally:
             browser.close()
