@@ -130,7 +130,10 @@ def sidebar(lab):
                 page.wait_for_selector(f'.jp-JuliusRecordings-item[data-name="{NAME}"]', timeout=90_000)
             except PlaywrightTimeout:
                 shown = page.evaluate("document.getElementById('julius-recordings')?.innerText ?? 'no sidebar'")
-                pytest.fail(f"the sidebar did not list {NAME!r} within 90 s; it shows: {shown[:600]!r}")
+                code, body = get(f"{base}/julius/api/recordings", token=TOKEN)
+                listed = re.findall(rb'\{[^{}]*"name": ?"' + NAME.encode() + rb'"[^{}]*', body) if code == 200 else body
+                pytest.fail(f"the sidebar did not list {NAME!r} within 90 s; the API lists it as {listed!r}; "
+                            f"the sidebar shows: {shown[:600]!r}")
             yield page
         finally:
             browser.close()
