@@ -91,6 +91,9 @@ def _serve(tmp, store_dir, root):
         for step in range(1 + i % 3):
             writer.add_step("cell", {"source": f"x = {i}\ny = {step}"})
         writer.close()
+    # `created` has whole seconds, and ties sort by name ("filler-…" first): a kernel quick to start
+    # recorded sidebar-demo in the last fillers' second, 140 rows down, beyond the rows shown
+    time.sleep(1.1)
     record_in_kernel()
 
     with running_lab(tmp, root, TOKEN) as base:
@@ -126,7 +129,7 @@ def sidebar(lab):
             page.goto(f"{base}/lab?token={TOKEN}")
             page.wait_for_selector(".jp-Launcher", timeout=60_000)
             page.evaluate("window.jupyterapp.shell.activateById('julius-recordings')")
-            try:   # 1,000 rows: once (stop 23's CI) a loaded machine took more than 30 s
+            try:
                 page.wait_for_selector(f'.jp-JuliusRecordings-item[data-name="{NAME}"]', timeout=90_000)
             except PlaywrightTimeout:
                 shown = page.evaluate("document.getElementById('julius-recordings')?.innerText ?? 'no sidebar'")
