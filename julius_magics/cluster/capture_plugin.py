@@ -132,6 +132,7 @@ class CapturePlugin(SchedulerPlugin):
         self.pinned: dict = {}           # scattered key -> event seq (held until drained)
         self.flushed: set = set()        # drain markers that arrived
         self.gathered: set[str] = set()  # keys clients fetched since the last graph: the next one came after them
+        self.news = None                 # set when a marker or fingerprints arrive: a drain waiting for them wakes
         self.executor = None
         self.stats = {"graphs": 0, "tasks": 0, "scatters": 0, "dropped": 0, "hook_seconds_max": 0.0,
                       "hook_seconds_total": 0.0, "serialize_seconds_total": 0.0}
@@ -153,6 +154,7 @@ class CapturePlugin(SchedulerPlugin):
     # --- lifecycle -------------------------------------------------------------
     async def start(self, scheduler):
         self.scheduler = scheduler
+        self.news = asyncio.Event()
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="julius-capture")
         handlers = scheduler.handlers
         for op, wrap in (("broadcast", self._wrap_broadcast), ("register_worker_plugin", self._wrap_plugin(False)),
@@ -189,6 +191,7 @@ class CapturePlugin(SchedulerPlugin):
         for key in keys:   # a drain's marker: everything this client sent before it has arrived
             if isinstance(key, str) and key.startswith(FLUSH_PREFIX):
                 self.flushed.add(key)
+                self._tell_drain()
                 return
         if not self._journaled(client):
             return
@@ -359,6 +362,19 @@ class CapturePlugin(SchedulerPlugin):
             self.latest_fingerprints[text] = (fp, summary)
             self.awaiting.discard(text)
             self._arrived(text, fp, summary)
+        self._tell_drain()
+
+    def _tell_drain(self):
+        if self.news is not None:
+            self.news.set()
+
+    async def _wait_until(self, done, deadline):
+        """Until ``done()`` or the deadline: woken by news, and every 10 ms (a key released,
+        which no news tells of, ends a final drain's wait too)."""
+        while not done() and (left := deadline - time.monotonic()) > 0:
+            self.news.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.news.wait(), min(left, 0.01))
 
     def _arrived(self, text, fp, summary):
         """A wanted key's fingerprint, into each graph event that waits for it."""
@@ -461,9 +477,7 @@ class CapturePlugin(SchedulerPlugin):
         graph those clients sent earlier has arrived too.
         """
         deadline = time.monotonic() + timeout
-        flush_deadline = time.monotonic() + FLUSH_SECONDS
-        while not set(markers) <= self.flushed and time.monotonic() < flush_deadline:
-            await asyncio.sleep(0.002)
+        await self._wait_until(lambda: set(markers) <= self.flushed, time.monotonic() + FLUSH_SECONDS)
         self.flushed -= set(markers)
         events, self.events = self.events, []
         jobs, self.unserialized = self.unserialized, []
@@ -477,8 +491,7 @@ class CapturePlugin(SchedulerPlugin):
             return [t for t in keys if any(id(e) in mine or id(e) in self.drained for e in self.wanted[t])
                     and (t in self.awaiting or (final and self._still_running(t)))]
 
-        while waiting_for() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await self._wait_until(lambda: not waiting_for(), deadline)
         self.drained |= mine   # from now on, their fingerprints are late ones
         for event, lost in salvaged:
             self._forget(event, lost)
@@ -558,10 +571,12 @@ def _key_from_text(text, tasks):
 class FingerprintWorkerPlugin(WorkerPlugin):
     """Worker plugin: fingerprints each marked key that finishes executing, in a thread.
 
-    Finished keys are handed to the thread in batches, at most every
+    Finished keys are handed to the thread in batches, at most one every
     :data:`BATCH_SECONDS`, and their fingerprints go to the scheduler as one
     event per batch: waking a thread for each of thousands of tiny tasks cost
-    the worker more than the tasks (the GIL changing hands each time).
+    the worker more than the tasks (the GIL changing hands each time).  A key
+    that finishes after a quiet spell goes at once: the last result of a cell is
+    what the drain at its end waits for.
     """
 
     name = WORKER_PLUGIN_NAME
@@ -570,6 +585,7 @@ class FingerprintWorkerPlugin(WorkerPlugin):
         self.worker = worker
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="julius-fingerprint")
         self.batch = []   # (key, value) finished since the last hand-off
+        self.handed_off = float("-inf")   # time.monotonic() of the last hand-off
         self.sent = None  # the latest batch's send (one thread: it ends after the earlier ones)
 
     async def teardown(self, worker):
@@ -588,11 +604,16 @@ class FingerprintWorkerPlugin(WorkerPlugin):
         ts = self.worker.state.tasks.get(key)
         if ts is None or not ts.annotations or ANNOTATION not in ts.annotations or key not in self.worker.data:
             return
-        if not self.batch:
-            self.worker.loop.call_later(BATCH_SECONDS, self._hand_off)
         self.batch.append((key, self.worker.data[key]))
+        if len(self.batch) == 1:
+            quiet_for = time.monotonic() - self.handed_off
+            if quiet_for >= BATCH_SECONDS:
+                self._hand_off()
+            else:
+                self.worker.loop.call_later(BATCH_SECONDS - quiet_for, self._hand_off)
 
     def _hand_off(self):
+        self.handed_off = time.monotonic()
         batch, self.batch = self.batch, []
         if batch:
             self.sent = self.executor.submit(self._send, batch)

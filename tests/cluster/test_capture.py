@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from distributed import Client, LocalCluster, get_client
 
-from julius_magics.cluster import capture, resubmit
+from julius_magics.cluster import capture, capture_plugin, resubmit
 from julius_magics.cluster.capture import (
     capture_plugins, capture_stats, drain_capture, install_capture, key_text, start_capture, stop_capture,
 )
@@ -318,6 +318,23 @@ def test_persist_fingerprints_collected_later(captured, fresh):
     assert {**persisted["fingerprints"], **late} == {k: fingerprint(np.ones((2, 10))) for k in persisted["keys"]}
     assert not [e for e in rest if e["kind"] == "dropped"]
     del x
+
+
+def test_a_key_finishing_after_a_quiet_spell_is_fingerprinted_at_once_and_a_burst_waits_for_its_batch(monkeypatch):
+    """The drain at a cell's end waits for the cell's last result: it must not wait for a batch to fill."""
+    monkeypatch.setattr(capture_plugin, "BATCH_SECONDS", 5.0)   # the workers run in this process
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
+                      scheduler_kwargs={"plugins": capture_plugins()}) as cluster, Client(cluster) as c:
+        start_capture(c)
+        assert c.submit(sum, [1, 2], key="lone").result() == 3
+        [lone] = graphs(drain_capture(c, timeout=2.0))
+        assert lone["fingerprints"] == {"lone": fingerprint(3)} and lone["pending"] == []
+        # within 5 s of that hand-off, finished keys wait for the next batch
+        assert c.gather(c.map(sum, [[1], [2]], key=["burst-1", "burst-2"])) == [1, 2]
+        [burst] = graphs(drain_capture(c, timeout=0.5))
+        assert burst["pending"] == ["burst-1", "burst-2"]
+        late = [e for e in drain_capture(c, final=True) if e["kind"] == "fingerprints"]
+        assert [e["fingerprints"] for e in late] == [{"burst-1": fingerprint(1), "burst-2": fingerprint(2)}]
 
 
 def test_final_drain_reports_what_never_came(captured):
