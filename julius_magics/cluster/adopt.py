@@ -60,7 +60,7 @@ from .capture import PLUGIN_NAME, CapturePlugin, _has_plugin, _set_capturing
 from .capture_plugin import WAITED_TOPIC, key_text
 
 __all__ = ["Adopted", "PRELOAD", "enable_adoption", "disable_adoption", "adoption_enabled", "adopt",
-           "adopt_existing", "without_preload", "dask_setup", "dask_teardown", "describe_cluster", "describe_cluster_async", "process_facts", "threadpool_counts",
+           "adopt_existing", "dask_setup", "dask_teardown", "describe_cluster", "describe_cluster_async", "process_facts", "threadpool_counts",
            "ThreadpoolLimits", "SHAPE", "shape_differences", "start_like", "drain_unreproducible", "unreproducible_note"]
 
 PRELOAD = __name__
@@ -194,15 +194,6 @@ class Adopted:
         if self.pending is not None:
             await self.pending
         return self.extra
-
-
-def without_preload(function, *args):
-    """``function(*args)`` with this module left out of the client preload config (an environment
-    recorded while adopting must not differ from one recorded without)."""
-    current = dask.config.get(_CONFIG, default=[]) or []
-    current = [current] if isinstance(current, str) else list(current)
-    with dask.config.set({_CONFIG: [p for p in current if p != PRELOAD]}):
-        return function(*args)
 
 
 def adoption_enabled() -> bool:

@@ -19,7 +19,9 @@ Each item is a dict with ``"kind"``:
 
 - ``"cluster"``: ``spec`` (:func:`.adopt.describe_cluster`), ``client`` (its id),
   ``captured`` and ``reason`` (a scheduler refusing the plugin), ``owned`` (the
-  julius session's own cluster), ``handle`` (the client object, not JSON);
+  julius session's own cluster), ``handle`` (the client object, not JSON),
+  ``environments``: ``{worker address: environment}``, None (not taken), or a
+  function that waits for them (a live cluster's, still being taken: call it in a thread);
 - the capture events of :func:`.capture.drain_capture` (``graph``, ``run``,
   ``worker_plugin``, ``scatter``, ``fingerprints``, ``dropped``,
   ``worker_joined``, ``worker_left``), each with ``address`` (its scheduler) and ``handle``;
@@ -38,7 +40,9 @@ themselves; the others' bytes come through Dask (:meth:`file_chunks`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import os
 import tempfile
 import threading
@@ -50,6 +54,12 @@ __all__ = ["ClusterWatch", "SNAPSHOT_CHUNK"]
 
 SNAPSHOT_CHUNK = 32 << 20   # bytes of an input fetched from its reader at a time: memory stays bounded
 SPILL_PREFIX = f"{inputs.TEMP_PREFIX}snapshot-"   # a julius temp name: the file hooks never take it for an input
+
+
+async def in_a_thread(function, *args):
+    """``function(*args)`` for ``client.run``, in a thread of the worker: its event loop stays free
+    (for its heartbeats, and for the runs that describe the cluster meanwhile)."""
+    return await asyncio.to_thread(function, *args)
 
 
 class ClusterWatch:
@@ -91,7 +101,7 @@ class ClusterWatch:
         # in the client's loop, from its adoption on: the notebook may close it before any drain
         extra = {"spec": await adopt.describe_cluster_async(client)}
         if self.worker_environment is not None:
-            extra["environments"] = await client.run(self.worker_environment)
+            extra["environments"] = await client.run(in_a_thread, self.worker_environment)
         return extra
 
     async def _on_teardown(self, client):
@@ -208,15 +218,23 @@ class ClusterWatch:
             item["spec"] = adopted.extra["spec"]
         elif live:   # now, with the workers that joined since it connected
             try:
-                item["environments"] = adopted.client.sync(adopted.set_up).get("environments")
                 item["spec"] = adopt.describe_cluster(adopted.client)
-                if set(item["spec"]["workers"]) - set(item["environments"] or {}):
-                    item["environments"] = None   # taken again by the recorder, for every worker
+                if self.worker_environment is not None:
+                    item["environments"] = functools.partial(self._environments, adopted, set(item["spec"]["workers"]))
             except Exception as error:
                 item["captured"], item["reason"] = False, f"the cluster could not be described: {error}"
         elif adopted.asynchronous and adopted.captured:
             item["reason"] = "an asynchronous client: its graphs are captured, but the kernel cannot replay its own awaits"
         return item
+
+    def _environments(self, adopted, workers):
+        """``{address: environment}`` of ``workers`` of an adopted cluster: those taken since its
+        adoption (in the background), the others now.  It waits for them: call it in a thread."""
+        taken = dict(adopted.client.sync(adopted.set_up).get("environments") or {})
+        missing = sorted(set(workers) - set(taken))
+        if missing:
+            taken.update(adopted.client.run(in_a_thread, self.worker_environment, workers=missing))
+        return taken
 
     def _files(self, by_scheduler, wait=False):
         reports = [("kernel", None, inputs.drain_reads(self.hash_remote, wait))]

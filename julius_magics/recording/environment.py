@@ -42,7 +42,7 @@ import tempfile
 
 from .redaction import REDACTED, jsonable, scrub, scrub_text, secret_name
 
-__all__ = ["capture_environment", "environment_now", "cluster_environments", "env_diff", "format_env_diff",
+__all__ = ["capture_environment", "cluster_environments", "env_diff", "format_env_diff",
            "environment_cause", "distribution_origins", "normalize_name", "installed_version", "platform_tag",
            "file_path"]
 
@@ -430,13 +430,6 @@ def capture_environment() -> dict:
     env["distributions"] = distributions
     env["packages"] = packages
     return env
-
-
-def environment_now() -> dict:
-    """This process's environment, as if no recording were adopting clients (runs on workers too)."""
-    from ..cluster.adopt import without_preload
-
-    return without_preload(capture_environment)
 
 
 def cluster_environments(client) -> dict[str, dict]:

@@ -18,7 +18,9 @@ The kinds of steps, their fields and parts are listed in :mod:`.steps`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
 import getpass
 import json
 import os
@@ -33,7 +35,7 @@ from ..cluster.watch import ClusterWatch
 from ..errors import IntegrityError, RecordingError
 from ..progress import progress_bar
 from ..rules.registry import top_level_names
-from .environment import environment_now, file_path
+from .environment import capture_environment, file_path
 from .journal import BLOBS
 from .steps import KINDS
 from .store import Store
@@ -42,6 +44,7 @@ __all__ = ["Recorder", "active_recorder"]
 
 _ACTIVE = {"recorder": None}
 HEADLINES = 8   # labelled results kept in the manifest for lists (the latest ones)
+ENVIRONMENT_SECONDS = 120   # how long the last drain waits for an environment still being taken
 
 
 def active_recorder():
@@ -92,11 +95,15 @@ class Recorder:
         self.workers = None      # its first cluster's worker count (the manifest meta's "workers")
         self.headlines = {}      # label -> value of the labelled targets computed (the manifest meta's "headlines")
         self.captured = {"clusters": 0, "graphs": 0, "results": 0, "files": 0, "outputs": 0}
+        # Environments are taken in a thread, so that the end of the cell that made a cluster does
+        # not wait for them: each comes as a step at the first drain after (the last drain waits).
+        self.environments = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="julius-environment")
+        self.owed_environments = []   # futures of those environments, in the order their clusters came
         self.file_versions = set()   # (path or URL, hash): a file two processes read is one input file
         # readers that see the store write what they read into it themselves (--data embed)
         self.sink = self.store.files.blob_sink(self.store.files.path(BLOBS)) if data != "hash" else None
         self.watch = ClusterWatch(skip=_own_folders(self.store), hash_remote=True,
-                                  worker_environment=environment_now, embed=data != "hash", sink=self.sink)
+                                  worker_environment=capture_environment, embed=data != "hash", sink=self.sink)
         session.observers.append(self.on_event)
         _ACTIVE["recorder"] = self
         try:
@@ -121,6 +128,7 @@ class Recorder:
                 self._record_item(item)
             for note in drain_unreproducible():   # seen in the kernel: coordination objects fed from here, async clients
                 self._record_unreproducible(note)
+            self._record_environments_taken(wait=final)
 
     def on_event(self, event, payload):
         """Session observer: one step per action."""
@@ -165,7 +173,7 @@ class Recorder:
             if not item["captured"]:
                 self._partial(item["reason"])
             elif item["spec"] is not None:
-                self._record_environment(handle, environments)
+                self._record_environment(environments or {})
                 self._note_workers(item["spec"]["n_workers"])
         elif kind == "files":
             self._record_files(item)
@@ -184,7 +192,7 @@ class Recorder:
         elif kind == "worker_joined":
             env = {}
             with contextlib.suppress(Exception):
-                env = handle.run(environment_now, workers=[item["worker"]])
+                env = handle.run(capture_environment, workers=[item["worker"]])
             data = {**item, "kind": kind,
                     "environment": self.writer.add_blob(_json_env(env[item["worker"]])) if env else None}
             self._step("worker_joined", _jsonable(data))
@@ -301,13 +309,37 @@ class Recorder:
         self._step("dropped", {"what": "file", "keys": [], "files": [entry.get("abspath")], "reason": reason})
         self._partial(reason)
 
-    def _record_environment(self, client, environments=None):
-        kernel_env = environment_now()
-        kernel = self.writer.add_blob(_json_env(kernel_env))
-        if environments is None:
-            environments = client.run(environment_now)
-        workers = {w: self.writer.add_blob(_json_env(env)) for w, env in environments.items()}
-        self._step("environment", {"kernel": kernel, "workers": workers, **self._local_wheels(kernel_env)})
+    def _record_environment(self, workers):
+        """Take the kernel's environment and the workers' in a thread.
+
+        ``workers`` is ``{address: environment}``, or a function that takes it (it waits for the
+        workers).  The step is written by :meth:`_record_environments_taken`.
+        """
+        def take():
+            try:
+                kernel_env = capture_environment()
+            except RuntimeError:   # the notebook changed os.environ or the Dask config while it was read
+                kernel_env = capture_environment()
+            try:
+                return kernel_env, workers() if callable(workers) else workers, None
+            except Exception as error:   # the kernel's is still worth keeping
+                return kernel_env, {}, f"the workers' environments could not be taken: {type(error).__name__}: {error}"
+
+        self.owed_environments.append(self.environments.submit(take))
+
+    def _record_environments_taken(self, wait=False):
+        """An ``environment`` step for each environment taken (all of them, with ``wait``), in order."""
+        while self.owed_environments and (wait or self.owed_environments[0].done()):
+            try:
+                kernel_env, environments, problem = self.owed_environments.pop(0).result(ENVIRONMENT_SECONDS)
+            except Exception as error:   # a timeout, or the kernel's environment would not be read
+                self._partial(f"an environment could not be taken: {type(error).__name__}: {error}")
+                continue
+            kernel = self.writer.add_blob(_json_env(kernel_env))
+            workers = {w: self.writer.add_blob(_json_env(env)) for w, env in environments.items()}
+            self._step("environment", {"kernel": kernel, "workers": workers, **self._local_wheels(kernel_env)})
+            if problem:
+                self._partial(problem)
 
     def _local_wheels(self, kernel_env):
         """``{"wheels": {name: {filename, sha256}}}`` the first time, with ``--with-local-packages``; else ``{}``.
@@ -349,11 +381,8 @@ class Recorder:
         self.session.start_capture()
         self.captured["clusters"] += 1
         self._step("cluster", {**spec, "seed": self.session.seed})
-        kernel_env = environment_now()
-        kernel = self.writer.add_blob(_json_env(kernel_env))
-        workers = {w: self.writer.add_blob(_json_env(env))
-                   for w, env in self.session.run_on_workers(environment_now).items()}
-        self._step("environment", {"kernel": kernel, "workers": workers, **self._local_wheels(kernel_env)})
+        self._record_environment(functools.partial(self.session.run_on_workers, capture_environment))
+        self._record_environments_taken(wait=True)   # `%cluster start` takes seconds: its environment follows it
         self._note_workers(spec.get("n_workers"))
 
     def _record_dispatch(self, payload):
@@ -394,6 +423,7 @@ class Recorder:
                 self.session.stop_capture()
         finally:
             self.watch.stop()
+            self.environments.shutdown(wait=False, cancel_futures=True)
             if self.sink is not None:
                 self.sink.close()
             if self.on_event in self.session.observers:
@@ -421,6 +451,7 @@ class Recorder:
         """Stop observing; the recording stays ``incomplete`` with every step written so far."""
         with contextlib.suppress(Exception):
             self.watch.stop()
+        self.environments.shutdown(wait=False, cancel_futures=True)
         if self.sink is not None:
             self.sink.close()
         if self.on_event in self.session.observers:

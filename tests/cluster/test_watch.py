@@ -10,7 +10,7 @@ from distributed import Client, LocalCluster
 
 from julius_magics.cluster.watch import ClusterWatch
 from julius_magics.fingerprint import fingerprint
-from julius_magics.recording.environment import environment_now
+from julius_magics.recording.environment import capture_environment
 
 
 def test_two_clusters_in_turn_with_their_graphs_and_files(tmp_path, monkeypatch):
@@ -65,7 +65,7 @@ def test_a_cluster_closed_at_once_keeps_its_shape_and_environments_and_its_worke
     for them), so a notebook that closes its cluster before any drain must still leave them, through the close.
     The workers unpickle parts of the recording layer (the sink, the environment): importing it must not
     build the recording's validators there (jsonschema's import and the schemas took each worker 0.1 s)."""
-    watch = ClusterWatch(skip=[tmp_path], worker_environment=environment_now)
+    watch = ClusterWatch(skip=[tmp_path], worker_environment=capture_environment)
     watch.start()
     try:
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \

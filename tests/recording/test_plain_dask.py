@@ -132,3 +132,48 @@ def test_a_scheduler_refusing_the_plugin_makes_the_recording_partial_never_verif
     assert rec.meta["partial"] and "refused julius's capture plugin" in rec.meta["partial_reasons"][0]
     report = recording.replay("locked", store=store)
     assert not report.verified and "partial" in report.summary()
+
+
+def test_the_end_of_the_cell_that_made_a_cluster_does_not_wait_for_the_environments(tmp_path, store, monkeypatch):
+    """The environments are taken in the background; their step comes at a later drain, with every worker's."""
+    import threading
+    import time
+
+    from julius_magics.recording import environment, recorder as recorder_module
+
+    let_go = str(tmp_path / "let-go")   # a file, not an Event: the workers' copy of the function is a pickle
+
+    def held_environment():   # the kernel's, and the workers' (a slow environment, as on a big install)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(let_go) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return {"python": {"version": "3.11"}, "pid": os.getpid()}
+
+    monkeypatch.setattr(environment, "capture_environment", held_environment)
+    monkeypatch.setattr(recorder_module, "capture_environment", held_environment)
+    cell = ("from distributed import Client, LocalCluster\n"
+            "cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=':0')\n"
+            "client = Client(cluster)")
+    namespace = {}
+    recorder = recording.start(Session(), "held", store=store)
+    try:
+        exec(cell, namespace)
+        cell_end = threading.Thread(target=recorder.add_cell, args=(cell,))
+        cell_end.start()
+        cell_end.join(30)
+        assert not cell_end.is_alive(), "the cell's end waited for the environments"
+        recorder.writer.sync()
+        kinds = [s.kind for s in store.open("held").steps]
+        assert "adopted_cluster" in kinds and "environment" not in kinds
+    finally:
+        open(let_go, "w").close()
+    assert namespace["client"].submit(sum, [1, 2]).result() == 3
+    recording.stop()
+    namespace["client"].close()
+    namespace["cluster"].close()
+    steps = store.open("held").steps
+    [cluster] = [s for s in steps if s.kind == "adopted_cluster"]
+    [environment] = [s.data for s in steps if s.kind == "environment"]
+    assert sorted(environment["workers"]) == sorted(cluster.data["spec"]["workers"]) and len(environment["workers"]) == 2
+    assert environment["kernel"] in store.open("held").blobs
+    assert store.open("held").meta.get("partial") is not True
