@@ -53,6 +53,7 @@ from . import adopt, capture, inputs
 __all__ = ["ClusterWatch", "SNAPSHOT_CHUNK"]
 
 SNAPSHOT_CHUNK = 32 << 20   # bytes of an input fetched from its reader at a time: memory stays bounded
+SET_UP_SECONDS = 60   # how long a cluster's environments may take, after its adoption
 SPILL_PREFIX = f"{inputs.TEMP_PREFIX}snapshot-"   # a julius temp name: the file hooks never take it for an input
 
 
@@ -230,7 +231,9 @@ class ClusterWatch:
     def _environments(self, adopted, workers):
         """``{address: environment}`` of ``workers`` of an adopted cluster: those taken since its
         adoption (in the background), the others now.  It waits for them: call it in a thread."""
-        taken = dict(adopted.client.sync(adopted.set_up).get("environments") or {})
+        if adopted.pending is not None and not adopted.pending.done():
+            adopted.client.sync(adopted.set_up, callback_timeout=SET_UP_SECONDS)
+        taken = dict(adopted.extra.get("environments") or {})
         missing = sorted(set(workers) - set(taken))
         if missing:
             taken.update(adopted.client.run(in_a_thread, self.worker_environment, workers=missing))
