@@ -31,7 +31,7 @@ import tempfile
 import cloudpickle
 
 from ..cluster.adopt import drain_unreproducible
-from ..cluster.watch import ClusterWatch
+from ..cluster.watch import ClusterWatch, in_a_thread
 from ..errors import IntegrityError, RecordingError
 from ..progress import progress_bar
 from ..rules.registry import top_level_names
@@ -124,7 +124,9 @@ class Recorder:
     def _drain(self, final=False):
         """Journal what the clusters and the file hooks saw since the last step."""
         with self.writer.batch():   # the drain's steps reach the disk with one flush, not two fsyncs a step
-            for item in self.watch.drain(final=final):
+            items = self.watch.drain(final=final)
+            _take_joined_environments(items)
+            for item in items:
                 self._record_item(item)
             for note in drain_unreproducible():   # seen in the kernel: coordination objects fed from here, async clients
                 self._record_unreproducible(note)
@@ -190,11 +192,8 @@ class Recorder:
         elif kind == "unreproducible":   # seen on the scheduler: actors
             self._record_unreproducible(item)
         elif kind == "worker_joined":
-            env = {}
-            with contextlib.suppress(Exception):
-                env = handle.run(capture_environment, workers=[item["worker"]])
-            data = {**item, "kind": kind,
-                    "environment": self.writer.add_blob(_json_env(env[item["worker"]])) if env else None}
+            env = item.pop("environment", None)
+            data = {**item, "kind": kind, "environment": self.writer.add_blob(_json_env(env)) if env else None}
             self._step("worker_joined", _jsonable(data))
         else:   # graph, run, worker_plugin, fingerprints
             parts = {name: item.pop(name) for name in KINDS[kind].parts if item.get(name) is not None}
@@ -460,6 +459,24 @@ class Recorder:
         if self.session.active:
             with contextlib.suppress(Exception):
                 self.session.stop_capture()
+
+
+def _take_joined_environments(items):
+    """Each ``worker_joined`` item's ``environment``: a cluster scaled up by ten asks its ten new
+    workers at once, each in a thread (one after the other, a cell's end waited 0.05 s a worker)."""
+    joined = {}
+    for item in items:
+        if item["kind"] == "worker_joined" and item.get("handle") is not None:
+            joined.setdefault(id(item["handle"]), (item["handle"], []))[1].append(item)
+    for handle, some in joined.values():
+        try:   # a worker gone since: its exception, not an environment
+            taken = handle.run(in_a_thread, capture_environment, workers=sorted({i["worker"] for i in some}),
+                               on_error="return")
+        except Exception:   # the cluster itself went: the steps say their environment is unknown
+            taken = {}
+        for item in some:
+            env = taken.get(item["worker"])
+            item["environment"] = env if isinstance(env, dict) else None
 
 
 def _own_folders(store):

@@ -1,12 +1,15 @@
 """Each of plain Dask's ways to send work, recorded unchanged and replayed verified (values asserted)."""
 
+import json
 import os
 import shutil
 import tempfile
 
 import pytest
+from distributed import Client, LocalCluster
 
 from julius_magics import recording
+from julius_magics.cluster.session import Session
 from julius_magics.recording.store import Store
 from tests.support import record_notebook
 
@@ -373,6 +376,31 @@ cube = client.submit(lambda x: x ** 3, 3, key="cube").result()
 client.close()
 cluster.close()
 '''
+
+
+def test_the_workers_a_cell_scaled_up_to_have_their_environments_recorded(store):
+    from julius_magics.recording.environment import capture_environment
+
+    cell = ("cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=':0')\n"
+            "client = Client(cluster)\n"
+            "cluster.scale(4)\n"
+            "client.wait_for_workers(4)")
+    recorder = recording.start(Session(), "grown", store=store)
+    namespace = {"LocalCluster": LocalCluster, "Client": Client}
+    try:
+        exec(cell, namespace)
+        recorder.add_cell(cell)   # the three new workers are asked at once, each in a thread
+        expected = namespace["client"].run(capture_environment)
+    finally:
+        recording.stop()
+        namespace["client"].close()
+        namespace["cluster"].close()
+    rec = store.open("grown")
+    joined = {s.data["worker"]: s.data["environment"] for s in rec.steps if s.kind == "worker_joined"}
+    assert len(joined) == 3 and set(joined) < set(expected)
+    for worker, blob in joined.items():
+        env = json.loads(rec.blob(blob))
+        assert env["python"] == expected[worker]["python"] and env["packages"] == expected[worker]["packages"]
 
 
 def test_a_cluster_scaled_while_recording_is_scaled_alike_on_replay(store, tmp_path, monkeypatch):
