@@ -155,7 +155,10 @@ def test_as_completed_compared_by_key_whatever_the_arrival_order(store):
     finally:
         report.session.stop()
     replay_arrival = [value_of[key] for key in finished if key in value_of]
-    assert sorted(replay_arrival) == [0, 10, 20, 30] and replay_arrival != ns["arrived"]   # another order
+    # One worker runs them one after another, in an order of its own: it follows the order the client
+    # sent the keys in, which the client does not fix, so it matches the recorded arrival now and then
+    # (2 runs of 9 here on 2026-12-07): the comparison is by key either way.
+    assert sorted(replay_arrival) == [0, 10, 20, 30] and report.verified
     assert report.results == 4 + 2
 
 
