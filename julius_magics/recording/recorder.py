@@ -165,7 +165,8 @@ class Recorder:
 
     def _record_item(self, item):
         """One item of :meth:`ClusterWatch.drain` as journal steps."""
-        kind, handle = item.pop("kind"), item.pop("handle", None)
+        kind = item.pop("kind")
+        item.pop("handle", None)   # the client object, not JSON
         if kind == "cluster":
             environments = item.pop("environments", None)
             if item["owned"]:
