@@ -56,14 +56,13 @@ Kernel-facing API::
     report = drain_reads(wait=False)  # {"inputs", "outputs", "remote", "problems", "pending", "stats"}
     stop_reads()
     client.register_plugin(InputsWorkerPlugin(recording=True, skip=[...], sink=sink, token=token))
-    client.run(drain_reads_in_a_thread)   # what each worker read
+    client.run(watch.in_a_thread, drain_reads)   # what each worker read, in a thread of it
     end_claims()                    # after the last drain, in every process
     read_file_chunk(abspath, offset, size, sha256)   # bytes, on the worker that read it
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import fcntl
@@ -89,7 +88,7 @@ from ..fingerprint import content_fingerprint
 from . import native
 
 __all__ = ["HOOK_ENV", "install_hooks", "database_path", "start_reads", "stop_reads", "drain_reads",
-           "drain_reads_in_a_thread", "reading", "file_sha256",
+           "reading", "file_sha256",
            "read_file_chunk", "read_remote", "output_content", "InputsWorkerPlugin", "is_remote", "claiming", "end_claims"]
 
 HOOK_ENV = "JULIUS_OPEN_HOOK"
@@ -806,13 +805,6 @@ def _drain_reads(hash_remote, wait) -> dict:
         remotes.append(entry)
     return {"inputs": inputs, "outputs": outputs, "remote": remotes, "problems": problems,
             "pending": len(_S.reads) + len(_S.earlier), "stats": dict(_S.stats)}
-
-
-async def drain_reads_in_a_thread(hash_remote: bool = True, wait: bool = True) -> dict:
-    """:func:`drain_reads` for ``client.run`` on workers, in a thread: the hashing it may do (outputs, the
-    snapshots still to take, another process's claim to wait for) leaves the worker's event loop free
-    for its heartbeats and its peers."""
-    return await asyncio.to_thread(drain_reads, hash_remote, wait)
 
 
 def end_claims() -> None:

@@ -25,6 +25,7 @@ Each item is a dict with ``"kind"``:
 - the capture events of :func:`.capture.drain_capture` (``graph``, ``run``,
   ``worker_plugin``, ``scatter``, ``fingerprints``, ``dropped``,
   ``worker_joined``, ``worker_left``), each with ``address`` (its scheduler) and ``handle``;
+  a ``worker_joined`` item has the worker's ``environment`` (None when it could not be taken);
 - ``"files"``: ``inputs``, ``outputs``, ``remote``, ``problems`` as
   :func:`.inputs.drain_reads` returns them, each entry with ``reader``
   (``"kernel"`` or a worker address) and ``address`` (its scheduler, or None);
@@ -58,8 +59,9 @@ SPILL_PREFIX = f"{inputs.TEMP_PREFIX}snapshot-"   # a julius temp name: the file
 
 
 async def in_a_thread(function, *args):
-    """``function(*args)`` for ``client.run``, in a thread of the worker: its event loop stays free
-    (for its heartbeats, and for the runs that describe the cluster meanwhile)."""
+    """``function(*args)`` for ``client.run``, in a thread of the worker: its event loop stays free for
+    its heartbeats and its peers, and for the other runs meanwhile (a drain of its reads may hash files
+    or wait for another process's claim; an environment takes 30 ms)."""
     return await asyncio.to_thread(function, *args)
 
 
@@ -131,7 +133,7 @@ class ClusterWatch:
                 if len(event["values"]) < len(event["keys"]):
                     event["dropped"] = "scattered data was gone before it could be gathered"
             await client.run_on_scheduler(capture._release_pinned, keys)
-        reports = await client.run(inputs.drain_reads_in_a_thread, self.hash_remote, True)   # every snapshot done
+        reports = await client.run(in_a_thread, inputs.drain_reads, self.hash_remote, True)   # every snapshot done
         spilled = {}
         for worker, report in reports.items():   # the bytes not stored yet too: the workers go with the client
             for entry in report["inputs"] if self.embed else ():
@@ -204,6 +206,7 @@ class ClusterWatch:
                 items.append({"kind": "dropped", "what": "cluster", "keys": [], "address": address,
                               "reason": f"the scheduler at {address} could not be drained: {type(error).__name__}: {error}"})
                 continue
+            self._take_joined_environments(first, events)
             for event in events:
                 items.append({**event, "address": address, "handle": first})
         items.extend(self._files(by_scheduler, wait=final))
@@ -239,11 +242,26 @@ class ClusterWatch:
             taken.update(adopted.client.run(in_a_thread, self.worker_environment, workers=missing))
         return taken
 
+    def _take_joined_environments(self, client, events):
+        """Each ``worker_joined`` event's ``environment``: a cluster scaled up by ten asks its ten new
+        workers at once (one after the other, a cell's end waited 0.05 s a worker)."""
+        joined = [e for e in events if e["kind"] == "worker_joined"]
+        if not joined or self.worker_environment is None:
+            return
+        try:   # a worker gone since gives its exception, not an environment
+            taken = client.run(in_a_thread, self.worker_environment, workers=sorted({e["worker"] for e in joined}),
+                               on_error="return")
+        except Exception:   # the cluster itself went: the steps say their environment is unknown
+            taken = {}
+        for event in joined:
+            env = taken.get(event["worker"])
+            event["environment"] = env if isinstance(env, dict) else None
+
     def _files(self, by_scheduler, wait=False):
         reports = [("kernel", None, inputs.drain_reads(self.hash_remote, wait))]
         for address, clients in by_scheduler.items():
             try:
-                for worker, report in clients[0].run(inputs.drain_reads_in_a_thread, self.hash_remote, wait).items():
+                for worker, report in clients[0].run(in_a_thread, inputs.drain_reads, self.hash_remote, wait).items():
                     reports.append((worker, address, report))
             except Exception:
                 continue

@@ -31,7 +31,7 @@ import tempfile
 import cloudpickle
 
 from ..cluster.adopt import drain_unreproducible
-from ..cluster.watch import ClusterWatch, in_a_thread
+from ..cluster.watch import ClusterWatch
 from ..errors import IntegrityError, RecordingError
 from ..progress import progress_bar
 from ..rules.registry import top_level_names
@@ -97,7 +97,7 @@ class Recorder:
         self.captured = {"clusters": 0, "graphs": 0, "results": 0, "files": 0, "outputs": 0}
         # Environments are taken in a thread, so that the end of the cell that made a cluster does
         # not wait for them: each comes as a step at the first drain after (the last drain waits).
-        self.environments = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="julius-environment")
+        self.environment_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="julius-environment")
         self.owed_environments = []   # futures of those environments, in the order their clusters came
         self.file_versions = set()   # (path or URL, hash): a file two processes read is one input file
         # readers that see the store write what they read into it themselves (--data embed)
@@ -124,9 +124,7 @@ class Recorder:
     def _drain(self, final=False):
         """Journal what the clusters and the file hooks saw since the last step."""
         with self.writer.batch():   # the drain's steps reach the disk with one flush, not two fsyncs a step
-            items = self.watch.drain(final=final)
-            _take_joined_environments(items)
-            for item in items:
+            for item in self.watch.drain(final=final):
                 self._record_item(item)
             for note in drain_unreproducible():   # seen in the kernel: coordination objects fed from here, async clients
                 self._record_unreproducible(note)
@@ -325,7 +323,7 @@ class Recorder:
             except Exception as error:   # the kernel's is still worth keeping
                 return kernel_env, {}, f"the workers' environments could not be taken: {type(error).__name__}: {error}"
 
-        self.owed_environments.append(self.environments.submit(take))
+        self.owed_environments.append(self.environment_thread.submit(take))
 
     def _record_environments_taken(self, wait=False):
         """An ``environment`` step for each environment taken (all of them, with ``wait``), in order."""
@@ -423,7 +421,7 @@ class Recorder:
                 self.session.stop_capture()
         finally:
             self.watch.stop()
-            self.environments.shutdown(wait=False, cancel_futures=True)
+            self.environment_thread.shutdown(wait=False, cancel_futures=True)
             if self.sink is not None:
                 self.sink.close()
             if self.on_event in self.session.observers:
@@ -451,7 +449,7 @@ class Recorder:
         """Stop observing; the recording stays ``incomplete`` with every step written so far."""
         with contextlib.suppress(Exception):
             self.watch.stop()
-        self.environments.shutdown(wait=False, cancel_futures=True)
+        self.environment_thread.shutdown(wait=False, cancel_futures=True)
         if self.sink is not None:
             self.sink.close()
         if self.on_event in self.session.observers:
@@ -460,24 +458,6 @@ class Recorder:
         if self.session.active:
             with contextlib.suppress(Exception):
                 self.session.stop_capture()
-
-
-def _take_joined_environments(items):
-    """Each ``worker_joined`` item's ``environment``: a cluster scaled up by ten asks its ten new
-    workers at once, each in a thread (one after the other, a cell's end waited 0.05 s a worker)."""
-    joined = {}
-    for item in items:
-        if item["kind"] == "worker_joined" and item.get("handle") is not None:
-            joined.setdefault(id(item["handle"]), (item["handle"], []))[1].append(item)
-    for handle, some in joined.values():
-        try:   # a worker gone since: its exception, not an environment
-            taken = handle.run(in_a_thread, capture_environment, workers=sorted({i["worker"] for i in some}),
-                               on_error="return")
-        except Exception:   # the cluster itself went: the steps say their environment is unknown
-            taken = {}
-        for item in some:
-            env = taken.get(item["worker"])
-            item["environment"] = env if isinstance(env, dict) else None
 
 
 def _own_folders(store):
