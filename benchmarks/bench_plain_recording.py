@@ -41,18 +41,19 @@ import statistics
 import tempfile
 import time
 
-FILES_CELL = """
+CLUSTER_LINES = """
 import dask, dask.dataframe as dd
 from distributed import Client, LocalCluster
 cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
 client = Client(cluster)
-t0 = time.monotonic()
+"""
+FILES_LINES = """
 csv = dd.read_csv(f"{data}/csv/*.csv", blocksize="32MB")
 table = dd.read_parquet(f"{data}/parquet")
 means, total, rows = dask.compute(csv.groupby("g").x.mean(), table.y.sum(), table.shape[0])
 spread = float((csv.x - csv.y).abs().max().compute())   # the CSV files read a second time
-seconds = time.monotonic() - t0
 """
+FILES_CELL = CLUSTER_LINES + "t0 = time.monotonic()" + FILES_LINES + "seconds = time.monotonic() - t0\n"
 
 FUTURES_CELL = """
 from distributed import Client, LocalCluster

@@ -28,19 +28,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_plain_recording as files_notebook  # noqa: E402
 
-SETUP_CELL = """
-import dask, dask.dataframe as dd
-from distributed import Client, LocalCluster
-cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
-client = Client(cluster)
-"""
-COMPUTE_CELL = """
-csv = dd.read_csv(f"{data}/csv/*.csv", blocksize="32MB")
-table = dd.read_parquet(f"{data}/parquet")
-means, total, rows = dask.compute(csv.groupby("g").x.mean(), table.y.sum(), table.shape[0])
-spread = float((csv.x - csv.y).abs().max().compute())
-"""
-PHASES = {"cluster": SETUP_CELL, "compute": COMPUTE_CELL, "close": files_notebook.CLOSE_CELL}
+PHASES = {"cluster": files_notebook.CLUSTER_LINES, "compute": files_notebook.FILES_LINES,
+          "close": files_notebook.CLOSE_CELL}
 
 
 def run(data, store=None, name=None, data_mode="embed"):
