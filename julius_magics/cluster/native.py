@@ -34,7 +34,7 @@ import os
 import sys
 import threading
 
-__all__ = ["install", "ENTRY_POINTS", "READ", "WRITE", "WRITE_FOLDER", "UPDATE"]
+__all__ = ["install", "after_import", "ENTRY_POINTS", "READ", "WRITE", "WRITE_FOLDER", "UPDATE"]
 
 READ, WRITE, WRITE_FOLDER, UPDATE, BY_MODE = "read", "write", "write folder", "update", "by its mode"
 
@@ -97,8 +97,21 @@ def install(steer=None, note=None) -> None:
     if note is not None:
         _Hooks.note = note
     for name in ENTRY_POINTS:
-        if name in sys.modules:
-            _wrap_module(sys.modules[name])
+        after_import(name, _wrap_module)
+
+
+_AFTER_IMPORT: dict = {}   # module name -> the functions called with it once it is imported
+
+
+def after_import(name, function) -> None:
+    """Call ``function(module)`` once the module ``name`` is imported: now if it is, else right after
+    it is (an import hook), so that a process that never imports it never pays for importing it.
+    ``function`` must be idempotent: it may be called again for a module it saw."""
+    functions = _AFTER_IMPORT.setdefault(name, [])
+    if function not in functions:
+        functions.append(function)
+    if name in sys.modules:
+        function(sys.modules[name])
     if not any(isinstance(finder, _WrapOnImport) for finder in sys.meta_path):
         sys.meta_path.insert(0, _WrapOnImport())
 
@@ -245,12 +258,12 @@ def _steering_subclass(cython_class, argument, action, signature):
 
 
 class _WrapOnImport:
-    """A meta path finder: the module's own loader, then its wrappers."""
+    """A meta path finder: the module's own loader, then the functions :func:`after_import` gave."""
 
     finding = threading.local()
 
     def find_spec(self, name, path=None, target=None):
-        if name not in ENTRY_POINTS or getattr(self.finding, "active", False):
+        if name not in _AFTER_IMPORT or getattr(self.finding, "active", False):
             return None
         self.finding.active = True
         try:
@@ -271,7 +284,8 @@ class _WrappingLoader:
 
     def exec_module(self, module):
         self.loader.exec_module(module)
-        _wrap_module(module)
+        for function in _AFTER_IMPORT[module.__name__]:
+            function(module)
 
     def __getattr__(self, name):   # resources, source, ...: the real loader's
         return getattr(self.loader, name)

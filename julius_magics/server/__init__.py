@@ -1,25 +1,15 @@
 """Jupyter server extension: the ``/julius/api/`` REST API behind the "Recordings" sidebar.
 
-Importing this module is cheap (no tornado, no jupyter_server): the package's
-``__init__`` re-exports the two discovery hooks below, and jupyter_server
-imports the handlers only when it loads the extension.
+Importing this module is cheap (no tornado, no jupyter_server, no traitlets): the
+package's ``__init__`` re-exports the two discovery hooks below, so every process that
+imports julius_magics imports this one (each Dask worker of a recorded cluster), and
+jupyter_server imports the handlers and the config only when it loads the extension.
 
 The store is ``c.JuliusRecordings.store`` from the server's config, else
 ``$JULIUS_STORE``, else ``~/.julius/recordings``.
 """
 
 from __future__ import annotations
-
-from traitlets import Unicode
-from traitlets.config import Configurable
-
-
-class JuliusRecordings(Configurable):
-    """Server config of the extension: ``c.JuliusRecordings.store = "s3://bucket/prefix"``."""
-
-    store = Unicode(None, allow_none=True, config=True,
-                    help="fsspec URL or folder of the recording store "
-                         "(default: $JULIUS_STORE, else ~/.julius/recordings).")
 
 
 def _jupyter_server_extension_points() -> list[dict]:
@@ -34,7 +24,7 @@ def _jupyter_labextension_paths() -> list[dict]:
 
 def _load_jupyter_server_extension(server_app) -> None:
     """Create the manager from the server's config and register the handlers."""
-    from julius_magics.server.manager import RecordingsManager
+    from julius_magics.server.manager import JuliusRecordings, RecordingsManager
     from julius_magics.server.routes import setup_route_handlers
 
     config = JuliusRecordings(parent=server_app)

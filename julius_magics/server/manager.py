@@ -34,6 +34,9 @@ import uuid
 from dataclasses import dataclass, field
 from functools import partial
 
+from traitlets import Unicode
+from traitlets.config import Configurable
+
 # The store's own rule, checked before any store call, so no name with a path
 # in it reaches a file system, whatever the store backend does.
 from ..errors import UntrustedRecordingError
@@ -55,6 +58,14 @@ ISOLATED_COMMAND = ("-m", "julius_magics.recording.isolated")
 
 # Lines of the child's stderr kept to explain a crash.
 _STDERR_TAIL = 20
+
+
+class JuliusRecordings(Configurable):
+    """Server config of the extension: ``c.JuliusRecordings.store = "s3://bucket/prefix"``."""
+
+    store = Unicode(None, allow_none=True, config=True,
+                    help="fsspec URL or folder of the recording store "
+                         "(default: $JULIUS_STORE, else ~/.julius/recordings).")
 
 
 class JobNotFoundError(KeyError):

@@ -57,14 +57,17 @@ def test_two_clusters_in_turn_with_their_graphs_and_files(tmp_path, monkeypatch)
 
 
 def heavy_modules():
-    return sorted(m for m in ("jsonschema", "julius_magics.recording.environment") if m in sys.modules)
+    return sorted(m for m in ("jsonschema", "julius_magics.recording.environment", "fsspec", "traitlets")
+                  if m in sys.modules)
 
 
-def test_a_cluster_closed_at_once_keeps_its_shape_and_environments_and_its_workers_build_no_validators(tmp_path):
+def test_a_cluster_closed_at_once_keeps_its_shape_and_environments_and_its_workers_import_only_what_they_use(tmp_path):
     """The workers' environments are taken in the background from the adoption on (``Client()`` does not wait
     for them), so a notebook that closes its cluster before any drain must still leave them, through the close.
     The workers unpickle parts of the recording layer (the sink, the environment): importing it must not
-    build the recording's validators there (jsonschema's import and the schemas took each worker 0.1 s)."""
+    build the recording's validators there (jsonschema's import and the schemas took each worker 0.1 s).
+    Nor may capture import what the notebook's tasks do not: fsspec (its hook waits for fsspec's import:
+    20 ms of each worker's adoption) and traitlets (the server's config, 5 ms)."""
     watch = ClusterWatch(skip=[tmp_path], worker_environment=capture_environment)
     watch.start()
     try:
@@ -80,3 +83,4 @@ def test_a_cluster_closed_at_once_keeps_its_shape_and_environments_and_its_worke
     for env in item["environments"].values():
         assert env["packages"]["distributed"] == distributed.__version__
     assert list(imported.values()) == [["julius_magics.recording.environment"]] * 2
+
