@@ -60,8 +60,9 @@ from .capture import PLUGIN_NAME, CapturePlugin, _has_plugin, _set_capturing
 from .capture_plugin import WAITED_TOPIC, key_text
 
 __all__ = ["Adopted", "PRELOAD", "enable_adoption", "disable_adoption", "adoption_enabled", "adopt",
-           "adopt_existing", "dask_setup", "dask_teardown", "describe_cluster", "describe_cluster_async", "process_facts", "threadpool_counts",
-           "ThreadpoolLimits", "SHAPE", "shape_differences", "start_like", "drain_unreproducible", "unreproducible_note"]
+           "adopt_existing", "dask_setup", "dask_teardown", "describe_cluster", "describe_cluster_async",
+           "worker_addresses", "process_facts", "threadpool_counts", "ThreadpoolLimits", "SHAPE", "shape_differences",
+           "start_like", "drain_unreproducible", "unreproducible_note"]
 
 PRELOAD = __name__
 _CONFIG = "distributed.client.preload"
@@ -178,7 +179,8 @@ class Adopted:
         An asynchronous client: its work is captured on the scheduler like any other,
         but the recorder cannot call it from the kernel's thread.
     extra : dict
-        What :func:`enable_adoption`'s ``on_setup`` returned, once it is done (:meth:`set_up` waits for it).
+        What each of :func:`enable_adoption`'s ``on_setup`` returned, by name, once it is done
+        (:meth:`set_up` waits for them); a name is missing when its call failed.
     """
 
     client: object
@@ -187,13 +189,19 @@ class Adopted:
     reason: str | None = None
     asynchronous: bool = False
     extra: dict = dataclasses.field(default_factory=dict)
-    pending: object = None   # the task running on_setup in the client's loop
+    pending: dict = dataclasses.field(default_factory=dict)   # name -> the task running it in the client's loop
 
-    async def set_up(self) -> dict:
-        """Wait (in the client's loop) for ``on_setup``, which runs in the background from adoption on."""
-        if self.pending is not None:
-            await self.pending
+    async def set_up(self, *names) -> dict:
+        """Wait (in the client's loop) for the ``on_setup`` calls named (all by default), which run in
+        the background from adoption on."""
+        tasks = [task for name, task in self.pending.items() if not names or name in names]
+        if tasks:
+            await asyncio.gather(*tasks)
         return self.extra
+
+    def setting_up(self, *names) -> bool:
+        """Whether any of the ``on_setup`` calls named (all by default) still runs."""
+        return any(not task.done() for name, task in self.pending.items() if not names or name in names)
 
 
 def adoption_enabled() -> bool:
@@ -208,11 +216,12 @@ def enable_adoption(on_adopted, worker_plugins=(), on_setup=None, on_teardown=No
     back (so its workers note input files from its first graph on).  Adds this module to
     the ``distributed.client.preload`` config (kept as it was otherwise).
 
-    ``on_setup(client)`` and ``on_teardown(client)`` are coroutines run in the client's
-    loop: from its adoption on, in the background (its result lands in ``Adopted.extra``;
-    :meth:`Adopted.set_up` waits for it), and when it
-    closes (``dask_teardown``, while its comms still work: the last chance to drain
-    a cluster the notebook closes itself).
+    ``on_setup`` is ``{name: coroutine function}``; each ``on_setup[name](client)`` runs in
+    the client's loop from its adoption on, in the background and apart (its result lands in
+    ``Adopted.extra[name]``; :meth:`Adopted.set_up` waits for it), so a quick one is not
+    held up by a slow one.  ``on_teardown(client)`` runs in the client's loop when it
+    closes (``dask_teardown``, while its comms still work: the last chance to drain a
+    cluster the notebook closes itself).
     """
     with _lock:
         if _STATE["on_adopted"] is None:
@@ -299,17 +308,17 @@ async def dask_setup(client):
         adopted = Adopted(client, _address(client), True, None, bool(client._asynchronous))
         if adopted.asynchronous:
             _note(unreproducible_note("asynchronous client", client.id, ASYNCHRONOUS, adopted.address, client.id))
-        if _STATE["on_setup"] is not None:   # not awaited here: the notebook's Client() need not wait for it
-            adopted.pending = asyncio.ensure_future(_set_up(adopted, _STATE["on_setup"]))
+        for name, function in (_STATE["on_setup"] or {}).items():   # not awaited: Client() need not wait
+            adopted.pending[name] = asyncio.ensure_future(_set_up(adopted, name, function))
     except Exception as error:
         adopted = _refused(client, error)
     client._julius_adopted = adopted.captured
     on_adopted(adopted)
 
 
-async def _set_up(adopted, on_setup):
+async def _set_up(adopted, name, function):
     try:
-        adopted.extra = await on_setup(adopted.client) or {}
+        adopted.extra[name] = await function(adopted.client)
     except Exception:   # what it would have told is asked again later, of a live cluster
         pass
 
@@ -383,6 +392,11 @@ def threadpool_counts() -> dict:
 def process_facts() -> dict:
     """Where and how this process runs: host, pid, working directory, thread pools."""
     return {"host": socket.gethostname(), "pid": os.getpid(), "cwd": os.getcwd(), "threadpools": threadpool_counts()}
+
+
+def worker_addresses(dask_scheduler) -> list:
+    """The addresses of the scheduler's workers, sorted (``client.run_on_scheduler``)."""
+    return sorted(dask_scheduler.workers)
 
 
 def describe_cluster(client) -> dict:

@@ -54,7 +54,7 @@ from . import adopt, capture, inputs
 __all__ = ["ClusterWatch", "SNAPSHOT_CHUNK"]
 
 SNAPSHOT_CHUNK = 32 << 20   # bytes of an input fetched from its reader at a time: memory stays bounded
-SET_UP_SECONDS = 60   # how long a cluster's environments may take, after its adoption
+SET_UP_SECONDS = 60   # how long what is taken of a cluster at its adoption (its spec, its environments) may take
 SPILL_PREFIX = f"{inputs.TEMP_PREFIX}snapshot-"   # a julius temp name: the file hooks never take it for an input
 
 
@@ -100,12 +100,16 @@ class ClusterWatch:
                 self.clients[adopted.client.id] = adopted
                 self._new.append(adopted)
 
-    async def _on_setup(self, client):
-        # in the client's loop, from its adoption on: the notebook may close it before any drain
-        extra = {"spec": await adopt.describe_cluster_async(client)}
+    def _on_setup(self):
+        """What is taken of a cluster at its adoption, in the client's loop (the notebook may close it
+        before any drain): its spec, and apart (they take longer), its workers' environments."""
+        on_setup = {"spec": adopt.describe_cluster_async}
         if self.worker_environment is not None:
-            extra["environments"] = await client.run(in_a_thread, self.worker_environment)
-        return extra
+            on_setup["environments"] = self._take_environments
+        return on_setup
+
+    async def _take_environments(self, client):
+        return await client.run(in_a_thread, self.worker_environment)
 
     async def _on_teardown(self, client):
         """The client is closing (its comms still work): drain its cluster now, asynchronously."""
@@ -161,7 +165,7 @@ class ClusterWatch:
         sink = self.sink if self.embed else None
         inputs.start_reads(skip=self.skip, sink=sink, token=self.token)
         plugin = inputs.InputsWorkerPlugin(recording=True, skip=self.skip, sink=sink, token=self.token)
-        adopt.enable_adoption(self._on_adopted, [plugin], on_setup=self._on_setup, on_teardown=self._on_teardown)
+        adopt.enable_adoption(self._on_adopted, [plugin], on_setup=self._on_setup(), on_teardown=self._on_teardown)
         if session_client is not None:
             self.add_client(session_client, owned=True)
         adopt.adopt_existing(self._on_adopted)
@@ -220,9 +224,9 @@ class ClusterWatch:
         live = adopted.captured and not adopted.asynchronous and adopted.client.status == "running"
         if adopted.extra.get("spec") and not live:   # closed already: as it was when adopted
             item["spec"] = adopted.extra["spec"]
-        elif live:   # now, with the workers that joined since it connected
+        elif live:
             try:
-                item["spec"] = adopt.describe_cluster(adopted.client)
+                item["spec"] = self._spec(adopted)
                 if self.worker_environment is not None:
                     item["environments"] = functools.partial(self._environments, adopted, set(item["spec"]["workers"]))
             except Exception as error:
@@ -231,11 +235,24 @@ class ClusterWatch:
             item["reason"] = "an asynchronous client: its graphs are captured, but the kernel cannot replay its own awaits"
         return item
 
+    @staticmethod
+    def _spec(adopted):
+        """A live adopted cluster's spec, as it is now: the one taken at its adoption while it has the
+        same workers (asking each worker again took the end of the cell that made the cluster 20 -
+        35 ms), else taken now (workers that joined since it connected; a client adopted from the
+        kernel's thread)."""
+        if adopted.setting_up("spec"):
+            adopted.client.sync(adopted.set_up, "spec", callback_timeout=SET_UP_SECONDS)
+        spec = adopted.extra.get("spec")
+        if spec is not None and adopted.client.run_on_scheduler(adopt.worker_addresses) == sorted(spec["workers"]):
+            return spec
+        return adopt.describe_cluster(adopted.client)
+
     def _environments(self, adopted, workers):
         """``{address: environment}`` of ``workers`` of an adopted cluster: those taken since its
         adoption (in the background), the others now.  It waits for them: call it in a thread."""
-        if adopted.pending is not None and not adopted.pending.done():
-            adopted.client.sync(adopted.set_up, callback_timeout=SET_UP_SECONDS)
+        if adopted.setting_up("environments"):
+            adopted.client.sync(adopted.set_up, "environments", callback_timeout=SET_UP_SECONDS)
         taken = dict(adopted.extra.get("environments") or {})
         missing = sorted(set(workers) - set(taken))
         if missing:

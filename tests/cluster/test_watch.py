@@ -84,3 +84,28 @@ def test_a_cluster_closed_at_once_keeps_its_shape_and_environments_and_its_worke
         assert env["packages"]["distributed"] == distributed.__version__
     assert list(imported.values()) == [["julius_magics.recording.environment"]] * 2
 
+
+def test_a_cluster_with_the_workers_it_was_adopted_with_is_described_as_it_was_adopted(tmp_path):
+    """The spec taken at the adoption (in the background) is the cluster step's while the cluster keeps its
+    workers: the first drain does not ask every worker again (that took the end of the cell that made the
+    cluster 20 - 35 ms). Workers that joined later are ``worker_joined`` events, with their environments
+    (a cluster whose workers joined after its client connected is described anew: ``test_deployment``)."""
+    watch = ClusterWatch(skip=[tmp_path], worker_environment=capture_environment)
+    watch.start()
+    try:
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+                Client(cluster) as client:
+            [adopted] = watch.clients.values()
+            client.sync(adopted.set_up)
+            items = watch.drain()
+            cluster.scale(2)
+            client.wait_for_workers(2)
+            watch.stop()
+            items += watch.drain(final=True)
+    finally:
+        watch.stop()
+    [item] = [i for i in items if i["kind"] == "cluster"]
+    assert item["spec"] is adopted.extra["spec"] and item["spec"]["n_workers"] == 1
+    [joined] = [i for i in items if i["kind"] == "worker_joined"]
+    assert joined["workers"] == 2 and joined["worker"] not in item["spec"]["workers"]
+    assert joined["environment"]["packages"]["distributed"] == distributed.__version__
