@@ -63,6 +63,7 @@ def main():
     from julius_magics import __file__ as code
     from julius_magics.recording.store import Store
 
+    files_notebook.compile_package()
     work = tempfile.mkdtemp(prefix="bench-phases-")
     home = os.environ["HOME"]
     try:
