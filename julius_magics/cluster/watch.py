@@ -102,7 +102,7 @@ class ClusterWatch:
 
     def _on_setup(self):
         """What is taken of a cluster at its adoption, in the client's loop (the notebook may close it
-        before any drain): its spec, and apart (they take longer), its workers' environments."""
+        before any drain): its spec (which the first drain waits for), then its workers' environments."""
         on_setup = {"spec": adopt.describe_cluster_async}
         if self.worker_environment is not None:
             on_setup["environments"] = self._take_environments
