@@ -6,7 +6,7 @@ writes by hard link) and :class:`ObjectFiles` (object stores and ``memory://``:
 a single put publishes a file whole; exclusive writes by a conditional put).
 Errors are Python's own: ``FileNotFoundError``, ``FileExistsError``.
 
-A local folder also takes content-addressed files in one pass (:meth:`LocalFiles.write_hashed`:
+A local folder also takes content-addressed files in one pass (:func:`write_hashed`:
 read, hash and write together), and hands the processes that read input files a
 :class:`BlobSink` to write them so themselves, where they can see the folder.
 """
@@ -20,10 +20,7 @@ import tempfile
 import threading
 import uuid
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
-
-__all__ = ["Files", "LocalFiles", "ObjectFiles", "BlobSink", "open_files", "TMP"]
+__all__ = ["Files", "LocalFiles", "ObjectFiles", "BlobSink", "open_files", "write_hashed", "TMP"]
 
 TMP = "_tmp"
 HASHED_CHUNK = 1 << 20   # bytes read, hashed and written at a time by write_hashed (8 MB cost 2-3x the CPU, at times)
@@ -34,6 +31,11 @@ _EXCLUSIVE_LOCK = threading.Lock()
 
 def open_files(url, **storage_options):
     """The :class:`Files` of an fsspec URL (a local folder gets :class:`LocalFiles`)."""
+    # fsspec imported here, not with the module: each worker of a recorded cluster unpickles a
+    # BlobSink, which writes with os alone (importing fsspec took a worker's adoption 8 - 20 ms)
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
     fs, root = fsspec.core.url_to_fs(url, **storage_options)
     return (LocalFiles if isinstance(fs, LocalFileSystem) else ObjectFiles)(fs, root)
 
@@ -150,47 +152,60 @@ class LocalFiles(Files):
 
 
     def write_hashed(self, folder, source, commit=None):
-        """Store the binary file ``source`` as ``folder/<its sha256>`` in one pass; return ``(sha256, size)``.
-
-        The bytes are read, hashed and written to a temporary file together; then the
-        file is fsynced, dropped from the page cache and renamed into place, unless
-        ``folder`` holds that name with that size already (the copy is dropped,
-        unsynced).  ``commit``, called before the rename, may raise to drop the copy (a
-        source that changed while read).
-        """
-        tmp_dir = self.path(TMP)
-        os.makedirs(tmp_dir, exist_ok=True)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=tmp_dir)
-        h, size = hashlib.sha256(), 0
-        buffer = bytearray(HASHED_CHUNK)
-        view = memoryview(buffer)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                while n := source.readinto(buffer):
-                    h.update(view[:n])
-                    f.write(view[:n])
-                    size += n
-                sha = h.hexdigest()
-                if commit is not None:
-                    commit()
-                target = os.path.join(folder, sha)
-                if self.size(target) == size:
-                    return sha, size
-                f.flush()
-                os.fsync(f.fileno())
-                if hasattr(os, "posix_fadvise"):   # read again at a replay, if ever: kept in memory, a
-                    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)   # recording's pages made later writes cost 2-3x
-            os.replace(tmp, target)
-            return sha, size
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        """Store the binary file ``source`` as ``folder/<its sha256>`` in one pass (:func:`write_hashed`)."""
+        return write_hashed(self.root, folder, source, commit)
 
     def blob_sink(self, folder):
         sink = BlobSink(self.root, folder)
         self.write(sink.probe, sink.token)
         return sink
+
+
+def write_hashed(root, folder, source, commit=None):
+    """Store the binary file ``source`` as ``folder/<its sha256>`` in one pass, in the local store at
+    ``root``; return ``(sha256, size)``.
+
+    The bytes are read, hashed and written to a temporary file together; then the
+    file is fsynced, dropped from the page cache and renamed into place, unless
+    ``folder`` holds that name with that size already (the copy is dropped,
+    unsynced).  ``commit``, called before the rename, may raise to drop the copy (a
+    source that changed while read).
+    """
+    tmp_dir = os.path.join(root, TMP)
+    os.makedirs(tmp_dir, exist_ok=True)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir)
+    h, size = hashlib.sha256(), 0
+    buffer = bytearray(HASHED_CHUNK)
+    view = memoryview(buffer)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            while n := source.readinto(buffer):
+                h.update(view[:n])
+                f.write(view[:n])
+                size += n
+            sha = h.hexdigest()
+            if commit is not None:
+                commit()
+            target = os.path.join(folder, sha)
+            if _size(target) == size:
+                return sha, size
+            f.flush()
+            os.fsync(f.fileno())
+            if hasattr(os, "posix_fadvise"):   # read again at a replay, if ever: kept in memory, a
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)   # recording's pages made later writes cost 2-3x
+        os.replace(tmp, target)
+        return sha, size
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _size(path):
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
 
 
 class BlobSink:
@@ -219,11 +234,11 @@ class BlobSink:
 
     def holds(self, sha256, size) -> bool:
         """Whether the store holds the blob ``sha256`` of ``size`` bytes already (an earlier recording's)."""
-        return LocalFiles(LocalFileSystem(), self.root).size(os.path.join(self.folder, sha256)) == size
+        return _size(os.path.join(self.folder, sha256)) == size
 
     def put(self, source, commit=None):
-        """Store the binary file ``source`` as a blob in one pass (:meth:`LocalFiles.write_hashed`)."""
-        return LocalFiles(LocalFileSystem(), self.root).write_hashed(self.folder, source, commit)
+        """Store the binary file ``source`` as a blob in one pass (:func:`write_hashed`)."""
+        return write_hashed(self.root, self.folder, source, commit)
 
     def close(self):
         """Take the probe away (after the last snapshot)."""

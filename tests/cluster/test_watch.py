@@ -11,6 +11,8 @@ from distributed import Client, LocalCluster
 from julius_magics.cluster.watch import ClusterWatch
 from julius_magics.fingerprint import fingerprint
 from julius_magics.recording.environment import capture_environment
+from julius_magics.recording.journal import BLOBS
+from julius_magics.recording.store import Store
 
 
 def test_two_clusters_in_turn_with_their_graphs_and_files(tmp_path, monkeypatch):
@@ -66,9 +68,12 @@ def test_a_cluster_closed_at_once_keeps_its_shape_and_environments_and_its_worke
     for them), so a notebook that closes its cluster before any drain must still leave them, through the close.
     The workers unpickle parts of the recording layer (the sink, the environment): importing it must not
     build the recording's validators there (jsonschema's import and the schemas took each worker 0.1 s).
-    Nor may capture import what the notebook's tasks do not: fsspec (its hook waits for fsspec's import:
-    20 ms of each worker's adoption) and traitlets (the server's config, 5 ms)."""
-    watch = ClusterWatch(skip=[tmp_path], worker_environment=capture_environment)
+    Nor may capture import what the notebook's tasks do not: fsspec (its hook waits for fsspec's import, and
+    the sink the workers store input files with writes without it: 8 - 20 ms of each worker's adoption) and
+    traitlets (the server's config, 5 ms)."""
+    store = Store(str(tmp_path / "store"))
+    watch = ClusterWatch(skip=[tmp_path], worker_environment=capture_environment,
+                         sink=store.files.blob_sink(store.files.path(BLOBS)))
     watch.start()
     try:
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
