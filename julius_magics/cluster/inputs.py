@@ -140,14 +140,14 @@ def _busy():
 
 
 def _note_open(args):
-    if _busy():
-        return
     path, mode, flags = args
     if path is None or isinstance(path, int):
         return
     try:
         text = os.fsdecode(path)
     except TypeError:
+        return
+    if text.endswith(CODE_SUFFIXES) or _busy():   # most opens are imports': no more work for them
         return
     if isinstance(mode, str):
         writing = any(c in mode for c in "wax+")
