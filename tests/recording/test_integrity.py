@@ -73,6 +73,24 @@ def test_a_sealed_document_is_its_canonical_json_and_its_digest_is_what_it_says(
                                                             digest)
 
 
+@pytest.mark.parametrize("collecting", [True, False])
+def test_sealing_leaves_the_garbage_collector_as_it_found_it(collecting):
+    """The seal pauses the cyclic collector while it encodes (a big step set off collections that walked every
+    object of the kernel), and leaves it on or off as it was, also when the data are refused."""
+    import gc
+
+    me = integrity.load_key()
+    (gc.enable if collecting else gc.disable)()
+    try:
+        integrity.seal({**BODY, "key_id": me.fingerprint}, me)
+        assert gc.isenabled() is collecting
+        with pytest.raises(ValueError):
+            integrity.seal({**BODY, "key_id": me.fingerprint, "data": {1: "one"}}, me)
+        assert gc.isenabled() is collecting
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize("bad", [{1: "one"}, {"a": [{"b": {2: 3}}]}, {"a": ({True: 1},)}, {"a": {None: 1}},
                                  {"a": float("nan")}, {"a": b"bytes"}, {"a": object()}])
 def test_only_plain_json_is_sealed(bad):
