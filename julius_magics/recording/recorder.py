@@ -118,9 +118,11 @@ class Recorder:
 
     # --- steps -------------------------------------------------------------------
     def _step(self, kind, data, parts=None):
-        try:   # most data are plain JSON as they come: encoded once (a round trip first took a drain of
-            self.steps = self.writer.add_step(kind, data, parts)   # 20k futures 0.1 s more)
-        except ValueError:   # not plain JSON (a NumPy number, a tuple key...): as JSON gives it back
+        # data are encoded once, as they come (a JSON round trip first took the drain of 20k futures
+        # 0.1 s more); those that are not plain JSON (a NumPy number, a tuple key) take that round trip
+        try:
+            self.steps = self.writer.add_step(kind, data, parts)
+        except ValueError:
             self.steps = self.writer.add_step(kind, _jsonable(data), parts)
         return self.steps
 
