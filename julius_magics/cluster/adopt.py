@@ -189,20 +189,19 @@ class Adopted:
     reason: str | None = None
     asynchronous: bool = False
     extra: dict = dataclasses.field(default_factory=dict)
-    pending: dict = dataclasses.field(default_factory=dict)   # name -> a future in the client's loop, done with it
-    task: object = None   # the task running on_setup (kept: the loop holds tasks weakly)
+    pending: dict = dataclasses.field(default_factory=dict)   # name -> the task running it, in the client's loop
 
     async def set_up(self, *names) -> dict:
         """Wait (in the client's loop) for the ``on_setup`` calls named (all by default), which run in
         the background from adoption on."""
-        waited = [done for name, done in self.pending.items() if not names or name in names]
+        waited = [task for name, task in self.pending.items() if not names or name in names]
         if waited:   # not gather: a wait cut short (a timeout) must not cancel them for the others
             await asyncio.wait(waited)
         return self.extra
 
     def setting_up(self, *names) -> bool:
         """Whether any of the ``on_setup`` calls named (all by default) is not done yet."""
-        return any(not done.done() for name, done in self.pending.items() if not names or name in names)
+        return any(not task.done() for name, task in self.pending.items() if not names or name in names)
 
 
 def adoption_enabled() -> bool:
@@ -310,27 +309,22 @@ async def dask_setup(client):
         adopted = Adopted(client, _address(client), True, None, bool(client._asynchronous))
         if adopted.asynchronous:
             _note(unreproducible_note("asynchronous client", client.id, ASYNCHRONOUS, adopted.address, client.id))
-        if _STATE["on_setup"]:   # not awaited: the notebook's Client() need not wait for it
-            adopted.pending = {name: asyncio.get_running_loop().create_future() for name in _STATE["on_setup"]}
-            adopted.task = asyncio.ensure_future(_set_up(adopted, _STATE["on_setup"]))
+        after = None
+        for name, function in (_STATE["on_setup"] or {}).items():   # not awaited: Client() need not wait
+            after = adopted.pending[name] = asyncio.ensure_future(_set_up(adopted, name, function, after))
     except Exception as error:
         adopted = _refused(client, error)
     client._julius_adopted = adopted.captured
     on_adopted(adopted)
 
 
-async def _set_up(adopted, on_setup):
+async def _set_up(adopted, name, function, after):
+    if after is not None:   # after the one before (done, failed or cancelled): they share the workers' time
+        await asyncio.wait([after])
     try:
-        for name, function in on_setup.items():
-            try:
-                adopted.extra[name] = await function(adopted.client)
-            except Exception:   # what it would have told is asked again later, of a live cluster
-                pass
-            adopted.pending[name].set_result(None)
-    finally:   # cancelled (its loop closes): none of the rest is waited for
-        for done in adopted.pending.values():
-            if not done.done():
-                done.set_result(None)
+        adopted.extra[name] = await function(adopted.client)
+    except Exception:   # what it would have told is asked again later, of a live cluster
+        pass
 
 
 async def dask_teardown(client):
