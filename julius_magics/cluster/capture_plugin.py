@@ -25,6 +25,7 @@ import time
 import cloudpickle
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
+from .. import collector
 from ..fingerprint import describe, error_fingerprint_and_describe, fingerprint
 
 __all__ = [
@@ -293,16 +294,17 @@ class CapturePlugin(SchedulerPlugin):
         """Pickle each drained graph event's specs (in a thread); the events that lost keys, with those keys."""
         started = time.perf_counter()
         salvaged = []
-        for job in jobs:
-            wanted, specs = _merged(job.graphs)
-            job.event["ntasks"] = len(specs)
-            try:
-                job.event["specs"] = cloudpickle.dumps({"keys": wanted, "specs": specs}, protocol=5)
-            except Exception as error:   # kept as a dropped graph: the recording says it is partial
-                lost = self._salvage(job, f"{type(error).__name__}: {error}")
-                if lost:
-                    salvaged.append((job.event, lost))
-                self.stats["dropped"] += 1
+        with collector.paused():   # a full collection in a kernel of 20k futures took 0.28 s of a 0.38 s drain
+            for job in jobs:
+                wanted, specs = _merged(job.graphs)
+                job.event["ntasks"] = len(specs)
+                try:
+                    job.event["specs"] = cloudpickle.dumps({"keys": wanted, "specs": specs}, protocol=5)
+                except Exception as error:   # kept as a dropped graph: the recording says it is partial
+                    lost = self._salvage(job, f"{type(error).__name__}: {error}")
+                    if lost:
+                        salvaged.append((job.event, lost))
+                    self.stats["dropped"] += 1
         self.stats["serialize_seconds_total"] += time.perf_counter() - started
         return salvaged
 

@@ -30,9 +30,10 @@ import warnings
 import cloudpickle
 import dask
 
+from .. import collector
 from ..errors import JuliusError, NoClusterError, NodeError, NotComputedError, RemoteError
 from ..rules.evaluate import compile_job
-from ..rules.graph import expand, paused_gc, plan_jobs
+from ..rules.graph import expand, plan_jobs
 from ..rules.node import REMOTE_NAMESPACE, NodeRef
 from ..rules.registry import RULES, top_level_names
 from ..fingerprint import fingerprint_and_describe
@@ -302,7 +303,7 @@ class Session:
         started = time.monotonic()
         # No garbage collection while the graph is built and sent: collections would scan its
         # millions of objects between every phase; afterwards they run while the workers compute.
-        with paused_gc():
+        with collector.paused():
             plan = self.jobdeps(refs, key_rules)
             submitted = self._submit(plan)
         self.last_plan = plan

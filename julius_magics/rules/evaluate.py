@@ -19,8 +19,9 @@ import traceback
 
 import cloudpickle
 
+from .. import collector
 from ..errors import NodeError
-from .graph import expand, paused_gc
+from .graph import expand
 from .atoms import ApplyFn, Atom
 from .node import NodeRef, bind_remote_globals
 from . import seeding
@@ -89,12 +90,12 @@ class CompiledJob:
         scheduler on its way to the worker.  Full collections are paused: (un)pickling
         100k small objects otherwise spends most of its time in the garbage collector.
         """
-        with paused_gc():
+        with collector.paused():
             return cloudpickle.dumps((self.ids, self.nknown, self.atoms, self.inputs, self.keys, self.labels))
 
     @classmethod
     def from_bytes(cls, data):
-        with paused_gc():
+        with collector.paused():
             return cls(*pickle.loads(data))
 
     def __len__(self):
@@ -110,7 +111,7 @@ def compile_job(nodes, order, known_ids=()):
     # equal atoms (same type, the very same params) and rule names become one object,
     # which pickles once: a rule makes a fresh ApplyFn(fn) for each of its nodes
     shared = {}
-    with paused_gc():
+    with collector.paused():
         for nid in order:
             node = nodes[nid]
             app = node.app
@@ -147,7 +148,7 @@ def run_job(job, known_values=(), seed=0, on_node=None):
     key = seeding.session_key(seed)
     seeding.install()
     calls = {}   # id(atom) -> what computes it, remote names resolved: once per job (atoms are shared)
-    with paused_gc(), seeding.nodes_running():
+    with collector.paused(), seeding.nodes_running():
         for i, (atom, spec) in enumerate(zip(job.atoms, job.inputs)):
             call = calls.get(id(atom))
             if call is None:

@@ -24,31 +24,14 @@ and memoised by node id.  Example, a three-node graph:
 
 from __future__ import annotations
 
-import contextlib
-import gc
 from collections import Counter, deque
 
+from .. import collector
 from ..errors import CycleError, RuleError, UnknownRuleError
 from .atoms import Application, Atom, _Identity
 from .node import NodeRef
 
-__all__ = ["Node", "expand", "paused_gc", "path_text", "plan_jobs", "JobPlan"]
-
-
-@contextlib.contextmanager
-def paused_gc():
-    """No full garbage collections while a big graph is built or evaluated.
-
-    Millions of long-lived objects make each full collection scan them all, which
-    turns a linear loop quadratic; callers collect the young generation themselves.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+__all__ = ["Node", "expand", "path_text", "plan_jobs", "JobPlan"]
 
 
 class Node:
@@ -111,7 +94,7 @@ def expand(targets, rule_of, stop=()):
     order : list of ids, dependencies first
     """
     nodes, order, on_path = {}, [], set()
-    with paused_gc():
+    with collector.paused():   # millions of long-lived nodes: each full collection would walk them all
         _expand(targets, rule_of, stop, nodes, order, on_path)
     return nodes, order
 
