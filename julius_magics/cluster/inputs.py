@@ -29,7 +29,10 @@ at the cluster's close.  Without a sink, a file is only hashed, and the bytes
 go to the store later, through Dask (:func:`read_file_chunk`).  Processes of one
 host that read the same version share one snapshot: a host-wide claim (a lock
 file under the temporary directory, per recording ``token``) lets one of them
-do it and the others take its result.  :func:`drain_reads` hands out the
+do it and the others take its result.  Each process of the recording holds that
+folder (a shared lock) until its last drain; the folder goes with the last one,
+and one that nobody holds (its recording's processes died) goes at the next
+recording's start.  :func:`drain_reads` hands out the
 snapshots done so far; a later call (or one with ``wait``) the rest.  A file of
 1 MB or more that this user's processes hashed before, unchanged since (its
 size, times, device and inode), is not read again: by its SHA-256 from
@@ -58,6 +61,7 @@ Kernel-facing API::
     client.register_plugin(InputsWorkerPlugin(recording=True, skip=[...], sink=sink, token=token))
     client.run(watch.in_a_thread, drain_reads)   # what each worker read, in a thread of it
     end_claims()                    # after the last drain, in every process
+    sweep_claims()                  # at a recording's start: the folders of dead recordings go
     read_file_chunk(abspath, offset, size, sha256)   # bytes, on the worker that read it
 """
 
@@ -89,7 +93,8 @@ from . import native
 
 __all__ = ["HOOK_ENV", "install_hooks", "database_path", "start_reads", "stop_reads", "drain_reads",
            "reading", "file_sha256",
-           "read_file_chunk", "read_remote", "output_content", "InputsWorkerPlugin", "is_remote", "claiming", "end_claims"]
+           "read_file_chunk", "read_remote", "output_content", "InputsWorkerPlugin", "is_remote", "claiming", "end_claims",
+           "sweep_claims"]
 
 HOOK_ENV = "JULIUS_OPEN_HOOK"
 CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".so", ".pyd", ".pth", ".dist-info")
@@ -97,6 +102,9 @@ SYSTEM_DIRS = ("/proc/", "/sys/", "/dev/", "/etc/", "/usr/", "/lib/", "/lib64/",
                "/var/lib/", "/var/cache/")
 REMOTE_PROTOCOLS_LOCAL = {"file", "local"}
 TEMP_PREFIX = "julius-"   # julius names its temporary files and folders so: never inputs
+CLAIMS_PREFIX = f"{TEMP_PREFIX}claims-"
+CLAIMS_USERS = "users"   # each process of a recording on the host holds a shared lock on it while it records
+UNHELD_CLAIMS_SECONDS = 3600   # a claims folder without CLAIMS_USERS this old is an older julius's, left behind
 
 
 class _State:
@@ -115,6 +123,7 @@ class _State:
     sink = None             # where snapshots store the bytes (recording.files.BlobSink), or None
     visible = None          # whether this process sees the sink (probed once)
     claims = None           # this host's claims folder of the recording, or None
+    claims_held = None      # the descriptor by which this process holds it (a shared lock)
     generation = 0          # of start_reads: a snapshot of an earlier recording is dropped
     stats: dict = {"passes": 0, "bytes": 0, "seconds": 0.0, "cpu": 0.0, "shared": 0, "known": 0}
     queue = collections.deque()
@@ -493,14 +502,66 @@ def _snapshots():
 
 
 def _claims_folder(token):
-    """This host's claims folder of recording ``token`` (private to this user), or None."""
-    folder = os.path.join(tempfile.gettempdir(), f"{TEMP_PREFIX}claims-{token}")
+    """This host's claims folder of recording ``token`` (private to this user), held by this process
+    (:data:`CLAIMS_USERS`), or None."""
+    folder = os.path.join(tempfile.gettempdir(), f"{CLAIMS_PREFIX}{token}")
+    users = os.path.join(folder, CLAIMS_USERS)
+    for _ in range(3):   # a sweep may remove the folder between its making and our hold: make it again
+        try:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            st = os.lstat(folder)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+                return None
+            fd = os.open(users, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            continue
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(fd), os.stat(users)):
+                _S.claims_held = fd
+                return folder
+        os.close(fd)
+    return None
+
+
+def _let_go_of_claims():
+    """Stop holding the claims folder; remove it if no other process holds it."""
+    folder, _S.claims = _S.claims, None
+    if _S.claims_held is not None:
+        os.close(_S.claims_held)
+        _S.claims_held = None
+    if folder is not None:
+        _remove_unless_held(folder)
+
+
+def _remove_unless_held(folder):
     try:
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        st = os.lstat(folder)
+        fd = os.open(os.path.join(folder, CLAIMS_USERS), os.O_RDONLY)
+    except OSError:   # never held: an older julius's, or one a process is making now (empty, and new)
+        with contextlib.suppress(OSError):
+            if time.time() - os.stat(folder).st_mtime > UNHELD_CLAIMS_SECONDS:
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                os.rmdir(folder)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # OSError while held: its recording goes on
+        shutil.rmtree(folder, ignore_errors=True)
     except OSError:
-        return None
-    return folder if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() else None
+        pass
+    finally:
+        os.close(fd)
+
+
+def sweep_claims() -> None:
+    """Remove this user's claims folders that no process holds any more: those of recordings whose
+    processes died (a killed kernel, a worker gone with its host's last holder) before their last drain."""
+    with contextlib.suppress(OSError), os.scandir(tempfile.gettempdir()) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if (entry.name.startswith(CLAIMS_PREFIX) and entry.is_dir(follow_symlinks=False)
+                        and entry.stat(follow_symlinks=False).st_uid == os.getuid()):
+                    _remove_unless_held(entry.path)
 
 
 def file_sha256(path, st=None) -> str:
@@ -700,6 +761,7 @@ def start_reads(skip=(), sink=None, token=None) -> bool:
     _S.reads, _S.writes, _S.new_writes, _S.remote, _S.versions, _S.earlier = {}, {}, {}, {}, {}, []
     _S.writers, _S.output_hashes = {}, {}
     _S.sink, _S.visible = sink, None
+    _let_go_of_claims()   # an earlier recording's, in a process it did not reach the end of
     _S.claims = _claims_folder(token) if token else None
     _S.stats = {"passes": 0, "bytes": 0, "seconds": 0.0, "cpu": 0.0, "shared": 0, "known": 0}
     with _S.wake:
@@ -806,10 +868,10 @@ def _drain_reads(hash_remote, wait) -> dict:
 
 
 def end_claims() -> None:
-    """After the recording's last drain (in every process): its claims folder on this host goes."""
-    if not _S.on and _S.claims is not None:
-        shutil.rmtree(_S.claims, ignore_errors=True)
-        _S.claims = None
+    """After the recording's last drain (in every process): its claims folder on this host goes with
+    the last process that held it."""
+    if not _S.on:
+        _let_go_of_claims()
 
 
 def read_file_chunk(abspath, offset=0, size=None, sha256=None) -> bytes:

@@ -163,6 +163,7 @@ class ClusterWatch:
     def start(self, session_client=None):
         """Adopt the session's client and every running client, note reads, adopt new clients."""
         sink = self.sink if self.embed else None
+        inputs.sweep_claims()
         inputs.start_reads(skip=self.skip, sink=sink, token=self.token)
         plugin = inputs.InputsWorkerPlugin(recording=True, skip=self.skip, sink=sink, token=self.token)
         adopt.enable_adoption(self._on_adopted, [plugin], on_setup=self._on_setup(), on_teardown=self._on_teardown)

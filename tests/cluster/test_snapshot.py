@@ -255,3 +255,57 @@ def test_an_output_is_hashed_once_its_task_ends_and_the_drain_reports_the_versio
     rec = store.open("outputs")
     [entry] = [f for s in rec.steps if s.kind == "outputs" for f in s.data["files"]]
     assert (entry["path"], entry["size"], entry["sha256"]) == ("out.bin", SIZE, hashlib.sha256(second).hexdigest())
+
+
+HOLDER = """
+import sys
+from julius_magics.cluster import inputs
+inputs.start_reads(token=sys.argv[1])
+print("holding", flush=True)
+sys.stdin.readline()   # "stop": the recording's last drain
+inputs.stop_reads()
+inputs.end_claims()
+print("let go", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_the_claims_folders_of_dead_recordings_go_at_the_next_start_and_a_live_one_stays(tmp_path):
+    """A killed kernel never reaches its last drain, so its claims folder stayed in the temporary folder
+    (each process of a recording now holds its host's folder; a folder nobody holds is removed)."""
+    import subprocess
+    import sys
+    import uuid
+
+    def folder(token):
+        return os.path.join(tempfile.gettempdir(), f"julius-claims-{token}")
+
+    def holder(token):
+        process = subprocess.Popen([sys.executable, "-c", HOLDER, token], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline() == "holding\n"
+        return process
+
+    live, killed, empty, stale = (uuid.uuid4().hex for _ in range(4))
+    live_one, killed_one = holder(live), holder(killed)
+    try:
+        killed_one.kill()
+        killed_one.wait(10)
+        os.makedirs(folder(empty))   # left by a julius that held no folder, or being made now
+        os.makedirs(folder(stale))   # left by such a julius, with its claims, an hour ago
+        open(os.path.join(folder(stale), "0" * 40 + ".lock"), "w").close()
+        os.utime(folder(stale), (time.time() - 7200, time.time() - 7200))
+        assert all(os.path.isdir(folder(t)) for t in (live, killed, empty, stale))
+        recording.start(Session(), "sweeping", store=Store(tmp_path / "store"))
+        try:
+            assert not any(os.path.exists(folder(t)) for t in (killed, empty, stale))
+            assert os.path.isdir(folder(live))
+        finally:
+            recording.stop()
+        live_one.stdin.write("stop\n")
+        live_one.stdin.flush()
+        assert live_one.stdout.readline() == "let go\n"
+        assert not os.path.exists(folder(live))   # its last holder let go of it
+    finally:
+        live_one.kill()
+        live_one.wait(10)
