@@ -274,14 +274,14 @@ class CapturePlugin(SchedulerPlugin):
         if last is None or last.event is not self.events[-1] or last.event["client"] != client:
             event = self._new_event("graph", client=client, keys=[], ntasks=len(specs), graphs=0, specs=None,
                                     fingerprints={}, descriptions={}, scattered=[], reuses=[], after=[])
-            last = _Unpickled(event, set(), [])
+            last = _Unpickled(event)
             self.unserialized.append(last)
         event = last.event
         wanted = [k for k in wanted if key_text(k) not in last.known]
         if after and wanted:
             event["after"].append([key_text(wanted[0]), sorted(after), time.time()])
         last.known.update(key_text(k) for k in wanted)
-        last.graphs.append((wanted, specs))
+        last.add(wanted, specs)
         event["keys"].extend(key_text(k) for k in wanted)
         event["graphs"] += 1
         if scattered:
@@ -296,7 +296,7 @@ class CapturePlugin(SchedulerPlugin):
         salvaged = []
         with collector.paused():   # a full collection in a kernel of 20k futures took 0.28 s of a 0.38 s drain
             for job in jobs:
-                wanted, specs = _merged(job.graphs)
+                wanted, specs = job.wanted, job.specs
                 job.event["ntasks"] = len(specs)
                 try:
                     job.event["specs"] = cloudpickle.dumps({"keys": wanted, "specs": specs}, protocol=5)
@@ -317,7 +317,8 @@ class CapturePlugin(SchedulerPlugin):
         event = job.event
         event["dropped"] = f"its run specs could not be pickled: {error}"
         kept, lost = [], []
-        for wanted, specs in job.graphs:
+        for wanted, spec_keys in job.graphs:
+            specs = {k: job.specs[k] for k in spec_keys}
             try:
                 cloudpickle.dumps(specs, protocol=5)
             except Exception:
@@ -542,17 +543,26 @@ class _Unpickled:
     """A graph event not drained yet, with what its specs are pickled from at the drain, in a thread.
 
     Not while the graph runs: the GIL that pickling takes is the scheduler's (it cost ~10 % of a
-    20k-task graph's time).  Each graph the event holds keeps its own ``(wanted, specs)``, so that
-    those that pickle are kept when the merged specs do not.
+    20k-task graph's time).  The event's graphs are merged as they come; each keeps the keys of
+    its own, so that those that pickle are kept when the merged specs do not.  Tuples of keys, not
+    a list and a dict per graph: the garbage collector stops walking them (a loop of 10k
+    ``submit`` calls kept 30k containers that each full collection of the kernel walked).
     """
 
     event: dict
-    known: set[str]                  # the event's keys, as text
-    graphs: list[tuple[list, dict]]  # (wanted keys not in an earlier graph, run specs) of each graph
+    known: set[str] = dataclasses.field(default_factory=set)   # the event's keys, as text
+    wanted: list = dataclasses.field(default_factory=list)     # its graphs' wanted keys, in order
+    specs: dict = dataclasses.field(default_factory=dict)      # its graphs' run specs, merged
+    graphs: list = dataclasses.field(default_factory=list)     # (wanted keys, run specs' keys) of each graph
+
+    def add(self, wanted, specs):
+        self.wanted.extend(wanted)
+        self.specs.update(specs)
+        self.graphs.append((tuple(wanted), tuple(specs)))
 
 
 def _merged(graphs) -> tuple[list, dict]:
-    """The wanted keys and the run specs of graphs sent in a row, as one graph."""
+    """The wanted keys and the run specs of graphs (``(wanted, specs)`` each), as one graph."""
     wanted, specs = [], {}
     for keys, graph in graphs:
         wanted.extend(keys)
