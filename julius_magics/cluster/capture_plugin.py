@@ -556,8 +556,12 @@ class _Unpickled:
     graphs: list = dataclasses.field(default_factory=list)     # (wanted keys, run specs' keys) of each graph
 
     def add(self, wanted, specs):
+        """One more graph (on the scheduler's event loop: the first graph's specs are kept, not copied)."""
         self.wanted.extend(wanted)
-        self.specs.update(specs)
+        if self.specs:
+            self.specs.update(specs)
+        else:
+            self.specs = specs
         self.graphs.append((tuple(wanted), tuple(specs)))
 
 

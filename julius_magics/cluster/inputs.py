@@ -501,9 +501,9 @@ def _snapshots():
                 _S.queue.append(snapshot)
 
 
-def _claims_folder(token):
-    """This host's claims folder of recording ``token`` (private to this user), held by this process
-    (:data:`CLAIMS_USERS`), or None."""
+def _hold_claims(token):
+    """Hold this host's claims folder of recording ``token`` (private to this user) as ``_S.claims``,
+    by a shared lock on its :data:`CLAIMS_USERS` (or hold none)."""
     folder = os.path.join(tempfile.gettempdir(), f"{CLAIMS_PREFIX}{token}")
     users = os.path.join(folder, CLAIMS_USERS)
     for _ in range(3):   # a sweep may remove the folder between its making and our hold: make it again
@@ -511,17 +511,16 @@ def _claims_folder(token):
             os.makedirs(folder, mode=0o700, exist_ok=True)
             st = os.lstat(folder)
             if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-                return None
+                return
             fd = os.open(users, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError:
             continue
         fcntl.flock(fd, fcntl.LOCK_SH)
         with contextlib.suppress(OSError):
             if os.path.samestat(os.fstat(fd), os.stat(users)):
-                _S.claims_held = fd
-                return folder
+                _S.claims, _S.claims_held = folder, fd
+                return
         os.close(fd)
-    return None
 
 
 def _let_go_of_claims():
@@ -762,7 +761,8 @@ def start_reads(skip=(), sink=None, token=None) -> bool:
     _S.writers, _S.output_hashes = {}, {}
     _S.sink, _S.visible = sink, None
     _let_go_of_claims()   # an earlier recording's, in a process it did not reach the end of
-    _S.claims = _claims_folder(token) if token else None
+    if token:
+        _hold_claims(token)
     _S.stats = {"passes": 0, "bytes": 0, "seconds": 0.0, "cpu": 0.0, "shared": 0, "known": 0}
     with _S.wake:
         _S.generation += 1
