@@ -8,7 +8,8 @@ is missing or changed there is served from the recording: the kernel copies
 the blob (verified, streamed) into ``~/.julius/cache`` of its host, named by
 its SHA-256, and pushes it through Dask to one worker per host whose workers do
 not see that copy (another host); an opener patched into every process
-(``open``, ``io.open``, ``os.open``, fsspec's local files) then reads the copy
+(``open``, ``io.open``, ``os.open``, fsspec's local files, and the ``open`` that
+NumPy's text readers and ``bz2`` took at their import: :data:`HELD_OPENS`) then reads the copy
 instead, ``sqlite3.connect`` opens a private copy of a recorded database, with its
 recorded write-ahead log (SQLite writes its journal even to read), and the libraries that open files in C (pyarrow, HDF5, netCDF4)
 are steered alike (:mod:`.native`; a folder pyarrow reads becomes a folder of links to the recorded
@@ -310,6 +311,19 @@ def _readable(entry):
         if st.st_size == entry["size"] and file_sha256(candidate, st) == entry["sha256"]:
             return candidate
     return _cached_copy(entry["sha256"])
+
+
+# modules that keep an ``open`` of their own, taken when they were imported: where they hold it
+HELD_OPENS = {"numpy.lib._datasource": (lambda module: module._file_openers._file_openers, None),   # np.loadtxt,
+              "bz2": (vars, "_builtin_open")}                                  # genfromtxt, savetxt; bz2.open
+
+
+def _steer_held_open(module):
+    """Make ``module``'s own ``open`` the patched one, if it took Python's (imported before the patch)."""
+    holder, key = HELD_OPENS[module.__name__]
+    held = holder(module)
+    if held.get(key) is _raw_open:
+        held[key] = _open
 
 
 def _open(file, *args, **kwargs):
@@ -639,6 +653,8 @@ def install_redirect(files, worker=False) -> None:
         if not _REDIRECT["installed"]:
             _open.__doc__ = _raw_open.__doc__
             builtins.open = io.open = _open
+            for name in HELD_OPENS:
+                native.after_import(name, _steer_held_open)
             os.open = _os_open
             sqlite3.connect = sqlite3.dbapi2.connect = _sqlite_connect
             _patch_fsspec()

@@ -1,5 +1,6 @@
 """Recorded inputs served on replay where the workers read them, from any folder."""
 
+import bz2
 import hashlib
 import os
 
@@ -26,6 +27,9 @@ def _record(folder):
     for i in range(3):
         pd.DataFrame({"g": list("abc") * 5, "x": np.arange(15.0) + i}).to_csv(f"raw/part{i}.csv", index=False)
     np.save("raw/w.npy", np.linspace(0, 1, 7))
+    np.savetxt("raw/m.txt", np.eye(3))   # NumPy's text readers and bz2 open through an ``open`` of their own
+    with bz2.open("raw/notes.bz2", "wt") as f:
+        f.write("recorded")
     inputs.start_reads()
     with _cluster() as cluster, Client(cluster) as client:
         client.register_plugin(inputs.InputsWorkerPlugin(recording=True))
@@ -33,6 +37,8 @@ def _record(folder):
         frame = dd.read_csv("raw/*.csv", blocksize=200)
         sums = frame.groupby("g").x.sum().compute()
         weighted = dask.delayed(lambda p: float(np.load(p).sum()))("raw/w.npy").compute()
+        weighted += dask.delayed(lambda p: float(np.loadtxt(p).sum()))("raw/m.txt").compute()
+        weighted += dask.delayed(lambda p: len(bz2.open(p, "rt").read()))("raw/notes.bz2").compute()
         events = capture.drain_capture(client, final=True)
         reports = [inputs.drain_reads(), *client.run(inputs.drain_reads).values()]
     inputs.stop_reads()
@@ -54,7 +60,7 @@ def test_replay_from_another_folder_with_the_files_gone(tmp_path):
         recorded.mkdir()
         events, files, blobs, sums, weighted = _record(recorded)
         assert sorted(os.path.relpath(f["abspath"], recorded) for f in files) == [
-            "raw/part0.csv", "raw/part1.csv", "raw/part2.csv", "raw/w.npy"]
+            "raw/m.txt", "raw/notes.bz2", "raw/part0.csv", "raw/part1.csv", "raw/part2.csv", "raw/w.npy"]
         assert {f["path"] for f in files} >= {"raw/w.npy"}   # the relative path, as the task wrote it
         for name in os.listdir(recorded / "raw"):
             os.unlink(recorded / "raw" / name)
@@ -94,6 +100,7 @@ def test_outputs_go_to_the_sandbox_and_are_compared(tmp_path):
         frame = dd.from_pandas(pd.DataFrame({"x": range(20)}), npartitions=2)
         frame.to_csv("out/part-*.csv", index=False)
         dask.delayed(lambda: open("note.txt", "w").write("done"))().compute()
+        dask.delayed(lambda: np.savetxt("table.txt", np.eye(2)))().compute()   # NumPy's own ``open``
 
     here = os.getcwd()
     project = tmp_path / "project"
@@ -102,8 +109,8 @@ def test_outputs_go_to_the_sandbox_and_are_compared(tmp_path):
     try:
         graphs, outputs = capture_outputs(write, kernel_too=True)
         assert sorted(o["path"] for o in outputs) == sorted([str(project / "out" / "part-0.csv"),
-                                                             str(project / "out" / "part-1.csv"), "note.txt"])
-        before = {p: (project / p).read_bytes() for p in ("out/part-0.csv", "out/part-1.csv", "note.txt")}
+                                                             str(project / "out" / "part-1.csv"), "note.txt", "table.txt"])
+        before = {p: (project / p).read_bytes() for p in ("out/part-0.csv", "out/part-1.csv", "note.txt", "table.txt")}
         for p in before:
             (project / p).write_text("the user's own edit")
         sandbox = tmp_path / "sandbox"
