@@ -314,8 +314,10 @@ def _readable(entry):
 
 
 # modules that keep an ``open`` of their own, taken when they were imported: where they hold it
-HELD_OPENS = {"numpy.lib._datasource": (lambda module: module._file_openers._file_openers, None),   # np.loadtxt,
-              "bz2": (vars, "_builtin_open")}                                  # genfromtxt, savetxt; bz2.open
+HELD_OPENS = {
+    "numpy.lib._datasource": (lambda module: module._file_openers._file_openers, None),   # loadtxt, genfromtxt, savetxt
+    "bz2": (vars, "_builtin_open"),                                                     # bz2.open
+}
 
 
 def _steer_held_open(module):
