@@ -9,6 +9,7 @@ import os
 import sys
 
 from .errors import JuliusError
+from .terminal import one_line
 
 __all__ = ["main", "EXIT_VERIFIED", "EXIT_NOT_VERIFIED", "EXIT_ERROR", "EXIT_INCOMPLETE", "EXIT_REFUSED"]
 
@@ -30,6 +31,7 @@ def cmd_list(args):
         print(json.dumps([info.as_dict() for info in store.list(legacy_hmac=args.legacy_hmac)]))
         return 0
     table = recordings_table(store, legacy_hmac=args.legacy_hmac)   # bad ones: a warning each
+    table["note"] = table["note"].map(one_line, na_action="ignore")   # a row a recording, whatever its note holds
     print(table.to_string(index=False) if len(table) else f"no recordings in {store.url}")
     return 0
 
@@ -309,7 +311,7 @@ def one_line_warnings(prefix):
 
         def show(message, category, filename, *rest, **kwargs):
             if os.path.abspath(filename).startswith(package):
-                print(f"{prefix}: {message}", file=sys.stderr)
+                print(f"{prefix}: {one_line(message)}", file=sys.stderr)
             else:
                 others(message, category, filename, *rest, **kwargs)
 
@@ -326,7 +328,7 @@ def main(argv=None):
         except (JuliusError, FileNotFoundError, ValueError) as e:   # the message is the whole story
             from .recording.verdict import error_status
 
-            print(f"julius {args.command}: {e}", file=sys.stderr)
+            print(f"julius {args.command}: {one_line(e)}", file=sys.stderr)
             return error_status(e)
         except KeyboardInterrupt:
             return 130

@@ -24,14 +24,13 @@ import cloudpickle
 from ..cluster import resubmit, serve
 from ..cluster.adopt import SHAPE, start_like
 from ..cluster.session import Session
-from ..errors import DataChangedError, EnvironmentMismatchError
+from ..errors import DataChangedError, EnvironmentMismatchError, JuliusError
 from ..rules.registry import RuleBook
 from . import steps as step_kinds
 from .environment import capture_environment, env_diff, environment_cause, format_env_diff
 from .journal import file_digest
 from .report import Progress, ProgressBar, ReplayReport
 from .steps import recorded_environment
-from .schema import check_step
 from .store import Store
 
 __all__ = ["replay", "ReplayReport", "Progress", "ProgressBar", "prepare_inputs"]
@@ -219,7 +218,8 @@ def replay(name, store=None, n_workers=None, address=None, strict_env=False, tru
     say(Progress(0, len(steps), "checking data and environment"))
     for step in steps:
         step_kinds.kind_of(step, f"recording {name!r}")   # refuse unknown kinds before a cluster starts
-        check_step(step, f"Recording '{name}'")            # and data of the wrong shape
+    if not (n_workers or address):
+        _check_local_workers(name, steps)
 
     mapping = prepare_inputs(recording, report)
     recorded_kernel, recorded_workers = recorded_environment(recording)
@@ -325,6 +325,23 @@ def _note_shape(report, differences):
 _BATCHED = {"graph", "scatter", "fingerprints", "cell", "inputs", "remote_inputs", "dropped", "worker_joined",
             "worker_left", "environment", "adopted_cluster", "data", "cluster"}
 _RESIZES = {"worker_joined", "worker_left"}
+
+
+def local_worker_limit() -> int:
+    """The most workers a replay starts on this machine from a recording's count (more: -n or --address)."""
+    return max(64, 8 * (os.cpu_count() or 1))
+
+
+def _check_local_workers(name, steps):
+    """Refuse a recorded worker count this machine cannot start (a forged one: 100000), naming its step."""
+    limit = local_worker_limit()
+    for step in steps:
+        d = step.data
+        count = {"cluster": d.get("n_workers"), "worker_joined": d.get("workers"),
+                 "adopted_cluster": (d.get("spec") or {}).get("n_workers")}.get(step.kind)
+        if count is not None and count > limit:
+            raise JuliusError(f"Recording '{name}': journal entry {step.seq} ({step.kind}) asks for {count} workers, "
+                              f"more than this machine starts ({limit}): give -n N or --address.")
 
 
 def _start_first_cluster(session, steps, spec, n_workers, address):

@@ -12,6 +12,7 @@ import contextlib
 from dataclasses import asdict, dataclass
 
 from ..progress import progress_bar
+from ..terminal import one_line
 from .environment import format_env_diff
 
 __all__ = ["Progress", "ProgressBar", "ReplayReport"]
@@ -139,28 +140,25 @@ class ReplayReport:
         lines.extend(_capture_lines(self))
         for m in self.mismatches:
             lines.append(f"  differs: {m['label'] or m['node']} ({m['node']}): recorded {m['recorded_value']} "
-                         f"[{m['recorded'][:12]}], replayed {m['replayed_value']} [{(m['replayed'] or '-')[:12]}]"
-                         f"\n    likely cause: {m['cause']}")
+                         f"[{m['recorded'][:12]}], replayed {m['replayed_value']} [{(m['replayed'] or '-')[:12]}]")
+            lines.append(f"    likely cause: {m['cause']}")
         served = [d["path"] for d in self.data if d["status"] != "unchanged"]
         if served:
             lines.append(f"  {len(served)} input file(s) missing or changed here, served from the recording: "
                          + ", ".join(served))
         if not self.env_diff.get("same", True):
-            lines.append("  environment differs:\n" + _indent(format_env_diff(self.env_diff)))
+            lines.append("  environment differs:")
+            lines += [f"    {line}" for line in format_env_diff(self.env_diff).splitlines()]
         t = self.timings
         recorded = "" if t["recorded_compute"] is None else f"; recorded {t['recorded_compute']:.1f}s"
         lines.append(f"  time: cluster {t['cluster']:.1f}s, replay {t['replay']:.1f}s "
                      f"(compute {t['compute']:.1f}s{recorded})")
-        return "\n".join(lines)
+        return "\n".join(one_line(line) for line in lines)   # each a line, whatever a recorded string holds
 
     __str__ = summary
 
     def __repr__(self):
         return self.summary()
-
-
-def _indent(text, prefix="    "):
-    return "\n".join(prefix + line for line in text.splitlines())
 
 
 def _capture_lines(report):

@@ -7,20 +7,24 @@ raises one line naming the file and the field::
 
     Recording 'x': manifest.json is malformed: at created: None is not of type 'string'.
 
-The schemas follow ``docs/format.md``; ``meta`` and a step's ``data`` are free
-JSON objects except the few ``meta`` fields the readers show.
+The schemas follow ``docs/format.md``: a step's ``data`` is checked against its
+kind's schema (:data:`STEP_SCHEMAS`, as the recording is opened) and an
+environment blob against :data:`ENVIRONMENT_SCHEMA` (as it is read), as far as
+the readers use them; any other field, and ``meta`` but the few fields the readers
+show, is free JSON.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import re
 import sys
 
 from ..errors import IntegrityError, RecordingError
 from .integrity import FORMAT, FORMATS, LEGACY_FORMAT
 
-__all__ = ["check", "check_format", "SCHEMAS", "STEP_SCHEMAS"]
+__all__ = ["check", "check_format", "check_step", "environment", "SCHEMAS", "STEP_SCHEMAS", "ENVIRONMENT_SCHEMA"]
 
 #: Optional format checkers jsonschema imports when they are installed, which take seconds to
 #: import (rfc3987_syntax builds a grammar: 2.5 s here; isoduration loads arrow). julius's schemas
@@ -131,40 +135,101 @@ def _object(required=(), **properties):
 
 _STR, _INT, _NULL_STR, _NULL_INT = ({"type": "string"}, {"type": "integer"}, {"type": ["string", "null"]},
                                    {"type": ["integer", "null"]})
-_STRINGS = {"type": "array", "items": _STR}
-# The data of the step kinds the recorder writes, as far as readers (summary, diff, replay) use it;
-# any other field, and any other kind, is free JSON.
+_BOOL, _NULL_BOOL, _NUMBER, _NULL_SIZE = ({"type": "boolean"}, {"type": ["boolean", "null"]}, {"type": "number"},
+                                         {"type": ["integer", "null"], "minimum": 0})
+_STRINGS, _NULL_STRINGS = {"type": "array", "items": _STR}, {"type": ["array", "null"], "items": _STR}
+_TEXTS = {"type": "object", "additionalProperties": _STR}   # {key: text}
+_BLOBS = {"type": "object", "additionalProperties": _SHA}   # {name: blob SHA-256}
+# a scheduler event (graph, run, scatter, ...): the fields every such step has
+_EVENT = {"seq": _NULL_INT, "time": {"type": ["number", "null"]}, "client": _NULL_STR, "address": _NULL_STR}
+_THREADPOOLS = _object(blas=_NULL_INT, openmp=_NULL_INT)
+_CLUSTER_SPEC = _object(
+    ["workers"], address=_NULL_STR, cluster=_NULL_STR, n_workers=_WORKERS, threads_per_worker=_NULL_INT,
+    memory_limit={"type": ["integer", "string", "null"]}, processes=_NULL_BOOL, nanny=_NULL_BOOL,
+    workers={"type": "object", "additionalProperties": _object(
+        nthreads=_NULL_INT, memory_limit={"type": ["integer", "string", "null"]}, host=_NULL_STR, pid=_NULL_INT,
+        cwd=_NULL_STR, threadpools=_THREADPOOLS)},
+    kernel=_object(host=_NULL_STR, pid=_NULL_INT, cwd=_NULL_STR, threadpools=_THREADPOOLS))
+_RECORDED_FILE = dict(path=_STR, abspath=_STR, cwd=_NULL_STR, size=_NULL_SIZE, mtime_ns=_NULL_INT,
+                      sha256={"anyOf": [_SHA, {"type": "null"}]}, reader=_NULL_STR, host=_NULL_STR)
+# The data of the step kinds julius writes, as far as readers (summary, diff, replay) use it; any
+# other field is free JSON. Every kind of ``steps.KINDS`` has one (tests/recording/test_step_schemas.py).
 STEP_SCHEMAS = {
-    "cluster": _object(n_workers=_NULL_INT, threads_per_worker=_NULL_INT, seed=_NULL_INT, mode=_NULL_STR),
+    "cluster": _object(n_workers=_WORKERS, threads_per_worker=_NULL_INT, seed=_NULL_INT, mode=_NULL_STR,
+                       address=_NULL_STR, memory_limit={"type": ["integer", "string", "null"]}),
     "environment": _object(["kernel", "workers"], kernel=_SHA,
                            workers={"type": "object", "additionalProperties": _SHA},
                            wheels={"type": "object", "additionalProperties": _object(["filename", "sha256"],
                                                                                      filename=_STR, sha256=_SHA)}),
-    "remote_eval": _object(["source"], source=_STR, push={"type": ["array", "null"], "items": _STR},
-                           failed={"type": "boolean"}),
+    "remote_eval": _object(["source"], source=_STR, push=_NULL_STRINGS, failed=_BOOL),
     "cell": _object(["source"], source=_STR),
-    "rules": _object(["ns", "source", "rules"], ns=_STR, source=_STR, rules=_STRINGS, failed={"type": "boolean"}),
+    "rules": _object(["ns", "source", "rules"], ns=_STR, source=_STR, rules=_STRINGS, failed=_BOOL),
     "dispatch": _object(
         ["targets", "key_rules", "results", "nodes", "jobs"],
         targets={"type": "array", "items": _object(["id", "key"], id=_STR, key=_STR, label=_NULL_STR)},
-        results={"type": "object", "additionalProperties": _object(["fp"], fp=_STR, label=_NULL_STR)},
-        nodes=_INT, jobs=_INT, seconds={"type": "number"}),
-    "graph": _object(["fingerprints"], fingerprints={"type": "object", "additionalProperties": _STR},
-                     descriptions={"type": "object"}, keys={"type": "array"}, ntasks=_NULL_INT),
-    "worker_plugin": _object(["name"], name=_STR),
+        results={"type": "object", "additionalProperties": _object(["fp"], fp=_STR, label=_NULL_STR,
+                                                                   describe=_NULL_STR)},
+        nodes=_INT, jobs=_INT, seconds=_NUMBER, seed=_NULL_INT),
+    "graph": _object(
+        ["fingerprints"], **_EVENT, fingerprints=_TEXTS, descriptions=_TEXTS, keys=_STRINGS, ntasks=_NULL_INT,
+        graphs={"type": "integer", "minimum": 1}, pending=_STRINGS, scattered=_STRINGS, reuses=_STRINGS,
+        after={"type": "array", "items": {"type": "array", "prefixItems": [_STR, _STRINGS, _NUMBER],
+                                          "minItems": 2, "maxItems": 3}},
+        dropped=_NULL_STR),
+    "run": _object(**_EVENT, name=_NULL_STR, workers=_NULL_STRINGS, nanny=_BOOL, wait=_BOOL),
+    "worker_plugin": _object(["name"], **_EVENT, name=_STR, nanny=_BOOL),
+    "adopted_cluster": _object(["address"], client=_NULL_STR, address=_STR, captured=_BOOL, reason=_NULL_STR,
+                               owned=_NULL_BOOL, spec={"anyOf": [_CLUSTER_SPEC, {"type": "null"}]}),
+    "scatter": _object(["keys"], **_EVENT, keys=_STRINGS, values=_BLOBS, dropped=_NULL_STR,
+                       nbytes={"type": ["object", "null"], "additionalProperties": _INT}),
+    "fingerprints": _object(["fingerprints"], **_EVENT, graph=_NULL_INT, fingerprints=_TEXTS, descriptions=_TEXTS),
+    "dropped": _object(**_EVENT, what=_NULL_STR, keys=_NULL_STRINGS, reason=_NULL_STR, files=_NULL_STRINGS),
+    "unreproducible": _object(**_EVENT, what=_NULL_STR, name=_NULL_STR, op=_NULL_STR, count=_NULL_INT,
+                              reason=_NULL_STR),
     # a replay scales its cluster to ``workers``
-    "worker_joined": _object(workers=_WORKERS),
-    "worker_left": _object(workers=_WORKERS),
+    "worker_joined": _object(**_EVENT, worker=_NULL_STR, workers=_WORKERS,
+                             environment={"anyOf": [_SHA, {"type": "null"}]}),
+    "worker_left": _object(**_EVENT, worker=_NULL_STR, workers=_WORKERS),
     "inputs": _object(["files"], files={"type": "array", "items": _object(
-        ["path", "abspath", "size", "sha256"], path=_STR, abspath=_STR, cwd=_NULL_STR, size=_SIZE, sha256=_SHA,
-        mtime_ns=_NULL_INT, reader=_NULL_STR, embedded={"type": "boolean"})}),
+        ["path", "abspath", "size", "sha256"], **{**_RECORDED_FILE, "size": _SIZE, "sha256": _SHA}, embedded=_BOOL)}),
+    "remote_inputs": _object(["files"], files={"type": "array", "items": _object(
+        ["url"], url=_STR, path=_NULL_STR, cwd=_NULL_STR, size=_NULL_SIZE, etag=_NULL_STR, version_id=_NULL_STR,
+        sha256={"anyOf": [_SHA, {"type": "null"}]}, blob={"anyOf": [_SHA, {"type": "null"}]}, reader=_NULL_STR)}),
     "outputs": _object(["files"], files={"type": "array", "items": _object(
-        ["path", "abspath"], path=_STR, abspath=_STR, cwd=_NULL_STR, size={"type": ["integer", "null"], "minimum": 0},
-        sha256={"anyOf": [_SHA, {"type": "null"}]}, mtime_ns=_NULL_INT, reader=_NULL_STR,
-        in_task={"type": ["boolean", "null"]}, rewritten={"type": ["boolean", "null"]})}),
+        ["path", "abspath"], **_RECORDED_FILE, existed=_NULL_BOOL, content=_NULL_STR,
+        in_task=_NULL_BOOL, rewritten=_NULL_BOOL, gone=_NULL_BOOL)}),
     "data": _object(["files"], files={"type": "array", "items": _object(
-        ["path", "size", "sha256", "embedded"], path=_STR, size=_SIZE, sha256=_SHA, embedded={"type": "boolean"})}),
+        ["path", "size", "sha256", "embedded"], path=_STR, size=_SIZE, sha256=_SHA, embedded=_BOOL)}),
 }
+# what ``julius env`` writes as requirements lines: no name or version may hold a space or a newline
+_DISTRIBUTION_NAME = {"pattern": "^[A-Za-z0-9]([A-Za-z0-9._-]{0,200}[A-Za-z0-9])?$"}
+_VERSION = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9.+!_-]{0,100}$"}
+_URL = {"type": "string", "pattern": "^\\S+$", "maxLength": 8192}   # written after --index-url, "name @"
+_URLS = {"type": "array", "items": _URL}
+_POOL = _object(user_api=_NULL_STR, internal_api=_NULL_STR, version=_NULL_STR, num_threads=_NULL_INT,
+                threading_layer=_NULL_STR, architecture=_NULL_STR, prefix=_NULL_STR, filepath=_NULL_STR)
+_INDEXES = _object(index_url={"anyOf": [_URL, {"type": "null"}]}, extra_index_urls=_URLS, find_links=_URLS)
+#: An environment blob (``recording/environment.py``), as far as ``julius env``, ``diff`` and the
+#: rebuilds read it; the Dask config is free JSON.
+ENVIRONMENT_SCHEMA = _object(
+    python=_object(version=_NULL_STR, implementation=_NULL_STR, executable=_NULL_STR, hashseed=_NULL_STR),
+    os=_object(system=_NULL_STR, release=_NULL_STR, platform=_NULL_STR, machine=_NULL_STR, platform_tag=_NULL_STR,
+               libc=_NULL_STR),
+    cpu=_object(count=_NULL_INT, model=_NULL_STR, flags=_NULL_STRINGS),
+    memory=_object(total=_NULL_INT),
+    indexes=_object(pip=_INDEXES, uv=_INDEXES),
+    threads=_object(blas={"type": "array", "items": _POOL}, loaded={"type": "array", "items": _POOL},
+                    omp_num_threads=_NULL_STR),   # the variable OMP_NUM_THREADS
+    dask_config={"type": "object"},
+    env_vars=_TEXTS,
+    distributions={"type": "object", "propertyNames": _DISTRIBUTION_NAME, "additionalProperties": _object(
+        installer=_NULL_STR,
+        origin=_object(["kind"], kind=_STR, url=_URL, vcs=_NULL_STR, commit={"anyOf": [_URL, {"type": "null"}]},
+                       requested_revision={"anyOf": [_URL, {"type": "null"}]},
+                       hashes={"type": "object", "propertyNames": {"pattern": "^[a-z0-9_]{1,20}$"},
+                               "additionalProperties": {"type": "string", "pattern": "^[0-9a-fA-F]{1,256}$"}}))},
+    packages={"type": "object", "propertyNames": _DISTRIBUTION_NAME, "additionalProperties": _VERSION},
+)
 SCHEMAS = {FORMAT: _schemas(FORMAT, "^[0-9a-f]{32}$"), LEGACY_FORMAT: _schemas(LEGACY_FORMAT, "^[0-9a-f]{16}$")}
 
 
@@ -221,7 +286,8 @@ def _validators() -> dict:
         validator.check_schema(checked.schema)
     return {"documents": documents,
             "manifests": {fmt: validator(_without_lists(kinds["manifest"])) for fmt, kinds in SCHEMAS.items()},
-            "steps": {kind: validator(schema) for kind, schema in STEP_SCHEMAS.items()}}
+            "steps": {kind: validator(schema) for kind, schema in STEP_SCHEMAS.items()},
+            "environment": validator(ENVIRONMENT_SCHEMA)}
 
 
 def check_format(document, where):
@@ -259,14 +325,52 @@ def check(document, kind, where):
 def check_step(step, where):
     """Validate the data of a step of a kind julius reads (``STEP_SCHEMAS``); other kinds are free JSON.
 
-    The store keeps any JSON as a step; the readers that interpret a kind
-    (summaries, diff, replay) call this first. Raises ``IntegrityError``
-    naming ``where``, the step and the field.
+    Called on every journal entry as a recording is opened (:mod:`.verify`), so no
+    reader (summaries, diff, env, replay, the sidebar) meets a field of the wrong
+    shape. Raises ``IntegrityError`` naming ``where``, the step and the field.
     """
+    if step.kind in _PLAIN_EVENTS and _plain_event(step.data):
+        return step
     validator = _validators()["steps"].get(step.kind)
     if validator is not None:
         _raise_first(validator, step.data, f"{where}: journal entry {step.seq} ({step.kind})", ("data",))
     return step
+
+
+# The kinds a recording holds thousands of (one a graph a loop of ``submit`` sent), checked by
+# hand first as :func:`_plain_entry` does: the validator took 40 us a step.
+_PLAIN_EVENTS = frozenset({"graph", "fingerprints"})
+_EVENT_TEXTS = ("client", "address", "kind")
+_EVENT_MAPS = ("fingerprints", "descriptions")
+_EVENT_LISTS = ("keys", "pending", "scattered", "reuses")
+_EVENT_FIELDS = frozenset({"seq", "time", "ntasks", "graph", "graphs", *_EVENT_TEXTS, *_EVENT_MAPS, *_EVENT_LISTS})
+
+
+def _plain_event(data):
+    """True when a graph's (or its later fingerprints') data surely matches its schema, as the recorder writes it."""
+    return (
+        data.keys() <= _EVENT_FIELDS and type(data.get("fingerprints")) is dict
+        and all(type(data.get(f, 1)) is int for f in ("seq", "ntasks", "graph", "graphs")) and data.get("graphs", 1) >= 1
+        and type(data.get("time", 0.0)) in (float, int)
+        and all(type(data.get(f, "")) is str for f in _EVENT_TEXTS)
+        and all(type(m) is dict and all(type(k) is str and type(v) is str for k, v in m.items())
+                for m in (data.get(f, {}) for f in _EVENT_MAPS))
+        and all(type(items) is list and all(type(k) is str for k in items)
+                for items in (data.get(f, ()) for f in _EVENT_LISTS))
+    )
+
+
+def environment(raw, where):
+    """The environment of a recording's blob ``raw`` (bytes), parsed and validated.
+
+    Raises ``IntegrityError`` naming ``where`` when it is not UTF-8 JSON of an environment's shape.
+    """
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise IntegrityError(f"{where} is not valid JSON (corrupt or not an environment).") from None
+    _raise_first(_validators()["environment"], document, where, ())
+    return document
 
 
 def _raise_first(validator, document, where, prefix):

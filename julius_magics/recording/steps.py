@@ -15,11 +15,11 @@ and ``compute(refs, key_rules)`` (timed).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..errors import JuliusError, RemoteError
+from .schema import environment
 
 __all__ = ["StepKind", "KINDS", "kind_of", "summary", "results", "input_files", "recorded_environment", "format_table"]
 
@@ -388,11 +388,14 @@ def input_files(step):
 
 def recorded_environment(recording):
     """``(kernel environment, {worker: environment})`` of a recording's ``environment`` step, or ``(None, {})``."""
+    def read(sha, whose):
+        return environment(recording.blob(sha), f"Recording '{recording.name}': the environment of {whose} "
+                                                f"(blob {sha[:12]}…)")
+
     for step in recording.steps:
         if step.kind == "environment":
-            kernel = json.loads(recording.blob(step.data["kernel"]))
-            workers = {w: json.loads(recording.blob(sha)) for w, sha in step.data["workers"].items()}
-            return kernel, workers
+            return read(step.data["kernel"], "the kernel"), {w: read(sha, f"worker {w}")
+                                                             for w, sha in step.data["workers"].items()}
     return None, {}
 
 

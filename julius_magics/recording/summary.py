@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import difflib
 
+from ..terminal import one_line
 from . import steps
 from .environment import env_diff, format_env_diff
 from .pins import requirements
-from .schema import check_step
 from .steps import recorded_environment
 from .store import Store
 
@@ -22,10 +22,7 @@ __all__ = ["details", "diff", "recorded_environment", "format_details", "format_
 
 def _open(name, store, legacy_hmac=False):
     # read-only and pickle-free: every hash and signature is checked, and who signed is shown
-    recording = Store.coerce(store).open(name, legacy_hmac=legacy_hmac, any_signer=True)
-    for step in recording.steps:
-        check_step(step, f"Recording '{name}'")
-    return recording
+    return Store.coerce(store).open(name, legacy_hmac=legacy_hmac, any_signer=True)
 
 
 def signer(recording):
@@ -119,7 +116,7 @@ def format_details(details):
     distinct, recorded = len(details["results"]), details.get("results_recorded", len(details["results"]))
     lines.append(f"results: {recorded}" + (f" ({distinct} distinct)" if distinct != recorded else ""))
     lines += [f"  {r['label'] or r['node']}: {r['describe']}  [{r['fp'][:12]}]" for r in details["results"]]
-    return "\n".join(lines)
+    return "\n".join(one_line(line) for line in lines)   # each a line, whatever a recorded string holds
 
 
 def _sources(recording, kind, key=None):
@@ -248,9 +245,9 @@ def format_diff(d):
     """Readable text of ``diff``: one line per differing parameter, file and result, ``recorded → other``."""
     lines = [f"{d['a']} vs {d['b']}: " + ("no differences" if d["same"] else "differences")]
     for kind, text in d["code"].items():
-        lines += [f"code ({kind}):", text.rstrip()]
+        lines += [f"code ({kind}):", *text.rstrip().splitlines()]
     for ns, text in d["rules"].items():
-        lines += [f"rules {ns}:", text.rstrip()]
+        lines += [f"rules {ns}:", *text.rstrip().splitlines()]
     for k, (va, vb) in d["parameters"].items():
         lines.append(f"parameter {k}: {va} \u2192 {vb}")
     for f in d["data"]:
@@ -264,10 +261,10 @@ def format_diff(d):
             where = f["a"] if f["a"] == f["b"] else f"{f['a']} \u2192 {f['b']}"
             lines.append(f"data {where}: content {f['sha_a'][:16]} \u2192 {f['sha_b'][:16]}")
     if not d["environment"].get("same", True):
-        lines += ["environment:", format_env_diff(d["environment"])]
+        lines += ["environment:", *format_env_diff(d["environment"]).splitlines()]
     for k, r in d["results"].items():
         lines.append(f"result {r['label'] or k}: {_value(r['a'])} \u2192 {_value(r['b'])}")
-    return "\n".join(lines)
+    return "\n".join(one_line(line) for line in lines)   # each a line, whatever a recorded string holds
 
 
 def environment_pins(name, store=None, legacy_hmac=False):

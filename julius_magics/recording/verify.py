@@ -296,7 +296,7 @@ def _check_journal(source, tree, name, manifest, count, complete, key, legacy_hm
         files.update((f"parts/{sha}", sha) for sha in body["parts"].values())
         blobs.update(body["blobs"])
         files[rel] = sha256_hex(raw)
-        steps.append(Step(seq, body["kind"], body["data"], tuple(body["parts"])))
+        steps.append(schema.check_step(Step(seq, body["kind"], body["data"], tuple(body["parts"])), where))
     if complete and manifest["chain_head"] != prev:
         raise IntegrityError(f"{where}: the journal does not end where the manifest says.")
     return steps, files, blobs, hashed
