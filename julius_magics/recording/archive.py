@@ -13,11 +13,11 @@ import os
 import zipfile
 import zlib
 
-from ..errors import IntegrityError, JuliusError, RecordingExistsError, RecordingNotFoundError
+from ..errors import IntegrityError, JuliusError, RecordingError, RecordingExistsError, RecordingNotFoundError
 from . import integrity
 from .integrity import canonical
-from .journal import (BLOBS, MANIFEST, VERIFIED, Recording, RecordingWriter, checked, claim, new_manifest,
-                      validate_name)
+from .journal import (BLOBS, MANIFEST, SHA_PATTERN, VERIFIED, Recording, RecordingWriter, checked, claim,
+                      new_manifest, validate_name)
 from .verify import Source, verify
 
 __all__ = ["export", "import_", "EXPORT_FORMAT"]
@@ -57,9 +57,10 @@ class ZipSource(Source):
             raise IntegrityError(f"{where} is not a julius archive (bad julius-export.json).") from None
         self.rels = {n[len("recording/"):]: n for n in names if n.startswith("recording/")}
         self.blob_names = {n[len("blobs/"):] for n in names if n.startswith("blobs/")}
-        unexpected = set(names) - {"julius-export.json"} - set(self.rels.values()) - {f"blobs/{s}" for s in self.blob_names}
+        self.blob_names = {sha for sha in self.blob_names if SHA_PATTERN.match(sha)}   # blobs/<sha256> only
+        unexpected = set(names) - {"julius-export.json", *self.rels.values(), *(f"blobs/{s}" for s in self.blob_names)}
         if unexpected:
-            raise IntegrityError(f"{where}: unexpected file {sorted(unexpected)[0]}.")
+            raise IntegrityError(f"{where}: unexpected file {sorted(unexpected)[0]!r}.")
 
     def tree(self):
         return {rel: self.archive.getinfo(name).file_size for rel, name in self.rels.items()}
@@ -84,7 +85,11 @@ def export(store, name, path, legacy_hmac=False):
     path = os.fspath(path)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        try:
+            archive = zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True)
+        except OSError as error:   # named by the archive asked for, not by its temporary file
+            raise RecordingError(f"Cannot write the archive {path}: {error.strerror or error}.") from None
+        with archive:
             archive.writestr("julius-export.json", canonical({"format": EXPORT_FORMAT, "name": name}))
             for rel in recording.file_names:
                 if rel != VERIFIED:  # verification is a local fact, not part of the recording
@@ -137,6 +142,9 @@ def import_(store, path, trust_key=None, as_name=None, force=False, legacy_hmac=
         with zipfile.ZipFile(path) as archive:
             source = ZipSource(archive, where)
             verified = verify(source, source.name, store.key, store.accepted_keys(trust_key), legacy_hmac)
+            stray = sorted(source.blob_names - verified.blobs.keys())
+            if stray:   # the recording does not list it: refused, as any file it does not list
+                raise IntegrityError(f"{where}: unexpected file 'blobs/{stray[0]}' (the recording lists no such blob).")
             name = as_name or source.name
             if files.exists(files.path(name, MANIFEST)):
                 if not force:

@@ -1,8 +1,11 @@
 """``.jrec`` archives: import under a new name (``as_name``) and over an existing one (``force``)."""
 
+import re
+import zipfile
+
 import pytest
 
-from julius_magics.errors import IntegrityError, RecordingExistsError
+from julius_magics.errors import IntegrityError, RecordingError, RecordingExistsError
 from julius_magics.recording.store import Store
 from tests.recording.store_contract import content, write_sample
 
@@ -53,3 +56,22 @@ def test_a_damaged_archive_is_refused_before_force_deletes_anything(exported, tm
     with pytest.raises(IntegrityError):
         store.import_(path, force=True)
     assert store.open("alpha").steps   # still there, intact
+
+
+@pytest.mark.parametrize("member", ["blobs/notasha", "blobs/../../escape", "blobs/" + "0" * 64])
+def test_an_archive_with_a_blob_the_recording_does_not_list_is_refused(exported, tmp_path, member):
+    _, path = exported
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(member, b"stray")
+    store = Store(tmp_path / "target")
+    with pytest.raises(IntegrityError, match=f"unexpected file '{re.escape(member)}'"):
+        store.import_(path)
+    assert store.list() == [] and not (tmp_path / "escape").exists()
+
+
+def test_export_into_a_missing_folder_names_the_archive(exported, tmp_path):
+    source, _ = exported
+    target = tmp_path / "missing" / "alpha.jrec"
+    with pytest.raises(RecordingError, match=f"^Cannot write the archive {re.escape(str(target))}: No such file"):
+        source.export("alpha", target)
+    assert not (tmp_path / "missing").exists()
