@@ -343,7 +343,8 @@ _PLAIN_EVENTS = frozenset({"graph", "fingerprints"})
 _EVENT_TEXTS = ("client", "address", "kind")
 _EVENT_MAPS = ("fingerprints", "descriptions")
 _EVENT_LISTS = ("keys", "pending", "scattered", "reuses")
-_EVENT_FIELDS = frozenset({"seq", "time", "ntasks", "graph", "graphs", *_EVENT_TEXTS, *_EVENT_MAPS, *_EVENT_LISTS})
+_EVENT_FIELDS = frozenset({"seq", "time", "ntasks", "graph", "graphs", "after", "dropped", *_EVENT_TEXTS,
+                           *_EVENT_MAPS, *_EVENT_LISTS})
 
 
 def _plain_event(data):
@@ -356,7 +357,11 @@ def _plain_event(data):
         and all(type(m) is dict and all(type(k) is str and type(v) is str for k, v in m.items())
                 for m in (data.get(f, {}) for f in _EVENT_MAPS))
         and all(type(items) is list and all(type(k) is str for k in items)
-                for items in (data.get(f, ()) for f in _EVENT_LISTS))
+                for items in (data.get(f, []) for f in _EVENT_LISTS))
+        and type(data.get("dropped")) in (str, type(None))
+        and type(data.get("after", [])) is list
+        and all(type(a) is list and len(a) == 3 and type(a[0]) is str and type(a[1]) is list
+                and all(type(k) is str for k in a[1]) and type(a[2]) in (float, int) for a in data.get("after", []))
     )
 
 
