@@ -240,8 +240,8 @@ class StoreContract:
             writer.add_step("cell", {1: "one"})
         with pytest.raises(ValueError, match="part 'p' must be bytes"):
             writer.add_step("cell", {}, {"p": "text"})
-        assert writer.add_step("cell", {"x": (1, 2)}) == 1
-        assert store.open("bad").steps[0].data == {"x": [1, 2]}
+        assert writer.add_step("cell", {"source": "s", "x": (1, 2)}) == 1
+        assert store.open("bad").steps[0].data == {"source": "s", "x": [1, 2]}
 
     def test_mark_verified(self, store):
         write_sample(store)
@@ -303,7 +303,7 @@ def run_writer_processes(url, options, names, steps=20, timeout=60):
         "except RecordingExistsError:\n"
         "    print('lost'); sys.exit(0)\n"
         "for i in range(steps):\n"
-        "    w.add_step('cell', {'i': i, 'by': name}, {'p': bytes([i]) * 100})\n"
+        "    w.add_step('cell', {'source': '', 'i': i, 'by': name}, {'p': bytes([i]) * 100})\n"
         "w.add_blob(b'shared data')\n"
         "w.close()\n"
         "print('won')\n"

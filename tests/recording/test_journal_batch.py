@@ -135,7 +135,8 @@ with w.batch():
     i = 0
     while True:
         i += 1
-        w.add_step("graph", {"i": i, "text": "x" * (i % 300)}, {"specs": bytes([i % 256]) * (i % 3000 + 1)})
+        w.add_step("graph", {"fingerprints": {}, "i": i, "text": "x" * (i % 300)},
+                   {"specs": bytes([i % 256]) * (i % 3000 + 1)})
         print(i, flush=True)
         if i == int(sys.argv[2]):
             time.sleep(60)   # inside the batch, nothing flushed: killed here

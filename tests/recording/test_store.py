@@ -101,7 +101,7 @@ w.add_blob(b"input data")
 i = 0
 while True:
     i += 1
-    w.add_step("cell", {"i": i, "text": "x" * (i % 500)}, {"spec": bytes([i % 256]) * 2000})
+    w.add_step("cell", {"source": "", "i": i, "text": "x" * (i % 500)}, {"spec": bytes([i % 256]) * 2000})
     print(i, flush=True)
 """
 
@@ -147,9 +147,9 @@ def test_listing_1000_recordings_is_fast(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", lambda fd: None)  # setting up fast; disk flushes are not measured here
     for i in range(1000):
         writer = store.create(f"run-{i:04d}", {"note": f"run {i}", "workers": i % 4 + 1})
-        writer.add_step("cell", {"i": i})
+        writer.add_step("cell", {"source": "", "i": i})
         writer.close()
-    store.create("still-running", {}).add_step("cell", {})
+    store.create("still-running", {}).add_step("cell", {"source": ""})
     start = time.perf_counter()
     infos = store.list()
     elapsed = time.perf_counter() - start
