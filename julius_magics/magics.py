@@ -17,6 +17,7 @@ from IPython.core.magic_arguments import MagicArgumentParser
 
 from . import recording
 from .recording import format_size
+from .recording.redaction import scrub_text
 from .cli import trust_key, worker_count
 from .cluster.session import get_session, prepare_workers, set_session
 from .rules.node import NodeRef
@@ -334,7 +335,8 @@ def _replay_isolated(args):
 
 
 def _stopped_text(info, store):
-    return f"Recording {info.name!r} {info.status}: {info.steps} steps, {format_size(info.size)}, stored in {store.url}"
+    where = scrub_text(store.url)   # a store URL's user and password are not printed
+    return f"Recording {info.name!r} {info.status}: {info.steps} steps, {format_size(info.size)}, stored in {where}"
 
 
 def format_status(status):

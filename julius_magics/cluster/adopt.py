@@ -56,6 +56,7 @@ import distributed.client
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..errors import JuliusError
+from ..recording.redaction import scrub_text
 from .capture import PLUGIN_NAME, CapturePlugin, _has_plugin, _set_capturing
 from .capture_plugin import WAITED_TOPIC, key_text
 
@@ -279,7 +280,8 @@ def _skipped(client) -> bool:
 def _refused(client, error) -> Adopted:
     reason = (f"the scheduler at {_address(client)} refused julius's capture plugin "
               f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else 'no reason given'})")
-    print(f"julius: warning: {reason}; its work is not recorded (the recording will be partial)", file=sys.stderr)
+    print(f"julius: warning: {scrub_text(reason)}; its work is not recorded (the recording will be partial)",
+          file=sys.stderr)   # an address or an error may hold a credential
     return Adopted(client, _address(client), False, reason, bool(client._asynchronous))
 
 
@@ -334,7 +336,8 @@ async def dask_teardown(client):
         try:
             await on_teardown(client)
         except Exception as error:   # never keep a notebook's client from closing
-            print(f"julius: warning: could not capture the end of {_address(client)}: {error}", file=sys.stderr)
+            print(f"julius: warning: could not capture the end of {scrub_text(f'{_address(client)}: {error}')}",
+                  file=sys.stderr)
 
 
 def adopt(client, on_adopted=None, worker_plugins=None) -> Adopted:

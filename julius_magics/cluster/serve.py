@@ -717,7 +717,14 @@ def serve_remote(client, entries, read_blob=None, storage_options=None) -> list[
     """
     report, served = [], {}
     for entry in entries:
-        status = remote_status(entry, **(storage_options or {}))
+        try:
+            status = remote_status(entry, **(storage_options or {}))
+        except Exception as error:   # no credentials or no route here: served if embedded, else the reader says
+            status = f"unreadable here ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+            if not entry.get("blob") or read_blob is None:
+                report.append({"path": entry["url"], "abspath": entry["url"], "status": f"not checked: {status}",
+                               "where": []})
+                continue
         if status == "unchanged":
             report.append({"path": entry["url"], "abspath": entry["url"], "status": status, "where": []})
             continue

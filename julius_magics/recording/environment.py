@@ -18,8 +18,11 @@ An environment is a plain JSON-able dict::
 
 Secrets are kept out: environment variables come only from an allow-list, every
 ``distributed.nanny.environ`` value is redacted (it is the workers' environment, set
-by the user), and the whole capture is scrubbed (:mod:`.redaction`: secret-named
-values, credentials in URLs and DSNs, and their echoes elsewhere).
+by the user), a Dask config value under a key that no package's defaults define (the
+user's own: a webhook URL under ``myapp.webhook``) is recorded as ``<sha256:...>`` (a
+short SHA-256: a diff still sees it change), and the whole capture is scrubbed
+(:mod:`.redaction`: secret-named values, credentials in URLs and DSNs, and the values
+known to be secret, :func:`.redaction.known_secrets`, wherever they appear).
 
 The recorded environment as pins (requirements, uv-lock, conda) is :mod:`.pins`;
 rebuilding it is :mod:`.rebuild`.
@@ -40,7 +43,7 @@ import sys
 import sysconfig
 import tempfile
 
-from .redaction import REDACTED, jsonable, scrub, scrub_text, secret_name
+from .redaction import REDACTED, jsonable, known_secrets, scrub, scrub_text, secret_name
 
 __all__ = ["capture_environment", "cluster_environments", "env_diff", "format_env_diff",
            "environment_cause", "distribution_origins", "normalize_name", "installed_version", "platform_tag",
@@ -328,12 +331,16 @@ def _total_memory() -> int | None:
         return None
 
 
-def _env_vars(nanny_names) -> dict[str, str]:
+def _env_vars(nanny_names, defaults) -> dict[str, str]:
     chosen = {}
     for name, value in os.environ.items():
         if (name in ALLOWED_ENV or name.startswith("DASK_")) and not secret_name(name):
             nanny = name in nanny_names or "NANNY__ENVIRON" in name
-            chosen[name] = REDACTED if nanny else value
+            if nanny:
+                value = REDACTED
+            elif name.startswith("DASK_") and not _defined(defaults, name[5:].lower().split("__")):
+                value = _digest(value)   # the config key it sets is the user's own, as below
+            chosen[name] = value
     return dict(sorted(chosen.items()))
 
 
@@ -365,8 +372,77 @@ def _without_volatile(config):
     return config
 
 
+def _config_name(name) -> str:
+    return str(name).lower().replace("_", "-")   # Dask reads "memory_limit" as "memory-limit"
+
+
+@functools.lru_cache(maxsize=4)
+def _defaults_tree(stamp):
+    """The keys of ``dask.config.defaults`` (Dask's, distributed's and any package's yaml), names normalized."""
+    import dask
+
+    def normalized(tree):
+        return {_config_name(k): normalized(v) if isinstance(v, dict) else v for k, v in tree.items()}
+
+    merged = {}
+    for defaults in dask.config.defaults:
+        dask.config.update(merged, normalized(defaults))
+    return merged
+
+
+def _config_defaults():
+    import dask
+
+    return _defaults_tree(tuple(id(d) for d in dask.config.defaults))   # packages add theirs when imported
+
+
+def _defined(defaults, path) -> bool:
+    """Whether the config key at ``path`` (its parts) is one the defaults define."""
+    node = defaults
+    for part in path:
+        if not isinstance(node, dict) or _config_name(part) not in node:
+            return False
+        node = node[_config_name(part)]
+    return True
+
+
+def _digest(value) -> str:
+    return "<sha256:" + hashlib.sha256(str(value).encode("utf-8", "surrogatepass")).hexdigest()[:12] + ">"
+
+
+def _digested(value, name):
+    """The user's own config value: each string as a short SHA-256; under a secret name, as it is (scrubbed later).
+
+    Numbers and booleans are settings, never a credential: kept.
+    """
+    if secret_name(name):
+        return value
+    if isinstance(value, dict):
+        return {k: _digested(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_digested(v, name) for v in value]
+    if isinstance(value, str) and value != REDACTED:
+        return _digest(value)
+    return value
+
+
+def _user_values_digested(config, defaults):
+    """``config`` with the values under keys ``defaults`` do not define digested (:func:`_digested`)."""
+    out = {}
+    for k, v in config.items():
+        name = _config_name(k)
+        if not isinstance(defaults, dict) or name not in defaults:
+            out[k] = _digested(v, k)
+        elif isinstance(v, dict) and isinstance(defaults[name], dict):
+            out[k] = _user_values_digested(v, defaults[name])
+        else:
+            out[k] = v
+    return out
+
+
 def _dask_config():
-    """The Dask config, JSON-able, ``distributed.nanny.environ`` values redacted; and those values."""
+    """The Dask config, JSON-able, ``distributed.nanny.environ`` values redacted and the user's own keys'
+    values digested; those nanny values; their names; and the defaults' keys."""
     import dask
 
     config = jsonable(dask.config.config)
@@ -376,7 +452,9 @@ def _dask_config():
     if isinstance(environ, dict):
         hidden = [v for v in environ.values() if isinstance(v, str)]
         nanny["environ"] = {k: REDACTED for k in environ}
-    return _without_volatile(config), hidden, set(environ) if isinstance(environ, dict) else set()
+    defaults = _config_defaults()
+    config = _user_values_digested(_without_volatile(config), defaults)
+    return config, hidden, set(environ) if isinstance(environ, dict) else set(), defaults
 
 
 def capture_environment() -> dict:
@@ -393,7 +471,7 @@ def capture_environment() -> dict:
     dict
         JSON-able; see the module docstring for its fields.
     """
-    config, nanny_values, nanny_names = _dask_config()
+    config, nanny_values, nanny_names, defaults = _dask_config()
     model, flags = _cpu_info()
     origins, packages = _distributions()
     libc, libc_version = platform.libc_ver()
@@ -418,12 +496,12 @@ def capture_environment() -> dict:
         "indexes": {"pip": _pip_indexes(), "uv": _uv_indexes()},
         "threads": _thread_pools(),
         "dask_config": config,
-        "env_vars": _env_vars(nanny_names),
+        "env_vars": _env_vars(nanny_names, defaults),
     }
-    # Values of secret-named variables are hunted wherever they appear; package names and
-    # versions never hold secrets, so they are left out of the hunt.
-    # (at least 8 characters: XDG_SESSION_TYPE=wayland must not redact every "wayland")
-    secrets = [v for k, v in os.environ.items() if secret_name(k) and len(v) >= 8] + nanny_values
+    # Values known to be secret (secret-named variables, fsspec credentials: at least 8 characters,
+    # XDG_SESSION_TYPE=wayland must not redact every "wayland") are hunted wherever they appear;
+    # package names and versions never hold secrets, so they are left out of the hunt.
+    secrets = [*known_secrets(), *nanny_values]
     # Distribution names are not secrets (google-auth, keyring): their origin URLs were scrubbed already.
     distributions = env.pop("distributions")
     env = scrub(env, secrets)

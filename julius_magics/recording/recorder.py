@@ -13,6 +13,10 @@ environment, and its graphs, scatters and the files read anywhere (kernel and
 workers) become steps too.  Whatever could not be captured is journaled as a
 ``dropped`` step and the recording's meta says ``partial`` (with the reasons).
 
+No secret is written (the writer scrubs every step's data, :mod:`.redaction`); a part
+(a pickle: it cannot be scrubbed) that holds one is not stored, and says so; a source
+a replay runs that held one is stored redacted; either makes the recording partial.
+
 The kinds of steps, their fields and parts are listed in :mod:`.steps`.
 """
 
@@ -37,6 +41,7 @@ from ..progress import progress_bar
 from ..rules.registry import top_level_names
 from .environment import capture_environment, file_path
 from .journal import BLOBS
+from .redaction import known_secrets, scrub
 from .steps import KINDS
 from .store import Store
 
@@ -45,6 +50,9 @@ __all__ = ["Recorder", "active_recorder"]
 _ACTIVE = {"recorder": None}
 HEADLINES = 8   # labelled results kept in the manifest for lists (the latest ones)
 ENVIRONMENT_SECONDS = 120   # how long the last drain waits for an environment still being taken
+#: What each part holds, for the reason it was not stored.
+PART_TEXT = {"specs": "run specs", "function": "function and arguments", "plugin": "plugin",
+             "pushed": "pushed values", "targets": "target node references", "jobs": "key job node references"}
 
 
 def active_recorder():
@@ -87,10 +95,11 @@ class Recorder:
         self.files = {}          # (reader, host, abspath, sha256) -> size of the inputs recorded so far
         self.snapshots = {}      # reader -> its snapshot stats ({passes, bytes, seconds, cpu, shared}: drain_reads)
         self.steps = 0
-        self.writer = self.store.create(name, meta={
+        # scrubbed before the store sees it (the writer scrubs what comes after)
+        self.writer = self.store.create(name, meta=scrub({
             "note": note or "", "data_mode": data, "user": getpass.getuser(), "host": platform.node(),
             "julius_version": _version(),
-        })
+        }, known_secrets()))
         self.partial = []        # reasons the recording is partial
         self.workers = None      # its first cluster's worker count (the manifest meta's "workers")
         self.headlines = {}      # label -> value of the labelled targets computed (the manifest meta's "headlines")
@@ -152,12 +161,33 @@ class Recorder:
     def _record_entry(self, entry):
         """A remote_eval or rules entry of the session's history, as a step."""
         if entry["kind"] == "remote_eval":
-            parts = {"pushed": entry["pushed"]} if entry["pushed"] else None
-            self._step("remote_eval", {"source": entry["source"], "push": entry["push"],
-                                       "failed": entry.get("failed", False)}, parts)
+            data = {"source": entry["source"], "push": entry["push"], "failed": entry.get("failed", False)}
+            parts = self._parts_without_secrets({"pushed": entry["pushed"]} if entry["pushed"] else {}, data)
+            seq = self._step("remote_eval", data, parts)
         elif entry["kind"] == "rules":
-            self._step("rules", {"ns": entry["ns"], "source": entry["source"], "failed": entry.get("failed", False),
-                                 "rules": top_level_names(entry["source"])[1]})
+            data = {"ns": entry["ns"], "source": entry["source"], "failed": entry.get("failed", False),
+                    "rules": top_level_names(entry["source"])[1]}
+            seq = self._step("rules", data)
+        else:
+            return
+        if data.get("dropped"):
+            self._partial(f"{entry['kind']} step {seq}: {data['dropped']}")
+        if self.writer.scrub(entry["source"]) != entry["source"]:   # stored redacted: a replay cannot run it
+            self._partial(f"{entry['kind']} step {seq}: its source held a credential, stored redacted: "
+                          "a replay cannot run it as recorded")
+
+    def _parts_without_secrets(self, parts, data):
+        """``parts`` but those that hold a secret (a pickle cannot be scrubbed): not stored, and ``data["dropped"]``
+        says why."""
+        kept = {}
+        for name, value in parts.items():
+            where = self.writer.secret_in(value)
+            if where is None:
+                kept[name] = value
+                continue
+            why = f"its {PART_TEXT.get(name, name)} hold a credential ({where}); not stored"
+            data["dropped"] = f"{data['dropped']}; {why}" if data.get("dropped") else why
+        return kept
 
     def add_cell(self, source):
         """A recorded cell's source (the front-end calls this after the cell ran)."""
@@ -184,7 +214,14 @@ class Recorder:
         elif kind == "files":
             self._record_files(item)
         elif kind == "scatter":
-            values = {text: self.writer.add_blob(data) for text, data in (item.pop("values") or {}).items()}
+            values = {}
+            for text, data in (item.pop("values") or {}).items():
+                where = self.writer.secret_in(data)
+                if where is None:
+                    values[text] = self.writer.add_blob(data)
+                else:
+                    why = f"scattered data {text} holds a credential ({where}); not stored"
+                    item["dropped"] = f"{item['dropped']}; {why}" if item.get("dropped") else why
             self._step("scatter", {**item, "kind": kind, "values": values})
             if item.get("dropped"):
                 self._partial(item["dropped"])
@@ -197,13 +234,19 @@ class Recorder:
             self._record_unreproducible(item)
         elif kind == "worker_joined":
             env = item.pop("environment", None)
-            data = {**item, "kind": kind, "environment": self.writer.add_blob(_json_env(env)) if env else None}
+            data = {**item, "kind": kind, "environment": self._env_blob(env) if env else None}
             self._step("worker_joined", data)
         else:   # graph, run, worker_plugin, fingerprints
             parts = {name: item.pop(name) for name in KINDS[kind].parts if item.get(name) is not None}
             for name in KINDS[kind].parts:
                 item.pop(name, None)
-            self._step(kind, {**item, "kind": kind}, parts)
+            # checked here, in the kernel, not on the scheduler: its event loop stays as cheap as it was
+            kept = self._parts_without_secrets(parts, item)
+            if kind != "graph" and len(kept) < len(parts):   # nothing a replay could run: journaled as dropped
+                self._step("dropped", {**item, "kind": "dropped", "what": kind, "keys": [], "reason": item["dropped"]})
+                self._partial(f"{kind} {item.get('name') or item.get('seq')}: {item['dropped']}")
+                return
+            self._step(kind, {**item, "kind": kind}, kept)
             if kind == "graph":
                 self.captured["graphs"] += item.get("graphs", 1)
                 self.captured["results"] += len(item.get("fingerprints", {}))
@@ -224,6 +267,7 @@ class Recorder:
             self.writer.update_meta(workers=n_workers)
 
     def _partial(self, reason):
+        reason = self.writer.scrub(reason) if reason else reason   # printed at the end, as well
         if reason and reason not in self.partial:
             self.partial.append(reason)
             self.writer.update_meta(partial=True, partial_reasons=self.partial[:20])
@@ -278,6 +322,10 @@ class Recorder:
             remote = []
             for entry in item["remote"]:
                 entry = {k: entry.get(k) for k in ("url", "path", "cwd", "size", "etag", "version_id", "sha256", "reader")}
+                stored = self.writer.scrub(entry["url"])
+                if stored != entry["url"]:   # ?token=, a presigned URL's signature: not stored, so not checkable
+                    self._partial(f"remote input {stored}: its URL holds a credential, stored redacted: "
+                                  "a replay cannot check it")
                 if self.data_mode == "embed-remote":
                     try:
                         from ..cluster.inputs import read_remote
@@ -307,7 +355,7 @@ class Recorder:
         return files.size(files.path(BLOBS, entry["sha256"])) == entry["size"]
 
     def _record_problem(self, entry, problem):
-        reason = f"input file {entry['path']} {problem}"
+        reason = self.writer.scrub(f"input file {entry['path']} {problem}")   # a remote input's URL, an error
         print(f"julius: warning: {reason}; the recording is partial", file=sys.stderr)
         self._step("dropped", {"what": "file", "keys": [], "files": [entry.get("abspath")], "reason": reason})
         self._partial(reason)
@@ -338,11 +386,16 @@ class Recorder:
             except Exception as error:   # a timeout, or the kernel's environment would not be read
                 self._partial(f"an environment could not be taken: {type(error).__name__}: {error}")
                 continue
-            kernel = self.writer.add_blob(_json_env(kernel_env))
-            workers = {w: self.writer.add_blob(_json_env(env)) for w, env in environments.items()}
+            kernel = self._env_blob(kernel_env)
+            workers = {w: self._env_blob(env) for w, env in environments.items()}
             self._step("environment", {"kernel": kernel, "workers": workers, **self._local_wheels(kernel_env)})
             if problem:
                 self._partial(problem)
+
+    def _env_blob(self, env):
+        """An environment, scrubbed where it was taken, as a blob: the kernel's known secrets cut out too
+        (a worker's environment does not know the kernel's fsspec credentials)."""
+        return self.writer.add_blob(_json_env(self.writer.scrub(env, names=False)))
 
     def _local_wheels(self, kernel_env):
         """``{"wheels": {name: {filename, sha256}}}`` the first time, with ``--with-local-packages``; else ``{}``.
@@ -375,6 +428,7 @@ class Recorder:
                 if why is None and name not in wheels:
                     why = f"its source {file_path(dist['origin'].get('url'))} is not a folder to build a wheel from"
                 if why is not None:
+                    why = self.writer.scrub(why)   # a VCS origin's URL
                     bar.write(f"julius: warning: {name} is not embedded ({why}); an isolated replay needs {name} "
                               f"{versions.get(name, '')} installed here", file=sys.stderr)   # on its own line
                 bar.update(1)
@@ -397,12 +451,17 @@ class Recorder:
             result["label"] = plan.nodes[nid].ref.display() if nid in plan.nodes else None
             result["target"] = nid in target_ids
         self._note_headlines(payload["targets"], results)
-        self._step("dispatch", {
+        data = {
             "targets": [{"id": r.id, "key": r.key, "label": r.label} for r in payload["targets"]],
             "key_rules": payload["key_rules"], "seed": self.session.seed,
             "nodes": len(plan.nodes), "jobs": len(plan.jobs), "results": results, "seconds": payload["seconds"],
-        }, {"targets": cloudpickle.dumps(list(payload["targets"])),
-            "jobs": cloudpickle.dumps([plan.nodes[j].ref for j in plan.jobs if j in plan.nodes])})
+        }
+        parts = self._parts_without_secrets({
+            "targets": cloudpickle.dumps(list(payload["targets"])),
+            "jobs": cloudpickle.dumps([plan.nodes[j].ref for j in plan.jobs if j in plan.nodes])}, data)
+        seq = self._step("dispatch", data, parts)
+        if data.get("dropped"):
+            self._partial(f"dispatch step {seq}: {data['dropped']}")
 
     def _note_headlines(self, targets, results):
         """Labelled targets' values in the manifest, so lists show them without opening the journal."""

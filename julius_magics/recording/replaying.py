@@ -29,6 +29,7 @@ from ..rules.registry import RuleBook
 from . import steps as step_kinds
 from .environment import capture_environment, env_diff, environment_cause, format_env_diff
 from .journal import file_digest
+from .redaction import REDACTED
 from .report import Progress, ProgressBar, ReplayReport
 from .steps import recorded_environment
 from .store import Store
@@ -426,6 +427,10 @@ class _CaptureContext(_Context):
                 self.outputs.extend(step.data["files"])
             elif step.kind == "remote_inputs":
                 self.remote.extend(step.data["files"])
+        remote = list({entry["url"]: entry for entry in self.remote}.values())   # each one checked once
+        self.remote = [entry for entry in remote if REDACTED not in entry["url"]]
+        self.report.data.extend({"path": entry["url"], "status": "not checked: its URL held a credential (stored "
+                                 "redacted)"} for entry in remote if REDACTED in entry["url"])
         seen, unique = set(), []
         for f in self.inputs:   # one entry per file version (several readers read the same one)
             if (f["abspath"], f["sha256"]) not in seen:

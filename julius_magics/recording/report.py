@@ -142,10 +142,11 @@ class ReplayReport:
             lines.append(f"  differs: {m['label'] or m['node']} ({m['node']}): recorded {m['recorded_value']} "
                          f"[{m['recorded'][:12]}], replayed {m['replayed_value']} [{(m['replayed'] or '-')[:12]}]")
             lines.append(f"    likely cause: {m['cause']}")
-        served = [d["path"] for d in self.data if d["status"] != "unchanged"]
+        served = [d["path"] for d in self.data if "served from" in d["status"]]
         if served:
             lines.append(f"  {len(served)} input file(s) missing or changed here, served from the recording: "
                          + ", ".join(served))
+        lines += [f"  input {d['path']}: {d['status']}" for d in self.data if d["status"].startswith("not checked")]
         if not self.env_diff.get("same", True):
             lines.append("  environment differs:")
             lines += [f"    {line}" for line in format_env_diff(self.env_diff).splitlines()]

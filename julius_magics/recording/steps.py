@@ -88,16 +88,29 @@ def _replay_remote(context, step, send):
             raise
 
 
+def _not_as_recorded(step):
+    """True when what a replay would run is not what was run: its source was stored redacted (it held a
+    credential), or its pushed values were not stored. The recording says so (it is partial); not run."""
+    return "source" in step.data.get("redacted", ()) or bool(step.data.get("dropped"))
+
+
 def _replay_remote_eval(context, step):
+    if _not_as_recorded(step):
+        return
     push = context.unpickle(step, "pushed") if "pushed" in step.part_names else {}
     _replay_remote(context, step, lambda: context.session.remote_eval(step.data["source"], push=push))
 
 
 def _replay_rules(context, step):
+    if _not_as_recorded(step):
+        return
     _replay_remote(context, step, lambda: context.session.add_rules(step.data["ns"], step.data["source"]))
 
 
 def _replay_dispatch(context, step):
+    if step.data.get("dropped"):   # its node references were not stored: each result is reported not reproduced
+        context.compare(step, {}, None, failure=step.data["dropped"])
+        return
     wanted = {r.id: r for r in context.unpickle(step, "targets") + context.unpickle(step, "jobs")}
     # the recorded key jobs become targets too, so each recorded result has a value to compare
     context.compute(list(wanted.values()), step.data["key_rules"], recorded_seconds=step.data.get("seconds", 0.0))
@@ -110,6 +123,9 @@ def _replay_dispatch(context, step):
 def _replay_graph(context, step):
     if hasattr(context, "submit_graph"):   # graphs in flight together are submitted together
         context.submit_graph(step)
+        return
+    if "specs" not in step.part_names:
+        context.compare(step, {}, None, failure=f"it cannot be replayed: {step.data.get('dropped') or 'no run specs'}")
         return
     event = dict(step.data, specs=context.part(step, "specs"))
     try:
@@ -220,7 +236,8 @@ KINDS = {k.name: k for k in [
     StepKind(
         "remote_eval",
         {"source": "", "push": "names of the pushed kernel variables",
-         "failed": "true when it raised on some worker (replayed as it happened)"},
+         "failed": "true when it raised on some worker (replayed as it happened)",
+         "dropped": "why its pushed values were not stored (they held a credential): not replayed"},
         {"pushed": "cloudpickle of `{name: value}` (only when something was pushed)"},
         summarise=_first_line, replay=_replay_remote_eval,
     ),
@@ -238,7 +255,9 @@ KINDS = {k.name: k for k in [
     StepKind(
         "dispatch",
         {"targets": "`[{id, key, label}]`", "key_rules": "", "seed": "", "nodes": "count", "jobs": "count of key jobs",
-         "seconds": "compute time", "results": "`{node id: {fp, describe, label, target}}`"},
+         "seconds": "compute time", "results": "`{node id: {fp, describe, label, target}}`",
+         "dropped": "why its node references were not stored (they held a credential): its results are reported "
+                    "not reproduced"},
         {"targets": "cloudpickle of the target node references", "jobs": "cloudpickle of the key jobs' node references"},
         summarise=lambda d: (f"{_targets(d)}: {d['nodes']} nodes in {d['jobs']} key jobs, "
                              f"{len(d['results'])} results"),
@@ -302,7 +321,8 @@ KINDS = {k.name: k for k in [
     ),
     StepKind(
         "dropped",
-        {"kind": "", "seq": "", "time": "", "what": "fingerprints, cluster or file", "keys": "", "reason": "",
+        {"kind": "", "seq": "", "time": "", "what": "fingerprints, cluster, file, or the kind of a step not stored "
+         "(`run`, `worker_plugin`: its pickle held a credential)", "name": "", "keys": "", "reason": "",
          "address": "", "files": "the files concerned"},
         summarise=lambda d: f"NOT CAPTURED ({d.get('what')}): {d.get('reason')}",
     ),

@@ -4,6 +4,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import string
 
@@ -138,12 +139,11 @@ def test_secrets_are_scrubbed_at_every_depth_in_kernel_and_worker_blobs(client):
     for env in [kernel, *workers.values()]:
         assert_no_canary(env)
         secrets = env["dask_config"]["julius-canaries"]
-        assert secrets["case0"] == "https://<redacted>@git.example.com/repo.git"
-        assert secrets["case1"] == "s3://<redacted>@minio.example:9000/bucket"
-        assert secrets["case2"] == "postgresql://db.example/x?user=me&password=<redacted>&sslmode=require"
-        assert secrets["case3"] == "host=db port=5432 password=<redacted> dbname=x"
+        # a key Dask does not define holds a value of the user's: only its digest is kept
+        for case in ("case0", "case1", "case2", "case3"):
+            assert re.fullmatch(r"<sha256:[0-9a-f]{12}>", secrets[case]), secrets[case]
         assert secrets["apiKey"] == "<redacted>" and secrets["deep"] == [{"list": [{"auth": "<redacted>"}]}]
-        assert secrets["random"]["url"] == "https://docs.example/page@v1"   # no credentials: kept
+        assert re.fullmatch(r"<sha256:[0-9a-f]{12}>", secrets["random"]["url"])
         assert env["dask_config"]["distributed"]["nanny"]["environ"] == {
             "WORKER_ONLY_SECRET": "<redacted>", "PLAIN_NAME": "<redacted>"}
         assert env["dask_config"]["tokenize"]["ensure-deterministic"] is False   # not a secret name
@@ -205,7 +205,7 @@ def test_kernel_environment_is_complete_and_clean(monkeypatch):
     assert env["env_vars"]["OMP_NUM_THREADS"] == "1"
     assert env["dask_config"]["julius-test"]["password"] == "<redacted>"
     assert env["dask_config"]["julius-test"]["n"] == 3
-    assert env["dask_config"]["julius-test"]["store"] == "s3://<redacted>@host/bucket"   # the user name too: it can be a token
+    assert re.fullmatch(r"<sha256:[0-9a-f]{12}>", env["dask_config"]["julius-test"]["store"])   # not Dask's: digested
     assert "PATH" not in env["env_vars"]
     assert_no_secret(env)
     assert json.loads(json.dumps(env)) == env  # JSON-able
