@@ -32,7 +32,9 @@ def cmd_list(args):
         return 0
     table = recordings_table(store, legacy_hmac=args.legacy_hmac)   # bad ones: a warning each
     table["note"] = table["note"].map(one_line, na_action="ignore")   # a row a recording, whatever its note holds
-    print(table.to_string(index=False) if len(table) else f"no recordings in {store.url}")
+    missing = "://" not in store.url and not os.path.isdir(store.url)
+    print(table.to_string(index=False) if len(table) else
+          f"no recordings in {store.url}" + (" (no such folder yet)" if missing else ""))
     return 0
 
 
@@ -325,7 +327,7 @@ def main(argv=None):
     with one_line_warnings(f"julius {args.command}"):
         try:
             return args.fn(args)
-        except (JuliusError, FileNotFoundError, ValueError) as e:   # the message is the whole story
+        except (JuliusError, OSError, ValueError) as e:   # the message is the whole story (a store unreadable: OSError)
             from .recording.verdict import error_status
 
             print(f"julius {args.command}: {one_line(e)}", file=sys.stderr)

@@ -76,6 +76,10 @@ class RecordingExistsError(RecordingError, FileExistsError):
     """A recording of that name already exists in the store."""
 
 
+class StoreUnreachableError(RecordingError, OSError):
+    """The store's file system refused or could not be reached (no credentials, a bad endpoint)."""
+
+
 class IntegrityError(RecordingError):
     """A recording's bytes do not match its hashes or signature (corrupt or tampered)."""
 

@@ -68,9 +68,11 @@ class ZipSource(Source):
     def read(self, rel):
         return self.archive.read(self.rels[rel])
 
-    def blob_sha(self, sha):
+    def blob_sha(self, sha, size=None):
         if sha not in self.blob_names:
             return None
+        if size is not None and self.archive.getinfo(f"blobs/{sha}").file_size != size:
+            return None, self.archive.getinfo(f"blobs/{sha}").file_size
         with self.archive.open(f"blobs/{sha}") as f:
             return integrity.hash_stream(integrity.read_chunks(f))
 

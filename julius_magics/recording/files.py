@@ -4,7 +4,11 @@ Two implementations share one small interface, as fsspec's own backends do:
 :class:`LocalFiles` (a temporary file, ``fsync``, then a rename; exclusive
 writes by hard link) and :class:`ObjectFiles` (object stores and ``memory://``:
 a single put publishes a file whole; exclusive writes by a conditional put).
-Errors are Python's own: ``FileNotFoundError``, ``FileExistsError``.
+Errors are Python's own: ``FileNotFoundError``, ``FileExistsError``; and
+``IntegrityError`` for what a store never holds: a JSON document larger than
+:data:`DOC_LIMIT`, or, in a local folder (which can come from anyone), a symbolic
+link or special file (FIFO, device) below the root, which readers refuse rather
+than follow (the root itself may be a link).
 
 A local folder also takes content-addressed files in one pass (:func:`write_hashed`:
 read, hash and write together), and hands the processes that read input files a
@@ -13,16 +17,25 @@ read, hash and write together), and hands the processes that read input files a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
+import shutil
+import stat
+import sys
 import tempfile
 import threading
 import uuid
 
-__all__ = ["Files", "LocalFiles", "ObjectFiles", "BlobSink", "open_files", "write_hashed", "TMP"]
+from ..errors import IntegrityError
+
+__all__ = ["Files", "LocalFiles", "ObjectFiles", "BlobSink", "open_files", "write_hashed", "TMP", "DOC_LIMIT"]
 
 TMP = "_tmp"
+# The most bytes a JSON document (a name ending .json: manifest, journal entry, sidecar) is read whole with. The
+# largest real ones are manifests, listing every part and blob: 100k of them make ~10 MB.
+DOC_LIMIT = 64 << 20
 HASHED_CHUNK = 1 << 20   # bytes read, hashed and written at a time by write_hashed (8 MB cost 2-3x the CPU, at times)
 PROBE_PREFIX = "probe-"
 # exclusive puts on memory:// (and other back-ends without conditional writes) check, then write
@@ -63,14 +76,55 @@ class Files:
         """Write an iterable of byte chunks to ``path`` so that readers see all of it or nothing."""
         raise NotImplementedError
 
-    def read(self, path):
-        """The bytes of ``path`` (``FileNotFoundError`` when missing)."""
-        return self.fs.cat_file(path)
+    def read(self, path, limit=None):
+        """The bytes of ``path`` (``FileNotFoundError`` when missing).
 
-    def read_many(self, paths):
-        """``{path: bytes}`` of those of ``paths`` that exist, in one batch."""
-        found = self.fs.cat(list(paths), on_error="omit")
-        return {path: found[path] for path in paths if path in found}
+        A file larger than ``limit`` bytes is refused (``IntegrityError``) before it
+        is read; by default a JSON document's is :data:`DOC_LIMIT`, a part's or a
+        blob's none (their sizes are listed, and checked, by the manifest).
+        """
+        limit = _limit(path, limit)
+        if limit is None:
+            return self.fs.cat_file(path)
+        try:
+            data = self.fs.cat_file(path, start=0, end=limit + 1)   # one ranged read, never more than the limit
+        except FileNotFoundError:
+            raise
+        except OSError:   # S3 answers a range of an empty object with 416: read it whole
+            data = self.fs.cat_file(path)
+        if len(data) > limit:
+            raise IntegrityError(_too_large(self._where(path), None, limit))
+        return data
+
+    def read_many(self, paths, refused=None):
+        """``{path: bytes}`` of those of ``paths`` that exist, in one batch (JSON documents: capped as :meth:`read`).
+
+        A file refused (``IntegrityError``) goes into the dict ``refused`` as ``{path: error}``
+        when one is given, so that one bad file does not stop the others; else it raises.
+        """
+        paths = list(paths)
+        limits = {_limit(path, None) for path in paths}
+        ranged = {"start": 0, "end": DOC_LIMIT + 1} if limits == {DOC_LIMIT} else {}
+        found = self.fs.cat(paths, on_error="return", **ranged)
+        result = {}
+        for path in paths:
+            data = found.get(path)
+            if ranged and isinstance(data, OSError) and not isinstance(data, FileNotFoundError):
+                try:   # S3 answers a range of an empty object with 416: read it whole
+                    data = self.fs.cat_file(path)
+                except Exception:
+                    continue
+            if data is None or isinstance(data, BaseException):
+                continue   # missing or unreadable: left out
+            limit = _limit(path, None)
+            if limit is not None and len(data) > limit:
+                error = IntegrityError(_too_large(self._where(path), None, limit))
+                if refused is None:
+                    raise error
+                refused[path] = error
+                continue
+            result[path] = data
+        return result
 
     def open_read(self, path):
         """A binary file object to stream ``path`` from."""
@@ -121,9 +175,59 @@ class Files:
         """A :class:`BlobSink` writing into ``folder``, or None: only a local folder can take one."""
         return None
 
+    def _where(self, path):
+        """How a message names ``path``: ``Recording 'x': journal/000003.json``, ``Store ROOT: _blobs/<sha>``."""
+        prefix = self.root.rstrip("/") + "/"
+        rel = path[len(prefix):] if path.startswith(prefix) else path
+        top, _, inner = rel.partition("/")
+        if not top or top.startswith("_"):   # _blobs, _tmp: the store's own folders
+            return f"Store {self.root}: {rel}"
+        return f"Recording '{top}': {inner}" if inner else f"Recording '{top}': its folder"
+
+
+def _limit(path, limit):
+    """The size cap of a whole-file read of ``path``: ``limit``, else :data:`DOC_LIMIT` for a JSON document."""
+    if limit is None and path.endswith(".json"):
+        return DOC_LIMIT
+    return limit
+
+
+def _too_large(where, size, limit):
+    """The refusal of a document too large (``size`` bytes, or ``None``: more than ``limit``, not read further)."""
+    if size is None:
+        return f"{where} is larger than {limit} bytes, the most a document may have; refusing to read it."
+    return f"{where} is {size} bytes, larger than the {limit} a document may have; refusing to read it."
+
+
+_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"),
+          (stat.S_ISREG, "a regular file"))
+
+
+def _kind(mode):
+    """``"a FIFO"``, ``"a symbolic link"``, ...: what a file of ``mode`` is."""
+    return next((text for test, text in _KINDS if test(mode)), "a special file")
+
+
+# A folder below a local store's root, and a file in it, are opened without following a symbolic link (O_NOFOLLOW:
+# the open itself refuses one, so a link put in place after any check is refused too); a FIFO opens at once
+# (O_NONBLOCK), then fstat says what was opened.
+_ROOT = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+_FOLDER = _ROOT | getattr(os, "O_NOFOLLOW", 0)
+_FILE = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+_READ_AT_ONCE = 1 << 30   # bytes asked of one os.read (Linux gives at most ~2 GB a call)
+_NOT_NAMES = frozenset(("", ".", ".."))
+
 
 class LocalFiles(Files):
-    """A local folder: temporary files in ``root/_tmp`` renamed into place."""
+    """A local folder: temporary files in ``root/_tmp`` renamed into place.
+
+    A store folder can come from anyone (a shared folder, an unpacked download): below
+    the root, every file is read only if it is a regular file reached through folders
+    that are no symbolic links, opened one folder at a time (``openat``). A link, a FIFO,
+    a device is refused (``IntegrityError``, one line naming it) and never followed, read
+    or deleted through; a JSON document larger than :data:`DOC_LIMIT` is refused unread.
+    """
 
     def write(self, path, data, exclusive=False):
         self._write(path, [data], exclusive)
@@ -132,24 +236,247 @@ class LocalFiles(Files):
         self._write(path, chunks, exclusive=False)
 
     def _write(self, path, chunks, exclusive):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp_dir = self.path(TMP)
         os.makedirs(tmp_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=tmp_dir)
+        # made, and reached, without following links: never into a folder a link leads to, outside the store
+        folder, name = self._parent(path, "write", create=True)
         try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            if exclusive:
-                os.link(tmp, path)  # fails if path exists: atomic and exclusive
-            else:
-                os.replace(tmp, path)
+            fd, tmp = tempfile.mkstemp(dir=tmp_dir)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    for chunk in chunks:
+                        f.write(chunk)
+                    f.flush()
+                    os.fsync(f.fileno())
+                if exclusive:
+                    os.link(tmp, name, dst_dir_fd=folder)  # fails if path exists: atomic and exclusive
+                else:
+                    os.replace(tmp, name, dst_dir_fd=folder)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            os.close(folder)
 
+    # --- reading, never through a link ------------------------------------------
+    def read(self, path, limit=None):
+        limit = _limit(path, limit)
+        fd = self._open(path)
+        try:
+            size = self._regular(fd, path)
+            if limit is not None and size > limit:
+                raise IntegrityError(_too_large(self._where(path), size, limit))
+            data = _read_all(fd, size, limit)
+        finally:
+            os.close(fd)
+        if data is None:   # grew past the limit while read
+            raise IntegrityError(_too_large(self._where(path), None, limit))
+        return data
+
+    def read_many(self, paths, refused=None):
+        found = {}
+        for path in paths:
+            try:
+                found[path] = self.read(path)
+            except IntegrityError as error:
+                if refused is None:
+                    raise
+                refused[path] = error
+            except OSError:   # missing (or unreadable): left out, as fsspec's cat(on_error="omit") did
+                pass
+        return found
+
+    def open_read(self, path):
+        fd = self._open(path)
+        try:
+            self._regular(fd, path)   # a regular file ends: a stream of it never runs forever
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def size(self, path):
+        """Size of the regular file ``path``, or ``None`` if it does not exist or is a link, FIFO... (which a
+        write then replaces)."""
+        try:
+            folder, name = self._parent(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            found = os.stat(name, dir_fd=folder, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        finally:
+            os.close(folder)
+        return found.st_size if stat.S_ISREG(found.st_mode) else None
+
+    def names(self, path):
+        try:
+            fd = self._open_folder(path)
+        except FileNotFoundError:   # a root under a file is an unreachable store, as before
+            return []
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
+
+    def tree(self, path):
+        """As :meth:`Files.tree`; a link or special file under ``path`` is refused, never descended into."""
+        try:
+            fd = self._open_folder(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        found = {}
+        try:
+            self._walk(fd, path, "", found)
+        finally:
+            os.close(fd)
+        return found
+
+    def _walk(self, fd, path, prefix, found):
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                rel = prefix + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    sub = self._open_folder(f"{path}/{rel}")   # from the root again: a folder swapped for a link is refused
+                    try:
+                        self._walk(sub, path, rel + "/", found)
+                    finally:
+                        os.close(sub)
+                    continue
+                found_stat = entry.stat(follow_symlinks=False)
+                if not stat.S_ISREG(found_stat.st_mode):
+                    raise IntegrityError(_refusal(self._where(f"{path}/{rel}"), _kind(found_stat.st_mode),
+                                                  "regular file", "read"))
+                found[rel] = found_stat.st_size
+
+    def rm(self, path):
+        """Remove ``path`` (a file or a folder); nothing if it does not exist. A link is removed, never what it
+        points to; one in the folders leading to ``path`` is refused."""
+        if not self._rel_parts(path):   # the store itself (a link to it: the link)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.unlink(path)
+            return
+        try:
+            folder, name = self._parent(path, "delete")
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        try:
+            try:
+                found = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            if not stat.S_ISDIR(found.st_mode):
+                os.unlink(name, dir_fd=folder)
+            elif sys.version_info >= (3, 11):
+                shutil.rmtree(name, dir_fd=folder)   # removes links inside, never follows them
+            else:
+                shutil.rmtree(path)
+        finally:
+            os.close(folder)
+
+    def expect(self, path, folder=False, action="read"):
+        """Whether ``path`` exists as a regular file (a folder, with ``folder``); ``IntegrityError`` if it is
+        something else (a link, a FIFO...) or is reached through a link."""
+        try:
+            parent, name = self._parent(path, action)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        try:
+            found = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        finally:
+            os.close(parent)
+        if not (stat.S_ISDIR if folder else stat.S_ISREG)(found.st_mode):
+            raise IntegrityError(_refusal(self._where(path), _kind(found.st_mode), "folder" if folder else
+                                          "regular file", action))
+        return True
+
+    def _rel_parts(self, path):
+        """The names leading from the root to ``path`` (none for the root itself)."""
+        prefix = self.root.rstrip("/") + "/"
+        if not path.startswith(prefix):
+            if path.rstrip("/") == self.root.rstrip("/"):
+                return []
+            raise ValueError(f"{path} is not in the store {self.root}")
+        parts = path[len(prefix):].split("/")
+        if _NOT_NAMES.intersection(parts):
+            raise ValueError(f"{path}: a path in a store is made of plain names")
+        return parts
+
+    def _walk_to(self, parts, count, action, create=False):
+        """A descriptor of the folder ``parts[:count]``, opened from the root one folder at a time, each without
+        following a link (the root itself may be one), made if missing with ``create``; the caller closes it."""
+        if create:
+            os.makedirs(self.root, exist_ok=True)
+        fd = os.open(self.root, _ROOT)
+        try:
+            for i in range(count):
+                try:
+                    if create:
+                        with contextlib.suppress(FileExistsError):
+                            os.mkdir(parts[i], dir_fd=fd)
+                    sub = os.open(parts[i], _FOLDER, dir_fd=fd)
+                except OSError as error:
+                    self._refuse_link(error, fd, parts, i, "folder", action)
+                    raise
+                os.close(fd)
+                fd = sub
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _refuse_link(self, error, fd, parts, i, expected, action):
+        """Raise ``IntegrityError`` naming ``parts[:i + 1]`` if the open that failed with ``error`` met a link
+        there (O_NOFOLLOW says ELOOP, or ENOTDIR with O_DIRECTORY); else return, for the caller to raise ``error``."""
+        if error.errno not in (errno.ELOOP, errno.EMLINK, errno.ENOTDIR):
+            return
+        try:
+            mode = os.stat(parts[i], dir_fd=fd, follow_symlinks=False).st_mode
+        except OSError:
+            return
+        if stat.S_ISLNK(mode):
+            where = self._where(self.path(*parts[:i + 1]))
+            raise IntegrityError(_refusal(where, "a symbolic link", expected, action)) from None
+
+    def _parent(self, path, action="read", create=False):
+        """``(fd of the folder holding path, path's name)``, reached without links; the caller closes the fd."""
+        parts = self._rel_parts(path)
+        if not parts:
+            raise ValueError(f"{path} is the store's root, not a file in it")
+        return self._walk_to(parts, len(parts) - 1, action, create), parts[-1]
+
+    def _open_folder(self, path):
+        """A descriptor of the folder ``path`` (the root, or a folder below it reached without links)."""
+        parts = self._rel_parts(path)
+        return self._walk_to(parts, len(parts), "read")
+
+    def _open(self, path):
+        """A descriptor of the file ``path``, reached and opened without links (not yet known to be a regular
+        file: see :meth:`_regular`)."""
+        parts = self._rel_parts(path)
+        if not parts:
+            raise ValueError(f"{path} is the store's root, not a file in it")
+        last = len(parts) - 1
+        fd = self._walk_to(parts, last, "read")
+        try:
+            return os.open(parts[last], _FILE, dir_fd=fd)
+        except OSError as error:
+            self._refuse_link(error, fd, parts, last, "regular file", "read")
+            raise
+        finally:
+            os.close(fd)
+
+    def _regular(self, fd, path):
+        """The size of the open file ``fd`` if it is a regular file; else ``IntegrityError`` naming ``path``."""
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode):
+            raise IntegrityError(_refusal(self._where(path), _kind(found.st_mode), "regular file", "read"))
+        return found.st_size
 
     def write_hashed(self, folder, source, commit=None):
         """Store the binary file ``source`` as ``folder/<its sha256>`` in one pass (:func:`write_hashed`)."""
@@ -201,11 +528,38 @@ def write_hashed(root, folder, source, commit=None):
             os.unlink(tmp)
 
 
+def _refusal(where, kind, expected, action):
+    if kind == "a symbolic link":
+        return f"{where} is a symbolic link; refusing to {action} it."
+    return f"{where} is {kind}, not a {expected}; refusing to {action} it."
+
+
+def _read_all(fd, size, limit):
+    """The bytes of the open regular file ``fd`` that fstat found ``size`` bytes long (one read, for most), or
+    ``None`` if it grows past ``limit`` while read."""
+    chunks, total = [], 0
+    while True:
+        # one byte more than fstat said: a short read says the end is there (then, a file that grew: 1 MB reads)
+        want = min(size - total + 1, _READ_AT_ONCE) if total < size else HASHED_CHUNK
+        chunk = os.read(fd, want)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        if limit is not None and total > limit:
+            return None
+        if total >= size and len(chunk) < want:
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 def _size(path):
+    """Size of the regular file ``path``; ``None`` if missing, or a link (which a write then replaces)."""
     try:
-        return os.stat(path).st_size
+        found = os.lstat(path)
     except FileNotFoundError:
         return None
+    return found.st_size if stat.S_ISREG(found.st_mode) else None
 
 
 class BlobSink:

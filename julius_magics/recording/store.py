@@ -10,12 +10,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
-from ..errors import JuliusError, RecordingNotFoundError
+from ..errors import IntegrityError, JuliusError, RecordingNotFoundError, StoreUnreachableError
 from . import archive, integrity
-from .files import open_files
+from .files import LocalFiles, open_files
 from .keys import trusted_fingerprints
 from .journal import (MANIFEST, NAME_PATTERN, VERIFIED, Recording, RecordingInfo, RecordingWriter, Step, claim,
                       new_manifest, read_info, validate_name, write_verified)
@@ -26,6 +27,28 @@ __all__ = ["Store", "Recording", "RecordingInfo", "RecordingWriter", "Step", "va
 
 STORE_ENV = "JULIUS_STORE"
 DEFAULT_STORE = "~/.julius/recordings"
+
+
+#: Libraries of object-store clients, whose own errors (botocore's NoCredentialsError is no OSError)
+#: mean the store cannot be reached.
+_CLIENT_LIBRARIES = frozenset({"botocore", "aiobotocore", "s3fs", "gcsfs", "google", "adlfs", "azure"})
+
+
+def _reaching(method):
+    """``method`` of a :class:`Store`, whose object-store client's errors become one line naming the store."""
+    @functools.wraps(method)
+    def reaching(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except JuliusError:
+            raise
+        except Exception as error:
+            if type(error).__module__.partition(".")[0] not in _CLIENT_LIBRARIES:
+                raise
+            text = " ".join(str(error).split())
+            raise StoreUnreachableError(f"Store {self.url} cannot be reached: {type(error).__name__}"
+                                        + (f": {text}" if text else "")) from None
+    return reaching
 
 
 class Store:
@@ -81,6 +104,7 @@ class Store:
         return self._key
 
     # --- writing ---------------------------------------------------------------
+    @_reaching
     def create(self, name, meta=None):
         """Start a new recording and return its :class:`RecordingWriter`.
 
@@ -104,6 +128,7 @@ class Store:
         return RecordingWriter(self, body)
 
     # --- reading ---------------------------------------------------------------
+    @_reaching
     def list(self, legacy_hmac=False, problems=None):
         """Return the :class:`RecordingInfo` of every readable recording, sorted by creation time.
 
@@ -117,17 +142,23 @@ class Store:
         names = sorted(n for n in files.names(files.root) if NAME_PATTERN.match(n))
         if not names:
             return []
-        manifests = files.read_many([files.path(n, MANIFEST) for n in names])
-        verified = files.read_many([files.path(n, VERIFIED) for n in names])
+        refused = {}   # a link, a FIFO, a huge file: that recording is skipped, the others listed
+        manifests = files.read_many([files.path(n, MANIFEST) for n in names], refused)
+        verified = files.read_many([files.path(n, VERIFIED) for n in names], refused)
         trusted = trusted_fingerprints()
         infos = []
         for name in names:
-            raw = manifests.get(files.path(name, MANIFEST))
-            if raw is None:
-                continue  # a folder without manifest: a delete in progress, or not a recording
+            path, sidecar_path = files.path(name, MANIFEST), files.path(name, VERIFIED)
+            raw = manifests.get(path)
             try:
-                infos.append(read_info(files, name, raw, verified.get(files.path(name, VERIFIED)), self.key,
-                                       trusted, legacy_hmac))
+                if path in refused:
+                    raise refused[path]
+                if raw is None:
+                    continue  # a folder without manifest: a delete in progress, or not a recording
+                sidecar = verified.get(sidecar_path)
+                if sidecar_path in refused:   # as any bad sidecar: ignored, never blocking
+                    warnings.warn(f"{refused[sidecar_path]} The verification is ignored.", UserWarning, stacklevel=2)
+                infos.append(read_info(files, name, raw, sidecar, self.key, trusted, legacy_hmac))
             except JuliusError as error:
                 if problems is None:
                     warnings.warn(f"skipped recording '{name}': {error}", UserWarning, stacklevel=2)
@@ -135,6 +166,7 @@ class Store:
                     problems.append((name, str(error)))
         return sorted(infos, key=lambda info: (info.created, info.name))
 
+    @_reaching
     def info(self, name, legacy_hmac=False):
         """Return the :class:`RecordingInfo` of one recording.
 
@@ -151,12 +183,16 @@ class Store:
             sidecar = self.files.read(self.files.path(name, VERIFIED))
         except FileNotFoundError:
             sidecar = None
+        except IntegrityError as error:   # as any bad sidecar: ignored, never blocking
+            warnings.warn(f"{error} The verification is ignored.", UserWarning, stacklevel=2)
+            sidecar = None
         return read_info(self.files, name, raw, sidecar, self.key, trusted_fingerprints(), legacy_hmac)
 
     def accepted_keys(self, trust_key=None):
         """Fingerprints whose recordings :meth:`open` accepts besides yours: trusted keys and ``trust_key``."""
         return trusted_fingerprints([trust_key] if trust_key else [])
 
+    @_reaching
     def open(self, name, trust_key=None, legacy_hmac=False, any_signer=False, *, trust=False):
         """Verify every byte of a recording, then return it as a :class:`Recording`.
 
@@ -194,24 +230,34 @@ class Store:
         return Recording(self, source, verify(source, name, self.key, trust, legacy_hmac, trusted))
 
     # --- managing --------------------------------------------------------------
+    @_reaching
     def delete(self, name):
         """Delete a recording (its blobs stay: other recordings may share them)."""
         validate_name(name)
         manifest = self.files.path(name, MANIFEST)
-        if not self.files.exists(manifest):
+        if isinstance(self.files, LocalFiles):   # a folder or manifest that is a link is refused, never followed
+            found = (self.files.expect(self.files.path(name), folder=True, action="delete")
+                     and self.files.expect(manifest, action="delete"))
+        else:
+            found = self.files.exists(manifest)
+        if not found:
             raise RecordingNotFoundError(f"No recording '{name}' in {self.url}.")
         self.files.rm(manifest)  # first, so the recording disappears from listings at once
         self.files.rm(self.files.path(name))
 
+    @_reaching
     def mark_verified(self, name, summary):
         """Record how a replay of ``name`` ended; ``summary`` is JSON, ``{"verified": true, ...}`` when it matched."""
         write_verified(self.files, name, summary, self.key, self.url)
 
+    @_reaching
     def export(self, name, path, legacy_hmac=False):
         """Write recording ``name`` and its blobs to the single-file archive ``path`` (see :mod:`.archive`)."""
         archive.export(self, name, path, legacy_hmac=legacy_hmac)
 
+    @_reaching
     def import_(self, path, trust_key=None, as_name=None, force=False, legacy_hmac=False):
         """Import an archive written by :meth:`export`; return the recording's name (see :func:`archive.import_`)."""
         return archive.import_(self, path, trust_key=trust_key, as_name=as_name, force=force,
                                legacy_hmac=legacy_hmac)
+

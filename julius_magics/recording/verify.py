@@ -10,6 +10,7 @@ journal entries and the signatures, and returns what it established as a
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 from ..errors import IntegrityError, JuliusError, RecordingNotFoundError
@@ -68,7 +69,9 @@ class Source:
     def read(self, rel):
         raise NotImplementedError
 
-    def blob_sha(self, sha):
+    def blob_sha(self, sha, size=None):
+        """``(sha256, size)`` of the stored blob, or None when missing; with ``size``, a blob of another size
+        may be returned as ``(None, its size)`` unread."""
         raise NotImplementedError
 
     def part_sha(self, rel):
@@ -77,7 +80,8 @@ class Source:
 
 
 class StoreSource(Source):
-    """Reads recording ``name`` from the files of a store."""
+    """Reads recording ``name`` from the files of a store (in a local folder, links and special files are
+    refused and JSON documents capped: :class:`.files.LocalFiles`)."""
 
     def __init__(self, files, name, location):
         self.files = files
@@ -89,21 +93,30 @@ class StoreSource(Source):
         return self.files.tree(self.files.path(self.name))
 
     def read(self, rel):
-        path = self.files.path(self.name, rel)
         try:
-            if self._local:   # a third of opening a recording of small steps went into fsspec's open
-                with open(path, "rb") as f:
-                    return f.read()
-            return self.files.read(path)
+            return self.files.read(self.files.path(self.name, rel))
         except FileNotFoundError:
             raise IntegrityError(f"Recording '{self.name}': {rel} disappeared while being read.") from None
 
-    def blob_sha(self, sha):
+    def part_sha(self, rel):
+        if not self._local:   # one request (a stream costs an object store two)
+            return super().part_sha(rel)
         try:
-            with self.files.open_read(self.files.path(BLOBS, sha)) as f:
-                return integrity.hash_stream(integrity.read_chunks(f))
+            with self.files.open_read(self.files.path(self.name, rel)) as f:
+                return integrity.hash_stream(integrity.read_chunks(f))[0]
+        except FileNotFoundError:
+            raise IntegrityError(f"Recording '{self.name}': {rel} disappeared while being read.") from None
+
+    def blob_sha(self, sha, size=None):
+        try:
+            f = self.files.open_read(self.files.path(BLOBS, sha))   # a link or a FIFO is refused here
         except FileNotFoundError:
             return None
+        with f:
+            stored = f.size if hasattr(f, "size") else os.fstat(f.fileno()).st_size
+            if size is not None and stored != size:   # not hashed: a huge (sparse) file would take hours
+                return None, stored
+            return integrity.hash_stream(integrity.read_chunks(f))
 
 
 def verify(source, name, key, trust, legacy_hmac=False, trusted=None):
@@ -335,7 +348,7 @@ def _check_contents(source, tree, files, blobs, where, hashed=()):
     for sha, size in blobs.items():
         if not SHA_PATTERN.match(sha):
             raise IntegrityError(f"{where}: blob name {sha!r} is not a SHA-256.")
-        found = source.blob_sha(sha)
+        found = source.blob_sha(sha, size)
         if found is None:
             raise IntegrityError(f"{where}: blob {sha[:12]}… is missing.")
         if found != (sha, size):

@@ -27,7 +27,8 @@ import tornado.web
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 
-from julius_magics.errors import IntegrityError, RecordingError, RecordingNotFoundError, UntrustedRecordingError
+from julius_magics.errors import (IntegrityError, RecordingError, RecordingNotFoundError, StoreUnreachableError,
+                                  UntrustedRecordingError)
 from julius_magics.server.manager import JobNotFoundError
 
 # Any single path segment; the store validates names itself (``[A-Za-z0-9._-]``),
@@ -44,6 +45,8 @@ def _http_error(error: Exception) -> tornado.web.HTTPError:
         status = 409
     elif isinstance(error, (ValueError, TypeError)):
         status = 400
+    elif isinstance(error, StoreUnreachableError):
+        status = 503
     elif isinstance(error, RecordingError):   # e.g. a format this version does not read: the recording is bad
         status = 422
     elif isinstance(error, OSError):

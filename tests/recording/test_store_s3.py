@@ -73,3 +73,24 @@ def test_s3_store_takes_endpoint_from_environment(s3_options, monkeypatch):
     url = f"s3://{BUCKET}/{uuid.uuid4().hex}"
     write_sample(Store(url, **s3_options), "shared")
     assert [i.name for i in Store(url, skip_instance_cache=True).list()] == ["shared"]
+
+
+def test_a_store_without_credentials_is_one_line_naming_it(s3_options, monkeypatch, capsys):
+    from julius_magics import cli
+    from julius_magics.errors import StoreUnreachableError
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")   # no instance metadata to look for credentials in
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    url = f"s3://{BUCKET}/{uuid.uuid4().hex}"
+    store = Store(url, client_kwargs=s3_options["client_kwargs"])
+    message = f"Store {url} cannot be reached: NoCredentialsError: Unable to locate credentials"
+    with pytest.raises(StoreUnreachableError, match=f"^{message}$"):
+        store.create("run")
+    with pytest.raises(StoreUnreachableError, match=f"^{message}$"):
+        store.list()
+    capsys.readouterr()
+    assert cli.main(["--store", url, "list"]) == cli.EXIT_ERROR
+    assert capsys.readouterr().err == f"julius list: {message}\n"
