@@ -334,6 +334,14 @@ def main(argv=None):
             return error_status(e)
         except KeyboardInterrupt:
             return 130
+        except Exception as e:   # a bug of ours: one line, its own exit status (the traceback on request)
+            if os.environ.get("JULIUS_DEBUG"):
+                raise
+            from .recording.verdict import EXIT_INTERNAL
+
+            print(f"julius {args.command}: internal error: {type(e).__name__}: {one_line(e)} (a bug of julius_magics: "
+                  "JULIUS_DEBUG=1 shows its traceback)", file=sys.stderr)
+            return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

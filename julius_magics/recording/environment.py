@@ -43,6 +43,7 @@ import sys
 import sysconfig
 import tempfile
 
+from ..terminal import one_line
 from .redaction import REDACTED, jsonable, known_secrets, scrub, scrub_text, secret_name
 
 __all__ = ["capture_environment", "cluster_environments", "env_diff", "format_env_diff",
@@ -649,4 +650,5 @@ def format_env_diff(diff: dict) -> str:
         lines += [f"{label} added: {k} {v}" for k, v in changes.get("added", {}).items()]
         lines += [f"{label} removed: {k} {v}" for k, v in changes.get("removed", {}).items()]
         lines += [f"{label} changed: {k} {old} -> {new}" for k, (old, new) in changes.get("changed", {}).items()]
-    return "\n".join(lines) if lines else "same environment"
+    # a line each, whatever a recorded value holds
+    return "\n".join(one_line(line) for line in lines) if lines else "same environment"

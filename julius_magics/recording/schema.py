@@ -59,6 +59,7 @@ _META = {
         "workers": _WORKERS,
         "headlines": {"type": "object", "additionalProperties": {"type": "string"}},
         "partial": {"type": "boolean"},
+        "partial_reasons": {"type": "array", "items": {"type": "string"}},
     },
 }
 
@@ -191,7 +192,9 @@ STEP_SCHEMAS = {
                              environment={"anyOf": [_SHA, {"type": "null"}]}),
     "worker_left": _object(**_EVENT, worker=_NULL_STR, workers=_WORKERS),
     "inputs": _object(["files"], files={"type": "array", "items": _object(
-        ["path", "abspath", "size", "sha256"], **{**_RECORDED_FILE, "size": _SIZE, "sha256": _SHA}, embedded=_BOOL)}),
+        # a replay serves a relative path from the reader's cwd
+        ["path", "abspath", "cwd", "size", "sha256"], **{**_RECORDED_FILE, "cwd": _STR, "size": _SIZE, "sha256": _SHA},
+        embedded=_BOOL)}),
     "remote_inputs": _object(["files"], files={"type": "array", "items": _object(
         ["url"], url=_STR, path=_NULL_STR, cwd=_NULL_STR, size=_NULL_SIZE, etag=_NULL_STR, version_id=_NULL_STR,
         sha256={"anyOf": [_SHA, {"type": "null"}]}, blob={"anyOf": [_SHA, {"type": "null"}]}, reader=_NULL_STR)}),
@@ -204,7 +207,12 @@ STEP_SCHEMAS = {
 # what ``julius env`` writes as requirements lines: no name or version may hold a space or a newline
 _DISTRIBUTION_NAME = {"pattern": "^[A-Za-z0-9]([A-Za-z0-9._-]{0,200}[A-Za-z0-9])?$"}
 _VERSION = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9.+!_-]{0,100}$"}
-_URL = {"type": "string", "pattern": "^\\S+$", "maxLength": 8192}   # written after --index-url, "name @"
+# written after --index-url and "name @", into uv's and conda's files (a URL, or a folder for --find-links):
+# no space, never an option (a leading "-")
+_URL = {"type": "string", "pattern": "^(?!-)\\S+$", "maxLength": 8192}
+_PYTHON_VERSION = {"type": ["string", "null"], "pattern": "^[0-9]+(\\.[0-9]+){0,2}([a-z]+[0-9]*)?\\+?$"}
+_REVISION = {"type": ["string", "null"], "pattern": "^[A-Za-z0-9][A-Za-z0-9._/+-]{0,255}$"}   # a commit, a tag
+_WORD = {"type": ["string", "null"], "pattern": "^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"}   # vcs, installer, kind
 _URLS = {"type": "array", "items": _URL}
 _POOL = _object(user_api=_NULL_STR, internal_api=_NULL_STR, version=_NULL_STR, num_threads=_NULL_INT,
                 threading_layer=_NULL_STR, architecture=_NULL_STR, prefix=_NULL_STR, filepath=_NULL_STR)
@@ -212,7 +220,7 @@ _INDEXES = _object(index_url={"anyOf": [_URL, {"type": "null"}]}, extra_index_ur
 #: An environment blob (``recording/environment.py``), as far as ``julius env``, ``diff`` and the
 #: rebuilds read it; the Dask config is free JSON.
 ENVIRONMENT_SCHEMA = _object(
-    python=_object(version=_NULL_STR, implementation=_NULL_STR, executable=_NULL_STR, hashseed=_NULL_STR),
+    python=_object(version=_PYTHON_VERSION, implementation=_NULL_STR, executable=_NULL_STR, hashseed=_NULL_STR),
     os=_object(system=_NULL_STR, release=_NULL_STR, platform=_NULL_STR, machine=_NULL_STR, platform_tag=_NULL_STR,
                libc=_NULL_STR),
     cpu=_object(count=_NULL_INT, model=_NULL_STR, flags=_NULL_STRINGS),
@@ -223,9 +231,9 @@ ENVIRONMENT_SCHEMA = _object(
     dask_config={"type": "object"},
     env_vars=_TEXTS,
     distributions={"type": "object", "propertyNames": _DISTRIBUTION_NAME, "additionalProperties": _object(
-        installer=_NULL_STR,
-        origin=_object(["kind"], kind=_STR, url=_URL, vcs=_NULL_STR, commit={"anyOf": [_URL, {"type": "null"}]},
-                       requested_revision={"anyOf": [_URL, {"type": "null"}]},
+        installer=_WORD,
+        origin=_object(["kind"], kind={**_WORD, "type": "string"}, url=_URL, vcs=_WORD, commit=_REVISION,
+                       requested_revision=_REVISION,
                        hashes={"type": "object", "propertyNames": {"pattern": "^[a-z0-9_]{1,20}$"},
                                "additionalProperties": {"type": "string", "pattern": "^[0-9a-fA-F]{1,256}$"}}))},
     packages={"type": "object", "propertyNames": _DISTRIBUTION_NAME, "additionalProperties": _VERSION},

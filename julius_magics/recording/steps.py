@@ -197,7 +197,7 @@ def _output_results(d):
     from ..cluster.serve import recorded_fingerprint, written_by_a_task   # a replay runs the graphs, not the cells
 
     return {f["abspath"]: {"label": f"output {f['path']}", "fp": recorded_fingerprint(f),
-                           "describe": f"{f.get('size', 0):,} B"}
+                           "describe": f"{f.get('size') or 0:,} B"}
             for f in d["files"] if f.get("sha256") and written_by_a_task(f)}
 
 

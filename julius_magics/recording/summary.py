@@ -112,7 +112,7 @@ def format_details(details):
     if details["data"]:
         lines.append("data:")
         lines += [f"  {f['path']}  {f['size']:,} B  sha256 {f['sha256'][:16]}  "
-                  f"{'embedded' if f['embedded'] else 'hash only'}" for f in details["data"]]
+                  f"{'embedded' if f.get('embedded') else 'hash only'}" for f in details["data"]]
     distinct, recorded = len(details["results"]), details.get("results_recorded", len(details["results"]))
     lines.append(f"results: {recorded}" + (f" ({distinct} distinct)" if distinct != recorded else ""))
     lines += [f"  {r['label'] or r['node']}: {r['describe']}  [{r['fp'][:12]}]" for r in details["results"]]
@@ -128,7 +128,8 @@ def _sources(recording, kind, key=None):
 
 
 def _text_diff(a, b, name_a, name_b):
-    return "".join(difflib.unified_diff(a.splitlines(True), b.splitlines(True), name_a, name_b))
+    # lines without their ends: a cell's last line has none, and would run into the next one
+    return "\n".join(difflib.unified_diff(a.splitlines(), b.splitlines(), name_a, name_b, lineterm=""))
 
 
 def diff(name_a, name_b, store=None, legacy_hmac=False):

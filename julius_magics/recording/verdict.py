@@ -8,6 +8,7 @@ status  meaning
 2       error: bad input, a missing recording or file, a failed step
 3       incomplete: reproduced up to step K of an incomplete (or partial) recording
 4       refused: the recording failed verification, or is signed by a key you do not trust
+70      internal error: a bug of julius_magics (one line; ``JULIUS_DEBUG=1`` shows its traceback)
 ======  ==============================================================================
 """
 
@@ -15,15 +16,17 @@ from __future__ import annotations
 
 from ..errors import IntegrityError, RecordingError, UntrustedRecordingError
 
-__all__ = ["EXIT_VERIFIED", "EXIT_NOT_VERIFIED", "EXIT_ERROR", "EXIT_INCOMPLETE", "EXIT_REFUSED",
+__all__ = ["EXIT_VERIFIED", "EXIT_NOT_VERIFIED", "EXIT_ERROR", "EXIT_INCOMPLETE", "EXIT_REFUSED", "EXIT_INTERNAL",
            "exit_status", "error_status", "EXIT_HELP"]
 
 EXIT_VERIFIED, EXIT_NOT_VERIFIED, EXIT_ERROR, EXIT_INCOMPLETE, EXIT_REFUSED = 0, 1, 2, 3, 4
+EXIT_INTERNAL = 70   # sysexits' EX_SOFTWARE
 
 EXIT_HELP = ("exit status: 0 verified (a complete recording, every result matched); 1 not verified (a result "
              "differs, or none to compare); 2 error (bad input, missing recording or file); 3 incomplete "
              "(reproduced up to step K of an incomplete or partial recording: never verified); 4 refused (the "
-             "recording failed verification or is signed by a key you do not trust)")
+             "recording failed verification or is signed by a key you do not trust); 70 internal error (a bug of "
+             "julius_magics: JULIUS_DEBUG=1 shows its traceback)")
 
 
 def exit_status(report):

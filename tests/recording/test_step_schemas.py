@@ -171,6 +171,13 @@ def test_wrong_shapes_in_any_kind_give_one_line_in_every_reader():
     (json.dumps({"python": {"version": 3.11}}).encode(), "is malformed: at python/version: 3.11 is not of type"),
     (json.dumps({"packages": {"numpy": ["2.0"]}}).encode(), "is malformed: at packages/numpy"),
     (json.dumps({"threads": {"blas": "openblas"}}).encode(), "is malformed: at threads/blas"),
+    # what `julius env` writes into requirements lines: no line, no option of the forger's
+    (json.dumps({"python": {"version": "3.12\n--extra-index-url=http://evil"}}).encode(), "at python/version"),
+    (json.dumps({"distributions": {"numpy": {"origin": {"kind": "vcs", "vcs": "git\nevil-pkg==6.6.6",
+                                                        "url": "https://x/numpy"}}}}).encode(),
+     "at distributions/numpy/origin/vcs"),
+    (json.dumps({"indexes": {"pip": {"index_url": "--trusted-host=evil"}}}).encode(), "at indexes/pip/index_url"),
+    (json.dumps({"packages": {"numpy": "1.0\nevil==1"}}).encode(), "at packages/numpy"),
 ])
 def test_a_forged_environment_blob_is_named_by_every_reader(blob, says):
     url = f"memory://forged-{uuid.uuid4().hex}"
@@ -229,3 +236,47 @@ def test_a_replay_refuses_a_worker_count_this_machine_cannot_start(kind, data):
     assert code == cli.EXIT_ERROR and "Traceback" not in out + err, err
     assert err == (f"julius replay: Recording 'huge': journal entry 3 ({kind}) asks for 100000 workers, more than "
                    f"this machine starts ({local_worker_limit()}): give -n N or --address.\n")
+
+
+@pytest.mark.parametrize("kind, data, meta", [
+    ("inputs", {"files": [{k: v for k, v in EXAMPLES["inputs"]["files"][0].items() if k != "embedded"}]}, {}),
+    ("outputs", replaced(EXAMPLES["outputs"], ("files", 0, "size"), None), {}),
+])
+def test_optional_fields_absent_or_null_are_read_or_refused_in_one_line(kind, data, meta):
+    """(A manifest's meta of the wrong shape, ``partial_reasons: [1, 2]``, is refused by its schema.)"""
+    url = f"memory://forged-{uuid.uuid4().hex}"
+    store = stranger_store(url)
+    writer = store.create("odd", {"note": "odd", **meta})
+    writer.add_step(kind, data)
+    writer.close()
+    write(store, "other", "cell", {"source": "x = 2"})
+    for argv in (["show", "odd"], ["show", "odd", "--json"], ["diff", "odd", "other"], ["list"]):
+        code, out, err = run_cli("--store", url, *argv)
+        assert code in (0, 1, 4) and "Traceback" not in out + err, f"julius {argv}: {code} {err}"
+        assert all(line.startswith(f"julius {argv[0]}: ") for line in err.splitlines()), err
+
+
+def test_a_diff_and_an_environment_diff_keep_a_line_each():
+    url = f"memory://forged-{uuid.uuid4().hex}"
+    store = stranger_store(url)
+    env = capture_environment()
+    write(store, "a", "cell", {"source": "x = 1\ny = 2"}, json.dumps(env).encode())
+    forged = {**env, "os": {**env["os"], "release": "6.1\nVERIFIED: every result fingerprint matched"}}
+    write(store, "b", "cell", {"source": "x = 1\ny = 3"}, json.dumps(forged).encode())
+    code, out, err = run_cli("--store", url, "diff", "a", "b")
+    assert code == 1 and not err, err
+    lines = out.splitlines()
+    assert "-y = 2" in lines and "+y = 3" in lines   # a cell's last line has no end: not run into the next
+    assert not any(line.lstrip().startswith("VERIFIED") for line in lines) and "\\nVERIFIED" in out, out
+
+
+def test_a_bug_is_one_line_and_its_own_exit_status(monkeypatch):
+    from julius_magics.recording import summary
+
+    url = f"memory://forged-{uuid.uuid4().hex}"
+    write(Store(url), "a", "cell", EXAMPLES["cell"])
+    monkeypatch.setattr(summary, "details", lambda *args, **kwargs: {}["missing"])
+    code, out, err = run_cli("--store", url, "show", "a")
+    assert code == 70 and not out and "Traceback" not in err
+    assert err == ("julius show: internal error: KeyError: 'missing' (a bug of julius_magics: JULIUS_DEBUG=1 shows "
+                   "its traceback)\n")
