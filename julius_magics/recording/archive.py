@@ -16,6 +16,7 @@ import zlib
 from ..errors import IntegrityError, JuliusError, RecordingError, RecordingExistsError, RecordingNotFoundError
 from . import integrity
 from .integrity import canonical
+from .files import DOC_LIMIT
 from .journal import (BLOBS, MANIFEST, SHA_PATTERN, VERIFIED, Recording, RecordingWriter, checked, claim,
                       new_manifest, validate_name)
 from .verify import Source, verify
@@ -48,6 +49,10 @@ class ZipSource(Source):
         names = archive.namelist()
         if len(names) != len(set(names)):
             raise IntegrityError(f"{where} holds the same file twice.")
+        for info in archive.infolist():   # the sizes it declares bound what reading it inflates
+            if info.filename.endswith(".json") and info.file_size > DOC_LIMIT:
+                raise IntegrityError(f"{where}: {info.filename} declares {info.file_size} bytes, more than the "
+                                     f"{DOC_LIMIT} a document may have.")
         try:
             header = json.loads(archive.read("julius-export.json"))
             if header["format"] != EXPORT_FORMAT:
@@ -67,6 +72,10 @@ class ZipSource(Source):
 
     def read(self, rel):
         return self.archive.read(self.rels[rel])
+
+    def part_sha(self, rel):   # streamed: a part can be large
+        with self.archive.open(self.rels[rel]) as f:
+            return integrity.hash_stream(integrity.read_chunks(f))[0]
 
     def blob_sha(self, sha, size=None):
         if sha not in self.blob_names:

@@ -36,6 +36,7 @@ TMP = "_tmp"
 # The most bytes a JSON document (a name ending .json: manifest, journal entry, sidecar) is read whole with. The
 # largest real ones are manifests, listing every part and blob: 100k of them make ~10 MB.
 DOC_LIMIT = 64 << 20
+DEPTH_LIMIT = 8   # folders below a recording's (its own hold files, or one level: journal/, parts/)
 HASHED_CHUNK = 1 << 20   # bytes read, hashed and written at a time by write_hashed (8 MB cost 2-3x the CPU, at times)
 PROBE_PREFIX = "probe-"
 # exclusive puts on memory:// (and other back-ends without conditional writes) check, then write
@@ -213,7 +214,8 @@ def _kind(mode):
 # the open itself refuses one, so a link put in place after any check is refused too); a FIFO opens at once
 # (O_NONBLOCK), then fstat says what was opened.
 _ROOT = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-_FOLDER = _ROOT | getattr(os, "O_NOFOLLOW", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_FOLDER = _ROOT | _NOFOLLOW
 _FILE = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 _READ_AT_ONCE = 1 << 30   # bytes asked of one os.read (Linux gives at most ~2 GB a call)
 _NOT_NAMES = frozenset(("", ".", ".."))
@@ -236,27 +238,30 @@ class LocalFiles(Files):
         self._write(path, chunks, exclusive=False)
 
     def _write(self, path, chunks, exclusive):
-        tmp_dir = self.path(TMP)
-        os.makedirs(tmp_dir, exist_ok=True)
-        # made, and reached, without following links: never into a folder a link leads to, outside the store
-        folder, name = self._parent(path, "write", create=True)
+        # both folders made, and reached, without following links: never into one a link leads to
+        tmp_dir = self._walk_to([TMP], 1, "write", create=True)
         try:
-            fd, tmp = tempfile.mkstemp(dir=tmp_dir)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    for chunk in chunks:
-                        f.write(chunk)
-                    f.flush()
-                    os.fsync(f.fileno())
-                if exclusive:
-                    os.link(tmp, name, dst_dir_fd=folder)  # fails if path exists: atomic and exclusive
-                else:
-                    os.replace(tmp, name, dst_dir_fd=folder)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            folder, name = self._parent(path, "write", create=True)
+        except BaseException:
+            os.close(tmp_dir)
+            raise
+        tmp = f"tmp-{uuid.uuid4().hex}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600, dir_fd=tmp_dir)
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            if exclusive:   # fails if path exists: atomic and exclusive
+                os.link(tmp, name, src_dir_fd=tmp_dir, dst_dir_fd=folder, follow_symlinks=False)
+            else:
+                os.replace(tmp, name, src_dir_fd=tmp_dir, dst_dir_fd=folder)
         finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=tmp_dir)
             os.close(folder)
+            os.close(tmp_dir)
 
     # --- reading, never through a link ------------------------------------------
     def read(self, path, limit=None):
@@ -338,6 +343,9 @@ class LocalFiles(Files):
             for entry in entries:
                 rel = prefix + entry.name
                 if entry.is_dir(follow_symlinks=False):
+                    if rel.count("/") >= DEPTH_LIMIT:   # a store nests 2 deep; a forger's 1000 would exhaust the stack
+                        raise IntegrityError(f"{self._where(f'{path}/{rel}')} is nested more than {DEPTH_LIMIT} "
+                                             "folders deep; refusing to read it.")
                     sub = self._open_folder(f"{path}/{rel}")   # from the root again: a folder swapped for a link is refused
                     try:
                         self._walk(sub, path, rel + "/", found)

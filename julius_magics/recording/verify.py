@@ -334,6 +334,9 @@ def _check_manifest_lists(tree, manifest, files, blobs, where):
     if not stored == listed == referenced:
         odd = sorted((stored ^ listed) | (listed ^ referenced))
         raise IntegrityError(f"{where}: parts do not match the manifest ({odd[0]}).")
+    for sha, size in sorted(manifest["parts"].items()):   # before any is hashed: a huge one would take hours
+        if tree[f"parts/{sha}"] != size:
+            raise IntegrityError(f"{where}: parts/{sha} was changed (its size differs from the manifest's).")
     return dict(manifest["blobs"])
 
 

@@ -75,3 +75,12 @@ def test_export_into_a_missing_folder_names_the_archive(exported, tmp_path):
     with pytest.raises(RecordingError, match=f"^Cannot write the archive {re.escape(str(target))}: No such file"):
         source.export("alpha", target)
     assert not (tmp_path / "missing").exists()
+
+
+def test_an_archive_declaring_a_huge_document_is_refused_before_it_is_inflated(tmp_path):
+    bomb = tmp_path / "bomb.jrec"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:   # 200 MB of spaces: 0.2 MB zipped
+        archive.writestr("julius-export.json", b" " * (200 << 20))
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(IntegrityError, match="julius-export.json declares 209715200 bytes, more than the 67108864"):
+        Store(tmp_path / "target").import_(bomb)

@@ -1,5 +1,6 @@
 """The recording store on a real S3-protocol server (moto's standalone server, on loopback)."""
 
+import os
 import subprocess
 import sys
 import uuid
@@ -75,7 +76,7 @@ def test_s3_store_takes_endpoint_from_environment(s3_options, monkeypatch):
     assert [i.name for i in Store(url, skip_instance_cache=True).list()] == ["shared"]
 
 
-def test_a_store_without_credentials_is_one_line_naming_it(s3_options, monkeypatch, capsys):
+def test_a_store_without_credentials_is_one_line_naming_it(s3_options, monkeypatch):
     from julius_magics import cli
     from julius_magics.errors import StoreUnreachableError
 
@@ -91,6 +92,10 @@ def test_a_store_without_credentials_is_one_line_naming_it(s3_options, monkeypat
         store.create("run")
     with pytest.raises(StoreUnreachableError, match=f"^{message}$"):
         store.list()
-    capsys.readouterr()
-    assert cli.main(["--store", url, "list"]) == cli.EXIT_ERROR
-    assert capsys.readouterr().err == f"julius list: {message}\n"
+    # the command line in a process of its own: fsspec's config of other tests (endpoints, keys) stays out
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FSSPEC_"))}
+    env.update(AWS_EC2_METADATA_DISABLED="true", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+               AWS_CONFIG_FILE="/nonexistent", AWS_ENDPOINT_URL=s3_options["client_kwargs"]["endpoint_url"])
+    done = subprocess.run([sys.executable, "-m", "julius_magics.cli", "--store", url, "list"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (cli.EXIT_ERROR, "", f"julius list: {message}\n")
