@@ -243,6 +243,7 @@ class JuliusMagics(Magics):
             recorder = recording.start(self.session, args.name, store=args.store, data=args.data, note=args.note,
                                        with_local_packages=args.with_local_packages)
             try:
+                recorder.cell_starts(cell)
                 result = self.shell.run_cell(cell)
                 recorder.add_cell(cell)
             finally:
@@ -255,6 +256,7 @@ class JuliusMagics(Magics):
                 raise UsageError("%record stop takes no name")
             recorder = recording.active_recorder()
             if self._hooked:
+                self.shell.events.unregister("pre_run_cell", self._cell_starts)
                 self.shell.events.unregister("post_run_cell", self._record_cell)
                 self._hooked = False
             info = recording.stop()
@@ -264,11 +266,17 @@ class JuliusMagics(Magics):
             raise UsageError("%record start needs a name, e.g. %record start fraud-v1")
         recording.start(self.session, args.name, store=args.store, data=args.data, note=args.note,
                         with_local_packages=args.with_local_packages)
+        self.shell.events.register("pre_run_cell", self._cell_starts)
         self.shell.events.register("post_run_cell", self._record_cell)
         self._hooked = True
         print(f"Recording {args.name!r}: every cell until `%record stop` is journaled.")
 
     _hooked = False
+
+    def _cell_starts(self, info):
+        recorder = recording.active_recorder()
+        if recorder is not None and info.raw_cell:
+            recorder.cell_starts(info.raw_cell)
 
     def _record_cell(self, result):
         recorder = recording.active_recorder()
@@ -370,6 +378,7 @@ def unload_ipython_extension(ipython):
     if magics is None:
         return
     if magics._hooked:
+        ipython.events.unregister("pre_run_cell", magics._cell_starts)
         ipython.events.unregister("post_run_cell", magics._record_cell)
         magics._hooked = False
     for kind, names in magics.magics.items():

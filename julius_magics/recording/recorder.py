@@ -189,6 +189,11 @@ class Recorder:
             data["dropped"] = f"{data['dropped']}; {why}" if data.get("dropped") else why
         return kept
 
+    def cell_starts(self, source):
+        """Learn the secrets a cell's source holds before it runs (the front-end calls this): the pickles of
+        the graphs it sends (``submit(f, password="...")``) may hold them, and its source is journaled after."""
+        self.writer.scrub(source)
+
     def add_cell(self, source):
         """A recorded cell's source (the front-end calls this after the cell ran)."""
         with self.writer.batch():   # the drain's steps and the cell's, flushed together

@@ -292,3 +292,24 @@ def test_a_recording_whose_only_secret_is_in_a_cell_is_otherwise_written_as_befo
     monkeypatch.chdir(elsewhere)
     report = recording.replay("plain", store=store)
     assert report.verified, report.summary()
+
+
+def test_a_literal_secret_a_cell_sends_in_a_pickle_is_never_stored(ip, tmp_path):
+    """The cell's source is scrubbed before it runs: a keyword argument, a scattered dict or a client.run
+    argument that it spells out is known before the pickles that carry it are written."""
+    store = tmp_path / "store"
+    kwarg, scattered, run_arg = "kwargsecretAA3003", "scattersecretBB2002", "runsecretPP1818"
+    record_cells(ip, "literals", store, [CLUSTER, f"""
+def f(x, password=None):
+    return x + 1
+total = client.submit(f, 1, password="{kwarg}").result()
+[table] = client.scatter([{{"password": "{scattered}"}}])
+ran = client.run(lambda password=None: 1, password="{run_arg}")
+""", CLOSE])
+    assert ip.user_ns["total"] == 2
+    assert leaks(store, [kwarg, scattered, run_arg]) == {}
+    rec = Store(store).open("literals")
+    assert rec.meta["partial"] is True
+    reasons = "\n".join(rec.meta["partial_reasons"])
+    assert "its run specs hold a credential (a credential cut out of a recorded text); not stored" in reasons
+    assert "scattered data" in reasons and "run" in reasons, reasons
