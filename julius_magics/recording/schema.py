@@ -162,7 +162,7 @@ STEP_SCHEMAS = {
                            workers={"type": "object", "additionalProperties": _SHA},
                            wheels={"type": "object", "additionalProperties": _object(["filename", "sha256"],
                                                                                      filename=_STR, sha256=_SHA)}),
-    "remote_eval": _object(["source"], source=_STR, push=_NULL_STRINGS, failed=_BOOL),
+    "remote_eval": _object(["source"], source=_STR, push=_NULL_STRINGS, failed=_BOOL, dropped=_NULL_STR),
     "cell": _object(["source"], source=_STR),
     "rules": _object(["ns", "source", "rules"], ns=_STR, source=_STR, rules=_STRINGS, failed=_BOOL),
     "dispatch": _object(
@@ -170,7 +170,7 @@ STEP_SCHEMAS = {
         targets={"type": "array", "items": _object(["id", "key"], id=_STR, key=_STR, label=_NULL_STR)},
         results={"type": "object", "additionalProperties": _object(["fp"], fp=_STR, label=_NULL_STR,
                                                                    describe=_NULL_STR)},
-        nodes=_INT, jobs=_INT, seconds=_NUMBER, seed=_NULL_INT),
+        nodes=_INT, jobs=_INT, seconds=_NUMBER, seed=_NULL_INT, dropped=_NULL_STR),
     "graph": _object(
         ["fingerprints"], **_EVENT, fingerprints=_TEXTS, descriptions=_TEXTS, keys=_STRINGS, ntasks=_NULL_INT,
         graphs={"type": "integer", "minimum": 1}, pending=_STRINGS, scattered=_STRINGS, reuses=_STRINGS,
@@ -204,6 +204,8 @@ STEP_SCHEMAS = {
     "data": _object(["files"], files={"type": "array", "items": _object(
         ["path", "size", "sha256", "embedded"], path=_STR, size=_SIZE, sha256=_SHA, embedded=_BOOL)}),
 }
+# fields a step of any kind may hold: the names of those whose text was stored redacted
+_ANY_STEP = {"redacted": _STRINGS}
 # what ``julius env`` writes as requirements lines: no name or version may hold a space or a newline
 _DISTRIBUTION_NAME = {"pattern": "^[A-Za-z0-9]([A-Za-z0-9._-]{0,200}[A-Za-z0-9])?$"}
 _VERSION = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9.+!_-]{0,100}$"}
@@ -294,7 +296,8 @@ def _validators() -> dict:
         validator.check_schema(checked.schema)
     return {"documents": documents,
             "manifests": {fmt: validator(_without_lists(kinds["manifest"])) for fmt, kinds in SCHEMAS.items()},
-            "steps": {kind: validator(schema) for kind, schema in STEP_SCHEMAS.items()},
+            "steps": {kind: validator({**schema, "properties": {**schema["properties"], **_ANY_STEP}})
+                      for kind, schema in STEP_SCHEMAS.items()},
             "environment": validator(ENVIRONMENT_SCHEMA)}
 
 

@@ -32,7 +32,7 @@ KEY = "('sum-3f2a', 0)"
 EXAMPLES = {
     "cluster": {"mode": "start", "n_workers": 2, "threads_per_worker": 1, "memory_limit": 0, "seed": 0},
     "environment": {"kernel": SHA, "workers": {"tcp://127.0.0.1:1": SHA}},
-    "remote_eval": {"source": "x = 1", "push": ["y"], "failed": False},
+    "remote_eval": {"source": "x = 1", "push": ["y"], "failed": False, "redacted": ["source"]},
     "rules": {"ns": "demo", "source": "@rule\ndef a(): ...", "rules": ["a"], "failed": False},
     "cell": {"source": "df.sum().compute()"},
     "dispatch": {"targets": [{"id": "n1", "key": "a()", "label": "a"}], "key_rules": [], "nodes": 1, "jobs": 1,
