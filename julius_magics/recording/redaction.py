@@ -36,9 +36,11 @@ _WORD_SPLIT = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
 # scheme://userinfo@host: the userinfo (user name, token, user:password, a password holding '@')
 # runs to the last '@' before the host's '/', '?', '#' or the end.
 _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s?#'\"]*@")
-# (not "tokenize=", "author=": code and prose, not credentials)
-_SECRET_PARAM = (r"[\w.\-]*?(?:passw(?:or)?d|passwd|pwd|passphrase|token(?!iz|is)|secret|api[_\-]?key|access[_\-]?key|"
-                 r"private[_\-]?key|auth(?!or(?!iz))\w*|credentials?|session\w*|signature|sig)[\w.\-]*")
+# A name that ends in one of these (a number after it too): "db_password", "access_token", "X-Amz-Signature",
+# an Azure SAS's "sig"; not "max_tokens", "design", "session_length", "author": code and prose, not credentials.
+_SECRET_PARAM = (r"(?:[\w.\-]*?[_.\-])?(?:[\w]*?(?:passw(?:or)?d|passwd|pwd|passphrase|token|secret|api[_\-]?key|"
+                 r"access[_\-]?key|private[_\-]?key|secret[_\-]?key|auth|authorization|credentials?|signature|"
+                 r"security[_\-]?token)|sig|session(?:[_\-]?(?:id|key|token))?)(?:[_\-]?\d+)?(?![\w])")
 # name=value in a query string, a libpq/ODBC DSN or a command line; value of any length: quoted
 # (`password = "x"` too), or unquoted right after the '=' up to a separator (not Python's
 # `token = tokenize(df)`, nor None/True/False, as in `def f(password=None)`, nor one redacted already)
