@@ -268,7 +268,8 @@ def recorded_pins(name, store=None, fmt="requirements", which="kernel"):
     which : str
         ``kernel``, or a worker's address (as ``julius show`` lists them).
     """
-    _, recording, kernel, workers = recorded_environments(name, store, any_signer=True)   # JSON only: nothing is unpickled
+    # JSON only, nothing is unpickled: any signer's; but uv would ask the recorded indexes, of the signer's choosing
+    _, recording, kernel, workers = recorded_environments(name, store, any_signer=fmt != "uv-lock")
     env = kernel if which == "kernel" else workers.get(which)
     if env is None:
         raise RebuildError(f"recording {name!r} has no environment of {which!r}: kernel or one of "

@@ -280,3 +280,14 @@ def test_a_bug_is_one_line_and_its_own_exit_status(monkeypatch):
     assert code == 70 and not out and "Traceback" not in err
     assert err == ("julius show: internal error: KeyError: 'missing' (a bug of julius_magics: JULIUS_DEBUG=1 shows "
                    "its traceback)\n")
+
+
+def test_a_strangers_environment_is_shown_but_never_sent_to_uv():
+    """``--format uv-lock`` runs uv against the recorded package indexes: of the signer's choosing."""
+    url = f"memory://forged-{uuid.uuid4().hex}"
+    env = capture_environment()
+    write(stranger_store(url), "s", "cell", EXAMPLES["cell"], json.dumps(env).encode())
+    code, out, err = run_cli("--store", url, "env", "s", "--format", "conda")
+    assert code == 0 and "dependencies:" in out, err
+    code, out, err = run_cli("--store", url, "env", "s", "--format", "uv-lock")
+    assert code == cli.EXIT_REFUSED and not out and err.count("\n") == 1 and "--trust-key" in err, err
