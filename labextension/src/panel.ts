@@ -254,6 +254,7 @@ export class RecordingsPanel extends Widget {
     }
     if (name === null) {
       this.detailsNode.replaceChildren();
+      delete this.detailsNode.dataset.name;
       return;
     }
     const info = this._recordings.find(r => r.name === name);
@@ -555,6 +556,8 @@ export class RecordingsPanel extends Widget {
     const previousIsolated = this.detailsNode.querySelector('.jp-JuliusRecordings-isolated') as
       | HTMLInputElement
       | null;
+    // the same recording drawn again (its details arrived): what the user ticked meanwhile stays
+    const sameRecording = this.detailsNode.dataset.name === name;
     const root = h('div');
     root.appendChild(h('h3', 'jp-JuliusRecordings-detailsName', name));
     if (info?.note) {
@@ -567,7 +570,7 @@ export class RecordingsPanel extends Widget {
     const isolatedLabel = h('label', 'jp-JuliusRecordings-isolatedLabel');
     const isolated = h('input', 'jp-JuliusRecordings-isolated');
     isolated.type = 'checkbox';
-    isolated.checked = keepReplay !== null && (previousIsolated?.checked ?? false);
+    isolated.checked = sameRecording && (previousIsolated?.checked ?? false);
     isolatedLabel.title = "Replay in a rebuilt copy of the recording's environment";
     isolatedLabel.append(isolated, document.createTextNode(' isolated'));
     const open = h('button', 'jp-JuliusRecordings-openButton jp-mod-styled', 'Open in notebook');
@@ -590,6 +593,7 @@ export class RecordingsPanel extends Widget {
     }
     root.appendChild(body);
     this.detailsNode.replaceChildren(...Array.from(root.childNodes));
+    this.detailsNode.dataset.name = name;
   }
 
   private replayBox(name: string): HTMLElement {

@@ -317,8 +317,10 @@ def test_a_legacy_recording_moves_to_the_new_format_by_export_and_import(isolate
 
 
 @pytest.mark.parametrize("kind, data, field", [
-    ("inputs", {"files": [{"path": "a.csv", "abspath": "/a.csv", "size": 3, "sha256": "not a hash"}]}, "sha256"),
-    ("inputs", {"files": [{"path": "a.csv", "abspath": "/a.csv", "size": 3, "sha256": "0" * 64, "mtime_ns": "x"}]},
+    ("inputs", {"files": [{"path": "a.csv", "abspath": "/a.csv", "cwd": "/", "size": 3, "sha256": "not a hash"}]},
+     "sha256"),
+    ("inputs", {"files": [{"path": "a.csv", "abspath": "/a.csv", "cwd": "/", "size": 3, "sha256": "0" * 64,
+                           "mtime_ns": "x"}]},
      "mtime_ns"),
     ("outputs", {"files": [{"path": 7, "abspath": "/b.csv"}]}, "path"),
     ("worker_joined", {"worker": "tcp://h:1", "workers": 2**70}, "workers"),   # a replay scales to it

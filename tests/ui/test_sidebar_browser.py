@@ -395,6 +395,28 @@ def test_isolated_replay_sends_isolated_in_the_request(sidebar):
     assert "seen by the test" in result.text_content()
 
 
+def test_isolated_ticked_while_the_details_load_stays_ticked(sidebar):
+    """The details are drawn twice (at once, then with what the server says): a tick in between stays."""
+    page = sidebar
+    held = []
+    details = re.compile(rf"/julius/api/recordings/{NAME}(\?\d*)?$")
+    page.route(details, lambda route: held.append(route))   # answered once the box is ticked
+    try:
+        page.locator(".jp-JuliusRecordings-search").fill("sidebar-")
+        row(page, NAME).click()
+        page.wait_for_selector(".jp-JuliusRecordings-isolated")
+        page.check(".jp-JuliusRecordings-isolated")
+        deadline = time.monotonic() + 30
+        while not held:
+            assert time.monotonic() < deadline, "the sidebar never asked for the details"
+            page.wait_for_timeout(50)
+        held[0].continue_()
+    finally:
+        page.unroute(details)
+    page.wait_for_selector('.jp-JuliusRecordings-section[data-key="steps"] li')
+    assert page.is_checked(".jp-JuliusRecordings-isolated")
+
+
 LISTING = re.compile(r"/julius/api/recordings(\?\d*)?$")  # with a cache-busting query
 MISSING_EXTENSION = "server extension is not available"
 

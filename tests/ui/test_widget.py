@@ -109,8 +109,8 @@ def test_diff_shows_the_differing_rule(recorded):
     browser = RecordingBrowser(store=recorded)
     d = browser.diff("w1", "w2")
     assert d["same"] is False and list(d["rules"]) == ["t"]
-    assert "-    return ApplyFn(mk, i)()" in d["rules"]["t"]
-    assert "+    return ApplyFn(mk, i + 1)()" in d["rules"]["t"]
+    assert "\n     return ApplyFn(mk, i)()\n" in d["rules"]["t"]   # in both: w2 defined it, then again
+    assert "\n+    return ApplyFn(mk, i + 1)()" in d["rules"]["t"]
     assert "rules t:" in browser.output.value
     assert "result t.src: list of 5 \u2192 list of 6" in browser.output.value   # as julius diff prints it
     # the Diff button compares the selection with the "diff with" pick
