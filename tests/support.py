@@ -16,6 +16,21 @@ def file_sha256(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def run_cli(*argv):
+    """``julius ARGV`` in-process: its exit code, and what it wrote to stdout and stderr (warnings hidden)."""
+    import contextlib
+    import io
+    import warnings
+
+    from julius_magics import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = cli.main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
 def run(shell, code):
     """Run a cell; return its result (re-raising the cell's exception)."""
     result = shell.run_cell(code)

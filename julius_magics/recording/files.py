@@ -303,17 +303,21 @@ class LocalFiles(Files):
     def size(self, path):
         """Size of the regular file ``path``, or ``None`` if it does not exist or is a link, FIFO... (which a
         write then replaces)."""
+        found = self._lstat(path)
+        return found.st_size if found is not None and stat.S_ISREG(found.st_mode) else None
+
+    def _lstat(self, path, action="read"):
+        """The ``stat`` of ``path`` itself (a link's own), reached without links; ``None`` when it does not exist."""
         try:
-            folder, name = self._parent(path)
+            folder, name = self._parent(path, action)
         except (FileNotFoundError, NotADirectoryError):
             return None
         try:
-            found = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            return os.stat(name, dir_fd=folder, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             return None
         finally:
             os.close(folder)
-        return found.st_size if stat.S_ISREG(found.st_mode) else None
 
     def names(self, path):
         try:
@@ -388,16 +392,9 @@ class LocalFiles(Files):
     def expect(self, path, folder=False, action="read"):
         """Whether ``path`` exists as a regular file (a folder, with ``folder``); ``IntegrityError`` if it is
         something else (a link, a FIFO...) or is reached through a link."""
-        try:
-            parent, name = self._parent(path, action)
-        except (FileNotFoundError, NotADirectoryError):
+        found = self._lstat(path, action)
+        if found is None:
             return False
-        try:
-            found = os.stat(name, dir_fd=parent, follow_symlinks=False)
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        finally:
-            os.close(parent)
         if not (stat.S_ISDIR if folder else stat.S_ISREG)(found.st_mode):
             raise IntegrityError(_refusal(self._where(path), _kind(found.st_mode), "folder" if folder else
                                           "regular file", action))

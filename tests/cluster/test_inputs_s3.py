@@ -1,8 +1,6 @@
 """Remote inputs on a real S3-protocol server (moto on loopback): recorded by ETag, changes named, served when embedded."""
 
 import hashlib
-import subprocess
-import sys
 
 import boto3
 import dask.dataframe as dd
@@ -12,26 +10,18 @@ from distributed import Client, LocalCluster
 
 from julius_magics.cluster import inputs, serve
 from julius_magics.errors import DataChangedError
-from tests.recording.store_contract import free_port, wait_for_port
+from tests.recording.store_contract import moto_server
 
 BUCKET = "julius-inputs"
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for_port(port)
-        endpoint = f"http://127.0.0.1:{port}"
+    with moto_server() as endpoint:
         client = boto3.client("s3", aws_access_key_id="testing", aws_secret_access_key="testing",
                               endpoint_url=endpoint, region_name="us-east-1")
         client.create_bucket(Bucket=BUCKET)
         yield client, {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint}}
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def _put(client, key, frame):

@@ -5,6 +5,7 @@ fixture (an empty :class:`Store`) and inherits every test. Its fixtures
 (``isolated_key``, ``use_other_key``) live in ``tests/recording/conftest.py``.
 """
 
+import contextlib
 import hashlib
 import json
 import math
@@ -326,8 +327,24 @@ def wait_for_port(port, timeout=20):
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+@contextlib.contextmanager
+def moto_server():
+    """A real S3-protocol server (moto's standalone server) on loopback, for as long as the block runs: its
+    endpoint URL."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 __all__ = [
     "BLOB",
+    "moto_server",
     "SPEC",
     "StoreContract",
     "content",

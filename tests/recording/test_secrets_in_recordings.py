@@ -11,8 +11,6 @@ import http.server
 import json
 import os
 import re
-import subprocess
-import sys
 import threading
 import urllib.parse
 
@@ -23,7 +21,7 @@ import pytest
 
 from julius_magics import recording
 from julius_magics.recording.store import Store
-from tests.recording.store_contract import free_port, wait_for_port
+from tests.recording.store_contract import moto_server
 from tests.support import record_cells, run
 
 pytestmark = pytest.mark.usefixtures("fresh_session")
@@ -103,20 +101,12 @@ def s3():
     """An S3-protocol server (moto) on loopback with ``s3://BUCKET/data/a.csv``: its endpoint URL."""
     import boto3
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for_port(port)
-        endpoint = f"http://127.0.0.1:{port}"
+    with moto_server() as endpoint:
         client = boto3.client("s3", aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY,
                               endpoint_url=endpoint, region_name="us-east-1")
         client.create_bucket(Bucket=BUCKET)
         client.put_object(Bucket=BUCKET, Key="data/a.csv", Body=pd.DataFrame({"x": [1, 2, 3]}).to_csv(index=False))
         yield endpoint
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 CLUSTER = """

@@ -7,13 +7,10 @@ one line naming the recording, the journal entry and the field, never a
 traceback, and never "verified".
 """
 
-import contextlib
-import io
 import json
 import os
 import random
 import uuid
-import warnings
 
 import pytest
 
@@ -22,6 +19,7 @@ from julius_magics.errors import IntegrityError
 from julius_magics.recording import integrity, schema, steps
 from julius_magics.recording.environment import capture_environment
 from julius_magics.recording.store import Store
+from tests.support import run_cli
 
 pytestmark = pytest.mark.usefixtures("isolated_key")
 
@@ -92,14 +90,6 @@ def replaced(value, path, new):
         inner = inner[p]
     inner[path[-1]] = new
     return value
-
-
-def run_cli(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = cli.main(list(argv))
-    return code, out.getvalue(), err.getvalue()
 
 
 def stranger_store(url):

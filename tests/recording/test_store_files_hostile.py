@@ -8,9 +8,7 @@ taking the machine (or the test session) with it.
 """
 
 import asyncio
-import contextlib
 import hashlib
-import io
 import json
 import os
 import resource
@@ -19,14 +17,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import warnings
 
 import pytest
 
-from julius_magics import cli
 from julius_magics.errors import IntegrityError, RecordingNotFoundError
 from julius_magics.recording.store import Store
 from tests.recording.store_contract import BLOB, SPEC, content, write_sample
+from tests.support import run_cli
 
 pytestmark = pytest.mark.usefixtures("isolated_key")
 
@@ -394,14 +391,6 @@ def _raised(function, *args):
     except Exception as error:
         return error
     return None
-
-
-def run_cli(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = cli.main(list(argv))
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_a_tmp_folder_that_is_a_link_is_never_written_through(sample, tmp_path):

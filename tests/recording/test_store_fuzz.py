@@ -16,7 +16,6 @@ failure with ``JULIUS_FUZZ_SEED=<seed>``.
 
 import base64
 import collections
-import contextlib
 import io
 import json
 import os
@@ -33,6 +32,7 @@ from julius_magics.errors import JuliusError, UntrustedRecordingError
 from julius_magics.recording import integrity
 from julius_magics.recording.store import Store
 from tests.recording.store_contract import content, write_sample
+from tests.support import run_cli
 
 pytestmark = pytest.mark.usefixtures("isolated_key")  # never the user's ~/.julius
 
@@ -312,15 +312,6 @@ def forge(fs, store, snapshot, early_manifest, author, stranger, rng):
     key, claim = (author, None) if signer == "author" else (stranger, author if signer == "claims author" else None)
     fs.pipe_file(path, sign(body, key, claim))
     return f"{kind} {path.rsplit('/', 2)[-2:]} signed by {signer}", signer == "author"
-
-
-def run_cli(*argv):
-    """``julius ARGV`` in-process: its exit code and what it wrote; any exception it lets out fails the case."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        code = cli.main(list(argv))
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
