@@ -61,8 +61,8 @@ class ZipSource(Source):
         except (KeyError, ValueError, TypeError):
             raise IntegrityError(f"{where} is not a julius archive (bad julius-export.json).") from None
         self.rels = {n[len("recording/"):]: n for n in names if n.startswith("recording/")}
-        self.blob_names = {n[len("blobs/"):] for n in names if n.startswith("blobs/")}
-        self.blob_names = {sha for sha in self.blob_names if SHA_PATTERN.match(sha)}   # blobs/<sha256> only
+        self.blob_names = {n[len("blobs/"):] for n in names
+                           if n.startswith("blobs/") and SHA_PATTERN.match(n[len("blobs/"):])}   # blobs/<sha256> only
         unexpected = set(names) - {"julius-export.json", *self.rels.values(), *(f"blobs/{s}" for s in self.blob_names)}
         if unexpected:
             raise IntegrityError(f"{where}: unexpected file {sorted(unexpected)[0]!r}.")
