@@ -575,6 +575,33 @@ def _merged(graphs) -> tuple[list, dict]:
     return wanted, specs
 
 
+AT_ONCE_BYTES = 1 << 16   # an array this small hashes in ~30 us: no thread for it
+_SCALARS = (type(None), bool, int, float, complex)
+
+
+def _fingerprinted_at_once(value) -> bool:
+    """Whether ``value`` is fingerprinted where it finishes: a scalar, or short text or bytes, or a small
+    NumPy array of plain numbers (not by Dask's ``sizeof``, which sees a user's object holding an array
+    as small)."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return kind is not int or -(1 << 4096) < value < 1 << 4096
+    if kind in (str, bytes):
+        return len(value) <= AT_ONCE_BYTES
+    module = kind.__module__
+    if module == "numpy" and (kind.__name__ == "ndarray" or hasattr(value, "dtype")):
+        return value.nbytes <= AT_ONCE_BYTES and not value.dtype.hasobject
+    return False
+
+
+def _fingerprint(key, value) -> tuple[str, str, str]:
+    """(key text, fingerprint, description) of a finished key's value."""
+    try:
+        return key_text(key), fingerprint(value), describe(value)
+    except Exception as error:  # an unhashable value must not break the worker
+        return key_text(key), f"error: {type(error).__name__}: {error}", type(value).__name__
+
+
 def _key_from_text(text, tasks):
     """The Dask key whose :func:`key_text` is ``text`` (string keys are their text)."""
     if text in tasks:
@@ -586,14 +613,16 @@ def _key_from_text(text, tasks):
 
 
 class FingerprintWorkerPlugin(WorkerPlugin):
-    """Worker plugin: fingerprints each marked key that finishes executing, in a thread.
+    """Worker plugin: fingerprints each marked key that finishes executing.
 
-    Finished keys are handed to the thread in batches, at most one every
-    :data:`BATCH_SECONDS`, and their fingerprints go to the scheduler as one
-    event per batch: waking a thread for each of thousands of tiny tasks cost
-    the worker more than the tasks (the GIL changing hands each time).  A key
-    that finishes after a quiet spell goes at once: the last result of a cell is
-    what the drain at its end waits for.
+    A small scalar or array (:func:`_fingerprinted_at_once`) is fingerprinted where it
+    finishes, in microseconds; any other value in a thread, since hashing it may take
+    long and the worker's event loop must stay free.  The fingerprints go to the
+    scheduler as one event per batch, at most one every :data:`BATCH_SECONDS`, and
+    the thread gets its values in batches too: waking a thread for each of thousands
+    of tiny tasks cost the worker more than the tasks (the GIL changing hands each
+    time).  A key that finishes after a quiet spell goes at once: the last result of a
+    cell is what the drain at its end waits for.
     """
 
     name = WORKER_PLUGIN_NAME
@@ -601,7 +630,9 @@ class FingerprintWorkerPlugin(WorkerPlugin):
     def setup(self, worker):
         self.worker = worker
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="julius-fingerprint")
-        self.batch = []   # (key, value) finished since the last hand-off
+        self.batch = []   # (key, value) finished since the last hand-off, for the thread
+        self.fingerprinted = []   # (key text, fingerprint, description) taken at once since then
+        self.due = False  # a hand-off is coming
         self.handed_off = float("-inf")   # time.monotonic() of the last hand-off
         self.sent = None  # the latest batch's send (one thread: it ends after the earlier ones)
 
@@ -621,8 +652,13 @@ class FingerprintWorkerPlugin(WorkerPlugin):
         ts = self.worker.state.tasks.get(key)
         if ts is None or not ts.annotations or ANNOTATION not in ts.annotations or key not in self.worker.data:
             return
-        self.batch.append((key, self.worker.data[key]))
-        if len(self.batch) == 1:
+        value = self.worker.data[key]
+        if _fingerprinted_at_once(value):
+            self.fingerprinted.append(_fingerprint(key, value))
+        else:
+            self.batch.append((key, value))
+        if not self.due:
+            self.due = True
             quiet_for = time.monotonic() - self.handed_off
             if quiet_for >= BATCH_SECONDS:
                 self._hand_off()
@@ -630,16 +666,13 @@ class FingerprintWorkerPlugin(WorkerPlugin):
                 self.worker.loop.call_later(BATCH_SECONDS - quiet_for, self._hand_off)
 
     def _hand_off(self):
-        self.handed_off = time.monotonic()
-        batch, self.batch = self.batch, []
+        self.due, self.handed_off = False, time.monotonic()
+        (fingerprinted, self.fingerprinted), (batch, self.batch) = (self.fingerprinted, []), (self.batch, [])
+        if fingerprinted:
+            self.worker.log_event(TOPIC, {"fingerprints": fingerprinted})
         if batch:
             self.sent = self.executor.submit(self._send, batch)
 
     def _send(self, batch):
-        results = []
-        for key, value in batch:
-            try:
-                results.append((key_text(key), fingerprint(value), describe(value)))
-            except Exception as error:  # an unhashable value must not break the worker
-                results.append((key_text(key), f"error: {type(error).__name__}: {error}", type(value).__name__))
+        results = [_fingerprint(key, value) for key, value in batch]
         self.worker.log_event(TOPIC, {"fingerprints": results})

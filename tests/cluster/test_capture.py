@@ -337,6 +337,37 @@ def test_a_key_finishing_after_a_quiet_spell_is_fingerprinted_at_once_and_a_burs
         assert [e["fingerprints"] for e in late] == [{"burst-1": fingerprint(1), "burst-2": fingerprint(2)}]
 
 
+class _Holder:
+    """A user's object holding an array: Dask's ``sizeof`` sees it as small."""
+
+    def __init__(self, array):
+        self.array = array
+
+
+def test_small_scalars_and_arrays_are_fingerprinted_at_once_anything_else_in_the_thread():
+    at_once = [None, True, 7, -(10**300), 2.5, 1j, "text", b"x" * 100, np.float64(1.5), np.int32(3),
+               np.arange(10), np.zeros(8192)]   # 8192 float64s: 64 KiB
+    threaded = [10**5000, "x" * (1 << 17), np.zeros(8193), np.array([object()]), [1, 2], {"a": 1}, (1,),
+                pd.Series([1.0]), _Holder(np.zeros(10**6))]
+    assert [capture_plugin._fingerprinted_at_once(v) for v in at_once] == [True] * len(at_once)
+    assert [capture_plugin._fingerprinted_at_once(v) for v in threaded] == [False] * len(threaded)
+
+
+def test_results_fingerprinted_at_once_or_in_the_thread_all_arrive_and_replay(captured, fresh):
+    values = [3, 2.5, np.float64(0.1), np.arange(5), np.linspace(0, 1, 200_000), pd.DataFrame({"a": [1, 2]}),
+              "short", _Holder(np.ones(3)), None]
+    futures = [captured.submit(_identity, v, key=f"value-{i}") for i, v in enumerate(values)]
+    captured.gather(futures)
+    events = drain_capture(captured)
+    fps = {k: fp for e in graphs(events) for k, fp in e["fingerprints"].items()}
+    assert [fps[f"value-{i}"] for i in range(len(values))] == [fingerprint(v) for v in values]
+    assert_replays(events, fresh)
+
+
+def _identity(value):
+    return value
+
+
 def test_final_drain_reports_what_never_came(captured):
     """A key still computing when the final wait runs out is reported as dropped and counted."""
     before = capture_stats(captured)["dropped"]
