@@ -5,9 +5,6 @@
 >>> from julius_magics import ref, remote, DDataFrame, Not, compute, getdata, jobdeps  # doctest: +SKIP
 """
 
-from .rules import DDataFrame, NodeRef, Not, ref, remote, rng, stable_hash
-from .server import _jupyter_labextension_paths, _jupyter_server_extension_points  # noqa: F401  (Jupyter's hooks)
-
 __version__ = "0.1.0"
 
 __all__ = ["ref", "remote", "DDataFrame", "Not", "NodeRef", "rng", "stable_hash", "compute", "getdata",
@@ -36,12 +33,19 @@ def jobdeps(refs, key_rules=None):
     return get_session().jobdeps(refs, key_rules=key_rules)
 
 
-def __getattr__(name):
-    if name == "RecordingBrowser":
-        from .widget import RecordingBrowser
+_LAZY = {**dict.fromkeys(("DDataFrame", "NodeRef", "Not", "ref", "remote", "rng", "stable_hash"), "rules"),
+         **dict.fromkeys(("_jupyter_labextension_paths", "_jupyter_server_extension_points"), "server"),   # Jupyter's hooks
+         "RecordingBrowser": "widget"}
 
-        return RecordingBrowser
-    raise AttributeError(f"module 'julius_magics' has no attribute {name!r}")
+
+def __getattr__(name):
+    # imported when first used: each worker of a recorded cluster imports this package to unpickle
+    # julius's plugins, and the rules alone took it 13 ms (NumPy's random module)
+    if name not in _LAZY:
+        raise AttributeError(f"module 'julius_magics' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
 
 
 def load_ipython_extension(ipython):

@@ -59,8 +59,8 @@ def test_two_clusters_in_turn_with_their_graphs_and_files(tmp_path, monkeypatch)
 
 
 def heavy_modules():
-    return sorted(m for m in ("jsonschema", "julius_magics.recording.environment", "fsspec", "traitlets")
-                  if m in sys.modules)
+    return sorted(m for m in ("jsonschema", "julius_magics.recording.environment", "fsspec", "traitlets",
+                              "julius_magics.rules", "julius_magics.server") if m in sys.modules)
 
 
 def test_a_cluster_closed_at_once_keeps_its_shape_and_environments_and_its_workers_import_only_what_they_use(tmp_path):
@@ -70,7 +70,8 @@ def test_a_cluster_closed_at_once_keeps_its_shape_and_environments_and_its_worke
     build the recording's validators there (jsonschema's import and the schemas took each worker 0.1 s).
     Nor may capture import what the notebook's tasks do not: fsspec (its hook waits for fsspec's import, and
     the sink the workers store input files with writes without it: 8 - 20 ms of each worker's adoption) and
-    traitlets (the server's config, 5 ms)."""
+    traitlets (the server's config, 5 ms), nor the rules that ``julius_magics`` offers (NumPy's random module,
+    13 ms)."""
     store = Store(str(tmp_path / "store"))
     watch = ClusterWatch(skip=[tmp_path], worker_environment=capture_environment,
                          sink=store.files.blob_sink(store.files.path(BLOBS)))
