@@ -222,9 +222,18 @@ def side_by_side(label, cells, namespace, work, rounds, hashed=False, again=Fals
                       + f"; load {os.getloadavg()[0]:.1f}", flush=True)
     for side in sides[1:]:
         notebook, compute, cpu = (statistics.mean(of[side]) / statistics.mean(of["plain"]) for of in (totals, computes, cpus))
+        per_round = _round_ratios(totals[side], totals["plain"])
         print(f"{label}: {side} / unrecorded = {notebook:.3f} (notebook, means of {len(totals[side])}; target "
-              f"<= 1.05); compute alone {compute:.3f}; CPU seconds (kernel + workers) {cpu:.3f}")
+              f"<= 1.05); compute alone {compute:.3f}; CPU seconds (kernel + workers) {cpu:.3f}"
+              + (f"; round by round: median {statistics.median(per_round):.3f}, {min(per_round):.3f} - "
+                 f"{max(per_round):.3f}" if len(per_round) > 1 else ""))
     return last, {"plain": computes["plain"], "recorded": computes["recorded"]}, snapshots, stats
+
+
+def _round_ratios(side, plain):
+    """Each round's side / plain (its two runs of each, taken in both orders): this machine drifts by
+    more than 5 % within minutes, and a round's runs are next to each other."""
+    return [statistics.mean(side[i:i + 2]) / statistics.mean(plain[i:i + 2]) for i in range(0, len(side) - 1, 2)]
 
 
 def _seconds(by_reader):
