@@ -588,8 +588,7 @@ def _fingerprinted_at_once(value) -> bool:
         return kind is not int or -(1 << 4096) < value < 1 << 4096
     if kind in (str, bytes):
         return len(value) <= AT_ONCE_BYTES
-    module = kind.__module__
-    if module == "numpy" and (kind.__name__ == "ndarray" or hasattr(value, "dtype")):
+    if kind.__module__ == "numpy" and hasattr(value, "dtype"):   # an array or a NumPy scalar
         return value.nbytes <= AT_ONCE_BYTES and not value.dtype.hasobject
     return False
 
