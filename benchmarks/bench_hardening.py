@@ -104,6 +104,14 @@ def main():
     print(f"graph step of {args.keys} keys: scrub {scrub * 1e3:.2f} ms, add_step (scrub included) {write * 1e3:.1f} ms, "
           f"scrub / add_step {scrub / write:.3f}")
 
+    from julius_magics.recording.environment import capture_environment
+
+    env = capture_environment()
+    writer = store.create("env")
+    scrub = best(lambda: writer.scrub(env, names=False), args.rounds)
+    writer.close()
+    print(f"this environment ({len(env['packages'])} packages): scrub {scrub * 1e3:.2f} ms")
+
 
 if __name__ == "__main__":
     main()

@@ -262,7 +262,11 @@ class _Walk:
             joined = "\x00".join(strings)
         except TypeError:   # a key that is not a str: looked at one by one
             return False
-        return not ((self.patterns and _maybe(joined)) or self.has_known(joined))
+        if self.has_known(joined):
+            return False
+        # then only the strings that may hold a credential, each on its own: a distribution named
+        # ``asttokens`` sent every environment (191 packages) through the whole walk, 17 ms each
+        return not (self.patterns and _maybe(joined)) or all(scrub_text(s) == s for s in strings if _maybe(s))
 
     def _gather(self, tree, strings, keyed, digests) -> bool:
         """Add ``tree``'s strings to ``strings``; False when a name says a value is secret."""

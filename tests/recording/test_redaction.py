@@ -61,6 +61,12 @@ def test_a_tree_that_needs_no_change_comes_back_as_it_is_and_dask_keys_and_own_f
                 "key_rules": ["classifiertrain"],
                 "results": {"('session-tokens-9f', 1)": {"fp": "0" * 64, "describe": "int 3", "label": None}}}
     assert secrets.scrub(dispatch, *names) is dispatch
+    # strings that only look like credentials (a distribution named asttokens) leave a tree as it is;
+    # one that is one, beside them, is cut
+    env = {"packages": {"asttokens": "2.4.1", "tokenize-rt": "5.2"}, "note": "a=b", "auth": "basic setup"}
+    assert secrets.scrub(env, names=False) is env
+    assert secrets.scrub({**env, "url": "https://me:pa55word99@h/x"}, names=False) == {
+        **env, "url": "https://<redacted>@h/x"}
     # a secret in one field: that field copied and cut, the others the same objects
     step["descriptions"] = {**step["descriptions"], step["keys"][5]: "str 'uses known-secret-value-42 here'"}
     cleaned = secrets.scrub(step, *names)
