@@ -585,7 +585,7 @@ def _fingerprinted_at_once(value) -> bool:
     as small)."""
     kind = type(value)
     if kind in _SCALARS:
-        return kind is not int or -(1 << 4096) < value < 1 << 4096
+        return kind is not int or value.bit_length() <= 4096
     if kind in (str, bytes):
         return len(value) <= AT_ONCE_BYTES
     if kind.__module__ == "numpy" and hasattr(value, "dtype"):   # an array or a NumPy scalar
@@ -666,7 +666,8 @@ class FingerprintWorkerPlugin(WorkerPlugin):
 
     def _hand_off(self):
         self.due, self.handed_off = False, time.monotonic()
-        (fingerprinted, self.fingerprinted), (batch, self.batch) = (self.fingerprinted, []), (self.batch, [])
+        fingerprinted, self.fingerprinted = self.fingerprinted, []
+        batch, self.batch = self.batch, []
         if fingerprinted:
             self.worker.log_event(TOPIC, {"fingerprints": fingerprinted})
         if batch:
