@@ -3,7 +3,8 @@
 - a graph step's schema check at open (the hand check, and the validator it stands for);
 - opening a recording of N graph steps with the steps checked, and without;
 - a local store's read of a journal entry (openat without links, fstat) against a plain ``open().read()``;
-- the writer's scrub of a graph step of K keys, against writing that step.
+- the writer's scrub of a graph step of K keys, against writing that step;
+- the writer's scrub of this process's environment, as each recorded environment is scrubbed.
 
     python benchmarks/bench_hardening.py [--steps 5000] [--keys 10000] [--rounds 5]
 """
