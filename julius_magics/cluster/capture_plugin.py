@@ -26,7 +26,7 @@ import cloudpickle
 from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
 from .. import collector
-from ..fingerprint import describe, error_fingerprint_and_describe, fingerprint
+from ..fingerprint import error_fingerprint_and_describe, fingerprint_and_describe
 
 __all__ = [
     "PLUGIN_NAME",
@@ -596,7 +596,7 @@ def _fingerprinted_at_once(value) -> bool:
 def _fingerprint(key, value) -> tuple[str, str, str]:
     """(key text, fingerprint, description) of a finished key's value."""
     try:
-        return key_text(key), fingerprint(value), describe(value)
+        return key_text(key), *fingerprint_and_describe(value)
     except Exception as error:  # an unhashable value must not break the worker
         return key_text(key), f"error: {type(error).__name__}: {error}", type(value).__name__
 
